@@ -1,0 +1,522 @@
+// The launcher: starts the ranks of one host (or of every local host) as child processes,
+// relays their output with a "[rank K] " prefix, writes DUMP/logs/rank-K.log, and supervises
+// them: the first rank that fails stops the job, and no child is left behind.
+//
+// One thread does everything (poll on the output pipes and a signal self-pipe, then reap with
+// WNOHANG), so output is written a whole line at a time and needs no locks.
+
+import Foundation
+import Collectives
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public enum LauncherError: Error, CustomStringConvertible, Equatable {
+    case badNode(Int, hostCount: Int)
+    case noLocalHost(addresses: [String])
+    case system(String, Int32)
+    case file(String)
+
+    public var description: String {
+        switch self {
+        case .badNode(let node, let count):
+            return "node \(node) does not exist: the topology has \(count) host(s), nodes 0..<\(count)"
+        case .noLocalHost(let addresses):
+            return "none of the topology's hosts (\(addresses.joined(separator: ", "))) is this machine; "
+                + "pass the node index of this host (--node K)"
+        case .system(let call, let code):
+            return "\(call) failed: \(String(cString: strerror(code)))"
+        case .file(let message):
+            return message
+        }
+    }
+}
+
+/// Why a launch failed: the first rank that failed (with its last log lines), an interrupt,
+/// a timeout, or a rank that could not be started.
+public struct LaunchFailure: Error, CustomStringConvertible, Equatable, Sendable {
+    public var rank: Int?
+    public var status: RankStatus?
+    public var reason: String
+    public var logFile: String?
+    public var lastLogLines: [String]
+
+    public var description: String {
+        var text = reason
+        if !lastLogLines.isEmpty {
+            text += "\nlast \(lastLogLines.count) line(s) of rank \(rank.map(String.init) ?? "?")"
+            text += logFile.map { " (\($0))" } ?? ""
+            text += ":\n" + lastLogLines.map { "  | " + $0 }.joined(separator: "\n")
+        }
+        return text
+    }
+}
+
+public struct LaunchResult: Sendable {
+    public var jobID: String
+    /// Global ranks this launcher started, with their process ids and final statuses.
+    public var pids: [Int: Int32]
+    public var statuses: [Int: RankStatus]
+    public var failure: LaunchFailure?
+    /// 0 only when every rank exited with 0; else the failed rank's status (128 + signal for a
+    /// signal), 128 + signal when interrupted, 124 on timeout, 1 when a rank could not start.
+    public var exitStatus: Int32
+    public var succeeded: Bool { exitStatus == 0 }
+}
+
+public struct Launcher {
+    public var topology: Topology
+    /// The host whose ranks to start (torchrun's node rank). nil: every host whose address is
+    /// this machine (all hosts for ipc; node 0 when there is only one host).
+    public var node: Int?
+    /// The rank command, normally the titan binary and a subcommand.
+    public var executable: String
+    public var arguments: [String]
+    public var dumpFolder: String
+    /// nil: a fresh id when this launcher starts every host; the topology's name when it starts
+    /// only some hosts, so the launchers of the other hosts (run with the same topology) agree.
+    public var jobID: String?
+    /// Added to the launcher's own environment for every rank (the rank identity wins over it).
+    public var extraEnvironment: [String: String]
+    /// After the first failure: SIGTERM to the others, SIGKILL after this many seconds.
+    public var graceSeconds: Double = 3
+    /// Stop the whole job (exit status 124) when it runs longer than this.
+    public var timeoutSeconds: Double?
+    public var tailLineCount = 10
+    /// Where the prefixed output goes (rank stdout → stdoutFD, rank stderr and launcher notes → stderrFD).
+    public var stdoutFD: Int32 = STDOUT_FILENO
+    public var stderrFD: Int32 = STDERR_FILENO
+
+    public init(topology: Topology, node: Int? = nil, executable: String, arguments: [String] = [],
+                dumpFolder: String, jobID: String? = nil, extraEnvironment: [String: String] = [:]) {
+        self.topology = topology
+        self.node = node
+        self.executable = executable
+        self.arguments = arguments
+        self.dumpFolder = dumpFolder
+        self.jobID = jobID
+        self.extraEnvironment = extraEnvironment
+    }
+
+    /// The host indices this launcher starts.
+    public func selectedNodes() throws -> [Int] {
+        if let node {
+            guard topology.hosts.indices.contains(node) else {
+                throw LauncherError.badNode(node, hostCount: topology.hosts.count)
+            }
+            return [node]
+        }
+        if topology.hosts.count == 1 || topology.transport == .ipc { return Array(topology.hosts.indices) }
+        let local = topology.hosts.indices.filter { isLocalAddress(topology.hosts[$0].address) }
+        guard !local.isEmpty else { throw LauncherError.noLocalHost(addresses: topology.hosts.map(\.address)) }
+        return local
+    }
+
+    /// Starts the ranks and supervises them until all have ended. Throws only when nothing could
+    /// be started (bad node, folders); rank failures come back in the result (already reported
+    /// on stderrFD). Installs SIGINT/SIGTERM/SIGHUP handlers for the duration (the first one is
+    /// forwarded to the ranks, a second one SIGKILLs them): one launch at a time per process.
+    public func run() throws -> LaunchResult {
+        try topology.validate()
+        let nodes = try selectedNodes()
+        let ranks = nodes.flatMap { topology.globalRanks(ofHost: $0) }
+        let jobID = self.jobID ?? Launcher.defaultJobID(topology: topology,
+                                                         everyHost: nodes.count == topology.hosts.count)
+
+        let fileManager = FileManager.default
+        let dump = URL(fileURLWithPath: dumpFolder).standardizedFileURL.path
+        let logs = dump + "/logs"
+        do {
+            try fileManager.createDirectory(atPath: logs, withIntermediateDirectories: true)
+        } catch {
+            throw LauncherError.file("cannot create the log folder \(logs): \(error.localizedDescription)")
+        }
+        // A short path: socket paths must fit in sun_path (~104 bytes).
+        let ipcDirectory = "/tmp/titan-" + Launcher.pathSafe(jobID)
+        var createdIPCDirectory = false
+        // An existing folder belongs to another launcher of the same job (another node on this
+        // machine), or is left over from a killed launcher; ZeroMQ replaces stale socket files.
+        if mkdir(ipcDirectory, 0o700) == 0 {
+            createdIPCDirectory = true
+        } else if errno != EEXIST {
+            throw LauncherError.system("mkdir \(ipcDirectory)", errno)
+        }
+        defer { if createdIPCDirectory { try? fileManager.removeItem(atPath: ipcDirectory) } }
+
+        let topologyPath = try topologyPathForRanks(dump: dump)
+        var baseEnvironment = ProcessInfo.processInfo.environment.merging(extraEnvironment) { $1 }
+        if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
+            // Ranks on this machine share its cores; one BLAS thread pool each would oversubscribe.
+            let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / ranks.count)
+            baseEnvironment[RankEnvironment.openBLASThreads] = String(threads)
+        }
+
+        var supervisor = Supervisor(launcher: self, jobID: jobID)
+        supervisor.note("job \(jobID): starting \(ranks.count) rank(s) of \(topology.worldSize) "
+            + "(topology \(topology.name), node(s) \(nodes.map(String.init).joined(separator: ",")))")
+        let signals = SignalForwarding()
+        defer { signals.restore() }
+
+        for rank in ranks {
+            let (host, localRank) = topology.location(ofRank: rank)
+            let identity = RankIdentity(
+                rank: rank, worldSize: topology.worldSize, localRank: localRank,
+                localWorldSize: topology.hosts[host].ranks, nodeRank: host, jobID: jobID,
+                topologyPath: topologyPath, localRanks: topologyPath == nil ? topology.worldSize : nil,
+                ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump)
+            let environment = baseEnvironment.merging(identity.environment) { $1 }
+            do {
+                try supervisor.start(rank: rank, environment: environment, logPath: "\(logs)/rank-\(rank).log")
+            } catch {
+                supervisor.fail(LaunchFailure(rank: rank, status: nil, reason: "could not start rank \(rank): \(error)",
+                                              logFile: nil, lastLogLines: []), exitStatus: 1)
+                break
+            }
+        }
+        return supervisor.superviseUntilDone(signals: signals)
+    }
+
+    /// What ranks get as TITAN_TOPOLOGY: the file the topology came from; nil (→ empty, plus
+    /// TITAN_LOCAL_RANKS) for the derived local topology; otherwise the topology written to
+    /// DUMP/topology.toml, so ranks read exactly what the launcher used.
+    func topologyPathForRanks(dump: String) throws -> String? {
+        if let path = topology.sourcePath { return path }
+        if topology == Topology.local(ranks: topology.worldSize) { return nil }
+        let path = dump + "/topology.toml"
+        do {
+            try topology.tomlString().write(toFile: path, atomically: true, encoding: .utf8)
+        } catch {
+            throw LauncherError.file("cannot write \(path): \(error.localizedDescription)")
+        }
+        return path
+    }
+
+    static func defaultJobID(topology: Topology, everyHost: Bool) -> String {
+        let name = pathSafe(topology.name)
+        guard everyHost else { return name }
+        return name + "-" + String(UInt32.random(in: 0 ... UInt32.max), radix: 16)
+    }
+
+    /// Letters, digits, '-', '_' and '.', at most 40 characters: safe in a short /tmp path.
+    static func pathSafe(_ text: String) -> String {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+        let cleaned = String(text.map { allowed.contains($0) ? $0 : "_" }.prefix(40))
+        return cleaned.isEmpty || cleaned.allSatisfy({ $0 == "." }) ? "job" : cleaned
+    }
+}
+
+// MARK: - Signals
+
+/// The self-pipe a signal handler writes the signal number into; poll() watches its read end.
+private var signalPipeWriteFD: Int32 = -1
+
+private func forwardSignalHandler(_ signal: Int32) {
+    var byte = UInt8(truncatingIfNeeded: signal)
+    _ = write(signalPipeWriteFD, &byte, 1)
+}
+
+/// Catches SIGINT/SIGTERM/SIGHUP for the launcher's lifetime (to forward them to the ranks, which
+/// run in their own process groups and so do not see the terminal's signals) and ignores SIGPIPE
+/// (a closed output pipe must not kill the supervisor of live ranks); restores all of them.
+private final class SignalForwarding {
+    let readFD: Int32
+    private let writeFD: Int32
+    private var previous: [(Int32, (@convention(c) (Int32) -> Void)?)] = []
+
+    init() {
+        let ends = (try? makePipe()) ?? (-1, -1)
+        readFD = ends.0
+        writeFD = ends.1
+        if readFD >= 0 {
+            setNonBlocking(readFD)
+            setNonBlocking(writeFD)
+        }
+        signalPipeWriteFD = writeFD
+        previous.append((SIGINT, signal(SIGINT, forwardSignalHandler)))
+        previous.append((SIGTERM, signal(SIGTERM, forwardSignalHandler)))
+        previous.append((SIGHUP, signal(SIGHUP, forwardSignalHandler)))
+        previous.append((SIGPIPE, signal(SIGPIPE, SIG_IGN)))
+    }
+
+    /// Signals received since the last call.
+    func drain() -> [Int32] {
+        var received: [Int32] = []
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while readFD >= 0 {
+            let count = read(readFD, &buffer, buffer.count)
+            guard count > 0 else { break }
+            received += buffer[..<count].map { Int32($0) }
+        }
+        return received
+    }
+
+    func restore() {
+        for (number, handler) in previous { signal(number, handler) }
+        signalPipeWriteFD = -1
+        if readFD >= 0 {
+            close(readFD)
+            close(writeFD)
+        }
+    }
+}
+
+// MARK: - Supervision
+
+/// One output stream of a rank (its stdout or its stderr pipe).
+private final class OutputPipe {
+    var fd: Int32
+    let destination: Int32
+    var pending: [UInt8] = []
+
+    init(fd: Int32, destination: Int32) {
+        self.fd = fd
+        self.destination = destination
+    }
+}
+
+private final class RankProcess {
+    let rank: Int
+    let pid: pid_t
+    let logFD: Int32
+    let logPath: String
+    let streams: [OutputPipe]
+    var status: RankStatus?
+    var tail: [String] = []
+
+    init(rank: Int, pid: pid_t, logFD: Int32, logPath: String, streams: [OutputPipe]) {
+        self.rank = rank
+        self.pid = pid
+        self.logFD = logFD
+        self.logPath = logPath
+        self.streams = streams
+    }
+}
+
+private struct Supervisor {
+    let launcher: Launcher
+    let jobID: String
+    var processes: [RankProcess] = []
+    var failure: LaunchFailure?
+    var exitStatus: Int32 = 0
+    let started = Date()
+    /// Set once the job is being stopped: when the survivors get SIGKILL.
+    var killDeadline: Date?
+    var killed = false
+
+    init(launcher: Launcher, jobID: String) {
+        self.launcher = launcher
+        self.jobID = jobID
+    }
+
+    func note(_ message: String) {
+        writeAll(launcher.stderrFD, Array("[launcher] \(message)\n".utf8))
+    }
+
+    mutating func start(rank: Int, environment: [String: String], logPath: String) throws {
+        let logFD = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard logFD >= 0 else { throw LauncherError.system("open \(logPath)", errno) }
+        let out: (read: Int32, write: Int32), err: (read: Int32, write: Int32)
+        do {
+            out = try makePipe()
+            err = try makePipe()
+        } catch {
+            close(logFD)
+            throw error
+        }
+        defer {
+            // The child holds its own copies; the launcher keeps only the read ends.
+            close(out.write)
+            close(err.write)
+        }
+        let pid: pid_t
+        do {
+            pid = try spawnProcess(executable: launcher.executable, arguments: launcher.arguments,
+                                   environment: environment, stdoutFD: out.write, stderrFD: err.write)
+        } catch {
+            close(out.read)
+            close(err.read)
+            close(logFD)
+            throw error
+        }
+        setNonBlocking(out.read)
+        setNonBlocking(err.read)
+        processes.append(RankProcess(rank: rank, pid: pid, logFD: logFD, logPath: logPath, streams: [
+            OutputPipe(fd: out.read, destination: launcher.stdoutFD),
+            OutputPipe(fd: err.read, destination: launcher.stderrFD),
+        ]))
+    }
+
+    /// Records the first failure and starts stopping the job: SIGTERM now, SIGKILL after the grace.
+    mutating func fail(_ failure: LaunchFailure, exitStatus: Int32, signal: Int32 = SIGTERM) {
+        guard self.failure == nil else { return }
+        self.failure = failure
+        self.exitStatus = exitStatus
+        let running = processes.filter { $0.status == nil }
+        if !running.isEmpty {
+            note("\(failure.reason); stopping \(running.count) other rank(s)")
+        }
+        signalRunning(signal)
+        killDeadline = Date().addingTimeInterval(launcher.graceSeconds)
+    }
+
+    /// Signals the process group of every rank still running (the rank and anything it started).
+    func signalRunning(_ signal: Int32) {
+        for process in processes where process.status == nil {
+            kill(-process.pid, signal)
+        }
+    }
+
+    mutating func superviseUntilDone(signals: SignalForwarding) -> LaunchResult {
+        var reapDeadline: Date?
+        while processes.contains(where: { $0.status == nil }) {
+            pumpOutput(timeoutMilliseconds: 50, signalFD: signals.readFD)
+
+            for signal in signals.drain() {
+                if failure == nil {
+                    fail(LaunchFailure(rank: nil, status: nil, reason: "interrupted by \(signalName(signal))",
+                                       logFile: nil, lastLogLines: []),
+                         exitStatus: 128 + signal, signal: signal)
+                } else {
+                    // A second Ctrl-C: the user does not want to wait for the grace period.
+                    killDeadline = Date()
+                }
+            }
+
+            reap()
+
+            if failure == nil, let limit = launcher.timeoutSeconds, Date().timeIntervalSince(started) > limit {
+                fail(LaunchFailure(rank: nil, status: nil, reason: "job exceeded its timeout of \(limit) s",
+                                   logFile: nil, lastLogLines: []), exitStatus: 124)
+            }
+            if !killed, let deadline = killDeadline, Date() >= deadline {
+                let survivors = processes.filter { $0.status == nil }.map { String($0.rank) }
+                if !survivors.isEmpty {
+                    note("rank(s) \(survivors.joined(separator: ", ")) still running after "
+                        + "\(launcher.graceSeconds) s; sending SIGKILL")
+                }
+                signalRunning(SIGKILL)
+                killed = true
+                reapDeadline = Date().addingTimeInterval(5)
+            }
+            if let deadline = reapDeadline, Date() >= deadline {
+                // SIGKILL cannot be ignored; a process that still has not ended is stuck in the
+                // kernel. Give up on it rather than hang the launcher.
+                for process in processes where process.status == nil {
+                    note("rank \(process.rank) (pid \(process.pid)) did not end after SIGKILL")
+                    process.status = .unknown
+                }
+            }
+        }
+
+        // Every rank has ended. Kill whatever they left behind in their process groups (it would
+        // be orphaned otherwise), then read the output that is still in the pipes.
+        for process in processes { kill(-process.pid, SIGKILL) }
+        let drainDeadline = Date().addingTimeInterval(2)
+        while processes.contains(where: { $0.streams.contains { $0.fd >= 0 } }), Date() < drainDeadline {
+            pumpOutput(timeoutMilliseconds: 50, signalFD: -1)
+        }
+        for process in processes {
+            for stream in process.streams where stream.fd >= 0 { closeStream(stream, of: process) }
+            close(process.logFD)
+        }
+
+        if var failure, let rank = failure.rank, let process = processes.first(where: { $0.rank == rank }) {
+            failure.lastLogLines = process.tail
+            failure.logFile = process.logPath
+            self.failure = failure
+        }
+        if let failure {
+            note("job \(jobID) failed: \(failure)")
+        }
+        return LaunchResult(
+            jobID: jobID,
+            pids: Dictionary(uniqueKeysWithValues: processes.map { ($0.rank, $0.pid) }),
+            statuses: Dictionary(uniqueKeysWithValues: processes.map { ($0.rank, $0.status ?? .unknown) }),
+            failure: failure, exitStatus: exitStatus)
+    }
+
+    /// Collects the status of every rank that has ended; the first failure stops the job.
+    mutating func reap() {
+        for process in processes where process.status == nil {
+            var status: Int32 = 0
+            let result = waitpid(process.pid, &status, WNOHANG)
+            if result == process.pid {
+                process.status = RankStatus(waitStatus: status)
+            } else if result < 0 && errno == ECHILD {
+                process.status = .unknown  // someone else reaped it (e.g. SIGCHLD set to SIG_IGN)
+            } else {
+                continue
+            }
+            let ended = process.status!
+            if !ended.succeeded && failure == nil {
+                fail(LaunchFailure(rank: process.rank, status: ended,
+                                   reason: "rank \(process.rank) (pid \(process.pid)) failed: \(ended)",
+                                   logFile: process.logPath, lastLogLines: []),
+                     exitStatus: ended.shellStatus)
+            }
+        }
+    }
+
+    /// Waits up to `timeoutMilliseconds` for output (or a signal) and relays what arrived.
+    func pumpOutput(timeoutMilliseconds: Int32, signalFD: Int32) {
+        var watched: [(RankProcess, OutputPipe)] = []
+        var fds: [pollfd] = []
+        for process in processes {
+            for stream in process.streams where stream.fd >= 0 {
+                watched.append((process, stream))
+                fds.append(pollfd(fd: stream.fd, events: Int16(POLLIN), revents: 0))
+            }
+        }
+        if signalFD >= 0 { fds.append(pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)) }
+        guard !fds.isEmpty else {
+            usleep(UInt32(timeoutMilliseconds) * 1000)  // nothing to watch: still pace the caller's loop
+            return
+        }
+        guard poll(&fds, nfds_t(fds.count), timeoutMilliseconds) > 0 else { return }
+
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        for (index, (process, stream)) in watched.enumerated() where fds[index].revents != 0 {
+            let count = read(stream.fd, &buffer, buffer.count)
+            if count > 0 {
+                stream.pending += buffer[..<count]
+                emitCompleteLines(stream, of: process)
+            } else if count == 0 || (errno != EAGAIN && errno != EINTR) {
+                closeStream(stream, of: process)  // end of file: every writer has exited
+            }
+        }
+    }
+
+    func emitCompleteLines(_ stream: OutputPipe, of process: RankProcess) {
+        var start = 0
+        while let newline = stream.pending[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            emit(Array(stream.pending[start ..< newline]), of: process, to: stream.destination)
+            start = newline + 1
+        }
+        stream.pending.removeFirst(start)
+        // A rank printing an endless line must not grow the buffer without bound.
+        if stream.pending.count > 65536 {
+            emit(stream.pending, of: process, to: stream.destination)
+            stream.pending = []
+        }
+    }
+
+    func closeStream(_ stream: OutputPipe, of process: RankProcess) {
+        if !stream.pending.isEmpty {
+            emit(stream.pending, of: process, to: stream.destination)  // last line without "\n"
+            stream.pending = []
+        }
+        close(stream.fd)
+        stream.fd = -1
+    }
+
+    /// One line: to the log file as is, to the terminal with the rank prefix, each in a single
+    /// write so lines of different ranks never interleave.
+    func emit(_ line: [UInt8], of process: RankProcess, to destination: Int32) {
+        writeAll(process.logFD, line + [UInt8(ascii: "\n")])
+        writeAll(destination, Array("[rank \(process.rank)] ".utf8) + line + [UInt8(ascii: "\n")])
+        process.tail.append(String(decoding: line, as: UTF8.self))
+        if process.tail.count > launcher.tailLineCount { process.tail.removeFirst() }
+    }
+}

@@ -1,0 +1,533 @@
+// Topology: where the ranks of a job run (hosts, ranks per host, transport, ports) and the
+// default parallelism degrees. Read from a TOML file (see topologies/*.toml) or derived for
+// "N ranks on this machine". The launcher uses it to spawn ranks; every rank reloads the same
+// file to build the ClusterSpec its transport needs.
+//
+// File format:
+//
+//     name = "local-8"
+//     transport = "ipc"              # ipc | tcp                      (default ipc)
+//     base_port = 29500              # tcp: required here or per host; ipc: optional, unused
+//     [[hosts]]                      # one table per host, in global rank order
+//     address = "127.0.0.1"          # tcp: required, where the other hosts reach this one
+//     ranks = 8                      # ranks on this host (>= 1)
+//     base_port = 29500              # optional, overrides the top-level base_port
+//     [parallelism]                  # defaults; --parallelism.* overrides them at launch
+//     data_parallel_replicate_degree = 1
+//     data_parallel_shard_degree = -1    # -1 = fill the rest of the world
+//     expert_parallel_degree = 4
+//
+// Global ranks are numbered host by host in file order; the ranks of a host are consecutive.
+// With tcp, local rank l of a host listens on base_port + l * ClusterSpec.maxGroupsPerRank + slot
+// for its process group slot (0 ..< maxGroupsPerRank), so a host reserves ranks * 16 ports.
+
+import Foundation
+import Collectives
+import TOMLKit
+
+public struct Topology: Sendable, Equatable {
+    public struct Host: Sendable, Equatable {
+        /// tcp: the address other hosts connect to. ipc: informational only.
+        public var address: String
+        public var ranks: Int
+        /// First port of this host's rank 0 (tcp). nil: use the topology's basePort.
+        public var basePort: Int?
+
+        public init(address: String, ranks: Int, basePort: Int? = nil) {
+            self.address = address
+            self.ranks = ranks
+            self.basePort = basePort
+        }
+    }
+
+    /// Default parallelism degrees (torchtitan names). As written in the file: the shard degree
+    /// may be -1 ("fill the rest of the world"); `resolved(worldSize:)` turns it into a number.
+    public struct Parallelism: Sendable, Equatable {
+        public var dataParallelReplicateDegree: Int
+        public var dataParallelShardDegree: Int
+        public var expertParallelDegree: Int
+
+        public init(dataParallelReplicateDegree: Int = 1, dataParallelShardDegree: Int = -1,
+                    expertParallelDegree: Int = 1) {
+            self.dataParallelReplicateDegree = dataParallelReplicateDegree
+            self.dataParallelShardDegree = dataParallelShardDegree
+            self.expertParallelDegree = expertParallelDegree
+        }
+
+        /// The degrees with -1 resolved, checked against the world size:
+        /// replicate × shard == world, and ep divides shard (EP groups live inside a shard group).
+        public func resolved(worldSize: Int) throws -> Parallelism {
+            if let problem = problems(worldSize: worldSize).first {
+                throw ParallelismError(key: problem.key, reason: problem.reason)
+            }
+            var result = self
+            if result.dataParallelShardDegree == -1 {
+                result.dataParallelShardDegree = worldSize / dataParallelReplicateDegree
+            }
+            return result
+        }
+
+        /// Each problem names the field (without the "parallelism." prefix).
+        func problems(worldSize: Int) -> [(key: String, reason: String)] {
+            let replicate = dataParallelReplicateDegree
+            let ep = expertParallelDegree
+            var shard = dataParallelShardDegree
+            var found: [(key: String, reason: String)] = []
+            if replicate < 1 {
+                found.append(("data_parallel_replicate_degree", "must be at least 1 (got \(replicate))"))
+            }
+            if shard < 1 && shard != -1 {
+                found.append(("data_parallel_shard_degree",
+                              "must be at least 1, or -1 to fill the rest of the world (got \(shard))"))
+            }
+            if ep < 1 {
+                found.append(("expert_parallel_degree", "must be at least 1 (got \(ep))"))
+            }
+            guard found.isEmpty else { return found }
+
+            if shard == -1 {
+                guard worldSize % replicate == 0 else {
+                    return [("data_parallel_replicate_degree",
+                             "\(replicate) does not divide the world size \(worldSize), "
+                             + "so data_parallel_shard_degree = -1 cannot fill the rest")]
+                }
+                shard = worldSize / replicate
+            }
+            if replicate * shard != worldSize {
+                return [("data_parallel_shard_degree",
+                         "data_parallel_replicate_degree (\(replicate)) × data_parallel_shard_degree "
+                         + "(\(shard)) = \(replicate * shard), but the world size is \(worldSize); "
+                         + "set data_parallel_shard_degree = -1 to fill the world")]
+            }
+            if shard % ep != 0 {
+                return [("expert_parallel_degree",
+                         "\(ep) does not divide data_parallel_shard_degree (\(shard)); "
+                         + "expert-parallel groups are carved out of the shard group")]
+            }
+            return []
+        }
+    }
+
+    public var name: String
+    /// .ipc or .tcp (.inproc belongs to the single-process runner, never to a file).
+    public var transport: TransportKind
+    /// Default first port for hosts that do not set their own.
+    public var basePort: Int?
+    public var hosts: [Host]
+    public var parallelism: Parallelism
+    /// Absolute path of the file this topology was loaded from; nil when parsed from a string
+    /// or built in code (e.g. `Topology.local`).
+    public var sourcePath: String?
+
+    public init(name: String, transport: TransportKind = .ipc, basePort: Int? = nil,
+                hosts: [Host], parallelism: Parallelism = Parallelism(), sourcePath: String? = nil) {
+        self.name = name
+        self.transport = transport
+        self.basePort = basePort
+        self.hosts = hosts
+        self.parallelism = parallelism
+        self.sourcePath = sourcePath
+    }
+
+    // MARK: - Rank layout
+
+    public var worldSize: Int { hosts.reduce(0) { $0 + $1.ranks } }
+
+    /// Global ranks of host `host`: hosts in file order, ranks of a host consecutive.
+    public func globalRanks(ofHost host: Int) -> Range<Int> {
+        let first = hosts[..<host].reduce(0) { $0 + $1.ranks }
+        return first ..< first + hosts[host].ranks
+    }
+
+    /// (host index, local rank) of a global rank.
+    public func location(ofRank rank: Int) -> (host: Int, localRank: Int) {
+        precondition(rank >= 0 && rank < worldSize, "rank \(rank) outside world of \(worldSize)")
+        var first = 0
+        for (index, host) in hosts.enumerated() {
+            if rank < first + host.ranks { return (index, rank - first) }
+            first += host.ranks
+        }
+        fatalError("unreachable")
+    }
+
+    /// The first port of `host` (its own base_port, else the topology's); nil when neither is set.
+    public func basePort(ofHost host: Int) -> Int? { hosts[host].basePort ?? basePort }
+
+    /// The parallelism defaults with -1 resolved (the topology has been validated, so this holds).
+    public var resolvedParallelism: Parallelism {
+        (try? parallelism.resolved(worldSize: worldSize)) ?? parallelism
+    }
+
+    /// What the transport needs: tcp gets every rank's host and first port
+    /// (host base_port + local_rank × ClusterSpec.maxGroupsPerRank); ipc only needs the folder,
+    /// so its portOfRank stays empty.
+    public func clusterSpec(jobID: String, ipcDirectory: String, timeoutSeconds: Double) -> ClusterSpec {
+        var hostOfRank: [String] = []
+        var portOfRank: [Int] = []
+        for (index, host) in hosts.enumerated() {
+            for localRank in 0 ..< host.ranks {
+                hostOfRank.append(host.address)
+                if transport == .tcp, let base = basePort(ofHost: index) {
+                    portOfRank.append(base + localRank * ClusterSpec.maxGroupsPerRank)
+                }
+            }
+        }
+        return ClusterSpec(jobID: jobID, worldSize: worldSize, transport: transport,
+                           hostOfRank: hostOfRank, portOfRank: portOfRank,
+                           ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds)
+    }
+
+    // MARK: - Derived local topology
+
+    /// The default topology for `ranks` processes on this machine: ipc, FSDP over all ranks,
+    /// no replication, and expert parallelism over groups of 4 ranks when 4 divides the world
+    /// (else 2, else 1). Groups of 4 (rather than all ranks) keep both communication patterns
+    /// in play on 8 ranks: all-to-all inside an EP group and FSDP across EP groups.
+    public static func local(ranks: Int) -> Topology {
+        precondition(ranks >= 1, "a local topology needs at least one rank")
+        let ep = [4, 2, 1].first { ranks % $0 == 0 }!
+        return Topology(name: "local-\(ranks)", transport: .ipc,
+                        hosts: [Host(address: "127.0.0.1", ranks: ranks)],
+                        parallelism: Parallelism(dataParallelReplicateDegree: 1,
+                                                 dataParallelShardDegree: ranks,
+                                                 expertParallelDegree: ep))
+    }
+
+    // MARK: - Loading
+
+    /// Reads and validates a topology file. Errors name the file, the key and the reason.
+    public static func load(path: String) throws -> Topology {
+        let url = URL(fileURLWithPath: path)
+        let text: String
+        do {
+            text = try String(contentsOf: url, encoding: .utf8)
+        } catch {
+            throw TopologyError(file: path, problems: [
+                .init(kind: .io, key: nil, reason: "cannot read the file: \(error.localizedDescription)"),
+            ])
+        }
+        var topology = try parse(toml: text, file: path)
+        topology.sourcePath = url.standardizedFileURL.path
+        return topology
+    }
+
+    /// Parses and validates TOML text. `file` names the source in error messages and gives the
+    /// default name (its file stem) when the text has no `name`.
+    public static func parse(toml: String, file: String) throws -> Topology {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: toml)
+        } catch let error as TOMLParseError {
+            let at = error.source.begin
+            throw TopologyError(file: file, problems: [
+                .init(kind: .syntax, key: nil,
+                      reason: "TOML syntax error at line \(at.line), column \(at.column): \(error.description)"),
+            ])
+        }
+        var reader = TableReader()
+        let defaultName = URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent
+        let topology = reader.readTopology(root, defaultName: defaultName)
+        guard reader.problems.isEmpty, let topology else {
+            throw TopologyError(file: file, problems: reader.problems)
+        }
+        let problems = topology.semanticProblems()
+        guard problems.isEmpty else { throw TopologyError(file: file, problems: problems) }
+        return topology
+    }
+
+    /// Checks a topology built in code (or edited after loading) with the same rules as a file.
+    public func validate() throws {
+        let problems = semanticProblems()
+        guard problems.isEmpty else {
+            throw TopologyError(file: sourcePath ?? "<topology \(name)>", problems: problems)
+        }
+    }
+
+    /// Rules that involve values, not just their types: counts, transport, degrees, ports.
+    func semanticProblems() -> [TopologyError.Problem] {
+        var found: [TopologyError.Problem] = []
+        if transport == .inproc {
+            found.append(.init(kind: .invalidValue, key: "transport",
+                               reason: "must be \"ipc\" or \"tcp\" (inproc is only for --single-process)"))
+        }
+        if hosts.isEmpty {
+            found.append(.init(kind: .missingKey, key: "hosts",
+                               reason: "needs at least one [[hosts]] table"))
+        }
+        for (index, host) in hosts.enumerated() where host.ranks < 1 {
+            found.append(.init(kind: .invalidValue, key: "hosts[\(index)].ranks",
+                               reason: "must be at least 1 (got \(host.ranks))"))
+        }
+        if transport == .tcp {
+            for (index, host) in hosts.enumerated() {
+                let address = host.address.trimmingCharacters(in: .whitespaces)
+                if address.isEmpty || address == "*" || address == "0.0.0.0" || address.contains("://") {
+                    found.append(.init(kind: .invalidValue, key: "hosts[\(index)].address",
+                                       reason: "must be an address or host name the other hosts can "
+                                           + "connect to (got \"\(host.address)\")"))
+                }
+            }
+        }
+        found += portProblems()
+        guard found.isEmpty else { return found }
+
+        for problem in parallelism.problems(worldSize: worldSize) {
+            found.append(.init(kind: .degrees, key: "parallelism.\(problem.key)", reason: problem.reason))
+        }
+        return found
+    }
+
+    private func portProblems() -> [TopologyError.Problem] {
+        var found: [TopologyError.Problem] = []
+        // The key a host's base port came from, for messages.
+        func portKey(_ index: Int) -> String {
+            hosts[index].basePort != nil ? "hosts[\(index)].base_port" : "base_port"
+        }
+        if let basePort, !(1 ... 65535).contains(basePort) {
+            found.append(.init(kind: .ports, key: "base_port", reason: "must be in 1...65535 (got \(basePort))"))
+        }
+        for (index, host) in hosts.enumerated() {
+            if let port = host.basePort, !(1 ... 65535).contains(port) {
+                found.append(.init(kind: .ports, key: "hosts[\(index)].base_port",
+                                   reason: "must be in 1...65535 (got \(port))"))
+            }
+        }
+        guard transport == .tcp, found.isEmpty else { return found }
+
+        // tcp: every host needs ranks × maxGroupsPerRank ports that fit and do not overlap the
+        // ports of another host on the same machine.
+        var ranges: [(host: Int, ports: ClosedRange<Int>)] = []
+        for (index, host) in hosts.enumerated() where host.ranks >= 1 {
+            guard let base = basePort(ofHost: index) else {
+                found.append(.init(kind: .missingKey, key: "hosts[\(index)].base_port",
+                                   reason: "tcp needs a base_port, at the top level or for this host"))
+                continue
+            }
+            let last = base + host.ranks * ClusterSpec.maxGroupsPerRank - 1
+            if last > 65535 {
+                found.append(.init(kind: .ports, key: portKey(index),
+                                   reason: "hosts[\(index)] needs ports \(base)...\(last) (\(host.ranks) ranks × "
+                                       + "\(ClusterSpec.maxGroupsPerRank) ports), past 65535"))
+                continue
+            }
+            ranges.append((index, base ... last))
+        }
+        for (j, b) in ranges.enumerated() {
+            for a in ranges[..<j] {
+                let hostA = hosts[a.host], hostB = hosts[b.host]
+                guard Topology.machineKey(hostA.address) == Topology.machineKey(hostB.address),
+                      a.ports.overlaps(b.ports) else { continue }
+                found.append(.init(
+                    kind: .ports, key: portKey(b.host),
+                    reason: "ports \(b.ports.lowerBound)...\(b.ports.upperBound) of hosts[\(b.host)] "
+                        + "(\(hostB.address)) overlap ports \(a.ports.lowerBound)...\(a.ports.upperBound) "
+                        + "of hosts[\(a.host)] (\(hostA.address)) on the same machine; each rank uses "
+                        + "\(ClusterSpec.maxGroupsPerRank) ports, so start hosts[\(b.host)] at "
+                        + "\(a.ports.upperBound + 1) or later"))
+            }
+        }
+        return found
+    }
+
+    /// Addresses that name the same machine. Ranks bind tcp://*:port (every interface), so all
+    /// loopback aliases are one machine for port clashes: 127.0.0.1 and 127.0.0.2 cannot share ports.
+    static func machineKey(_ address: String) -> String {
+        let lowered = address.lowercased()
+        if Topology.isLoopback(lowered) { return "loopback" }
+        return lowered
+    }
+
+    static func isLoopback(_ address: String) -> Bool {
+        let lowered = address.lowercased()
+        return lowered == "localhost" || lowered == "::1" || lowered.hasPrefix("127.")
+    }
+
+    // MARK: - Writing
+
+    /// The topology as TOML text that `parse` reads back (the launcher writes it for ranks when
+    /// the topology did not come from a file).
+    public func tomlString() -> String {
+        let root = TOMLTable()
+        root["name"] = name
+        root["transport"] = transport.rawValue
+        if let basePort { root["base_port"] = basePort }
+        let hostTables = TOMLArray()
+        for host in hosts {
+            let table = TOMLTable()
+            table["address"] = host.address
+            table["ranks"] = host.ranks
+            if let port = host.basePort { table["base_port"] = port }
+            hostTables.append(table)
+        }
+        root["hosts"] = hostTables
+        let degrees = TOMLTable()
+        degrees["data_parallel_replicate_degree"] = parallelism.dataParallelReplicateDegree
+        degrees["data_parallel_shard_degree"] = parallelism.dataParallelShardDegree
+        degrees["expert_parallel_degree"] = parallelism.expertParallelDegree
+        root["parallelism"] = degrees
+        return root.convert(to: .toml) + "\n"
+    }
+}
+
+/// A degree problem outside a file (e.g. after --parallelism.* overrides). `key` is the field
+/// name under [parallelism].
+public struct ParallelismError: Error, CustomStringConvertible, Equatable {
+    public var key: String
+    public var reason: String
+    public var description: String { "parallelism.\(key): \(reason)" }
+}
+
+/// Everything wrong with one topology file, each problem with its key and reason.
+public struct TopologyError: Error, CustomStringConvertible, Equatable {
+    public enum Kind: String, Sendable {
+        case io, syntax, unknownKey, wrongType, missingKey, invalidValue, degrees, ports
+    }
+
+    public struct Problem: Sendable, Equatable {
+        public var kind: Kind
+        /// Dotted path such as `hosts[1].ranks`; nil for file-level problems (unreadable, syntax).
+        public var key: String?
+        public var reason: String
+    }
+
+    public var file: String
+    public var problems: [Problem]
+
+    public var description: String {
+        let lines = problems.map { problem in
+            problem.key.map { "\(file): \($0): \(problem.reason)" } ?? "\(file): \(problem.reason)"
+        }
+        if lines.count == 1 { return "invalid topology: " + lines[0] }
+        return "invalid topology (\(lines.count) problems):\n" + lines.map { "  " + $0 }.joined(separator: "\n")
+    }
+}
+
+// MARK: - TOML reading
+
+/// Reads the TOML tree into a Topology, collecting every problem instead of stopping at the first,
+/// so one run of the launcher reports all of a file's mistakes.
+private struct TableReader {
+    var problems: [TopologyError.Problem] = []
+
+    static let topKeys = ["name", "transport", "base_port", "hosts", "parallelism"]
+    static let hostKeys = ["address", "ranks", "base_port"]
+    static let parallelismKeys = ["data_parallel_replicate_degree", "data_parallel_shard_degree",
+                                  "expert_parallel_degree"]
+
+    mutating func readTopology(_ root: TOMLTable, defaultName: String) -> Topology? {
+        checkKeys(root, allowed: Self.topKeys, prefix: "")
+        let name = string(root, "name", path: "name") ?? defaultName
+
+        var transport = TransportKind.ipc
+        if let text = string(root, "transport", path: "transport") {
+            if text == "ipc" || text == "tcp", let kind = TransportKind(rawValue: text) {
+                transport = kind
+            } else {
+                problems.append(.init(kind: .invalidValue, key: "transport",
+                                      reason: "must be \"ipc\" or \"tcp\" (got \"\(text)\")"))
+            }
+        }
+        let basePort = int(root, "base_port", path: "base_port")
+
+        var hosts: [Topology.Host] = []
+        if let value = root["hosts"] {
+            if let array = value.array, array.allSatisfy({ $0.type == .table }) {
+                for (index, element) in array.enumerated() {
+                    guard let table = element.table else { continue }
+                    let path = "hosts[\(index)]"
+                    checkKeys(table, allowed: Self.hostKeys, prefix: path + ".")
+                    var address = string(table, "address", path: path + ".address")
+                    if address == nil {
+                        if transport == .tcp {
+                            problems.append(.init(kind: .missingKey, key: path + ".address",
+                                                  reason: "tcp needs the address other hosts reach this host at"))
+                        }
+                        address = "127.0.0.1"
+                    }
+                    let ranks = int(table, "ranks", path: path + ".ranks")
+                    if table["ranks"] == nil {
+                        problems.append(.init(kind: .missingKey, key: path + ".ranks",
+                                              reason: "every host needs `ranks` (the number of ranks it runs)"))
+                    }
+                    hosts.append(Topology.Host(address: address!, ranks: ranks ?? 0,
+                                               basePort: int(table, "base_port", path: path + ".base_port")))
+                }
+            } else {
+                problems.append(.init(kind: .wrongType, key: "hosts",
+                                      reason: "expected an array of tables ([[hosts]] sections), got \(value.type)"))
+            }
+        } else {
+            problems.append(.init(kind: .missingKey, key: "hosts",
+                                  reason: "needs at least one [[hosts]] table with `ranks`"))
+        }
+
+        var parallelism = Topology.Parallelism()
+        if let value = root["parallelism"] {
+            if let table = value.table {
+                checkKeys(table, allowed: Self.parallelismKeys, prefix: "parallelism.")
+                if let degree = int(table, "data_parallel_replicate_degree",
+                                    path: "parallelism.data_parallel_replicate_degree") {
+                    parallelism.dataParallelReplicateDegree = degree
+                }
+                if let degree = int(table, "data_parallel_shard_degree",
+                                    path: "parallelism.data_parallel_shard_degree") {
+                    parallelism.dataParallelShardDegree = degree
+                }
+                if let degree = int(table, "expert_parallel_degree", path: "parallelism.expert_parallel_degree") {
+                    parallelism.expertParallelDegree = degree
+                }
+            } else {
+                problems.append(.init(kind: .wrongType, key: "parallelism",
+                                      reason: "expected a table ([parallelism] section), got \(value.type)"))
+            }
+        }
+        guard problems.isEmpty else { return nil }
+        return Topology(name: name, transport: transport, basePort: basePort, hosts: hosts,
+                        parallelism: parallelism)
+    }
+
+    mutating func checkKeys(_ table: TOMLTable, allowed: [String], prefix: String) {
+        for key in table.keys.sorted() where !allowed.contains(key) {
+            let closest = allowed.min { editDistance($0, key) < editDistance($1, key) }!
+            problems.append(.init(kind: .unknownKey, key: prefix + key,
+                                  reason: "unknown key; did you mean `\(prefix)\(closest)`? "
+                                      + "(valid here: \(allowed.joined(separator: ", ")))"))
+        }
+    }
+
+    mutating func string(_ table: TOMLTable, _ key: String, path: String) -> String? {
+        guard let value = table[key] else { return nil }
+        guard let text = value.string else {
+            problems.append(.init(kind: .wrongType, key: path, reason: "expected a string, got \(value.type)"))
+            return nil
+        }
+        return text
+    }
+
+    mutating func int(_ table: TOMLTable, _ key: String, path: String) -> Int? {
+        guard let value = table[key] else { return nil }
+        guard let number = value.int else {
+            problems.append(.init(kind: .wrongType, key: path, reason: "expected an integer, got \(value.type)"))
+            return nil
+        }
+        return number
+    }
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var previous = Array(0 ... b.count)
+    var current = [Int](repeating: 0, count: b.count + 1)
+    for i in 1 ... a.count {
+        current[0] = i
+        for j in 1 ... b.count {
+            let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, substitution)
+        }
+        swap(&previous, &current)
+    }
+    return previous[b.count]
+}

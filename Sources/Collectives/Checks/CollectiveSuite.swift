@@ -1,0 +1,207 @@
+import Foundation
+
+/// The collective correctness suite (`titan collectives`): every collective × sizes × groups × ops,
+/// each result checked on every rank against a reference computed locally from the distinct data
+/// every rank is known to contribute. One line per case, then "N passed, N failed".
+public final class CollectiveSuite {
+    let comm: Communicator
+    let print: (String) -> Void
+    private var passed = 0
+    private var failed = 0
+
+    /// Total buffer size of the largest case of each collective (16 MiB: nccl-tests' scale).
+    let largeBytes: Int
+
+    public init(comm: Communicator, largeBytes: Int = 16 << 20, print: @escaping (String) -> Void) {
+        self.comm = comm
+        self.largeBytes = largeBytes
+        self.print = print
+    }
+
+    /// Runs every case; returns the number of failures (the same on every rank).
+    public func run() throws -> Int {
+        let n = comm.worldSize
+        // The world, contiguous halves ("rows") and strided pairs ("columns"), as a device mesh makes them.
+        var groups: [(String, ProcessGroup)] = [("world", comm.world)]
+        if n > 1 {
+            let rowLength = (n + 1) / 2
+            let rows = stride(from: 0, to: n, by: rowLength).map { Array($0..<min($0 + rowLength, n)) }
+            groups.append(("rows", try comm.splitGroups(rows)))
+            let columns = (0..<2).map { c in Array(stride(from: c, to: n, by: 2)) }
+            groups.append(("columns", try comm.splitGroups(columns)))
+        }
+        for (name, group) in groups {
+            for perRank in [0, 1, 7, 1000, largeBytes / 4 / group.size] {
+                try allGather(group, name, perRank)
+                try allGatherUneven(group, name, perRank)
+                for op in ReduceOp.allCases where op != .max { try reduceScatter(group, name, perRank, op) }
+                for op in ReduceOp.allCases { try allReduce(group, name, perRank * group.size, op) }
+                try allToAll(group, name, perRank)
+                // The same number of cases on every group, even of size 1: ranks stay in step.
+                for root in [0, group.size - 1] { try broadcast(group, name, perRank * group.size, root: root) }
+            }
+            try allReduceInt(group, name)
+            try allGatherBytes(group, name)
+            try barrier(group, name)
+            try determinism(group, name)
+        }
+        print("\(passed) passed, \(failed) failed")
+        return failed
+    }
+
+    // MARK: data every rank can recompute: exact in Float32 (multiples of 1/2, |v| < 2100), so
+    // sums of up to thousands of ranks are exact and comparisons can be bitwise.
+
+    static func value(rank: Int, index: Int, salt: Int = 0) -> Float {
+        Float(((rank + 1) &* 7919 &+ index &* 104_729 &+ salt &* 31) % 4093) * 0.5 - 1000
+    }
+
+    static func data(rank: Int, count: Int, salt: Int = 0) -> [Float] {
+        (0..<count).map { value(rank: rank, index: $0, salt: salt) }
+    }
+
+    /// Records a case: every rank's verdict is combined over the world, so all ranks agree.
+    private func record(_ name: String, _ ok: Bool, _ detail: @autoclosure () -> String = "") throws {
+        let caseIndex = Int64(passed + failed)
+        let combined = try comm.world.allReduce([Int64(ok ? 0 : 1), caseIndex, -caseIndex], op: .max)
+        guard combined[1] == -combined[2] else {
+            throw CollectiveError.invalidArgument(nil, "suite ranks out of step at case \(caseIndex) (\(name)): a suite bug")
+        }
+        let failures = combined[0]
+        if failures == 0 {
+            passed += 1
+            print("PASS \(name)")
+        } else {
+            failed += 1
+            print("FAIL \(name)\(ok ? ": wrong on another rank" : ": rank \(comm.rank): \(detail())")")
+        }
+    }
+
+    private func firstMismatch(_ got: [Float], _ want: [Float]) -> String {
+        guard got.count == want.count else { return "length \(got.count), expected \(want.count)" }
+        for i in 0..<got.count where got[i].bitPattern != want[i].bitPattern {
+            return "element \(i): \(got[i]), expected \(want[i])"
+        }
+        return ""
+    }
+
+    // MARK: cases
+
+    private func allGather(_ g: ProcessGroup, _ gname: String, _ count: Int) throws {
+        let input = Self.data(rank: comm.rank, count: count, salt: 1)
+        let got = try g.allGather(input)
+        let want = g.members.flatMap { Self.data(rank: $0, count: count, salt: 1) }
+        try record("all_gather \(gname) n=\(g.size) count=\(count)", got == want, firstMismatch(got, want))
+    }
+
+    private func allGatherUneven(_ g: ProcessGroup, _ gname: String, _ count: Int) throws {
+        // Member i contributes count + i elements, and member 0 nothing when count is 0.
+        let counts = (0..<g.size).map { count == 0 && $0 == 0 ? 0 : count + $0 }
+        let input = Self.data(rank: comm.rank, count: counts[g.rank], salt: 2)
+        let got = try g.allGatherVariable(input).flatMap { $0 }
+        let want = g.members.enumerated().flatMap { Self.data(rank: $1, count: counts[$0], salt: 2) }
+        try record("all_gather_v \(gname) n=\(g.size) count=\(count)+i", got == want, firstMismatch(got, want))
+    }
+
+    private func reduceScatter(_ g: ProcessGroup, _ gname: String, _ count: Int, _ op: ReduceOp) throws {
+        let input = Self.data(rank: comm.rank, count: count * g.size, salt: 3)
+        var got = [Float](repeating: .nan, count: count)
+        try input.withUnsafeBufferPointer { i in
+            try got.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o, op: op) }
+        }
+        var want = [Float](repeating: 0, count: count)
+        for m in g.members {
+            let d = Self.data(rank: m, count: count * g.size, salt: 3)
+            for j in 0..<count { want[j] += d[g.rank * count + j] }
+        }
+        if op == .avg { want = want.map { $0 / Float(g.size) } }
+        try record("reduce_scatter \(op) \(gname) n=\(g.size) count=\(count)", got == want, firstMismatch(got, want))
+    }
+
+    private func allReduce(_ g: ProcessGroup, _ gname: String, _ count: Int, _ op: ReduceOp) throws {
+        let got = try g.allReduce(Self.data(rank: comm.rank, count: count, salt: 4), op: op)
+        let all = g.members.map { Self.data(rank: $0, count: count, salt: 4) }
+        var want = all[0]
+        for d in all.dropFirst() {
+            for j in 0..<count { want[j] = op == .max ? Swift.max(want[j], d[j]) : want[j] + d[j] }
+        }
+        if op == .avg { want = want.map { $0 / Float(g.size) } }
+        try record("all_reduce \(op) \(gname) n=\(g.size) count=\(count)", got == want, firstMismatch(got, want))
+    }
+
+    private func allReduceInt(_ g: ProcessGroup, _ gname: String) throws {
+        let mine = (0..<5).map { Int64(comm.rank * 1_000_003 + $0) << 20 }
+        let gotSum = try g.allReduce(mine, op: .sum)
+        let gotMax = try g.allReduce(mine.map { Int32(truncatingIfNeeded: $0 >> 20) }, op: .max)
+        let wantSum = (0..<5).map { j in g.members.reduce(Int64(0)) { $0 + (Int64($1 * 1_000_003 + j) << 20) } }
+        let wantMax = (0..<5).map { j in Int32(g.members.max()! * 1_000_003 + j) }
+        try record("all_reduce int64 sum, int32 max \(gname) n=\(g.size)", gotSum == wantSum && gotMax == wantMax,
+                   "sum \(gotSum) vs \(wantSum), max \(gotMax) vs \(wantMax)")
+    }
+
+    /// Split sizes that differ per (source, destination) pair, with some empty splits.
+    static func split(_ source: Int, _ destination: Int, _ count: Int) -> Int {
+        if count == 0 || (source + destination) % 3 == 0 { return 0 }
+        return count + (source * 3 + destination * 5) % 4
+    }
+
+    private func allToAll(_ g: ProcessGroup, _ gname: String, _ count: Int) throws {
+        let n = g.size, me = g.rank
+        let sendCounts = (0..<n).map { Self.split(me, $0, count) }
+        let receiveCounts = (0..<n).map { Self.split($0, me, count) }
+        // The block for destination j is data(rank, salt: 5 + j) truncated to its split.
+        let send = (0..<n).flatMap { j in Self.data(rank: comm.rank, count: sendCounts[j], salt: 5 + j) }
+        var got = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
+        try send.withUnsafeBufferPointer { s in
+            try got.withUnsafeMutableBufferPointer { r in
+                try g.allToAll(s, sendCounts: sendCounts, into: r, receiveCounts: receiveCounts)
+            }
+        }
+        let want = (0..<n).flatMap { i in Self.data(rank: g.members[i], count: receiveCounts[i], salt: 5 + me) }
+        try record("all_to_all_v \(gname) n=\(n) count~\(count)", got == want, firstMismatch(got, want))
+    }
+
+    private func broadcast(_ g: ProcessGroup, _ gname: String, _ count: Int, root: Int) throws {
+        var buffer = g.rank == root ? Self.data(rank: comm.rank, count: count, salt: 6) : [Float](repeating: .nan, count: count)
+        try buffer.withUnsafeMutableBufferPointer { try g.broadcast($0, root: root) }
+        let want = Self.data(rank: g.members[root], count: count, salt: 6)
+        try record("broadcast root=\(root) \(gname) n=\(g.size) count=\(count)", buffer == want, firstMismatch(buffer, want))
+    }
+
+    private func allGatherBytes(_ g: ProcessGroup, _ gname: String) throws {
+        let blob = Array("rank \(comm.rank) says hello".utf8) + (g.rank == 0 ? [] : [UInt8(g.rank)])
+        let got = try g.allGatherBytes(blob)
+        let want = g.members.enumerated().map { i, m in Array("rank \(m) says hello".utf8) + (i == 0 ? [] : [UInt8(i)]) }
+        try record("all_gather_bytes \(gname) n=\(g.size)", got == want, "got \(got.map(\.count)) bytes")
+    }
+
+    private func barrier(_ g: ProcessGroup, _ gname: String) throws {
+        try g.barrier()
+        try record("barrier \(gname) n=\(g.size)", true)
+    }
+
+    /// Non-exact data (sums round): every member must still hold bitwise the same all-reduce result.
+    private func determinism(_ g: ProcessGroup, _ gname: String) throws {
+        var rng = SplitMix(seed: UInt64(comm.rank) &+ 12345)
+        let mine = (0..<10_007).map { _ in Float(rng.nextUnit() * 2 - 1) / 3 }
+        let result = try g.allReduce(mine, op: .sum)
+        let digest = Int64(bitPattern: fnv1a64(result.flatMap { withUnsafeBytes(of: $0.bitPattern, Array.init) }))
+        let digests = try g.allGather([digest])
+        try record("all_reduce bitwise-identical on every member \(gname) n=\(g.size)", Set(digests).count == 1,
+                   "digests \(digests)")
+    }
+}
+
+/// A tiny deterministic generator (SplitMix64) for test data.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func nextUnit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}

@@ -1,0 +1,250 @@
+import Foundation
+
+/// A set of ranks that run collectives together (torch's ProcessGroup). Created collectively through
+/// a `Communicator`; each group has its own sockets and worker thread.
+///
+/// Every collective exists in two forms: `xxxAsync` returns a `Work` at once (the buffers must stay
+/// alive until `wait()`), and `xxx` waits. All members must issue the same collectives in the same order.
+public final class ProcessGroup: @unchecked Sendable {
+    /// Global ranks of the members, in group order.
+    public let members: [Int]
+    /// This rank's index in `members`.
+    public let rank: Int
+    public var size: Int { members.count }
+    /// The group's number, equal on every member (its creation order).
+    public let slot: Int
+    public let timeoutSeconds: Double
+
+    private let worker: GroupWorker
+    private var channel: GroupChannel?
+    private var broken: Error?         // touched only on the worker thread
+    private let lock = NSLock()
+    private var nextSequence: UInt64 = 0
+
+    init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int) {
+        self.members = members
+        self.rank = rank
+        self.slot = slot
+        self.timeoutSeconds = spec.timeoutSeconds
+        worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
+        worker.submit { [self] in
+            do { channel = try GroupChannel(spec: spec, context: context, members: members, me: rank, slot: slot) }
+            catch { broken = error }
+        }
+    }
+
+    /// Closes the sockets and ends the worker thread (after the queued collectives ran).
+    func close() {
+        worker.submit { [self] in channel?.close(); channel = nil; broken = CollectiveError.groupClosed("group \(slot) was closed") }
+        worker.stop(waitSeconds: timeoutSeconds + 5)
+    }
+
+    public var description: String { "group \(slot) \(members)" }
+
+    /// Queues `body` on the group's worker with the next sequence number; a failure poisons the group,
+    /// since its members no longer agree on where they are.
+    private func submit(_ kind: CollectiveKind, _ body: @escaping (GroupChannel) throws -> Void) -> Work {
+        lock.lock()
+        nextSequence += 1
+        let sequence = nextSequence
+        lock.unlock()
+        let work = Work(limitSeconds: timeoutSeconds * 2 + 30)
+        worker.submit { [self] in
+            if let broken { work.finish(broken); return }
+            guard let channel else { work.finish(CollectiveError.groupClosed("group \(slot) has no channel")); return }
+            channel.begin(kind, sequence: sequence)
+            do {
+                try body(channel)
+                try channel.waitForSends()
+                work.finish(nil)
+            } catch {
+                broken = error
+                work.finish(error)
+            }
+        }
+        return work
+    }
+
+    private func info(_ kind: CollectiveKind) -> CollectiveContextInfo {
+        CollectiveContextInfo(rank: members[rank], kind: kind, sequence: nextSequence + 1, groupSlot: slot, groupMembers: members)
+    }
+
+    private func check(_ condition: Bool, _ kind: CollectiveKind, _ message: @autoclosure () -> String) throws {
+        if !condition { throw CollectiveError.invalidArgument(info(kind), message()) }
+    }
+
+    // MARK: all-gather
+
+    /// Every member contributes `input` (same length everywhere); `output` (size × input.count)
+    /// receives the contributions in member order.
+    public func allGatherAsync<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>) throws -> Work {
+        try allGatherAsync(input, counts: Array(repeating: input.count, count: size), into: output)
+    }
+
+    /// All-gather with uneven contributions: member i contributes `counts[i]` elements.
+    public func allGatherAsync<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, counts: [Int], into output: UnsafeMutableBufferPointer<T>) throws -> Work {
+        let es = MemoryLayout<T>.stride
+        try check(counts.count == size, .allGather, "counts has \(counts.count) entries for \(size) members")
+        try check(input.count == counts[rank], .allGather, "input has \(input.count) elements, counts[\(rank)] = \(counts[rank])")
+        try check(output.count == counts.reduce(0, +), .allGather, "output has \(output.count) elements, counts sum to \(counts.reduce(0, +))")
+        let layout = ChunkLayout(sizes: counts.map { $0 * es })
+        let out = UnsafeMutableRawPointer(output.baseAddress) ?? Self.emptyBuffer
+        let own = UnsafeRawPointer(input.baseAddress)
+        let me = rank
+        return submit(.allGather) { ch in
+            if let own, layout.sizes[me] > 0, own != UnsafeRawPointer(out + layout.offsets[me]) {
+                memmove(out + layout.offsets[me], own, layout.sizes[me])
+            }
+            try ringAllGather(ch, output: out, layout: layout, elementSize: es)
+        }
+    }
+
+    // MARK: reduce-scatter
+
+    /// `input` holds size equal chunks; member i receives the reduction of every member's chunk i.
+    public func reduceScatterAsync<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum) throws -> Work {
+        try reduceScatterAsync(input, counts: Array(repeating: output.count, count: size), into: output, op: op)
+    }
+
+    /// Reduce-scatter with uneven chunks: chunk i has `counts[i]` elements.
+    public func reduceScatterAsync<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, counts: [Int], into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum) throws -> Work {
+        let es = MemoryLayout<T>.stride
+        try check(T.isReducible, .reduceScatter, "\(T.self) cannot be reduced")
+        try check(op != .avg || T.self == Float.self, .reduceScatter, "avg needs Float32 data")
+        try check(counts.count == size, .reduceScatter, "counts has \(counts.count) entries for \(size) members")
+        try check(input.count == counts.reduce(0, +), .reduceScatter, "input has \(input.count) elements, counts sum to \(counts.reduce(0, +))")
+        try check(output.count == counts[rank], .reduceScatter, "output has \(output.count) elements, counts[\(rank)] = \(counts[rank])")
+        let layout = ChunkLayout(sizes: counts.map { $0 * es })
+        let src = UnsafeRawPointer(input.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
+        let dst = UnsafeMutableRawPointer(output.baseAddress) ?? Self.emptyBuffer
+        let n = size, count = output.count
+        return submit(.reduceScatter) { ch in
+            try ringReduceScatter(ch, input: src, output: dst, layout: layout, reduction: ByteReduction(T.self, op))
+            if op == .avg { T.divide(dst.assumingMemoryBound(to: T.self), count: count, by: n) }
+        }
+    }
+
+    // MARK: all-reduce
+
+    /// In-place all-reduce of `buffer` (same length on every member).
+    public func allReduceAsync<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum) throws -> Work {
+        try check(T.isReducible, .allReduce, "\(T.self) cannot be reduced")
+        try check(op != .avg || T.self == Float.self, .allReduce, "avg needs Float32 data")
+        let base = UnsafeMutableRawPointer(buffer.baseAddress) ?? Self.emptyBuffer
+        let count = buffer.count, n = size
+        return submit(.allReduce) { ch in
+            try ringAllReduce(ch, buffer: base, count: count, reduction: ByteReduction(T.self, op)) { chunk, bytes in
+                if op == .avg { T.divide(chunk.assumingMemoryBound(to: T.self), count: bytes / MemoryLayout<T>.stride, by: n) }
+            }
+        }
+    }
+
+    // MARK: all-to-all
+
+    /// All-to-all-v (torch's all_to_all_single with split sizes): `send` holds `sendCounts[j]` elements
+    /// for member j, in member order; `receive` gets `receiveCounts[i]` elements from member i.
+    public func allToAllAsync<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, sendCounts: [Int],
+                                                    into receive: UnsafeMutableBufferPointer<T>, receiveCounts: [Int]) throws -> Work {
+        let es = MemoryLayout<T>.stride
+        try check(sendCounts.count == size && receiveCounts.count == size, .allToAll, "split lists need \(size) entries")
+        try check(send.count == sendCounts.reduce(0, +), .allToAll, "send has \(send.count) elements, sendCounts sum to \(sendCounts.reduce(0, +))")
+        try check(receive.count == receiveCounts.reduce(0, +), .allToAll, "receive has \(receive.count) elements, receiveCounts sum to \(receiveCounts.reduce(0, +))")
+        try check(sendCounts[rank] == receiveCounts[rank], .allToAll, "sendCounts[\(rank)] != receiveCounts[\(rank)] for the rank's own split")
+        let sendLayout = ChunkLayout(sizes: sendCounts.map { $0 * es })
+        let receiveLayout = ChunkLayout(sizes: receiveCounts.map { $0 * es })
+        let src = UnsafeRawPointer(send.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
+        let dst = UnsafeMutableRawPointer(receive.baseAddress) ?? Self.emptyBuffer
+        return submit(.allToAll) { ch in
+            try pairwiseAllToAll(ch, send: src, sendLayout: sendLayout, receive: dst, receiveLayout: receiveLayout, elementSize: es)
+        }
+    }
+
+    // MARK: broadcast, barrier
+
+    public func broadcastAsync<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws -> Work {
+        try check((0..<size).contains(root), .broadcast, "root \(root) is not a group rank (0..<\(size))")
+        let base = UnsafeMutableRawPointer(buffer.baseAddress) ?? Self.emptyBuffer
+        let bytes = buffer.count * MemoryLayout<T>.stride
+        return submit(.broadcast) { ch in
+            try chainBroadcast(ch, buffer: base, bytes: bytes, root: root, elementSize: MemoryLayout<T>.stride)
+        }
+    }
+
+    public func barrierAsync() -> Work {
+        submit(.barrier) { ch in try disseminationBarrier(ch) }
+    }
+
+    /// A stand-in address for empty buffers (nothing is ever read from or written to it).
+    private static let emptyBuffer = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 16)
+}
+
+// MARK: - Blocking forms and array conveniences
+
+extension ProcessGroup {
+    public func allGather<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>) throws {
+        try allGatherAsync(input, into: output).wait()
+    }
+
+    public func allGather<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, counts: [Int], into output: UnsafeMutableBufferPointer<T>) throws {
+        try allGatherAsync(input, counts: counts, into: output).wait()
+    }
+
+    public func reduceScatter<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum) throws {
+        try reduceScatterAsync(input, into: output, op: op).wait()
+    }
+
+    public func allReduce<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum) throws {
+        try allReduceAsync(buffer, op: op).wait()
+    }
+
+    public func allToAll<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, sendCounts: [Int],
+                                               into receive: UnsafeMutableBufferPointer<T>, receiveCounts: [Int]) throws {
+        try allToAllAsync(send, sendCounts: sendCounts, into: receive, receiveCounts: receiveCounts).wait()
+    }
+
+    public func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {
+        try broadcastAsync(buffer, root: root).wait()
+    }
+
+    public func barrier() throws { try barrierAsync().wait() }
+
+    /// All-reduce of an array, returning the result.
+    public func allReduce<T: CollectiveElement>(_ values: [T], op: ReduceOp = .sum) throws -> [T] {
+        var v = values
+        try v.withUnsafeMutableBufferPointer { try allReduce($0, op: op) }
+        return v
+    }
+
+    /// All-gather of arrays of any (per-member) length; returns each member's array.
+    public func allGatherVariable<T: CollectiveElement>(_ values: [T]) throws -> [[T]] {
+        let counts = try allGather([Int64(values.count)]).map { Int($0) }
+        var out = [T](unsafeUninitializedCapacity: counts.reduce(0, +)) { buf, n in
+            n = counts.reduce(0, +)
+            if let p = buf.baseAddress { memset(p, 0, n * MemoryLayout<T>.stride) }
+        }
+        try values.withUnsafeBufferPointer { src in
+            try out.withUnsafeMutableBufferPointer { dst in try allGather(src, counts: counts, into: dst) }
+        }
+        var result: [[T]] = []
+        var o = 0
+        for c in counts { result.append(Array(out[o..<(o + c)])); o += c }
+        return result
+    }
+
+    /// All-gather of equal-length arrays, concatenated in member order.
+    public func allGather<T: CollectiveElement>(_ values: [T]) throws -> [T] {
+        var out = [T](unsafeUninitializedCapacity: values.count * size) { buf, n in
+            n = values.count * size
+            if let p = buf.baseAddress { memset(p, 0, n * MemoryLayout<T>.stride) }
+        }
+        try values.withUnsafeBufferPointer { src in
+            try out.withUnsafeMutableBufferPointer { dst in try allGather(src, into: dst) }
+        }
+        return out
+    }
+
+    /// All-gather of small byte blobs (metadata), one per member.
+    public func allGatherBytes(_ blob: [UInt8]) throws -> [[UInt8]] {
+        try allGatherVariable(blob)
+    }
+}

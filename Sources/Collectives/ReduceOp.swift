@@ -1,0 +1,94 @@
+// Element types and reduction operators. Reductions are applied by the algorithms in a fixed order,
+// so results are bitwise identical on every rank and every run.
+
+public enum ReduceOp: String, Sendable, CaseIterable {
+    case sum, avg, max
+}
+
+/// Types a collective can carry: Float32 data, Int32/Int64 counts, raw bytes (no reductions).
+public protocol CollectiveElement: Sendable {
+    /// dst[i] = a[i] op b[i] for i < count; `dst` may alias `a` or `b`. Avg accumulates like sum.
+    static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Self>, _ a: UnsafePointer<Self>,
+                        _ b: UnsafePointer<Self>, count: Int)
+    /// Finishes an average: p[i] /= divisor.
+    static func divide(_ p: UnsafeMutablePointer<Self>, count: Int, by divisor: Int)
+    static var isReducible: Bool { get }
+}
+
+extension CollectiveElement where Self: Numeric & Comparable {
+    @inline(__always)
+    static func combineNumeric(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Self>, _ a: UnsafePointer<Self>,
+                               _ b: UnsafePointer<Self>, count: Int) {
+        switch op {
+        case .sum, .avg: for i in 0..<count { dst[i] = a[i] + b[i] }
+        case .max: for i in 0..<count { dst[i] = Swift.max(a[i], b[i]) }
+        }
+    }
+}
+
+extension Float: CollectiveElement {
+    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
+                               _ b: UnsafePointer<Float>, count: Int) {
+        combineNumeric(op, dst, a, b, count: count)
+    }
+    public static func divide(_ p: UnsafeMutablePointer<Float>, count: Int, by divisor: Int) {
+        let d = Float(divisor)
+        for i in 0..<count { p[i] /= d }
+    }
+    public static var isReducible: Bool { true }
+}
+
+extension Int32: CollectiveElement {
+    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Int32>, _ a: UnsafePointer<Int32>,
+                               _ b: UnsafePointer<Int32>, count: Int) {
+        switch op {
+        case .sum, .avg: for i in 0..<count { dst[i] = a[i] &+ b[i] }
+        case .max: for i in 0..<count { dst[i] = Swift.max(a[i], b[i]) }
+        }
+    }
+    public static func divide(_ p: UnsafeMutablePointer<Int32>, count: Int, by divisor: Int) {
+        for i in 0..<count { p[i] /= Int32(divisor) }
+    }
+    public static var isReducible: Bool { true }
+}
+
+extension Int64: CollectiveElement {
+    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Int64>, _ a: UnsafePointer<Int64>,
+                               _ b: UnsafePointer<Int64>, count: Int) {
+        switch op {
+        case .sum, .avg: for i in 0..<count { dst[i] = a[i] &+ b[i] }
+        case .max: for i in 0..<count { dst[i] = Swift.max(a[i], b[i]) }
+        }
+    }
+    public static func divide(_ p: UnsafeMutablePointer<Int64>, count: Int, by divisor: Int) {
+        for i in 0..<count { p[i] /= Int64(divisor) }
+    }
+    public static var isReducible: Bool { true }
+}
+
+extension UInt8: CollectiveElement {
+    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<UInt8>, _ a: UnsafePointer<UInt8>,
+                               _ b: UnsafePointer<UInt8>, count: Int) {
+        preconditionFailure("bytes are not reducible")
+    }
+    public static func divide(_ p: UnsafeMutablePointer<UInt8>, count: Int, by divisor: Int) {
+        preconditionFailure("bytes are not reducible")
+    }
+    public static var isReducible: Bool { false }
+}
+
+/// A reduction over raw bytes, as the algorithms see it.
+struct ByteReduction {
+    let elementSize: Int
+    /// dst = a op b over `bytes` bytes (dst may alias a or b).
+    let combine: (UnsafeMutableRawPointer, UnsafeRawPointer, UnsafeRawPointer, Int) -> Void
+
+    init<T: CollectiveElement>(_ type: T.Type, _ op: ReduceOp) {
+        elementSize = MemoryLayout<T>.stride
+        combine = { dst, a, b, bytes in
+            let n = bytes / MemoryLayout<T>.stride
+            T.combine(op, dst.assumingMemoryBound(to: T.self), a.assumingMemoryBound(to: T.self),
+                      b.assumingMemoryBound(to: T.self), count: n)
+        }
+    }
+}

@@ -1,0 +1,198 @@
+import CZeroMQ
+import Foundation
+
+/// The sockets of one member of one process group, and the framing of its messages.
+///
+/// Each member binds one PULL socket and connects one PUSH socket to every other member, all on the
+/// group's own endpoints (`ClusterSpec.bindAddress(rank:groupSlot:)`), so groups never share a socket
+/// and progress independently. Per sender, ZeroMQ delivers in order; frames that arrive before this
+/// member asks for them (from a faster peer or a later collective) wait in a per-peer stash.
+/// Used by one thread only: the group's worker.
+final class GroupChannel {
+    let spec: ClusterSpec
+    let members: [Int]
+    let me: Int           // index of this rank in `members`
+    let slot: Int
+    private let jobHash: UInt64
+    private let groupHash: UInt32
+    private let context: ZMQContext
+    private var pull: ZMQSocket?
+    private var push: [ZMQSocket?]
+    private var stash: [[(FrameHeader, ZMQMessage)]]
+    private let tracker = SendTracker()
+    private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
+
+    // State of the collective in progress.
+    private(set) var info: CollectiveContextInfo
+    private var sendIndex: [UInt32]
+    private var receiveIndex: [UInt32]
+    private var deadline = Date.distantFuture
+
+    var size: Int { members.count }
+    var timeout: Double { spec.timeoutSeconds }
+
+    init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int) throws {
+        self.spec = spec
+        self.context = context
+        self.members = members
+        self.me = me
+        self.slot = slot
+        jobHash = fnv1a64(Array(spec.jobID.utf8))
+        groupHash = UInt32(truncatingIfNeeded: fnv1a64(members.flatMap { withUnsafeBytes(of: UInt32($0).littleEndian, Array.init) }))
+        push = Array(repeating: nil, count: members.count)
+        stash = Array(repeating: [], count: members.count)
+        sendIndex = Array(repeating: 0, count: members.count)
+        receiveIndex = Array(repeating: 0, count: members.count)
+        info = CollectiveContextInfo(rank: members[me], kind: .barrier, sequence: 0, groupSlot: slot, groupMembers: members)
+        guard members.count > 1 else { return }  // a group of one needs no sockets
+
+        let timeoutMs = Int32(clamping: Int(spec.timeoutSeconds * 1000))
+        do {
+            let pull = try ZMQSocket(context: context, type: ZMQ_PULL)
+            try pull.set(ZMQ_RCVHWM, 0)  // never push back on senders: every collective's volume is bounded
+            try pull.set(ZMQ_RCVBUF, 4 << 20)
+            try pull.bind(spec.bindAddress(rank: members[me], groupSlot: slot))
+            self.pull = pull
+            for (i, peer) in members.enumerated() where i != me {
+                let s = try ZMQSocket(context: context, type: ZMQ_PUSH)
+                try s.set(ZMQ_SNDHWM, 0)
+                try s.set(ZMQ_SNDBUF, 4 << 20)
+                try s.set(ZMQ_SNDTIMEO, timeoutMs)
+                try s.set(ZMQ_LINGER, timeoutMs)  // deliver what is queued even if we close right after
+                try s.set(ZMQ_RECONNECT_IVL, 10)  // peers bind at their own pace; retry quickly
+                try s.connect(spec.connectAddress(rank: peer, groupSlot: slot))
+                push[i] = s
+            }
+        } catch let e as ZMQCallError {
+            throw CollectiveError.transport(nil, "rank \(members[me]) could not open group \(slot) \(members): \(e)")
+        }
+    }
+
+    deinit { headerScratch.deallocate() }
+
+    func close() {
+        push = Array(repeating: nil, count: members.count)
+        pull = nil
+        stash = Array(repeating: [], count: members.count)
+    }
+
+    // MARK: collective lifecycle
+
+    func begin(_ kind: CollectiveKind, sequence: UInt64) {
+        info.kind = kind
+        info.sequence = sequence
+        for i in 0..<members.count { sendIndex[i] = 0; receiveIndex[i] = 0 }
+        deadline = Date().addingTimeInterval(spec.timeoutSeconds)
+    }
+
+    /// Returns once libzmq holds no zero-copy payload of this collective any more,
+    /// so the caller may reuse its buffers.
+    func waitForSends() throws {
+        guard tracker.waitAllReleased(until: deadline) else {
+            throw CollectiveError.timeout(info, missingRanks: [], seconds: spec.timeoutSeconds)
+        }
+    }
+
+    // MARK: sending
+
+    /// Sends `count` bytes at `bytes` to group member `peer` without copying them.
+    func send(to peer: Int, bytes: UnsafeRawPointer, count: Int) throws {
+        let payload: ZMQMessage
+        do { payload = try ZMQMessage(borrowing: bytes, count: count, tracker: tracker) }
+        catch { throw CollectiveError.transport(info, "\(error)") }
+        try send(to: peer, payload: payload)
+    }
+
+    /// Sends a message this rank received (ownership passes on; libzmq shares the buffer).
+    func send(to peer: Int, payload: ZMQMessage) throws {
+        precondition(peer != me, "a rank does not message itself")
+        guard let socket = push[peer] else { throw CollectiveError.groupClosed("group \(slot) is closed") }
+        let header = FrameHeader(
+            kindRaw: info.kind.rawValue, jobHash: jobHash, groupSlot: UInt32(slot), groupHash: groupHash,
+            sequence: info.sequence, sourceRank: UInt32(members[me]), messageIndex: sendIndex[peer],
+            payloadBytes: UInt64(payload.count))
+        sendIndex[peer] += 1
+        do {
+            header.encode(into: headerScratch)
+            let sent = try socket.sendCopy(headerScratch, count: FrameHeader.size, more: true)
+            guard sent, try socket.send(payload, more: false) else {
+                throw CollectiveError.sendTimeout(info, peer: members[peer], seconds: spec.timeoutSeconds)
+            }
+        } catch let e as ZMQCallError {
+            throw CollectiveError.transport(info, "sending to rank \(members[peer]): \(e)")
+        }
+    }
+
+    // MARK: receiving
+
+    /// The next message of this collective from group member `peer`, which must hold `expectedBytes`.
+    func receive(from peer: Int, expectedBytes: Int) throws -> ZMQMessage {
+        while stash[peer].isEmpty {
+            try pumpOne(waitingFor: peer)
+        }
+        let (header, payload) = stash[peer].removeFirst()
+        try validate(header, payload: payload, peer: peer, expectedBytes: expectedBytes)
+        receiveIndex[peer] += 1
+        return payload
+    }
+
+    /// Reads one frame pair from the socket into the stash, or throws when the deadline passes.
+    private func pumpOne(waitingFor peer: Int) throws {
+        guard let pull else { throw CollectiveError.groupClosed("group \(slot) is closed") }
+        do {
+            while true {
+                let remaining = deadline.timeIntervalSinceNow
+                if remaining <= 0 {
+                    throw CollectiveError.timeout(info, missingRanks: [members[peer]], seconds: spec.timeoutSeconds)
+                }
+                if try pull.pollIn(milliseconds: Int(min(remaining, 1.0) * 1000) + 1) { break }
+            }
+            guard let headerFrame = try pull.receiveNow() else { return }
+            let more = headerFrame.hasMore
+            let header: FrameHeader
+            do { header = try FrameHeader.decode(headerFrame.bytes, count: headerFrame.count) }
+            catch {
+                if more { _ = try pull.receiveNow() }
+                throw CollectiveError.badFrame(info, peer: nil, reason: "undecodable header (\(error)); is another program sending to this job's sockets?")
+            }
+            guard more, let payload = try pull.receiveNow() else {
+                throw CollectiveError.badFrame(info, peer: Int(header.sourceRank), reason: "header without payload frame")
+            }
+            guard header.jobHash == jobHash else {
+                throw CollectiveError.badFrame(info, peer: Int(header.sourceRank), reason: "frame belongs to another job (job hash \(header.jobHash), expected \(jobHash))")
+            }
+            guard header.groupSlot == UInt32(slot), header.groupHash == groupHash else {
+                throw CollectiveError.badFrame(info, peer: Int(header.sourceRank), reason: "frame belongs to group \(header.groupSlot) (hash \(header.groupHash)), not this group")
+            }
+            guard let source = members.firstIndex(of: Int(header.sourceRank)), source != me else {
+                throw CollectiveError.badFrame(info, peer: Int(header.sourceRank), reason: "sender is not a member of this group")
+            }
+            stash[source].append((header, payload))
+        } catch let e as ZMQCallError {
+            throw CollectiveError.transport(info, "receiving: \(e)")
+        }
+    }
+
+    private func validate(_ h: FrameHeader, payload: ZMQMessage, peer: Int, expectedBytes: Int) throws {
+        let from = members[peer]
+        if h.sequence != info.sequence {
+            let other = CollectiveKind(rawValue: h.kindRaw).map(String.init(describing:)) ?? "kind \(h.kindRaw)"
+            throw CollectiveError.badFrame(info, peer: from, reason: h.sequence > info.sequence
+                ? "rank \(from) is already at \(other) #\(h.sequence): it ran fewer messages of this collective than this rank expects"
+                : "stale frame of \(other) #\(h.sequence)")
+        }
+        guard h.kindRaw == info.kind.rawValue else {
+            let other = CollectiveKind(rawValue: h.kindRaw).map(String.init(describing:)) ?? "kind \(h.kindRaw)"
+            throw CollectiveError.badFrame(info, peer: from, reason: "rank \(from) called \(other) where this rank called \(info.kind)")
+        }
+        guard h.messageIndex == receiveIndex[peer] else {
+            throw CollectiveError.badFrame(info, peer: from, reason: "message \(h.messageIndex) arrived where \(receiveIndex[peer]) was expected")
+        }
+        guard h.payloadBytes == UInt64(payload.count) else {
+            throw CollectiveError.badFrame(info, peer: from, reason: "header says \(h.payloadBytes) bytes, frame holds \(payload.count)")
+        }
+        guard payload.count == expectedBytes else {
+            throw CollectiveError.badFrame(info, peer: from, reason: "expected \(expectedBytes) bytes, got \(payload.count): the ranks disagree on sizes")
+        }
+    }
+}

@@ -1,0 +1,134 @@
+import Tensor
+
+/// Routed-expert computation, replaceable from outside (expert parallelism swaps in a dispatcher).
+///
+/// The MoE layer hands over the routed token rows already SORTED BY EXPERT: rows 0..<counts_E[0] go to expert 0,
+/// the next counts_E[1] rows to expert 1, and so on (S = Σ counts_E rows of `dim` floats). The experts object returns
+/// the expert outputs in the same order. Routing weights are applied by the MoE layer afterwards.
+public protocol MoEExperts: AnyObject {
+    /// y_SD[s] = expert_e(x_SD[s]) for the rows s of expert e.
+    func forward(x_SD: UnsafePointer<Float>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>)
+    /// Called once after `forward` with the same x_SD and counts. WRITES dx_SD (not accumulated) and ACCUMULATES the
+    /// expert weight gradients.
+    func backward(x_SD: UnsafePointer<Float>, dy_SD: UnsafePointer<Float>, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>)
+}
+
+/// Grows-only scratch storage.
+final class GrowBuffer {
+    private(set) var tensor = Tensor(shape: [0])
+    func get(_ n: Int) -> UnsafeMutablePointer<Float> {
+        if tensor.count < n { tensor = Tensor(shape: [n]) }
+        return tensor.data
+    }
+}
+
+/// Local SwiGLU experts: y = (silu(x·W1_eᵀ) ⊙ (x·W3_eᵀ)) · W2_eᵀ, weights w1_EFD [E, F, D], w2_EDF [E, D, F], w3_EFD [E, F, D].
+/// Expert e's weights are read at offset e·F·D of the parameters' current `value` (a wrapper may point the parameters at
+/// a local shard of experts; the number of experts is taken from `counts_E.count`).
+///
+/// Two paths with bit-identical results: `useGroupedMM` runs each stage for all experts over one contiguous buffer
+/// (gate and up projections of every expert, one SwiGLU over all rows, then every down projection); otherwise a loop
+/// over experts runs the whole expert on its variable-size token group. Experts with zero tokens are skipped. No padding.
+public final class GroupedExperts: MoEExperts {
+    public let w1: Parameter, w2: Parameter, w3: Parameter
+    public let dim: Int, hiddenDim: Int
+    public var useGroupedMM: Bool
+    // saved activations, [S, F]
+    private let h1 = GrowBuffer(), h3 = GrowBuffer(), h = GrowBuffer()
+    // backward scratch
+    private let dh = GrowBuffer(), dh1 = GrowBuffer(), dh3 = GrowBuffer()
+
+    public init(w1: Parameter, w2: Parameter, w3: Parameter, dim: Int, hiddenDim: Int, useGroupedMM: Bool) {
+        self.w1 = w1; self.w2 = w2; self.w3 = w3
+        self.dim = dim; self.hiddenDim = hiddenDim; self.useGroupedMM = useGroupedMM
+    }
+
+    private func check(_ counts: [Int]) -> Int {
+        let per = hiddenDim * dim
+        precondition(w1.value.count >= counts.count * per && w2.value.count >= counts.count * per && w3.value.count >= counts.count * per,
+                     "GroupedExperts: \(counts.count) experts but weights hold \(w1.value.count / per)")
+        return counts.reduce(0, +)
+    }
+
+    public func forward(x_SD: UnsafePointer<Float>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
+        let S = check(counts_E)
+        let D = dim, F = hiddenDim
+        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
+        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        if useGroupedMM {
+            var o = 0
+            for (e, n) in counts_E.enumerated() where n > 0 {
+                matmul_forward(H1 + o * F, x_SD + o * D, W1 + e * F * D, T: n, D: D, N: F)
+                o += n
+            }
+            o = 0
+            for (e, n) in counts_E.enumerated() where n > 0 {
+                matmul_forward(H3 + o * F, x_SD + o * D, W3 + e * F * D, T: n, D: D, N: F)
+                o += n
+            }
+            swiglu_forward(Hh, H1, H3, S * F)
+            o = 0
+            for (e, n) in counts_E.enumerated() where n > 0 {
+                matmul_forward(y_SD + o * D, Hh + o * F, W2 + e * D * F, T: n, D: F, N: D)
+                o += n
+            }
+        } else {
+            var o = 0
+            for (e, n) in counts_E.enumerated() {
+                if n == 0 { continue }
+                let x = x_SD + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hh + o * F
+                matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
+                matmul_forward(b, x, W3 + e * F * D, T: n, D: D, N: F)
+                swiglu_forward(hh, a, b, n * F)
+                matmul_forward(y_SD + o * D, hh, W2 + e * D * F, T: n, D: F, N: D)
+                o += n
+            }
+        }
+    }
+
+    public func backward(x_SD: UnsafePointer<Float>, dy_SD: UnsafePointer<Float>, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>) {
+        let S = check(counts_E)
+        let D = dim, F = hiddenDim
+        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
+        let dH = dh.get(S * F), dH1 = dh1.get(S * F), dH3 = dh3.get(S * F)
+        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let G1 = w1.g, G2 = w2.g, G3 = w3.g
+        dH.update(repeating: 0, count: S * F)
+        dH1.update(repeating: 0, count: S * F)
+        dH3.update(repeating: 0, count: S * F)
+        dx_SD.update(repeating: 0, count: S * D)
+        if useGroupedMM {
+            var o = 0
+            for (e, n) in counts_E.enumerated() where n > 0 {
+                matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy_SD + o * D, x_TD: Hh + o * F,
+                                w_ND: W2 + e * D * F, T: n, D: F, N: D)
+                o += n
+            }
+            swiglu_backward(dH1, dH3, dH, H1, H3, S * F)
+            o = 0
+            for (e, n) in counts_E.enumerated() where n > 0 {
+                matmul_backward(dx_TD: dx_SD + o * D, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x_SD + o * D,
+                                w_ND: W1 + e * F * D, T: n, D: D, N: F)
+                o += n
+            }
+            o = 0
+            for (e, n) in counts_E.enumerated() where n > 0 {
+                matmul_backward(dx_TD: dx_SD + o * D, dw_ND: G3 + e * F * D, dout_TN: dH3 + o * F, x_TD: x_SD + o * D,
+                                w_ND: W3 + e * F * D, T: n, D: D, N: F)
+                o += n
+            }
+        } else {
+            var o = 0
+            for (e, n) in counts_E.enumerated() {
+                if n == 0 { continue }
+                let x = x_SD + o * D, dy = dy_SD + o * D, dx = dx_SD + o * D
+                matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy, x_TD: Hh + o * F,
+                                w_ND: W2 + e * D * F, T: n, D: F, N: D)
+                swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F)
+                matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x, w_ND: W1 + e * F * D, T: n, D: D, N: F)
+                matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: dH3 + o * F, x_TD: x, w_ND: W3 + e * F * D, T: n, D: D, N: F)
+                o += n
+            }
+        }
+    }
+}

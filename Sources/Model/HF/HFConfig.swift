@@ -1,0 +1,337 @@
+import Foundation
+
+// HF transformers config.json <-> Qwen3ModelArgs.
+//
+//   HF config.json                      Qwen3ModelArgs
+//   architectures[0]                    moe_enabled (Qwen3MoeForCausalLM) / dense (Qwen3ForCausalLM)
+//   vocab_size                          vocab_size
+//   hidden_size                         dim
+//   num_hidden_layers                   n_layers
+//   num_attention_heads                 n_heads
+//   num_key_value_heads                 n_kv_heads            (default: num_attention_heads)
+//   head_dim                            head_dim              (default: hidden_size / num_attention_heads)
+//   intermediate_size                   hidden_dim
+//   rms_norm_eps                        norm_eps
+//   rope_theta                          rope_theta
+//   max_position_embeddings             max_seq_len
+//   tie_word_embeddings                 enable_weight_tying
+//   initializer_range                   init_std
+//   num_experts                         moe.num_experts
+//   num_experts_per_tok                 moe.top_k
+//   moe_intermediate_size               moe.hidden_dim
+//   norm_topk_prob                      moe.route_norm
+//   decoder_sparse_step                 decoder_sparse_step
+//   mlp_only_layers                     must be empty
+//
+// Missing optional fields take the defaults of transformers' Qwen3Config / Qwen3MoeConfig.
+// Fields that change the computation in a way this trainer does not implement (sliding window,
+// attention bias, rope scaling, activation other than silu, mlp_only_layers) are errors.
+
+public struct HFConfigError: Error, CustomStringConvertible, Sendable {
+    public let source: String
+    public let key: String?
+    public let reason: String
+    public init(source: String, key: String?, _ reason: String) {
+        self.source = source
+        self.key = key
+        self.reason = reason
+    }
+    public var description: String {
+        if let k = key { return "HF config \(source): key '\(k)': \(reason)" }
+        return "HF config \(source): \(reason)"
+    }
+}
+
+/// The HF model classes this trainer reads and writes.
+public enum HFArchitecture: String, Sendable, CaseIterable {
+    case qwen3 = "Qwen3ForCausalLM"
+    case qwen3Moe = "Qwen3MoeForCausalLM"
+
+    public var modelType: String {
+        switch self {
+        case .qwen3: return "qwen3"
+        case .qwen3Moe: return "qwen3_moe"
+        }
+    }
+
+    public init?(modelType: String) {
+        switch modelType {
+        case "qwen3": self = .qwen3
+        case "qwen3_moe": self = .qwen3Moe
+        default: return nil
+        }
+    }
+}
+
+public enum HFConfig {
+    /// Reads `path` (a config.json file, or a folder containing one).
+    public static func load(path: String) throws -> Qwen3ModelArgs {
+        var isDir: ObjCBool = false
+        var file = path
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            file = (path as NSString).appendingPathComponent("config.json")
+        }
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw HFConfigError(source: file, key: nil, "cannot read the file (missing or no permission)")
+        }
+        return try parse(data, source: file)
+    }
+
+    /// Which architecture a config describes (`architectures[0]`, else `model_type`).
+    public static func architecture(of obj: [String: HFJSON], source: String) throws -> HFArchitecture {
+        if let archs = obj["architectures"], !archs.isNull {
+            guard let list = archs.array, !list.isEmpty, let first = list[0].string else {
+                throw HFConfigError(source: source, key: "architectures", "expected a non-empty array of strings")
+            }
+            guard list.count == 1 else {
+                throw HFConfigError(source: source, key: "architectures", "expected exactly one architecture, got \(list.compactMap { $0.string })")
+            }
+            guard let a = HFArchitecture(rawValue: first) else {
+                throw HFConfigError(source: source, key: "architectures",
+                                    "unsupported architecture \"\(first)\"; supported: \(HFArchitecture.allCases.map { $0.rawValue }.joined(separator: ", "))")
+            }
+            if let mt = obj["model_type"]?.string, HFArchitecture(modelType: mt) != a {
+                throw HFConfigError(source: source, key: "model_type", "\"\(mt)\" does not match architecture \(a.rawValue) (expected \"\(a.modelType)\")")
+            }
+            return a
+        }
+        guard let mt = obj["model_type"]?.string else {
+            throw HFConfigError(source: source, key: "architectures", "missing; neither architectures nor model_type says which model this is")
+        }
+        guard let a = HFArchitecture(modelType: mt) else {
+            throw HFConfigError(source: source, key: "model_type", "unsupported model_type \"\(mt)\"; supported: qwen3, qwen3_moe")
+        }
+        return a
+    }
+
+    /// Parses config.json text into model args.
+    public static func parse(_ data: Data, source: String = "config.json") throws -> Qwen3ModelArgs {
+        let root: HFJSON
+        do {
+            root = try HFJSON.parse(data)
+        } catch {
+            throw HFConfigError(source: source, key: nil, "not valid JSON: \(error)")
+        }
+        guard let obj = root.object else {
+            throw HFConfigError(source: source, key: nil, "top level is a JSON \(root.typeName), expected an object")
+        }
+        return try parse(object: obj, source: source)
+    }
+
+    public static func parse(object obj: [String: HFJSON], source: String = "config.json") throws -> Qwen3ModelArgs {
+        let arch = try architecture(of: obj, source: source)
+        let moe = arch == .qwen3Moe
+        let r = Reader(obj: obj, source: source)
+
+        var a = Qwen3ModelArgs()
+        a.vocab_size = try r.int("vocab_size", min: 1)
+        a.dim = try r.int("hidden_size", min: 1)
+        a.n_layers = try r.int("num_hidden_layers", min: 1)
+        a.n_heads = try r.int("num_attention_heads", min: 1)
+        a.n_kv_heads = try r.int("num_key_value_heads", min: 1, default: a.n_heads)
+        guard a.n_heads % a.n_kv_heads == 0 else {
+            throw HFConfigError(source: source, key: "num_key_value_heads",
+                                "\(a.n_kv_heads) does not divide num_attention_heads \(a.n_heads)")
+        }
+        // Qwen3Config defaults head_dim to 128; Qwen3MoeConfig has no such field (hidden_size / heads).
+        a.head_dim = try r.int("head_dim", min: 1, default: moe ? a.dim / a.n_heads : 128)
+        a.hidden_dim = try r.int("intermediate_size", min: 1, default: moe ? 6144 : 22016)
+        a.norm_eps = Float(try r.double("rms_norm_eps", default: 1e-6))
+        a.max_seq_len = try r.int("max_position_embeddings", min: 1, default: 32768)
+        a.enable_weight_tying = try r.bool("tie_word_embeddings", default: false)
+        a.init_std = Float(try r.double("initializer_range", default: 0.02))
+
+        // RoPE: plain rotate-half with rope_theta; no scaling variants.
+        var theta = try r.optionalDouble("rope_theta")
+        if let rp = obj["rope_parameters"], !rp.isNull {  // transformers 5 layout
+            guard let o = rp.object else { throw HFConfigError(source: source, key: "rope_parameters", "expected an object") }
+            if let t = o["rope_type"]?.string, t != "default" {
+                throw HFConfigError(source: source, key: "rope_parameters.rope_type", "\"\(t)\" is not supported (only \"default\")")
+            }
+            if theta == nil, let t = o["rope_theta"]?.double { theta = t }
+        }
+        a.rope_theta = Float(theta ?? 10000.0)
+        if let rs = obj["rope_scaling"], !rs.isNull {
+            let type = rs.object?["rope_type"]?.string ?? rs.object?["type"]?.string
+            if type != "default" {
+                throw HFConfigError(source: source, key: "rope_scaling",
+                                    "rope scaling \(rs.serialized()) is not supported; only null or rope_type \"default\"")
+            }
+        }
+
+        // Features that change the computation and are not implemented.
+        if try r.bool("attention_bias", default: false) {
+            throw HFConfigError(source: source, key: "attention_bias", "true is not supported (q/k/v/o projections have no bias here)")
+        }
+        let act = try r.string("hidden_act", default: "silu")
+        guard act == "silu" else {
+            throw HFConfigError(source: source, key: "hidden_act", "\"\(act)\" is not supported (SwiGLU uses silu)")
+        }
+        if try r.bool("use_sliding_window", default: false) {
+            throw HFConfigError(source: source, key: "use_sliding_window", "true is not supported (full causal attention only)")
+        }
+        if let lt = obj["layer_types"], !lt.isNull {
+            guard let list = lt.array else { throw HFConfigError(source: source, key: "layer_types", "expected an array") }
+            for (i, t) in list.enumerated() where t.string != "full_attention" {
+                throw HFConfigError(source: source, key: "layer_types", "layer \(i) is \(t.serialized()); only \"full_attention\" is supported")
+            }
+        }
+
+        if moe {
+            a.moe_enabled = true
+            var m = MoEArgs()
+            m.num_experts = try r.int("num_experts", min: 1, default: 128)
+            m.top_k = try r.int("num_experts_per_tok", min: 1, default: 8)
+            guard m.top_k <= m.num_experts else {
+                throw HFConfigError(source: source, key: "num_experts_per_tok", "\(m.top_k) exceeds num_experts \(m.num_experts)")
+            }
+            m.hidden_dim = try r.int("moe_intermediate_size", min: 1, default: 768)
+            m.route_norm = try r.bool("norm_topk_prob", default: false)
+            m.score_func = .softmax
+            m.route_scale = 1
+            m.num_shared_experts = 0
+            a.moe = m
+            a.decoder_sparse_step = try r.int("decoder_sparse_step", min: 1, default: 1)
+            if let mlo = obj["mlp_only_layers"], !mlo.isNull {
+                guard let list = mlo.array else { throw HFConfigError(source: source, key: "mlp_only_layers", "expected an array of layer indices") }
+                if !list.isEmpty {
+                    throw HFConfigError(source: source, key: "mlp_only_layers",
+                                        "\(mlo.serialized()) is not supported: only an empty list (the dense/MoE layer pattern is given by decoder_sparse_step)")
+                }
+            }
+            if let n = obj["shared_expert_intermediate_size"]?.int, n > 0 {
+                throw HFConfigError(source: source, key: "shared_expert_intermediate_size", "shared experts are not part of Qwen3-MoE")
+            }
+        } else {
+            a.moe_enabled = false
+            a.decoder_sparse_step = 1
+        }
+        return a
+    }
+
+    /// HF config.json contents for these args. Throws when the args use options HF's Qwen3 /
+    /// Qwen3-MoE cannot express (sigmoid routing, route_scale != 1, shared experts).
+    /// `load_balance_coeff` is not exported (the expert bias has no HF counterpart).
+    public static func export(_ a: Qwen3ModelArgs) throws -> [String: HFJSON] {
+        let src = "export"
+        func d(_ f: Float) -> HFJSON { .double(Double("\(f)") ?? Double(f)) }
+        var o: [String: HFJSON] = [
+            "vocab_size": .int(a.vocab_size),
+            "hidden_size": .int(a.dim),
+            "num_hidden_layers": .int(a.n_layers),
+            "num_attention_heads": .int(a.n_heads),
+            "num_key_value_heads": .int(a.n_kv_heads),
+            "head_dim": .int(a.head_dim),
+            "intermediate_size": .int(a.hidden_dim),
+            "hidden_act": .string("silu"),
+            "rms_norm_eps": d(a.norm_eps),
+            "rope_theta": d(a.rope_theta),
+            "rope_scaling": .null,
+            "max_position_embeddings": .int(a.max_seq_len),
+            "tie_word_embeddings": .bool(a.enable_weight_tying),
+            "initializer_range": d(a.init_std),
+            "attention_bias": .bool(false),
+            "attention_dropout": .double(0),
+            "use_sliding_window": .bool(false),
+            "sliding_window": .null,
+            "max_window_layers": .int(a.n_layers),
+            "use_cache": .bool(true),
+            "torch_dtype": .string("float32"),
+        ]
+        if a.moe_enabled {
+            let m = a.moe
+            guard m.score_func == .softmax else {
+                throw HFConfigError(source: src, key: "moe.score_func", "sigmoid routing has no Qwen3MoeForCausalLM equivalent")
+            }
+            guard m.route_scale == 1 else {
+                throw HFConfigError(source: src, key: "moe.route_scale", "\(m.route_scale) has no Qwen3MoeForCausalLM equivalent (must be 1)")
+            }
+            guard m.num_shared_experts == 0 else {
+                throw HFConfigError(source: src, key: "moe.num_shared_experts", "shared experts have no Qwen3MoeForCausalLM equivalent")
+            }
+            o["architectures"] = .array([.string(HFArchitecture.qwen3Moe.rawValue)])
+            o["model_type"] = .string(HFArchitecture.qwen3Moe.modelType)
+            o["num_experts"] = .int(m.num_experts)
+            o["num_experts_per_tok"] = .int(m.top_k)
+            o["moe_intermediate_size"] = .int(m.hidden_dim)
+            o["norm_topk_prob"] = .bool(m.route_norm)
+            o["decoder_sparse_step"] = .int(max(a.decoder_sparse_step, 1))
+            o["mlp_only_layers"] = .array([])
+            o["output_router_logits"] = .bool(false)
+            o["router_aux_loss_coef"] = .double(0.001)
+        } else {
+            o["architectures"] = .array([.string(HFArchitecture.qwen3.rawValue)])
+            o["model_type"] = .string(HFArchitecture.qwen3.modelType)
+            o["layer_types"] = .array(Array(repeating: .string("full_attention"), count: a.n_layers))
+        }
+        return o
+    }
+
+    /// Pretty-printed config.json text (keys sorted), ending with a newline.
+    public static func exportJSON(_ a: Qwen3ModelArgs) throws -> Data {
+        Data((HFJSON.object(try export(a)).serialized(pretty: true) + "\n").utf8)
+    }
+
+    /// Writes `config.json` into `folder` (created if needed).
+    public static func write(_ a: Qwen3ModelArgs, toFolder folder: String) throws {
+        let data = try exportJSON(a)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let path = (folder as NSString).appendingPathComponent("config.json")
+        do {
+            try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw HFConfigError(source: path, key: nil, "cannot write: \(error)")
+        }
+    }
+
+    /// Typed field access with errors naming the key.
+    struct Reader {
+        let obj: [String: HFJSON]
+        let source: String
+
+        func present(_ key: String) -> HFJSON? {
+            guard let v = obj[key], !v.isNull else { return nil }
+            return v
+        }
+
+        func int(_ key: String, min: Int, default def: Int? = nil) throws -> Int {
+            guard let v = present(key) else {
+                if let d = def { return d }
+                throw HFConfigError(source: source, key: key, "missing (required)")
+            }
+            guard let i = v.int else {
+                throw HFConfigError(source: source, key: key, "expected an integer, got \(v.typeName) \(v.serialized())")
+            }
+            guard i >= min else { throw HFConfigError(source: source, key: key, "\(i) is out of range (must be >= \(min))") }
+            return i
+        }
+
+        func optionalDouble(_ key: String) throws -> Double? {
+            guard let v = present(key) else { return nil }
+            guard let d = v.double, d.isFinite else {
+                throw HFConfigError(source: source, key: key, "expected a number, got \(v.typeName) \(v.serialized())")
+            }
+            return d
+        }
+
+        func double(_ key: String, default def: Double) throws -> Double {
+            try optionalDouble(key) ?? def
+        }
+
+        func bool(_ key: String, default def: Bool) throws -> Bool {
+            guard let v = present(key) else { return def }
+            guard let b = v.bool else {
+                throw HFConfigError(source: source, key: key, "expected true or false, got \(v.typeName) \(v.serialized())")
+            }
+            return b
+        }
+
+        func string(_ key: String, default def: String) throws -> String {
+            guard let v = present(key) else { return def }
+            guard let s = v.string else {
+                throw HFConfigError(source: source, key: key, "expected a string, got \(v.typeName) \(v.serialized())")
+            }
+            return s
+        }
+    }
+}

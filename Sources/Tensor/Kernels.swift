@@ -1,0 +1,224 @@
+// Element-wise and normalisation kernels, forward and backward.
+// Conventions: shape-suffixed names; backward kernels ACCUMULATE (+=) into gradient buffers.
+
+// MARK: - vector helpers
+
+/// y_N += x_N
+@inline(__always)
+public func add_inplace(_ y_N: UnsafeMutablePointer<Float>, _ x_N: UnsafePointer<Float>, _ n: Int) {
+    for i in 0..<n { y_N[i] += x_N[i] }
+}
+
+/// y_N += a · x_N
+@inline(__always)
+public func axpy(_ y_N: UnsafeMutablePointer<Float>, _ a: Float, _ x_N: UnsafePointer<Float>, _ n: Int) {
+    for i in 0..<n { y_N[i] += a * x_N[i] }
+}
+
+/// Σ a_N·b_N with Float accumulation in 8 lanes (deterministic order).
+@inline(__always)
+public func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>(repeating: 0)
+    var i = 0
+    while i + 8 <= n {
+        let va = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self)
+        let vb = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
+        acc += va * vb
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+}
+
+// MARK: - embedding
+
+/// out_TD[t] = wte_VD[tokens_T[t]]
+public func embedding_forward(_ out_TD: UnsafeMutablePointer<Float>, _ tokens_T: UnsafePointer<Int32>, _ wte_VD: UnsafePointer<Float>,
+                              T: Int, D: Int, V: Int) {
+    for t in 0..<T {
+        let tok = Int(tokens_T[t])
+        precondition(tok >= 0 && tok < V, "embedding: token id \(tok) at position \(t) outside the vocabulary [0, \(V))")
+        (out_TD + t * D).update(from: wte_VD + tok * D, count: D)
+    }
+}
+
+/// dwte_VD[tokens_T[t]] += dout_TD[t]  (scatter-add, in token order: deterministic)
+public func embedding_backward(_ dwte_VD: UnsafeMutablePointer<Float>, _ dout_TD: UnsafePointer<Float>, _ tokens_T: UnsafePointer<Int32>,
+                               T: Int, D: Int) {
+    for t in 0..<T {
+        add_inplace(dwte_VD + Int(tokens_T[t]) * D, dout_TD + t * D, D)
+    }
+}
+
+// MARK: - RMSNorm
+
+/// out_ND = x_ND · rsqrt(mean(x²) + eps) · w_D ; rstd_N saved for backward.
+public func rmsnorm_forward(_ out_ND: UnsafeMutablePointer<Float>, _ rstd_N: UnsafeMutablePointer<Float>,
+                            _ x_ND: UnsafePointer<Float>, _ w_D: UnsafePointer<Float>, N: Int, D: Int, eps: Float) {
+    for n in 0..<N {
+        let x = x_ND + n * D
+        let ms = dot(x, x, D) / Float(D)
+        let r = 1 / (ms + eps).squareRoot()
+        rstd_N[n] = r
+        let o = out_ND + n * D
+        for i in 0..<D { o[i] = (x[i] * r) * w_D[i] }
+    }
+}
+
+/// dx_ND += rstd·(w·dy − x̂·mean(w·dy·x̂)),  dw_D += Σ_n dy·x̂,  with x̂ = x·rstd.
+public func rmsnorm_backward(_ dx_ND: UnsafeMutablePointer<Float>, _ dw_D: UnsafeMutablePointer<Float>?,
+                             _ dout_ND: UnsafePointer<Float>, _ x_ND: UnsafePointer<Float>, _ w_D: UnsafePointer<Float>,
+                             _ rstd_N: UnsafePointer<Float>, N: Int, D: Int) {
+    for n in 0..<N {
+        let x = x_ND + n * D, dy = dout_ND + n * D, dx = dx_ND + n * D
+        let r = rstd_N[n]
+        var s: Float = 0  // Σ w·dy·x̂
+        for i in 0..<D { s += w_D[i] * dy[i] * (x[i] * r) }
+        let m = s / Float(D)
+        for i in 0..<D {
+            let xh = x[i] * r
+            dx[i] += r * (w_D[i] * dy[i] - xh * m)
+        }
+        if let dw = dw_D { for i in 0..<D { dw[i] += dy[i] * (x[i] * r) } }
+    }
+}
+
+// MARK: - RoPE (rotate-half, HF Qwen3)
+
+/// cos_TP / sin_TP, P = headDim/2: angle(t, i) = t · inv_freq_i, inv_freq_i = 1/theta^(2i/headDim), computed in Float as HF does.
+public func rope_table(cos_TP: UnsafeMutablePointer<Float>, sin_TP: UnsafeMutablePointer<Float>, T: Int, headDim: Int, theta: Float) {
+    let P = headDim / 2
+    for i in 0..<P {
+        let invFreq = 1 / _powf(theta, Float(2 * i) / Float(headDim))
+        for t in 0..<T {
+            let a = Float(t) * invFreq
+            cos_TP[t * P + i] = _cosf(a)
+            sin_TP[t * P + i] = _sinf(a)
+        }
+    }
+}
+
+/// x_BTHd: [B, T, H, hd] → out (may alias x): out = x·cos + rotate_half(x)·sin, rotate_half(x) = cat(−x2, x1).
+public func rope_forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>,
+                         cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, hd: Int) {
+    let P = hd / 2
+    for b in 0..<B {
+        for t in 0..<T {
+            let c = cos_TP + t * P, s = sin_TP + t * P
+            for h in 0..<H {
+                let off = ((b * T + t) * H + h) * hd
+                let xi = x + off, o = out + off
+                for i in 0..<P {
+                    let x1 = xi[i], x2 = xi[i + P]
+                    o[i] = x1 * c[i] - x2 * s[i]
+                    o[i + P] = x2 * c[i] + x1 * s[i]
+                }
+            }
+        }
+    }
+}
+
+/// dx += Rᵀ·dout (RoPE is a rotation): dx1 += dy1·cos + dy2·sin, dx2 += dy2·cos − dy1·sin. dx must not alias dout.
+public func rope_backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
+                          cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, hd: Int) {
+    let P = hd / 2
+    for b in 0..<B {
+        for t in 0..<T {
+            let c = cos_TP + t * P, s = sin_TP + t * P
+            for h in 0..<H {
+                let off = ((b * T + t) * H + h) * hd
+                let dy = dout + off, d = dx + off
+                for i in 0..<P {
+                    let dy1 = dy[i], dy2 = dy[i + P]
+                    d[i] += dy1 * c[i] + dy2 * s[i]
+                    d[i + P] += dy2 * c[i] - dy1 * s[i]
+                }
+            }
+        }
+    }
+}
+
+// MARK: - SwiGLU
+
+@inline(__always) func sigmoidf(_ x: Float) -> Float { 1 / (1 + exp1(-x)) }
+
+/// out_N = silu(gate_N) · up_N, silu(g) = g·σ(g).
+public func swiglu_forward(_ out_N: UnsafeMutablePointer<Float>, _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
+    var i = 0
+    let one = F16(repeating: 1)
+    while i + 16 <= n {
+        let g = load16(gate_N + i)
+        let s = one / (one + exp16(-g))
+        store16(g * s * load16(up_N + i), out_N + i)
+        i += 16
+    }
+    while i < n {
+        let g = gate_N[i]
+        out_N[i] = g * sigmoidf(g) * up_N[i]
+        i += 1
+    }
+}
+
+/// dgate += dout·up·σ(g)(1 + g(1−σ(g))),  dup += dout·silu(g).
+public func swiglu_backward(_ dgate_N: UnsafeMutablePointer<Float>, _ dup_N: UnsafeMutablePointer<Float>, _ dout_N: UnsafePointer<Float>,
+                            _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
+    var i = 0
+    let one = F16(repeating: 1)
+    while i + 16 <= n {
+        let g = load16(gate_N + i), dy = load16(dout_N + i)
+        let s = one / (one + exp16(-g))
+        store16(load16(dgate_N + i) + dy * load16(up_N + i) * s * (one + g * (one - s)), dgate_N + i)
+        store16(load16(dup_N + i) + dy * g * s, dup_N + i)
+        i += 16
+    }
+    while i < n {
+        let g = gate_N[i], s = sigmoidf(g), dy = dout_N[i]
+        dgate_N[i] += dy * up_N[i] * s * (1 + g * (1 - s))
+        dup_N[i] += dy * g * s
+        i += 1
+    }
+}
+
+// MARK: - cross-entropy
+
+/// Cross-entropy over logits_TV with integer labels_T (label < 0: ignored).
+/// Returns the SUM over labelled tokens of −log p(label) (accumulated in Double) and the number of labelled tokens.
+/// If `dlogits_TV` is given it is WRITTEN (not accumulated) with (softmax − onehot)·dlossScale for labelled rows and 0 for
+/// ignored rows; it may alias `logits_TV` (in place, llm.c style).
+@discardableResult
+public func crossentropy_forward_backward(dlogits_TV: UnsafeMutablePointer<Float>?, logits_TV: UnsafePointer<Float>,
+                                          labels_T: UnsafePointer<Int32>, T: Int, V: Int, dlossScale: Float) -> (lossSum: Double, count: Int) {
+    var total = 0.0
+    var count = 0
+    for t in 0..<T {
+        let row = logits_TV + t * V
+        let label = Int(labels_T[t])
+        if label < 0 {
+            if let d = dlogits_TV { (d + t * V).update(repeating: 0, count: V) }
+            continue
+        }
+        precondition(label < V, "cross-entropy: label \(label) at position \(t) outside the vocabulary [0, \(V))")
+        let xl = row[label]
+        let mx = vmax(row, V)
+        var sum = 0.0
+        if let d = dlogits_TV {
+            // one exp per logit: store e^(x - max) in place, then scale
+            let dr = d + t * V
+            sum = Double(exp_shifted(dr, row, V, minus: mx))
+            vscale(dr, V, Float(1 / sum) * dlossScale)
+            dr[label] -= dlossScale
+        } else {
+            var i = 0
+            let mv = F16(repeating: mx)
+            var acc = F16(repeating: 0)
+            while i + 16 <= V { acc += exp16(load16(row + i) - mv); i += 16 }
+            var s = acc.sum()
+            while i < V { s += exp1(row[i] - mx); i += 1 }
+            sum = Double(s)
+        }
+        total += Double(mx) + _log(sum) - Double(xl)
+        count += 1
+    }
+    return (total, count)
+}

@@ -1,0 +1,50 @@
+// Matrix multiplies through OpenBLAS (row-major cblas_sgemm).
+import COpenBLAS
+
+public enum BLAS {
+    /// Number of OpenBLAS threads (process-wide).
+    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(n, 1))) }
+
+    /// C_MN = alpha · op(A) · op(B) + beta · C_MN, row-major. op(A) is M×K, op(B) is K×N.
+    /// No-op (beyond scaling C by beta) when a dimension is zero.
+    @inline(__always)
+    public static func sgemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
+                             alpha: Float, A: UnsafePointer<Float>, lda: Int,
+                             B: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        if M == 0 || N == 0 { return }
+        if K == 0 {
+            if beta == 1 { return }
+            for i in 0..<M { for j in 0..<N { C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j] } }
+            return
+        }
+        cblas_sgemm(CblasRowMajor,
+                    transA ? CblasTrans : CblasNoTrans,
+                    transB ? CblasTrans : CblasNoTrans,
+                    Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
+    }
+}
+
+/// A Linear layer without bias: out_TN = x_TD · w_NDᵀ (or out_TN += ... when `accumulate`).
+///   x_TD: [T, D], w_ND: [N, D] (PyTorch Linear weight layout), out_TN: [T, N].
+public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: UnsafePointer<Float>, _ w_ND: UnsafePointer<Float>,
+                           T: Int, D: Int, N: Int, accumulate: Bool = false) {
+    BLAS.sgemm(transA: false, transB: true, M: T, N: N, K: D, alpha: 1, A: x_TD, lda: D, B: w_ND, ldb: D,
+               beta: accumulate ? 1 : 0, C: out_TN, ldc: N)
+}
+
+/// Backward of `matmul_forward`, accumulating:
+///   dx_TD += dout_TN · w_ND      (skipped when dx_TD is nil)
+///   dw_ND += dout_TNᵀ · x_TD     (skipped when dw_ND is nil)
+public func matmul_backward(dx_TD: UnsafeMutablePointer<Float>?, dw_ND: UnsafeMutablePointer<Float>?,
+                            dout_TN: UnsafePointer<Float>, x_TD: UnsafePointer<Float>, w_ND: UnsafePointer<Float>,
+                            T: Int, D: Int, N: Int) {
+    if let dx = dx_TD {
+        BLAS.sgemm(transA: false, transB: false, M: T, N: D, K: N, alpha: 1, A: dout_TN, lda: N, B: w_ND, ldb: D,
+                   beta: 1, C: dx, ldc: D)
+    }
+    if let dw = dw_ND {
+        BLAS.sgemm(transA: true, transB: false, M: N, N: D, K: T, alpha: 1, A: dout_TN, lda: N, B: x_TD, ldb: D,
+                   beta: 1, C: dw, ldc: D)
+    }
+}

@@ -1,0 +1,140 @@
+// Tensor: a small owning Float32 buffer (llm.c style).
+// Storage is 64-byte aligned, zero-initialised, never copied on write: kernels work on `data`.
+
+/// An n-dimensional row-major Float32 buffer.
+///
+/// A tensor either owns its storage (freed on deinit) or is a view into another tensor's
+/// storage (it keeps the base alive) or into external memory (`init(wrapping:...)`).
+public final class Tensor {
+    public let shape: [Int]
+    public let count: Int
+    /// The elements, row-major. Valid for `count` elements for the tensor's lifetime.
+    public let data: UnsafeMutablePointer<Float>
+    private let owns: Bool
+    private let base: AnyObject?
+
+    /// A new zero-filled tensor with 64-byte aligned storage.
+    public init(shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        let bytes = max(self.count, 1) * MemoryLayout<Float>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        raw.initializeMemory(as: Float.self, repeating: 0, count: max(self.count, 1))
+        self.data = raw.assumingMemoryBound(to: Float.self)
+        self.owns = true
+        self.base = nil
+    }
+
+    public convenience init(shape: [Int], values: [Float]) {
+        precondition(shape.reduce(1, *) == values.count, "Tensor: shape \(shape) does not match \(values.count) values")
+        self.init(shape: shape)
+        values.withUnsafeBufferPointer { src in
+            if let p = src.baseAddress, !values.isEmpty { data.update(from: p, count: values.count) }
+        }
+    }
+
+    public convenience init(_ values: [Float]) { self.init(shape: [values.count], values: values) }
+
+    /// A view of `shape.reduce(1,*)` elements of `base` starting at element `offset`. Keeps `base` alive.
+    public init(viewOf base: Tensor, offset: Int = 0, shape: [Int]) {
+        let n = shape.reduce(1, *)
+        precondition(offset >= 0 && offset + n <= base.count, "Tensor view [\(offset), \(offset + n)) out of range of \(base.count) elements")
+        self.shape = shape
+        self.count = n
+        self.data = base.data + offset
+        self.owns = false
+        self.base = base
+    }
+
+    /// Wraps external memory (not freed by this tensor). `owner`, if given, is kept alive.
+    public init(wrapping pointer: UnsafeMutablePointer<Float>, shape: [Int], owner: AnyObject? = nil) {
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        self.data = pointer
+        self.owns = false
+        self.base = owner
+    }
+
+    deinit {
+        if owns { UnsafeMutableRawPointer(data).deallocate() }
+    }
+
+    public var ptr: UnsafePointer<Float> { UnsafePointer(data) }
+    public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
+
+    public func zero() { data.update(repeating: 0, count: count) }
+    public func fill(_ v: Float) { data.update(repeating: v, count: count) }
+
+    /// Copies all elements of `other` (same element count) into this tensor.
+    public func copy(from other: Tensor) {
+        precondition(other.count == count, "Tensor.copy: \(other.count) elements into \(count)")
+        if other.data != data { data.update(from: other.data, count: count) }
+    }
+
+    public func toArray() -> [Float] { Array(UnsafeBufferPointer(start: data, count: count)) }
+
+    /// A new tensor with its own storage and the same contents.
+    public func clone() -> Tensor {
+        let t = Tensor(shape: shape)
+        t.copy(from: self)
+        return t
+    }
+
+    public subscript(i: Int) -> Float {
+        get { precondition(i >= 0 && i < count); return data[i] }
+        set { precondition(i >= 0 && i < count); data[i] = newValue }
+    }
+
+    /// Sum of squares in Double (for grad norms and tests).
+    public func sumOfSquares() -> Double {
+        var s = 0.0
+        for i in 0..<count { let v = Double(data[i]); s += v * v }
+        return s
+    }
+}
+
+/// SplitMix64 pseudo-random generator with uniform and normal (Box-Muller) draws. Deterministic across platforms.
+public struct SplitMix64 {
+    public var state: UInt64
+    private var spare: Float? = nil
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    public mutating func nextDouble() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+
+    /// Uniform in [0, 1).
+    public mutating func nextUniform() -> Float { Float(next() >> 40) * 0x1.0p-24 }
+
+    /// Standard normal (Box-Muller in Double, rounded to Float).
+    public mutating func nextNormal() -> Float {
+        if let s = spare { spare = nil; return s }
+        var u1 = nextDouble()
+        while u1 <= 0 { u1 = nextDouble() }
+        let u2 = nextDouble()
+        let r = (-2.0 * _log(u1)).squareRoot()
+        let th = 2.0 * Double.pi * u2
+        spare = Float(r * _sin(th))
+        return Float(r * _cos(th))
+    }
+
+    /// Fills `n` floats with normal(mean, std).
+    public mutating func fillNormal(_ p: UnsafeMutablePointer<Float>, _ n: Int, mean: Float = 0, std: Float = 1) {
+        for i in 0..<n { p[i] = mean + std * nextNormal() }
+    }
+}
+
+/// FNV-1a 64-bit hash of a string (stable seed derivation, e.g. per parameter name).
+public func fnv1a64(_ s: String) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    return h
+}

@@ -1,0 +1,99 @@
+import ArgumentParser
+import Cluster
+import Collectives
+import Foundation
+
+/// `titan launch`: starts the ranks of a topology and supervises them (what run_cluster.sh calls).
+struct Launch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start every rank of a topology running PROGRAM (train, collectives, bench).",
+        discussion: "Example: titan launch --ranks 8 -- collectives")
+
+    @Option(help: "Topology file (TOML).")
+    var topology: String?
+    @Option(help: "Number of local ranks: uses topologies/local-N.toml when it exists, else derives one.")
+    var ranks: Int?
+    @Option(help: "Start only this host's ranks (multi-host, like torchrun's node rank).")
+    var node: Int?
+    @Flag(help: "Run every rank as a thread of this process over ZeroMQ inproc (debugger-friendly).")
+    var singleProcess = false
+    @Option(help: "Run folder for logs (default: the program's --job.dump_folder, else outputs/PROGRAM-TIME).")
+    var dumpFolder: String?
+    @Option(help: "Job id shared by every rank (default: generated; multi-host launches must pass the same id).")
+    var jobID: String?
+    @Argument(parsing: .captureForPassthrough, help: "The rank program and its arguments.")
+    var program: [String] = []
+
+    func run() throws {
+        var args = program
+        if args.first == "--" { args.removeFirst() }
+        guard let name = args.first, ["train", "collectives", "bench"].contains(name) else {
+            throw ValidationError("name the rank program after --: train, collectives or bench (got \(args.first ?? "nothing"))")
+        }
+        let topo = try resolveTopology()
+        let dump = dumpFolder ?? Self.value(of: "--job.dump_folder", in: args) ?? Self.defaultDumpFolder(program: name)
+        if name == "train", Self.value(of: "--job.dump_folder", in: args) == nil {
+            args += ["--job.dump_folder", dump]
+        }
+
+        if singleProcess {
+            let status = try runAsThreads(topology: topo, args: args, dump: dump)
+            throw ExitCode(status)
+        }
+        var launcher = Launcher(topology: topo, node: node, executable: Self.executablePath(),
+                                arguments: args, dumpFolder: dump, jobID: jobID)
+        launcher.graceSeconds = 3
+        let result = try launcher.run()
+        if result.succeeded {
+            FileHandle.standardError.write(Data("titan: all \(result.statuses.count) rank(s) finished; logs in \(dump)/logs\n".utf8))
+        }
+        throw ExitCode(result.exitStatus)
+    }
+
+    private func resolveTopology() throws -> Topology {
+        switch (topology, ranks) {
+        case let (path?, nil): return try Topology.load(path: path)
+        case let (nil, n?):
+            guard n >= 1 else { throw ValidationError("--ranks must be at least 1") }
+            let shipped = "topologies/local-\(n).toml"
+            return FileManager.default.fileExists(atPath: shipped) ? try Topology.load(path: shipped) : Topology.local(ranks: n)
+        case (nil, nil): return Topology.local(ranks: 1)
+        default: throw ValidationError("give either --topology or --ranks, not both")
+        }
+    }
+
+    private func runAsThreads(topology: Topology, args: [String], dump: String) throws -> Int32 {
+        let rankProgram: RankProgram
+        switch args[0] {
+        case "collectives":
+            let c = try Collectives.parse(Array(args.dropFirst()))
+            rankProgram = Collectives.program(largeBytes: c.largeBytes)
+        case "bench":
+            let b = try Bench.parse(Array(args.dropFirst()))
+            rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) })
+        default:
+            throw ValidationError("--single-process supports: collectives, bench")
+        }
+        let timeout = Double(Self.value(of: "--comm.timeout_seconds", in: args) ?? "") ?? 300
+        return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, rankProgram)
+    }
+
+    static func value(of option: String, in args: [String]) -> String? {
+        for (i, a) in args.enumerated() {
+            if a == option, i + 1 < args.count { return args[i + 1] }
+            if a.hasPrefix(option + "=") { return String(a.dropFirst(option.count + 1)) }
+        }
+        return nil
+    }
+
+    static func defaultDumpFolder(program: String) -> String {
+        let f = DateFormatter()
+        f.dateFormat = "yyyyMMdd-HHmmss"
+        return "outputs/\(program)-\(f.string(from: Date()))"
+    }
+
+    /// This binary, so every rank runs the same build as the launcher.
+    static func executablePath() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+}

@@ -1,0 +1,97 @@
+import Cluster
+import Collectives
+import Foundation
+
+/// How a rank program prints: plain lines in its own process (the launcher prefixes them and writes
+/// the log file), or prefixed and logged here when every rank is a thread of one process.
+struct RankOutput: @unchecked Sendable {
+    let rank: Int
+    private let prefix: String
+    private let logFile: FileHandle?
+    private static let lock = NSLock()
+
+    init(rank: Int, prefixed: Bool, logPath: String?) {
+        self.rank = rank
+        prefix = prefixed ? "[rank \(rank)] " : ""
+        logFile = logPath.flatMap { path in
+            FileManager.default.createFile(atPath: path, contents: nil)
+            return FileHandle(forWritingAtPath: path)
+        }
+    }
+
+    func print(_ line: String) {
+        Self.lock.lock(); defer { Self.lock.unlock() }
+        Swift.print(prefix + line)
+        fflush(stdout)
+        logFile?.write(Data((line + "\n").utf8))
+    }
+
+    func error(_ line: String) {
+        Self.lock.lock(); defer { Self.lock.unlock() }
+        FileHandle.standardError.write(Data((prefix + line + "\n").utf8))
+        logFile?.write(Data((line + "\n").utf8))
+    }
+}
+
+/// A program every rank runs (train, collectives, bench): returns its exit status.
+typealias RankProgram = @Sendable (Communicator, RankOutput) throws -> Int32
+
+enum RankRuntime {
+    /// Runs `program` as this process's rank: identity from the launcher's environment (or a world
+    /// of one when started directly), then the collectives, then exit. Errors become a message on
+    /// stderr and exit status 1.
+    static func runThisProcess(timeoutSeconds: Double, _ program: RankProgram) -> Never {
+        var status: Int32 = 1
+        do {
+            let comm: Communicator
+            let output: RankOutput
+            if let identity = try RankIdentity.fromEnvironment() {
+                identity.startParentWatchdog()
+                comm = try Communicator(spec: identity.clusterSpec(timeoutSeconds: timeoutSeconds), rank: identity.rank)
+                output = RankOutput(rank: identity.rank, prefixed: false, logPath: nil)
+            } else {
+                comm = try Communicator(spec: ClusterSpec(jobID: "single", worldSize: 1, transport: .ipc,
+                                                          timeoutSeconds: timeoutSeconds), rank: 0)
+                output = RankOutput(rank: 0, prefixed: false, logPath: nil)
+            }
+            do {
+                status = try program(comm, output)
+            } catch {
+                output.error("error: \(error)")
+                status = 1
+            }
+            comm.shutdown()
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        }
+        exit(status)
+    }
+
+    /// Runs every rank of `worldSize` as a thread of this process over ZeroMQ inproc.
+    static func runAsThreads(worldSize: Int, dumpFolder: String, timeoutSeconds: Double, _ program: @escaping RankProgram) -> Int32 {
+        try? FileManager.default.createDirectory(atPath: dumpFolder + "/logs", withIntermediateDirectories: true)
+        let statuses = StatusBox(count: worldSize)
+        let errors = InProcessCluster.run(worldSize: worldSize, timeoutSeconds: timeoutSeconds) { comm in
+            let output = RankOutput(rank: comm.rank, prefixed: true, logPath: "\(dumpFolder)/logs/rank-\(comm.rank).log")
+            do {
+                statuses.set(comm.rank, try program(comm, output))
+            } catch {
+                output.error("error: \(error)")
+                throw error
+            }
+        }
+        for (rank, error) in errors.enumerated() where error != nil { statuses.set(rank, 1) }
+        if let failed = statuses.values.firstIndex(where: { $0 != 0 }) {
+            FileHandle.standardError.write(Data("titan: rank \(failed) failed (status \(statuses.values[failed])); logs in \(dumpFolder)/logs\n".utf8))
+            return statuses.values[failed]
+        }
+        return 0
+    }
+
+    private final class StatusBox: @unchecked Sendable {
+        private let lock = NSLock()
+        private(set) var values: [Int32]
+        init(count: Int) { values = Array(repeating: 0, count: count) }
+        func set(_ i: Int, _ v: Int32) { lock.lock(); values[i] = v; lock.unlock() }
+    }
+}
