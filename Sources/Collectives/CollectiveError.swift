@@ -15,8 +15,9 @@ public struct CollectiveContextInfo: Sendable, CustomStringConvertible {
 public enum CollectiveError: Error, CustomStringConvertible, Sendable {
     /// Nothing arrived from `missingRanks` before the deadline.
     case timeout(CollectiveContextInfo, missingRanks: [Int], seconds: Double)
-    /// A send could not be queued before the deadline (the peer is not reading).
-    case sendTimeout(CollectiveContextInfo, peer: Int, seconds: Double)
+    /// A send could not be queued or delivered before the deadline (the peer is not reading);
+    /// `peer` is nil when several sends were still in flight.
+    case sendTimeout(CollectiveContextInfo, peer: Int?, seconds: Double)
     /// A frame whose header contradicts what this collective expects.
     case badFrame(CollectiveContextInfo, peer: Int?, reason: String)
     /// Arguments inconsistent with the group (sizes, counts, root, op).
@@ -30,7 +31,7 @@ public enum CollectiveError: Error, CustomStringConvertible, Sendable {
         case let .timeout(c, missing, s):
             return "\(c.description): timed out after \(s)s waiting for rank(s) \(missing); they never sent their part (crashed, hung, or called a different collective). Raise --comm.timeout_seconds if they are just slow."
         case let .sendTimeout(c, peer, s):
-            return "\(c.description): could not send to rank \(peer) within \(s)s; that rank is not receiving."
+            return "\(c.description): could not deliver to \(peer.map { "rank \($0)" } ?? "the group's peers") within \(s)s; they are not receiving."
         case let .badFrame(c, peer, reason):
             return "\(c.description): bad frame\(peer.map { " from rank \($0)" } ?? ""): \(reason)"
         case let .invalidArgument(c, reason):

@@ -58,6 +58,8 @@ public final class ProcessGroup: @unchecked Sendable {
                 try channel.waitForSends()
                 work.finish(nil)
             } catch {
+                channel.abort()
+                self.channel = nil
                 broken = error
                 work.finish(error)
             }
@@ -110,7 +112,7 @@ public final class ProcessGroup: @unchecked Sendable {
     public func reduceScatterAsync<T: CollectiveElement>(_ input: UnsafeBufferPointer<T>, counts: [Int], into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum) throws -> Work {
         let es = MemoryLayout<T>.stride
         try check(T.isReducible, .reduceScatter, "\(T.self) cannot be reduced")
-        try check(op != .avg || T.self == Float.self, .reduceScatter, "avg needs Float32 data")
+        try check(op != .avg || T.self == Float.self || T.self == Double.self, .reduceScatter, "avg needs floating-point data")
         try check(counts.count == size, .reduceScatter, "counts has \(counts.count) entries for \(size) members")
         try check(input.count == counts.reduce(0, +), .reduceScatter, "input has \(input.count) elements, counts sum to \(counts.reduce(0, +))")
         try check(output.count == counts[rank], .reduceScatter, "output has \(output.count) elements, counts[\(rank)] = \(counts[rank])")
@@ -129,7 +131,7 @@ public final class ProcessGroup: @unchecked Sendable {
     /// In-place all-reduce of `buffer` (same length on every member).
     public func allReduceAsync<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum) throws -> Work {
         try check(T.isReducible, .allReduce, "\(T.self) cannot be reduced")
-        try check(op != .avg || T.self == Float.self, .allReduce, "avg needs Float32 data")
+        try check(op != .avg || T.self == Float.self || T.self == Double.self, .allReduce, "avg needs floating-point data")
         let base = UnsafeMutableRawPointer(buffer.baseAddress) ?? Self.emptyBuffer
         let count = buffer.count, n = size
         return submit(.allReduce) { ch in

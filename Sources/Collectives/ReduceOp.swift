@@ -5,7 +5,7 @@ public enum ReduceOp: String, Sendable, CaseIterable {
     case sum, avg, max
 }
 
-/// Types a collective can carry: Float32 data, Int32/Int64 counts, raw bytes (no reductions).
+/// Types a collective can carry: Float32 data, Float64 scalars (loss sums), Int32/Int64 counts, raw bytes (no reductions).
 public protocol CollectiveElement: Sendable {
     /// dst[i] = a[i] op b[i] for i < count; `dst` may alias `a` or `b`. Avg accumulates like sum.
     static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Self>, _ a: UnsafePointer<Self>,
@@ -33,6 +33,18 @@ extension Float: CollectiveElement {
     }
     public static func divide(_ p: UnsafeMutablePointer<Float>, count: Int, by divisor: Int) {
         let d = Float(divisor)
+        for i in 0..<count { p[i] /= d }
+    }
+    public static var isReducible: Bool { true }
+}
+
+extension Double: CollectiveElement {
+    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Double>, _ a: UnsafePointer<Double>,
+                               _ b: UnsafePointer<Double>, count: Int) {
+        combineNumeric(op, dst, a, b, count: count)
+    }
+    public static func divide(_ p: UnsafeMutablePointer<Double>, count: Int, by divisor: Int) {
+        let d = Double(divisor)
         for i in 0..<count { p[i] /= d }
     }
     public static var isReducible: Bool { true }

@@ -39,7 +39,9 @@ public func embedding_forward(_ out_TD: UnsafeMutablePointer<Float>, _ tokens_T:
     for t in 0..<T {
         let tok = Int(tokens_T[t])
         precondition(tok >= 0 && tok < V, "embedding: token id \(tok) at position \(t) outside the vocabulary [0, \(V))")
-        (out_TD + t * D).update(from: wte_VD + tok * D, count: D)
+    }
+    parallelFor(T, costPerItem: D) { r in
+        for t in r { (out_TD + t * D).update(from: wte_VD + Int(tokens_T[t]) * D, count: D) }
     }
 }
 
@@ -56,13 +58,15 @@ public func embedding_backward(_ dwte_VD: UnsafeMutablePointer<Float>, _ dout_TD
 /// out_ND = x_ND · rsqrt(mean(x²) + eps) · w_D ; rstd_N saved for backward.
 public func rmsnorm_forward(_ out_ND: UnsafeMutablePointer<Float>, _ rstd_N: UnsafeMutablePointer<Float>,
                             _ x_ND: UnsafePointer<Float>, _ w_D: UnsafePointer<Float>, N: Int, D: Int, eps: Float) {
-    for n in 0..<N {
-        let x = x_ND + n * D
-        let ms = dot(x, x, D) / Float(D)
-        let r = 1 / (ms + eps).squareRoot()
-        rstd_N[n] = r
-        let o = out_ND + n * D
-        for i in 0..<D { o[i] = (x[i] * r) * w_D[i] }
+    parallelFor(N, costPerItem: 2 * D) { rows in
+        for n in rows {
+            let x = x_ND + n * D
+            let ms = dot(x, x, D) / Float(D)
+            let r = 1 / (ms + eps).squareRoot()
+            rstd_N[n] = r
+            let o = out_ND + n * D
+            for i in 0..<D { o[i] = (x[i] * r) * w_D[i] }
+        }
     }
 }
 
@@ -70,17 +74,28 @@ public func rmsnorm_forward(_ out_ND: UnsafeMutablePointer<Float>, _ rstd_N: Uns
 public func rmsnorm_backward(_ dx_ND: UnsafeMutablePointer<Float>, _ dw_D: UnsafeMutablePointer<Float>?,
                              _ dout_ND: UnsafePointer<Float>, _ x_ND: UnsafePointer<Float>, _ w_D: UnsafePointer<Float>,
                              _ rstd_N: UnsafePointer<Float>, N: Int, D: Int) {
-    for n in 0..<N {
-        let x = x_ND + n * D, dy = dout_ND + n * D, dx = dx_ND + n * D
-        let r = rstd_N[n]
-        var s: Float = 0  // Σ w·dy·x̂
-        for i in 0..<D { s += w_D[i] * dy[i] * (x[i] * r) }
-        let m = s / Float(D)
-        for i in 0..<D {
-            let xh = x[i] * r
-            dx[i] += r * (w_D[i] * dy[i] - xh * m)
+    parallelFor(N, costPerItem: 3 * D) { rows in
+        for n in rows {
+            let x = x_ND + n * D, dy = dout_ND + n * D, dx = dx_ND + n * D
+            let r = rstd_N[n]
+            var s: Float = 0  // Σ w·dy·x̂
+            for i in 0..<D { s += w_D[i] * dy[i] * (x[i] * r) }
+            let m = s / Float(D)
+            for i in 0..<D {
+                let xh = x[i] * r
+                dx[i] += r * (w_D[i] * dy[i] - xh * m)
+            }
         }
-        if let dw = dw_D { for i in 0..<D { dw[i] += dy[i] * (x[i] * r) } }
+    }
+    // dw: split over columns, each column summed over rows in order
+    if let dw = dw_D {
+        parallelFor(D, costPerItem: 2 * N) { cols in
+            for n in 0..<N {
+                let x = x_ND + n * D, dy = dout_ND + n * D
+                let r = rstd_N[n]
+                for i in cols { dw[i] += dy[i] * (x[i] * r) }
+            }
+        }
     }
 }
 
@@ -103,11 +118,12 @@ public func rope_table(cos_TP: UnsafeMutablePointer<Float>, sin_TP: UnsafeMutabl
 public func rope_forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>,
                          cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, hd: Int) {
     let P = hd / 2
-    for b in 0..<B {
-        for t in 0..<T {
+    parallelFor(B * T, costPerItem: 2 * H * hd) { rows in
+        for bt in rows {
+            let t = bt % T
             let c = cos_TP + t * P, s = sin_TP + t * P
             for h in 0..<H {
-                let off = ((b * T + t) * H + h) * hd
+                let off = (bt * H + h) * hd
                 let xi = x + off, o = out + off
                 for i in 0..<P {
                     let x1 = xi[i], x2 = xi[i + P]
@@ -123,11 +139,12 @@ public func rope_forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<
 public func rope_backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
                           cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, hd: Int) {
     let P = hd / 2
-    for b in 0..<B {
-        for t in 0..<T {
+    parallelFor(B * T, costPerItem: 3 * H * hd) { rows in
+        for bt in rows {
+            let t = bt % T
             let c = cos_TP + t * P, s = sin_TP + t * P
             for h in 0..<H {
-                let off = ((b * T + t) * H + h) * hd
+                let off = (bt * H + h) * hd
                 let dy = dout + off, d = dx + off
                 for i in 0..<P {
                     let dy1 = dy[i], dy2 = dy[i + P]
@@ -141,42 +158,27 @@ public func rope_backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePoint
 
 // MARK: - SwiGLU
 
-@inline(__always) func sigmoidf(_ x: Float) -> Float { 1 / (1 + exp1(-x)) }
+@inline(__always) func sigmoidf(_ x: Float) -> Float { 1 / (1 + _expf(-x)) }
 
 /// out_N = silu(gate_N) · up_N, silu(g) = g·σ(g).
 public func swiglu_forward(_ out_N: UnsafeMutablePointer<Float>, _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
-    var i = 0
-    let one = F16(repeating: 1)
-    while i + 16 <= n {
-        let g = load16(gate_N + i)
-        let s = one / (one + exp16(-g))
-        store16(g * s * load16(up_N + i), out_N + i)
-        i += 16
-    }
-    while i < n {
-        let g = gate_N[i]
-        out_N[i] = g * sigmoidf(g) * up_N[i]
-        i += 1
+    parallelFor(n, costPerItem: 8) { r in
+        for i in r {
+            let g = gate_N[i]
+            out_N[i] = g * sigmoidf(g) * up_N[i]
+        }
     }
 }
 
 /// dgate += dout·up·σ(g)(1 + g(1−σ(g))),  dup += dout·silu(g).
 public func swiglu_backward(_ dgate_N: UnsafeMutablePointer<Float>, _ dup_N: UnsafeMutablePointer<Float>, _ dout_N: UnsafePointer<Float>,
                             _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
-    var i = 0
-    let one = F16(repeating: 1)
-    while i + 16 <= n {
-        let g = load16(gate_N + i), dy = load16(dout_N + i)
-        let s = one / (one + exp16(-g))
-        store16(load16(dgate_N + i) + dy * load16(up_N + i) * s * (one + g * (one - s)), dgate_N + i)
-        store16(load16(dup_N + i) + dy * g * s, dup_N + i)
-        i += 16
-    }
-    while i < n {
-        let g = gate_N[i], s = sigmoidf(g), dy = dout_N[i]
-        dgate_N[i] += dy * up_N[i] * s * (1 + g * (1 - s))
-        dup_N[i] += dy * g * s
-        i += 1
+    parallelFor(n, costPerItem: 12) { r in
+        for i in r {
+            let g = gate_N[i], s = sigmoidf(g), dy = dout_N[i]
+            dgate_N[i] += dy * up_N[i] * s * (1 + g * (1 - s))
+            dup_N[i] += dy * g * s
+        }
     }
 }
 
@@ -189,36 +191,38 @@ public func swiglu_backward(_ dgate_N: UnsafeMutablePointer<Float>, _ dup_N: Uns
 @discardableResult
 public func crossentropy_forward_backward(dlogits_TV: UnsafeMutablePointer<Float>?, logits_TV: UnsafePointer<Float>,
                                           labels_T: UnsafePointer<Int32>, T: Int, V: Int, dlossScale: Float) -> (lossSum: Double, count: Int) {
+    for t in 0..<T {
+        let label = Int(labels_T[t])
+        precondition(label < V, "cross-entropy: label \(label) at position \(t) outside the vocabulary [0, \(V))")
+    }
+    let rowLoss = UnsafeMutablePointer<Double>.allocate(capacity: max(T, 1))
+    defer { rowLoss.deallocate() }
+    parallelFor(T, costPerItem: 3 * V) { rows in
+        for t in rows {
+            let row = logits_TV + t * V
+            let label = Int(labels_T[t])
+            if label < 0 {
+                if let d = dlogits_TV { (d + t * V).update(repeating: 0, count: V) }
+                rowLoss[t] = 0
+                continue
+            }
+            let xl = row[label]
+            let mx = vmax(row, V)
+            var sum = 0.0
+            if let d = dlogits_TV {
+                // one exp per logit: store e^(x - max) in place, then scale
+                let dr = d + t * V
+                for v in 0..<V { let e = _expf(row[v] - mx); dr[v] = e; sum += Double(e) }
+                vscale(dr, V, Float(1 / sum) * dlossScale)
+                dr[label] -= dlossScale
+            } else {
+                for v in 0..<V { sum += Double(_expf(row[v] - mx)) }
+            }
+            rowLoss[t] = Double(mx) + _log(sum) - Double(xl)
+        }
+    }
     var total = 0.0
     var count = 0
-    for t in 0..<T {
-        let row = logits_TV + t * V
-        let label = Int(labels_T[t])
-        if label < 0 {
-            if let d = dlogits_TV { (d + t * V).update(repeating: 0, count: V) }
-            continue
-        }
-        precondition(label < V, "cross-entropy: label \(label) at position \(t) outside the vocabulary [0, \(V))")
-        let xl = row[label]
-        let mx = vmax(row, V)
-        var sum = 0.0
-        if let d = dlogits_TV {
-            // one exp per logit: store e^(x - max) in place, then scale
-            let dr = d + t * V
-            sum = Double(exp_shifted(dr, row, V, minus: mx))
-            vscale(dr, V, Float(1 / sum) * dlossScale)
-            dr[label] -= dlossScale
-        } else {
-            var i = 0
-            let mv = F16(repeating: mx)
-            var acc = F16(repeating: 0)
-            while i + 16 <= V { acc += exp16(load16(row + i) - mv); i += 16 }
-            var s = acc.sum()
-            while i < V { s += exp1(row[i] - mx); i += 1 }
-            sum = Double(s)
-        }
-        total += Double(mx) + _log(sum) - Double(xl)
-        count += 1
-    }
+    for t in 0..<T where labels_T[t] >= 0 { total += rowLoss[t]; count += 1 }
     return (total, count)
 }

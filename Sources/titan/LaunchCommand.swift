@@ -65,6 +65,7 @@ struct Launch: ParsableCommand {
     private func runAsThreads(topology: Topology, args: [String], dump: String) throws -> Int32 {
         let rankProgram: RankProgram
         switch args[0] {
+        // train parses its config here, so a bad key fails before any rank starts.
         case "collectives":
             let c = try Collectives.parse(Array(args.dropFirst()))
             rankProgram = Collectives.program(largeBytes: c.largeBytes)
@@ -72,7 +73,9 @@ struct Launch: ParsableCommand {
             let b = try Bench.parse(Array(args.dropFirst()))
             rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) })
         default:
-            throw ValidationError("--single-process supports: collectives, bench")
+            let overrides = TrainCommand.topologyDefaults(topology.resolvedParallelism) + args.dropFirst()
+            guard let (program, timeout) = try TrainCommand.program(arguments: overrides) else { return 0 }
+            return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, program)
         }
         let timeout = Double(Self.value(of: "--comm.timeout_seconds", in: args) ?? "") ?? 300
         return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, rankProgram)

@@ -13,7 +13,8 @@ final class BenchmarkProbe: XCTestCase {
         let m = try Qwen3Model(flavor: env["BENCH_FLAVOR"] ?? "bench_moe", seed: 0)
         let x = randomTokens(B * T, vocab: m.args.vocab_size, seed: 1), y = randomTokens(B * T, vocab: m.args.vocab_size, seed: 2)
         var times: [Double] = []
-        for _ in 0..<6 {
+        let steps = Int(env["BENCH_STEPS"] ?? "6") ?? 6
+        for _ in 0..<steps {
             m.zeroGrad()
             let t0 = Date()
             _ = m.forwardBackward(inputs: x, labels: y, B: B, T: T, lossScale: 1 / Float(B * T))

@@ -133,8 +133,16 @@ final class KernelGradientTests: XCTestCase {
     }
 
     func testAttentionForwardReferenceAndGradients() {
+        attentionCase(B: 2, T: 5, H: 4, KV: 2, hd: 4)
+    }
+
+    /// More rows than one query block (attentionBlockRows), with a ragged last block.
+    func testAttentionMultiBlock() {
+        attentionCase(B: 1, T: attentionBlockRows * 2 + 3, H: 2, KV: 1, hd: 4, maxChecks: 60)
+    }
+
+    func attentionCase(B: Int, T: Int, H: Int, KV: Int, hd: Int, maxChecks: Int = 80) {
         var rng = SplitMix64(seed: 6)
-        let B = 2, T = 5, H = 4, KV = 2, hd = 4
         let q = Buf(randn(B * T * H * hd, &rng)), k = Buf(randn(B * T * KV * hd, &rng)), v = Buf(randn(B * T * KV * hd, &rng))
         let out = Buf(zeros: B * T * H * hd), att = Buf(zeros: B * H * T * T)
         let r = randn(out.n, &rng)
@@ -164,11 +172,18 @@ final class KernelGradientTests: XCTestCase {
             }
         } }
         let dq = Buf(zeros: q.n), dk = Buf(zeros: k.n), dv = Buf(zeros: v.n), scratch = Buf(zeros: T * T), dout = Buf(r)
-        attention_backward(dq_BTHd: dq.p, dk_BTKd: dk.p, dv_BTKd: dv.p, scratch_TT: scratch.p, dout_BTHd: dout.p, att_BHTT: att.p,
+        attention_backward(dq_BTHd: dq.p, dk_BTKd: dk.p, dv_BTKd: dv.p, scratch_BHTT: scratch.p, dout_BTHd: dout.p, att_BHTT: att.p,
                            q_BTHd: q.p, k_BTKd: k.p, v_BTKd: v.p, B: B, T: T, H: H, KV: KV, hd: hd)
-        checkGradient("attention dq", x: q.p, n: q.n, grad: dq.a, eps: 3e-3, f: f)
-        checkGradient("attention dk", x: k.p, n: k.n, grad: dk.a, eps: 3e-3, f: f)
-        checkGradient("attention dv", x: v.p, n: v.n, grad: dv.a, eps: 3e-3, f: f)
+        checkGradient("attention dq", x: q.p, n: q.n, grad: dq.a, eps: 3e-3, maxChecks: maxChecks, f: f)
+        checkGradient("attention dk", x: k.p, n: k.n, grad: dk.a, eps: 3e-3, maxChecks: maxChecks, f: f)
+        checkGradient("attention dv", x: v.p, n: v.n, grad: dv.a, eps: 3e-3, maxChecks: maxChecks, f: f)
+        // probabilities: rows sum to 1, zero above the diagonal
+        let pa = att.a
+        for bh in 0..<(B * H) { for t in 0..<T {
+            var s: Float = 0
+            for j in 0..<T { let p = pa[(bh * T + t) * T + j]; if j > t { XCTAssertEqual(p, 0) }; s += p }
+            XCTAssertEqual(s, 1, accuracy: 1e-5)
+        } }
     }
 
     func testSwiGLU() {

@@ -4,7 +4,8 @@ import Foundation
 /// chunk r goes to `output`, which may alias input chunk r.
 ///
 /// Step 0 sends input chunk (r-1) mod n to the next rank; at step s a rank receives the partial sum of
-/// chunk (r-s-2) mod n, adds its own contribution in the received buffer and forwards it; at the last
+/// chunk (r-s-2) mod n, adds its own contribution into a fresh message and forwards that (never the
+/// received buffer: over inproc it is the sender's own memory); at the last
 /// step it receives chunk r and writes received + own into `output`. Chunk c is therefore always summed
 /// in the same order (ranks c+1, c+2, ..., c), so results are deterministic run to run.
 func ringReduceScatter(_ ch: GroupChannel, input: UnsafeRawPointer, output: UnsafeMutableRawPointer,
@@ -27,8 +28,9 @@ func ringReduceScatter(_ ch: GroupChannel, input: UnsafeRawPointer, output: Unsa
             let m = try ch.receive(from: prev, expectedBytes: seg.count)
             let own = input + layout.offsets[c] + seg.lowerBound
             if s < n - 2 {
-                reduction.combine(m.bytes, m.bytes, own, seg.count)
-                try ch.send(to: next, payload: m)
+                let partial = try ch.newMessage(bytes: seg.count)
+                reduction.combine(partial.bytes, m.bytes, own, seg.count)
+                try ch.send(to: next, payload: partial)
             } else {
                 reduction.combine(output + seg.lowerBound, m.bytes, own, seg.count)
             }

@@ -115,7 +115,9 @@ public final class CollectiveSuite {
             for j in 0..<count { want[j] += d[g.rank * count + j] }
         }
         if op == .avg { want = want.map { $0 / Float(g.size) } }
-        try record("reduce_scatter \(op) \(gname) n=\(g.size) count=\(count)", got == want, firstMismatch(got, want))
+        let inputIntact = input == Self.data(rank: comm.rank, count: count * g.size, salt: 3)
+        try record("reduce_scatter \(op) \(gname) n=\(g.size) count=\(count)", got == want && inputIntact,
+                   inputIntact ? firstMismatch(got, want) : "the input buffer was modified")
     }
 
     private func allReduce(_ g: ProcessGroup, _ gname: String, _ count: Int, _ op: ReduceOp) throws {

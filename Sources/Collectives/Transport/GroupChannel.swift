@@ -31,7 +31,8 @@ final class GroupChannel {
     var size: Int { members.count }
     var timeout: Double { spec.timeoutSeconds }
 
-    init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int) throws {
+    /// `endpointJobID` (tests only) names another job's endpoints, to check that its frames are refused.
+    init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int, endpointJobID: String? = nil) throws {
         self.spec = spec
         self.context = context
         self.members = members
@@ -46,12 +47,14 @@ final class GroupChannel {
         info = CollectiveContextInfo(rank: members[me], kind: .barrier, sequence: 0, groupSlot: slot, groupMembers: members)
         guard members.count > 1 else { return }  // a group of one needs no sockets
 
+        var endpoints = spec
+        if let endpointJobID { endpoints.jobID = endpointJobID }
         let timeoutMs = Int32(clamping: Int(spec.timeoutSeconds * 1000))
         do {
             let pull = try ZMQSocket(context: context, type: ZMQ_PULL)
             try pull.set(ZMQ_RCVHWM, 0)  // never push back on senders: every collective's volume is bounded
             try pull.set(ZMQ_RCVBUF, 4 << 20)
-            try pull.bind(spec.bindAddress(rank: members[me], groupSlot: slot))
+            try pull.bind(endpoints.bindAddress(rank: members[me], groupSlot: slot))
             self.pull = pull
             for (i, peer) in members.enumerated() where i != me {
                 let s = try ZMQSocket(context: context, type: ZMQ_PUSH)
@@ -60,7 +63,7 @@ final class GroupChannel {
                 try s.set(ZMQ_SNDTIMEO, timeoutMs)
                 try s.set(ZMQ_LINGER, timeoutMs)  // deliver what is queued even if we close right after
                 try s.set(ZMQ_RECONNECT_IVL, 10)  // peers bind at their own pace; retry quickly
-                try s.connect(spec.connectAddress(rank: peer, groupSlot: slot))
+                try s.connect(endpoints.connectAddress(rank: peer, groupSlot: slot))
                 push[i] = s
             }
         } catch let e as ZMQCallError {
@@ -76,6 +79,14 @@ final class GroupChannel {
         stash = Array(repeating: [], count: members.count)
     }
 
+    /// After a failed collective: drop whatever is still queued (peers are gone or out of step) so
+    /// libzmq lets go of the caller's buffers before the error reaches the caller.
+    func abort() {
+        for s in push { try? s?.set(ZMQ_LINGER, 0) }
+        close()
+        _ = tracker.waitAllReleased(until: Date().addingTimeInterval(5))
+    }
+
     // MARK: collective lifecycle
 
     func begin(_ kind: CollectiveKind, sequence: UInt64) {
@@ -89,7 +100,7 @@ final class GroupChannel {
     /// so the caller may reuse its buffers.
     func waitForSends() throws {
         guard tracker.waitAllReleased(until: deadline) else {
-            throw CollectiveError.timeout(info, missingRanks: [], seconds: spec.timeoutSeconds)
+            throw CollectiveError.sendTimeout(info, peer: nil, seconds: spec.timeoutSeconds)
         }
     }
 
@@ -103,7 +114,13 @@ final class GroupChannel {
         try send(to: peer, payload: payload)
     }
 
-    /// Sends a message this rank received (ownership passes on; libzmq shares the buffer).
+    /// A message of `bytes` bytes owned by libzmq, to fill and send.
+    func newMessage(bytes: Int) throws -> ZMQMessage {
+        do { return try ZMQMessage(size: bytes) }
+        catch { throw CollectiveError.transport(info, "\(error)") }
+    }
+
+    /// Sends a message this rank received or filled (ownership passes to libzmq, which may share the buffer).
     func send(to peer: Int, payload: ZMQMessage) throws {
         precondition(peer != me, "a rank does not message itself")
         guard let socket = push[peer] else { throw CollectiveError.groupClosed("group \(slot) is closed") }

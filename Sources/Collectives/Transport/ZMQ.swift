@@ -35,8 +35,17 @@ final class ZMQMessage {
         zmq_msg_init(msg)
     }
 
-    /// A message that borrows `bytes` without copying. `onRelease` runs (on a ZeroMQ I/O thread)
-    /// when libzmq no longer needs the memory.
+    /// A message with `count` bytes of its own (allocated by libzmq) for this rank to fill.
+    init(size count: Int) throws {
+        msg = .allocate(capacity: 1)
+        guard zmq_msg_init_size(msg, count) == 0 else {
+            msg.deallocate()
+            throw ZMQCallError.last("zmq_msg_init_size")
+        }
+    }
+
+    /// A message that borrows `bytes` without copying; `tracker` counts it until libzmq no longer
+    /// needs the memory (libzmq tells us on one of its own threads).
     init(borrowing bytes: UnsafeRawPointer, count: Int, tracker: SendTracker) throws {
         msg = .allocate(capacity: 1)
         if count == 0 {
@@ -44,11 +53,13 @@ final class ZMQMessage {
             return
         }
         tracker.retain()
-        let hint = Unmanaged.passUnretained(tracker).toOpaque()
+        // The message keeps the tracker alive: libzmq may free it (on its reaper thread) after its socket closed.
+        let hint = Unmanaged.passRetained(tracker).toOpaque()
         let rc = zmq_msg_init_data(msg, UnsafeMutableRawPointer(mutating: bytes), count, { _, hint in
-            Unmanaged<SendTracker>.fromOpaque(hint!).takeUnretainedValue().release()
+            Unmanaged<SendTracker>.fromOpaque(hint!).takeRetainedValue().release()
         }, hint)
         if rc != 0 {
+            Unmanaged<SendTracker>.fromOpaque(hint).release()
             tracker.release()
             msg.deallocate()
             throw ZMQCallError.last("zmq_msg_init_data")

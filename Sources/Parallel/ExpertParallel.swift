@@ -1,0 +1,280 @@
+import Collectives
+import Foundation
+import Model
+import Tensor
+
+// Expert parallelism (torchtitan's ExpertParallel, Megatron-Core's all-to-all token dispatcher), applied to a built
+// model from outside: each MoE layer's routed experts are narrowed to this EP rank's contiguous slice, and the layer's
+// `experts` is replaced by `ExpertParallelExperts`, which ships token rows to the experts' owners and back.
+
+public enum ExpertParallel {
+    /// The config key errors about the EP degree name.
+    public static let degreeKey = "parallelism.expert_parallel_degree"
+
+    /// The experts EP rank `epRank` owns: `epRank·E/ep ..< (epRank+1)·E/ep`.
+    public static func localExpertRange(numExperts: Int, epDegree: Int, epRank: Int) -> Range<Int> {
+        let el = numExperts / epDegree
+        return (epRank * el)..<((epRank + 1) * el)
+    }
+
+    /// Replaces every MoE layer's experts by an all-to-all dispatcher over `epGroup` (size ep must divide num_experts),
+    /// and narrows each routed-expert Parameter (w1 [E,F,D], w2 [E,D,F], w3 [E,F,D]) to this rank's contiguous slice
+    /// of E/ep experts: value AND grad become tensors of E/ep experts (copied from the full value). EP rank j owns experts
+    /// j*E/ep ..< (j+1)*E/ep. Must run before FSDP is applied (FSDP shards whatever `value` holds).
+    ///
+    /// `Parameter.shape` / `count` keep the full logical shape [E, ...]; the local slice is `value.shape` and starts at
+    /// expert `expertRange.lowerBound` of the dispatcher (see `dispatchers(in:)`).
+    /// The dispatcher runs the layer's own `localExperts` (a GroupedExperts over the same Parameter objects), so
+    /// `model.setUseGroupedMM` keeps selecting the loop / grouped path.
+    public static func apply(to model: Qwen3Model, epGroup: ProcessGroup) throws {
+        let args = model.args
+        let ep = epGroup.size
+        let moes = model.layers.compactMap { $0.moe }
+        if moes.isEmpty {
+            if ep == 1 { return }
+            throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) needs an MoE model (moe_enabled with at least one MoE layer)")
+        }
+        let E = args.moe.num_experts, F = args.moe.hidden_dim, D = args.dim
+        guard ep >= 1, ep <= E, E % ep == 0 else {
+            throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) must divide moe.num_experts \(E); pick a divisor of \(E)")
+        }
+        let el = E / ep
+        let range = localExpertRange(numExperts: E, epDegree: ep, epRank: epGroup.rank)
+        // Check everything before changing anything.
+        for (i, layer) in model.layers.enumerated() {
+            guard let moe = layer.moe else { continue }
+            if moe.experts is ExpertParallelExperts {
+                throw ParallelError.invalidParameter(fqn: moe.w1.fqn, "layer \(i) already has an expert-parallel dispatcher; apply expert parallelism once per model")
+            }
+            for (p, inner) in [(moe.w1, [F, D]), (moe.w2, [D, F]), (moe.w3, [F, D])] {
+                guard let v = p.value, v.shape == [E] + inner else {
+                    throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(p.value?.shape.description ?? "nil"), expected the full \([E] + inner); apply expert parallelism before FSDP")
+                }
+            }
+        }
+        for layer in model.layers {
+            guard let moe = layer.moe else { continue }
+            for p in [moe.w1, moe.w2, moe.w3] {
+                let per = p.count / E
+                let shape = [el] + Array(p.shape.dropFirst())
+                let value = Tensor(shape: shape)
+                value.data.update(from: p.value.data + range.lowerBound * per, count: el * per)
+                let grad = Tensor(shape: shape)
+                if let g = p.grad, g.count == p.count { grad.data.update(from: g.data + range.lowerBound * per, count: el * per) }
+                p.value = value
+                p.grad = grad
+            }
+            moe.experts = ExpertParallelExperts(group: epGroup, experts: moe.localExperts, numExperts: E,
+                                                name: "layer \(layer.index)")
+        }
+    }
+
+    /// The dispatchers of the model's MoE layers, in layer order (empty before `apply`).
+    public static func dispatchers(in model: Qwen3Model) -> [ExpertParallelExperts] {
+        model.layers.compactMap { $0.moe?.experts as? ExpertParallelExperts }
+    }
+
+    /// Throws the first collective failure recorded by a dispatcher of the model (when `failFast` is off).
+    public static func throwIfFailed(_ model: Qwen3Model) throws {
+        for d in dispatchers(in: model) { if let f = d.failure { throw f } }
+    }
+
+    /// Sum of `dispatchBytes` over all layers since the last reset; resets them when `reset`.
+    public static func dispatchBytes(of model: Qwen3Model, reset: Bool = true) -> Int {
+        var total = 0
+        for d in dispatchers(in: model) {
+            total += d.dispatchBytes
+            if reset { d.dispatchBytes = 0 }
+        }
+        return total
+    }
+}
+
+/// Grow-only Float scratch.
+final class EPBuffer {
+    private(set) var tensor = Tensor(shape: [0])
+    func get(_ n: Int) -> UnsafeMutablePointer<Float> {
+        if tensor.count < n { tensor = Tensor(shape: [max(n, tensor.count * 5 / 4)]) }
+        return tensor.data
+    }
+}
+
+/// The all-to-all token dispatcher of one MoE layer (an `MoEExperts`).
+///
+/// Forward, on every EP rank (x_SD sorted by global expert, counts_E over all E experts):
+///  1. all-to-all of Int64 counts: rank j receives from each rank i how many rows i sends to each of j's local experts;
+///  2. all-to-all-v of the token rows (rank i's rows for rank j are contiguous, since j's experts are);
+///  3. reorder the received rank-major rows (rank 0: local expert 0, 1, ...; rank 1: ...) into expert-major order;
+///  4. run the local experts (the layer's GroupedExperts, loop or grouped path) with per-local-expert counts;
+///  5. reverse the reorder; 6. all-to-all-v the outputs back: y_SD comes back in the caller's order.
+/// Backward mirrors it with the same splits (dy out, local expert backward accumulating the local weight grads, dx back).
+/// Every exchange runs on every rank even when it sends or receives nothing; no padding, no capacity drop.
+public final class ExpertParallelExperts: MoEExperts {
+    public let group: ProcessGroup
+    /// The local experts (the MoE layer's `localExperts`, over the narrowed Parameters).
+    public let localExperts: GroupedExperts
+    public let numExperts: Int
+    public let numLocalExperts: Int
+    /// Global indices of the experts this rank owns.
+    public let expertRange: Range<Int>
+    public let dim: Int
+    public let name: String
+    /// Bytes of token rows this rank sent to and received from OTHER ranks (rows × dim × 4; forward and backward;
+    /// the rank's own rows are a local copy and not counted, nor are the small count exchanges). Reset by the caller.
+    public var dispatchBytes: Int = 0
+    /// Rows of the last forward: sent to each EP rank, received from each EP rank, and per local expert.
+    public private(set) var sendRows: [Int]
+    public private(set) var receiveRows: [Int]
+    public private(set) var localCounts: [Int]
+
+    // counts exchange
+    private var countSend: [Int64]
+    private var countReceive: [Int64]
+    private let countSplits: [Int]
+    // float split sizes (rows × dim)
+    private var sendSplits: [Int]
+    private var receiveSplits: [Int]
+    private var savedCounts: [Int] = []
+    private var hasForward = false
+    /// Copy blocks between rank-major and expert-major order: (rankMajorRow, expertMajorRow, rows) triples.
+    private var blocks: [Int] = []
+    private var receivedRows = 0
+
+    private let received = EPBuffer()   // [R, D] rank-major rows as received (x, then dy)
+    private let xLocal = EPBuffer()     // [R, D] expert-major inputs, kept for backward
+    private let yLocal = EPBuffer()     // [R, D] expert-major outputs (forward) / dy (backward)
+    private let dxLocal = EPBuffer()    // [R, D] expert-major dx (backward)
+    private let outgoing = EPBuffer()   // [R, D] rank-major outputs / dx to send back
+
+    public init(group: ProcessGroup, experts: GroupedExperts, numExperts: Int, name: String = "moe") {
+        precondition(numExperts % group.size == 0, "\(name): \(group.size) EP ranks do not divide \(numExperts) experts")
+        self.group = group
+        self.localExperts = experts
+        self.numExperts = numExperts
+        let ep = group.size, el = numExperts / ep
+        numLocalExperts = el
+        expertRange = ExpertParallel.localExpertRange(numExperts: numExperts, epDegree: ep, epRank: group.rank)
+        dim = experts.dim
+        self.name = name
+        sendRows = Array(repeating: 0, count: ep)
+        receiveRows = Array(repeating: 0, count: ep)
+        localCounts = Array(repeating: 0, count: el)
+        countSend = Array(repeating: 0, count: numExperts)
+        countReceive = Array(repeating: 0, count: numExperts)
+        countSplits = Array(repeating: el, count: ep)
+        sendSplits = Array(repeating: 0, count: ep)
+        receiveSplits = Array(repeating: 0, count: ep)
+        blocks.reserveCapacity(3 * numExperts)
+    }
+
+    /// A collective failure inside forward/backward (which cannot throw). With `failFast` (the default) the process
+    /// stops with the message; otherwise the error is kept here (see `ExpertParallel.throwIfFailed`), the outputs of
+    /// this and every later call are zeros, and no further collective is issued on the broken group.
+    public private(set) var failure: ParallelError?
+    /// Stop the process at once on a collective failure (true) or record it for `ExpertParallel.throwIfFailed` (false).
+    public var failFast = true
+
+    private func fail(_ what: String, _ error: Error) {
+        let message = "expert parallel \(name), EP rank \(group.rank) of \(group.size) (\(group.description)): \(what) failed: \(error). "
+            + "The EP group is broken; every rank of it must run the same MoE layers in the same order."
+        if failFast { fatalError(message) }
+        if failure == nil { failure = .collectiveFailed(rank: group.members[group.rank], message) }
+    }
+
+    /// All-to-all-v of rows: `sendSplits` floats to each rank out of `src`, `receiveSplits` floats from each into `dst`.
+    private func exchange(_ src: UnsafePointer<Float>, _ srcCount: Int, sendSplits s: [Int],
+                          _ dst: UnsafeMutablePointer<Float>, _ dstCount: Int, receiveSplits r: [Int], _ what: String) {
+        if failure != nil { dst.update(repeating: 0, count: dstCount); return }
+        do {
+            try group.allToAll(UnsafeBufferPointer(start: src, count: srcCount), sendCounts: s,
+                               into: UnsafeMutableBufferPointer(start: dst, count: dstCount), receiveCounts: r)
+        } catch {
+            fail(what, error)
+            dst.update(repeating: 0, count: dstCount)
+            return
+        }
+        let me = group.rank
+        dispatchBytes += (srcCount - s[me] + dstCount - r[me]) * MemoryLayout<Float>.stride
+    }
+
+    /// Copies rows between the rank-major and the expert-major layouts.
+    private func reorder(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, toExpertMajor: Bool) {
+        let D = dim
+        var b = 0
+        while b < blocks.count {
+            let rm = blocks[b], em = blocks[b + 1], n = blocks[b + 2]
+            if toExpertMajor { (dst + em * D).update(from: src + rm * D, count: n * D) }
+            else { (dst + rm * D).update(from: src + em * D, count: n * D) }
+            b += 3
+        }
+    }
+
+    public func forward(x_SD: UnsafePointer<Float>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
+        let E = numExperts, el = numLocalExperts, ep = group.size, D = dim
+        precondition(counts_E.count == E, "\(name): counts_E has \(counts_E.count) entries for \(E) experts")
+        // 1. per-expert counts: rank j gets, from every rank i, i's counts of j's local experts.
+        for e in 0..<E { countSend[e] = Int64(counts_E[e]) }
+        if failure == nil { do {
+            try countSend.withUnsafeBufferPointer { s in
+                try countReceive.withUnsafeMutableBufferPointer { r in
+                    try group.allToAll(s, sendCounts: countSplits, into: r, receiveCounts: countSplits)
+                }
+            }
+        } catch { fail("count exchange (all-to-all of \(E) Int64)", error) } }
+        if failure != nil { for i in 0..<E { countReceive[i] = 0 } }   // nothing arrives from a broken group
+        var S = 0, R = 0
+        for j in 0..<ep {
+            var s = 0, r = 0
+            for l in 0..<el { s += counts_E[j * el + l]; r += Int(countReceive[j * el + l]) }
+            sendRows[j] = s; receiveRows[j] = r
+            sendSplits[j] = s * D; receiveSplits[j] = r * D
+            S += s; R += r
+        }
+        // expert-major offsets, and the copy blocks
+        for l in 0..<el {
+            var n = 0
+            for i in 0..<ep { n += Int(countReceive[i * el + l]) }
+            localCounts[l] = n
+        }
+        blocks.removeAll(keepingCapacity: true)
+        var emStart = [Int](repeating: 0, count: el)
+        var acc = 0
+        for l in 0..<el { emStart[l] = acc; acc += localCounts[l] }
+        var rm = 0
+        for i in 0..<ep {
+            for l in 0..<el {
+                let n = Int(countReceive[i * el + l])
+                if n > 0 { blocks.append(rm); blocks.append(emStart[l]); blocks.append(n) }
+                emStart[l] += n
+                rm += n
+            }
+        }
+        savedCounts = counts_E
+        receivedRows = R
+        hasForward = true
+        // 2. token rows to the experts' owners
+        let recv = received.get(R * D), xl = xLocal.get(R * D), yl = yLocal.get(R * D), out = outgoing.get(R * D)
+        exchange(x_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "forward dispatch")
+        // 3.-5. local experts in expert-major order
+        reorder(recv, xl, toExpertMajor: true)
+        localExperts.forward(x_SD: xl, counts_E: localCounts, y_SD: yl)
+        reorder(yl, out, toExpertMajor: false)
+        // 6. outputs back to the tokens' ranks
+        exchange(out, R * D, sendSplits: receiveSplits, y_SD, S * D, receiveSplits: sendSplits, "forward combine")
+    }
+
+    public func backward(x_SD: UnsafePointer<Float>, dy_SD: UnsafePointer<Float>, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>) {
+        precondition(hasForward && counts_E == savedCounts, "\(name): backward without a matching forward (counts differ)")
+        let D = dim, R = receivedRows
+        let S = sendRows.reduce(0, +)
+        let recv = received.get(R * D), xl = xLocal.get(R * D), dyl = yLocal.get(R * D)
+        let dxl = dxLocal.get(R * D), out = outgoing.get(R * D)
+        // dy rows travel to the experts' owners with the forward splits
+        exchange(dy_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "backward dispatch")
+        reorder(recv, dyl, toExpertMajor: true)
+        localExperts.backward(x_SD: xl, dy_SD: dyl, counts_E: localCounts, dx_SD: dxl)
+        reorder(dxl, out, toExpertMajor: false)
+        // dx rows travel back
+        exchange(out, R * D, sendSplits: receiveSplits, dx_SD, S * D, receiveSplits: sendSplits, "backward combine")
+    }
+}

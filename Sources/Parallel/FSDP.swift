@@ -1,0 +1,556 @@
+import Foundation
+import Collectives
+import Model
+import Tensor
+
+/// This rank's slice of one parameter: what the optimizer, clipping and checkpointing touch.
+/// `param` / `grad` point into the rank's flat shard storage (valid for the wrapper's lifetime). Padding is never
+/// part of a `ParameterShard`.
+public struct ParameterShard {
+    public let fqn: String
+    public let param: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+    /// Elements in this slice.
+    public let count: Int
+    /// First element of the slice within the parameter's LOCAL tensor (the EP-narrowed tensor for experts).
+    public let offset: Int
+    /// First element of the slice within the FULL (unsharded, all experts) parameter, row-major.
+    public let offsetInFull: Int
+    /// Elements and shape of the parameter's local tensor (before FSDP sharding).
+    public let localCount: Int
+    public let localShape: [Int]
+    /// Full logical shape (Parameter.shape).
+    public let fullShape: [Int]
+    /// Expert parameter sharded over `DeviceMesh.expertShard` (else over `dpShard`).
+    public let isExpert: Bool
+}
+
+/// Bytes per rank held by the sharded model (Float32).
+public struct MemoryReport: Equatable, CustomStringConvertible {
+    /// Parameter shard storage, including padding.
+    public var paramBytes: Int
+    /// Gradient shard storage, including padding.
+    public var gradBytes: Int
+    /// AdamW state (exp_avg + exp_avg_sq) over this rank's ParameterShards: 2 × shard floats.
+    public var optimizerBytes: Int
+    /// Largest parameter group when gathered (its unsharded parameters; its gradients take as much again in backward).
+    public var largestUnshardedGroupBytes: Int
+    /// Padding elements in this rank's shards, in bytes (included in paramBytes and gradBytes once each).
+    public var paddingBytes: Int
+    /// What this rank's parameters (its local, EP-narrowed tensors) take without FSDP.
+    public var unshardedParamBytes: Int
+
+    public var totalBytes: Int { paramBytes + gradBytes + optimizerBytes }
+
+    public var description: String {
+        func mb(_ b: Int) -> String { String(format: "%.2f MiB", Double(b) / 1_048_576) }
+        return "params \(mb(paramBytes)), grads \(mb(gradBytes)), optimizer \(mb(optimizerBytes)), "
+            + "largest gathered group \(mb(largestUnshardedGroupBytes)) (unsharded params \(mb(unshardedParamBytes)))"
+    }
+}
+
+/// One flat buffer: the parameters of one model group that shard over the same process group, concatenated in
+/// group order, padded to a multiple of the group size; rank r owns elements [r·shardSize, (r+1)·shardSize).
+final class FlatParam {
+    let pg: ProcessGroup
+    let isExpert: Bool
+    let params: [Parameter]
+    let shapes: [[Int]]          // local shapes
+    let offsets: [Int]           // offset of each parameter in the flat buffer
+    let counts: [Int]            // local element counts
+    let offsetsInFull: [Int]     // where the local tensor starts within the full parameter (EP slice)
+    let numel: Int
+    let padded: Int
+    let shardSize: Int
+    let shardOffset: Int
+    /// Elements of the shard that are not padding.
+    let validCount: Int
+    let paramShard: Tensor
+    let gradShard: Tensor
+
+    // live state
+    var gathered: Tensor?
+    var gatherWork: Work?
+    var fullGrad: Tensor?
+
+    init(pg: ProcessGroup, isExpert: Bool, params: [Parameter], offsetsInFull: [Int]) {
+        self.pg = pg
+        self.isExpert = isExpert
+        self.params = params
+        self.offsetsInFull = offsetsInFull
+        shapes = params.map { $0.value.shape }
+        counts = params.map { $0.value.count }
+        var o = 0
+        var offs: [Int] = []
+        for c in counts { offs.append(o); o += c }
+        offsets = offs
+        numel = o
+        let n = pg.size
+        padded = (numel + n - 1) / n * n
+        shardSize = padded / n
+        shardOffset = pg.rank * shardSize
+        validCount = max(0, min(shardSize, numel - shardOffset))
+        paramShard = Tensor(shape: [shardSize])
+        gradShard = Tensor(shape: [shardSize])
+    }
+
+    /// Copies `local` (the parameter's local tensor, `counts[k]` elements) into this rank's shard.
+    func scatterIntoShard(_ k: Int, from local: UnsafePointer<Float>) {
+        let lo = max(offsets[k], shardOffset), hi = min(offsets[k] + counts[k], shardOffset + shardSize)
+        guard hi > lo else { return }
+        (paramShard.data + (lo - shardOffset)).update(from: local + (lo - offsets[k]), count: hi - lo)
+    }
+}
+
+/// Grow-only pool of scratch tensors keyed by element count (gathered parameters, full gradients, reduce-scatter
+/// outputs), so steady-state steps allocate nothing.
+final class TensorPool {
+    private var free: [Int: [Tensor]] = [:]
+    private(set) var allocatedBytes = 0
+
+    func acquire(_ count: Int, zeroed: Bool) -> Tensor {
+        if var list = free[count], let t = list.popLast() {
+            free[count] = list
+            if zeroed { t.zero() }
+            return t
+        }
+        allocatedBytes += count * MemoryLayout<Float>.stride
+        return Tensor(shape: [count])   // zero-filled
+    }
+
+    func release(_ t: Tensor) { free[t.count, default: []].append(t) }
+
+    func drain() { free.removeAll(); allocatedBytes = 0 }
+}
+
+/// A gradient reduction in flight: reduce-scatter (SUM) of a full gradient over the shard group, then (HSDP) an
+/// all-reduce (SUM) of the result over the replicate group, then accumulation into the gradient shard.
+final class PendingReduction {
+    let flat: FlatParam
+    let fullGrad: Tensor
+    let output: Tensor
+    var work: Work?
+    init(flat: FlatParam, fullGrad: Tensor, output: Tensor, work: Work?) {
+        self.flat = flat; self.fullGrad = fullGrad; self.output = output; self.work = work
+    }
+}
+
+/// The model hooks; a separate object so the model does not keep the wrapper alive (model → hooks ⇢ wrapper is weak).
+final class FSDPHooks: ModelHooks {
+    weak var owner: FullyShardedModel?
+    init(owner: FullyShardedModel) { self.owner = owner }
+    func willForward(group: Int) { owner?.willForward(group: group) }
+    func didForward(group: Int) { owner?.didForward(group: group) }
+    func willBackward(group: Int) { owner?.willBackward(group: group) }
+    func didBackward(group: Int) { owner?.didBackward(group: group) }
+}
+
+/// FSDP2 / ZeRO-3 applied from outside the model (torchtitan's `fully_shard` per parameter group).
+///
+/// Each parameter group of `Qwen3Model.parameterGroups` becomes one flat buffer per sharding process group: dense
+/// parameters shard over `mesh.dpShard`; expert parameters (fqn contains ".moe.experts.", already narrowed to this
+/// rank's experts by expert parallelism when ep > 1) shard over `mesh.expertShard`. The flat buffer is padded to a
+/// multiple of the group size and split evenly: each rank stores a contiguous slice of parameters and gradients.
+///
+/// Through `ModelHooks`: before a group runs forward its flat buffers are all-gathered (the next group's all-gather
+/// is prefetched) and the parameters point into them; after forward they are freed (`reshardAfterForward`; the last
+/// group, and the tied embedding inside it, stay gathered for the backward that follows at once). Before backward
+/// the group is gathered again and gets zeroed full-size gradients; after backward the gradients are reduce-scattered
+/// (SUM) asynchronously — all-reduced (SUM) over `dpReplicate` for HSDP — and ACCUMULATED into the gradient shards.
+/// `finishBackward` waits for every reduction. All collectives are issued in the same order on every rank, and the
+/// ring collectives are deterministic, so the same topology reproduces bit for bit.
+public final class FullyShardedModel {
+    public let model: Qwen3Model
+    public let mesh: DeviceMesh
+    public let reshardAfterForward: Bool
+    /// This rank's parameter slices, in group and parameter order (padding excluded; empty slices omitted).
+    public private(set) var shards: [ParameterShard] = []
+
+    let groups: [[FlatParam]]
+    private let pool = TensorPool()
+    private var hooks: FSDPHooks!
+    private let lastGroup: Int
+    private var inLastGroup = false
+    private var scattering: [PendingReduction] = []   // reduce-scatter in flight
+    private var replicating: [PendingReduction] = []  // HSDP all-reduce in flight
+    private var failure: Error?
+
+    /// Wraps `model` (installs `model.hooks`). Parameter values are moved into shards: afterwards `Parameter.value`
+    /// and `grad` are nil except while a group is gathered.
+    public init(model: Qwen3Model, mesh: DeviceMesh, reshardAfterForward: Bool = true) throws {
+        guard model.hooks is NoModelHooks else {
+            throw ParallelError.invalidParameter(fqn: "", "the model already has hooks installed (apply FSDP once)")
+        }
+        self.model = model
+        self.mesh = mesh
+        self.reshardAfterForward = reshardAfterForward
+        lastGroup = model.parameterGroups.count - 1
+        let ep = mesh.dims.ep
+        var built: [[FlatParam]] = []
+        for group in model.parameterGroups {
+            var dense: [Parameter] = [], experts: [Parameter] = []
+            var expertOffsets: [Int] = []
+            for p in group {
+                guard let v = p.value else {
+                    throw ParallelError.invalidParameter(fqn: p.fqn, "has no value (was FSDP applied twice?)")
+                }
+                if FullyShardedModel.isExpert(p.fqn) {
+                    guard v.count * ep == p.count else {
+                        throw ParallelError.invalidParameter(fqn: p.fqn,
+                            "holds \(v.count) of \(p.count) elements; with expert_parallel_degree \(ep) it must hold exactly "
+                            + "1/\(ep) of the experts (apply expert parallelism before FSDP)")
+                    }
+                    experts.append(p)
+                    expertOffsets.append(mesh.epRank * v.count)
+                } else {
+                    guard v.count == p.count else {
+                        throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(v.count) of \(p.count) elements; only expert parameters may be narrowed")
+                    }
+                    dense.append(p)
+                }
+            }
+            var flats: [FlatParam] = []
+            if mesh.expertShard === mesh.dpShard {
+                // One process group: one flat buffer, in the model's parameter order.
+                let all = group
+                let offs = all.map { FullyShardedModel.isExpert($0.fqn) ? mesh.epRank * $0.value.count : 0 }
+                flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: all, offsetsInFull: offs))
+            } else {
+                if !dense.isEmpty { flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: dense, offsetsInFull: dense.map { _ in 0 })) }
+                if !experts.isEmpty { flats.append(FlatParam(pg: mesh.expertShard, isExpert: true, params: experts, offsetsInFull: expertOffsets)) }
+            }
+            built.append(flats)
+        }
+        groups = built
+        // Move the values into the shards and drop the full tensors.
+        for flats in groups {
+            for f in flats {
+                for (k, p) in f.params.enumerated() {
+                    f.scatterIntoShard(k, from: p.value.ptr)
+                    p.value = nil
+                    p.grad = nil
+                }
+            }
+        }
+        shards = makeShards()
+        hooks = FSDPHooks(owner: self)
+        model.hooks = hooks
+    }
+
+    deinit {
+        // Nothing may still write into our buffers.
+        for r in scattering + replicating { try? r.work?.wait() }
+        for flats in groups { for f in flats { try? f.gatherWork?.wait() } }
+    }
+
+    /// Detaches the wrapper from the model (hooks removed). The model's parameters are left without values; call
+    /// `fullStateDict()` first and `model.load(stateDict:)` afterwards to get an unsharded model back.
+    public func detach() {
+        if model.hooks === hooks { model.hooks = NoModelHooks() }
+    }
+
+    public static func isExpert(_ fqn: String) -> Bool { fqn.contains(".moe.experts.") }
+
+    private func makeShards() -> [ParameterShard] {
+        var r: [ParameterShard] = []
+        for flats in groups {
+            for f in flats {
+                for (k, p) in f.params.enumerated() {
+                    let lo = max(f.offsets[k], f.shardOffset), hi = min(f.offsets[k] + f.counts[k], f.shardOffset + f.shardSize)
+                    guard hi > lo else { continue }
+                    let inLocal = lo - f.offsets[k]
+                    r.append(ParameterShard(fqn: p.fqn, param: f.paramShard.data + (lo - f.shardOffset),
+                                            grad: f.gradShard.data + (lo - f.shardOffset), count: hi - lo,
+                                            offset: inLocal, offsetInFull: f.offsetsInFull[k] + inLocal,
+                                            localCount: f.counts[k], localShape: f.shapes[k], fullShape: p.shape,
+                                            isExpert: FullyShardedModel.isExpert(p.fqn)))
+                }
+            }
+        }
+        return r
+    }
+
+    // MARK: errors
+
+    private func record(_ error: Error) {
+        if failure == nil {
+            failure = (error as? ParallelError) ?? ParallelError.collectiveFailed(rank: mesh.rank, String(describing: error))
+        }
+    }
+
+    private func throwIfFailed() throws {
+        if let failure { throw failure }
+    }
+
+    // MARK: gather / free
+
+    private func startGather(_ g: Int) {
+        for f in groups[g] where f.gathered == nil {
+            let buf = pool.acquire(f.padded, zeroed: false)
+            f.gathered = buf
+            do {
+                f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(f.paramShard.buffer), into: buf.buffer)
+            } catch {
+                record(error)
+                buf.zero()
+            }
+        }
+    }
+
+    private func ensureGathered(_ g: Int) {
+        startGather(g)
+        for f in groups[g] {
+            if let w = f.gatherWork {
+                f.gatherWork = nil
+                do { try w.wait() } catch { record(error); f.gathered!.zero() }
+            }
+            let buf = f.gathered!
+            for (k, p) in f.params.enumerated() where p.value == nil || p.value.data != buf.data + f.offsets[k] {
+                p.value = Tensor(viewOf: buf, offset: f.offsets[k], shape: f.shapes[k])
+            }
+        }
+    }
+
+    private func free(_ g: Int) {
+        for f in groups[g] {
+            if let w = f.gatherWork {
+                f.gatherWork = nil
+                do { try w.wait() } catch { record(error) }
+            }
+            for p in f.params { p.value = nil }
+            if let buf = f.gathered {
+                f.gathered = nil
+                pool.release(buf)
+            }
+        }
+    }
+
+    private func isGathered(_ g: Int) -> Bool { groups[g].contains { $0.gathered != nil } }
+
+    /// Frees every gathered group (e.g. after an evaluation pass left the last group gathered).
+    public func reshard() {
+        for g in groups.indices where isGathered(g) { free(g) }
+    }
+
+    // MARK: hooks
+
+    func willForward(group g: Int) {
+        if g == 0 && !inLastGroup {
+            // A new forward pass: shards may have changed (optimizer step, load) since anything was gathered.
+            reshard()
+        }
+        if g == lastGroup { inLastGroup = true }
+        ensureGathered(g)
+        if g < lastGroup && !(g == 0 && inLastGroup) { startGather(g + 1) }   // prefetch the next group
+    }
+
+    func didForward(group g: Int) {
+        let keep = g == lastGroup || (g == 0 && inLastGroup)   // backward needs them right away
+        if g == lastGroup { inLastGroup = false }
+        if reshardAfterForward && !keep { free(g) }
+    }
+
+    func willBackward(group g: Int) {
+        if g == lastGroup { inLastGroup = true }
+        ensureGathered(g)
+        if g >= 1 { startGather(g - 1) }   // prefetch the group whose backward comes next
+        for f in groups[g] {
+            precondition(f.fullGrad == nil, "FSDP: willBackward(\(g)) while its gradients are live")
+            let grad = pool.acquire(f.padded, zeroed: true)
+            f.fullGrad = grad
+            for (k, p) in f.params.enumerated() { p.grad = Tensor(viewOf: grad, offset: f.offsets[k], shape: f.shapes[k]) }
+        }
+    }
+
+    func didBackward(group g: Int) {
+        if g == lastGroup { inLastGroup = false }
+        for f in groups[g] {
+            guard let grad = f.fullGrad else { continue }
+            f.fullGrad = nil
+            for p in f.params { p.grad = nil }
+            let out = pool.acquire(f.shardSize, zeroed: false)
+            var work: Work?
+            do {
+                work = try f.pg.reduceScatterAsync(UnsafeBufferPointer(grad.buffer), into: out.buffer, op: .sum)
+            } catch {
+                record(error)
+                out.zero()
+            }
+            scattering.append(PendingReduction(flat: f, fullGrad: grad, output: out, work: work))
+        }
+        free(g)
+        advance(keepInFlight: groups[g].count)
+    }
+
+    // MARK: gradient reductions
+
+    /// Completes reductions, oldest first, until at most `keep` reduce-scatters (and as many all-reduces) are in flight.
+    private func advance(keepInFlight keep: Int) {
+        while scattering.count > keep { finishScatter(scattering.removeFirst()) }
+        while replicating.count > keep { finishReplicate(replicating.removeFirst()) }
+    }
+
+    private func finishScatter(_ r: PendingReduction) {
+        if let w = r.work {
+            r.work = nil
+            do { try w.wait() } catch { record(error); r.output.zero() }
+        }
+        pool.release(r.fullGrad)
+        if let rep = mesh.dpReplicate {
+            do {
+                r.work = try rep.allReduceAsync(r.output.buffer, op: .sum)
+            } catch {
+                record(error)
+            }
+            replicating.append(r)
+        } else {
+            accumulate(r)
+        }
+    }
+
+    private func finishReplicate(_ r: PendingReduction) {
+        if let w = r.work {
+            r.work = nil
+            do { try w.wait() } catch { record(error); r.output.zero() }
+        }
+        accumulate(r)
+    }
+
+    private func accumulate(_ r: PendingReduction) {
+        let dst = r.flat.gradShard.data, src = r.output.data
+        for i in 0..<r.flat.shardSize { dst[i] += src[i] }
+        pool.release(r.output)
+    }
+
+    /// Waits for every outstanding reduce-scatter / all-reduce; afterwards the gradient shards hold the SUM over all
+    /// data-parallel ranks (accumulated onto what they held after `zeroGrad`). Rethrows a collective failure.
+    public func finishBackward() throws {
+        advance(keepInFlight: 0)
+        for flats in groups {
+            for f in flats where f.gatherWork != nil {
+                do { try f.gatherWork!.wait() } catch { record(error) }
+                f.gatherWork = nil
+            }
+        }
+        try throwIfFailed()
+    }
+
+    /// Zeroes the gradient shards (and frees anything still gathered).
+    public func zeroGrad() {
+        advance(keepInFlight: 0)
+        reshard()
+        for flats in groups { for f in flats { f.gradShard.zero() } }
+    }
+
+    // MARK: norms
+
+    /// Σ grad² over ALL parameters of the model (each element counted once, padding excluded), the same on every rank.
+    public func gradNormSquared() throws -> Double {
+        try finishBackward()
+        var local = 0.0
+        for flats in groups {
+            for f in flats {
+                let g = f.gradShard.data
+                for i in 0..<f.validCount { let v = Double(g[i]); local += v * v }
+            }
+        }
+        // dpShard holds every dense element once and (EP groups × expert shards) every expert element once;
+        // replicas hold identical gradients after the HSDP all-reduce.
+        return try mesh.dpShard.allReduce([local], op: .sum)[0]
+    }
+
+    // MARK: state dicts
+
+    /// Every parameter (full tensors, all experts) and buffer, on every rank. Collective over the whole mesh.
+    public func fullStateDict() throws -> StateDict {
+        var sd = try gatherFull(grads: false)
+        for (n, t) in model.buffers { sd[n] = HostTensor(shape: t.shape, values: t.toArray()) }
+        return sd
+    }
+
+    /// Every parameter's full gradient (as reduced so far), on every rank: for tests and debugging.
+    public func fullGradDict() throws -> StateDict {
+        try finishBackward()
+        return try gatherFull(grads: true)
+    }
+
+    private func gatherFull(grads: Bool) throws -> StateDict {
+        try throwIfFailed()
+        var sd: StateDict = [:]
+        for flats in groups {
+            for f in flats {
+                let full = Tensor(shape: [f.padded])
+                let src = grads ? f.gradShard : f.paramShard
+                try f.pg.allGather(UnsafeBufferPointer(src.buffer), into: full.buffer)
+                for (k, p) in f.params.enumerated() {
+                    var values = Array(UnsafeBufferPointer(start: full.data + f.offsets[k], count: f.counts[k]))
+                    if f.counts[k] != p.count {
+                        // Expert slice: gather the EP group's slices (EP rank j holds experts j·E/ep ..< (j+1)·E/ep).
+                        guard let epg = mesh.ep else {
+                            throw ParallelError.invalidParameter(fqn: p.fqn, "is narrowed but the mesh has no EP group")
+                        }
+                        values = try epg.allGather(values)
+                    }
+                    sd[p.fqn] = HostTensor(shape: p.shape, values: values)
+                }
+            }
+        }
+        return sd
+    }
+
+    /// Loads a full state dict (as `Qwen3Model.stateDict()` / `fullStateDict()` produce): keeps this rank's shards,
+    /// loads the buffers. Throws before changing anything on missing / unexpected names or shape mismatches.
+    /// Local: no collective (every rank must pass the same state dict).
+    public func loadFullStateDict(_ sd: StateDict, allowMissingBuffers: Bool = false) throws {
+        let expected = model.stateDictShapes
+        let bufferNames = Set(model.buffers.map { $0.fqn })
+        let missing = expected.keys.filter { sd[$0] == nil && !(allowMissingBuffers && bufferNames.contains($0)) }.sorted()
+        if !missing.isEmpty { throw ModelError.missingKeys(missing) }
+        let extra = sd.keys.filter { expected[$0] == nil }.sorted()
+        if !extra.isEmpty { throw ModelError.unexpectedKeys(extra) }
+        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) {
+            if let t = sd[name], t.shape != shape { throw ModelError.shapeMismatch(fqn: name, expected: shape, got: t.shape) }
+        }
+        advance(keepInFlight: 0)
+        reshard()
+        for flats in groups {
+            for f in flats {
+                f.paramShard.zero()
+                for (k, p) in f.params.enumerated() {
+                    let t = sd[p.fqn]!
+                    t.values.withUnsafeBufferPointer { f.scatterIntoShard(k, from: $0.baseAddress! + f.offsetsInFull[k]) }
+                }
+            }
+        }
+        for (n, t) in model.buffers {
+            if let h = sd[n] {
+                h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
+            } else {
+                t.zero()
+            }
+        }
+    }
+
+    // MARK: memory
+
+    public var memoryReport: MemoryReport {
+        let fl = MemoryLayout<Float>.stride
+        var shardFloats = 0, padding = 0, largest = 0, local = 0
+        for flats in groups {
+            var g = 0
+            for f in flats {
+                shardFloats += f.shardSize
+                padding += f.shardSize - f.validCount
+                g += f.padded
+                local += f.numel
+            }
+            largest = max(largest, g)
+        }
+        let optimizerFloats = 2 * shards.reduce(0) { $0 + $1.count }
+        return MemoryReport(paramBytes: shardFloats * fl, gradBytes: shardFloats * fl, optimizerBytes: optimizerFloats * fl,
+                            largestUnshardedGroupBytes: largest * fl, paddingBytes: padding * fl, unshardedParamBytes: local * fl)
+    }
+
+    /// Bytes of gather / gradient / reduction scratch currently owned by the buffer pool.
+    public var scratchBytes: Int { pool.allocatedBytes }
+}

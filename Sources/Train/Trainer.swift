@@ -1,0 +1,144 @@
+import Collectives
+import Config
+import Foundation
+import Model
+import Parallel
+import Tensor
+
+/// The training loop (torchtitan's Trainer): builds the model, applies expert parallelism and FSDP
+/// from outside, and runs steps of forward/backward, gradient clipping and AdamW on this rank's shards.
+/// The same code runs on one rank and on many; only the mesh differs.
+public final class Trainer {
+    public let config: TrainerConfig
+    let comm: Communicator
+    let log: (String) -> Void
+
+    public struct Summary {
+        public var losses: [Double]
+        public var gradNorms: [Double]
+    }
+
+    public init(config: TrainerConfig, comm: Communicator, log: @escaping (String) -> Void) {
+        self.config = config
+        self.comm = comm
+        self.log = log
+    }
+
+    /// The parallelism degrees, with data_parallel_shard_degree -1 filling the rest of the world.
+    static func dims(_ p: ParallelismSection, worldSize: Int) -> ParallelDims {
+        let shard = p.data_parallel_shard_degree == -1
+            ? worldSize / max(p.data_parallel_replicate_degree, 1) : p.data_parallel_shard_degree
+        return ParallelDims(replicate: p.data_parallel_replicate_degree, shard: shard, ep: p.expert_parallel_degree)
+    }
+
+    /// Architecture and initial weights: from an HF folder when asked, else the config's args and seed.
+    func buildModel() throws -> Qwen3Model {
+        let job = config.job
+        var args = config.model_args
+        var initial: StateDict?
+        if job.checkpoint.initial_load_in_hf {
+            guard let path = job.checkpoint.initial_load_path else {
+                throw ConfigError.invalid(key: "checkpoint.initial_load_path", reason: "checkpoint.initial_load_in_hf needs a folder")
+            }
+            let loaded = try HFCheckpoint.load(folder: path, includeExpertBias: false)  // HF has no expert bias: it starts at 0
+            // The shape comes from the folder's config.json; how experts are computed stays ours.
+            var hfArgs = loaded.args
+            hfArgs.moe.use_grouped_mm = args.moe.use_grouped_mm
+            hfArgs.moe.load_balance_coeff = args.moe.load_balance_coeff
+            args = hfArgs
+            initial = loaded.stateDict
+        }
+        if job.training.seq_len > args.max_seq_len {
+            throw ConfigError.invalid(key: "training.seq_len", reason: "\(job.training.seq_len) exceeds the model's max_seq_len \(args.max_seq_len)")
+        }
+        let model = try Qwen3Model(args: args, seed: UInt64(job.training.seed))
+        if let initial { try model.load(stateDict: initial, allowMissingBuffers: true) }
+        return model
+    }
+
+    @discardableResult
+    public func run() throws -> Summary {
+        let job = config.job
+        let dims = Self.dims(job.parallelism, worldSize: comm.worldSize)
+        let model = try buildModel()
+        let args = model.args
+        try dims.validate(worldSize: comm.worldSize, numExperts: args.moe_enabled ? args.moe.num_experts : nil)
+        let mesh = try DeviceMesh(comm: comm, dims: dims)
+        if let ep = mesh.ep { try ExpertParallel.apply(to: model, epGroup: ep) }
+        let fsdp = try FullyShardedModel(model: model, mesh: mesh)
+
+        let L = job.training.seq_len, B = job.training.local_batch_size
+        let tokens = try loadTokenStream(job, vocabSize: args.vocab_size, dataParallelDegree: mesh.dataParallelDegree)
+        let loader = DataLoader(tokens: tokens, seqLen: L, localBatchSize: B,
+                                dpDegree: mesh.dataParallelDegree, dpRank: mesh.dataParallelRank)
+        let globalTokens = B * L * mesh.dataParallelDegree
+
+        let adamw = AdamWConfig(job.optimizer)
+        let schedule = LRSchedule(job)
+        let expAvg = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
+        let expAvgSq = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
+
+        let isLogger = comm.rank == 0
+        var metrics: MetricsWriter?
+        if isLogger {
+            try writeConfigJSON(config, dumpFolder: job.job.dump_folder)
+            metrics = try MetricsWriter(path: job.job.dump_folder + "/metrics.jsonl")
+            log("model \(job.model.name)/\(job.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
+                + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
+            log("mesh: world \(comm.worldSize) = replicate \(dims.replicate) × shard \(dims.shard), expert parallel \(dims.ep); global batch \(B * mesh.dataParallelDegree) × \(L) tokens")
+        }
+        log("memory per rank: \(fsdp.memoryReport)")
+
+        var summary = Summary(losses: [], gradNorms: [])
+        for step in 1...max(job.training.steps, 1) where job.training.steps > 0 {
+            let start = DispatchTime.now().uptimeNanoseconds
+            let batch = loader.batch(step: step)
+            fsdp.zeroGrad()
+            let result = model.forwardBackward(inputs: batch.inputs_BL.map { Int32($0) }, labels: batch.labels_BL.map { Int32($0) },
+                                               B: B, T: L, lossScale: 1 / Float(globalTokens))
+            try fsdp.finishBackward()
+
+            // torch.nn.utils.clip_grad_norm_ over the global norm of every gradient.
+            let gradNorm = try fsdp.gradNormSquared().squareRoot()
+            let coefficient = GradClip.coefficient(totalNorm: Float(gradNorm), maxNorm: Float(job.training.max_norm))
+            let lr = schedule.lr(step: step)
+            for (i, shard) in fsdp.shards.enumerated() where shard.count > 0 {
+                if coefficient < 1 { GradClip.scale(shard.grad, count: shard.count, by: coefficient) }
+                AdamW.step(param: shard.param, grad: shard.grad, expAvg: expAvg[i].data, expAvgSq: expAvgSq[i].data,
+                           count: shard.count, step: step, lr: lr, config: adamw)
+            }
+
+            // Loss over the global batch; expert load summed over every data-parallel rank.
+            let lossSum = try comm.world.allReduce([result.lossSum], op: .sum)[0]
+            let tokensPerExpert = try comm.world.allReduce(result.tokensPerExpert.flatMap { $0.map(Int64.init) }, op: .sum)
+            var perLayer: [[Int]] = []
+            var offset = 0
+            for layer in result.tokensPerExpert {
+                perLayer.append(tokensPerExpert[offset..<(offset + layer.count)].map { Int($0) })
+                offset += layer.count
+            }
+            if args.moe_enabled, args.moe.load_balance_coeff > 0 { model.updateExpertBias(tokensPerExpert: perLayer) }
+
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            let loss = lossSum / Double(globalTokens)
+            summary.losses.append(loss)
+            summary.gradNorms.append(gradNorm)
+            if isLogger, step % max(job.metrics.log_freq, 1) == 0 || step == job.training.steps {
+                var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes())]
+                for (layer, counts) in perLayer.enumerated() where !counts.isEmpty {
+                    let mean = Double(counts.reduce(0, +)) / Double(counts.count)
+                    let variance = counts.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(counts.count)
+                    extra += [("expert_load_min_layer\(layer)", Double(counts.min()!)),
+                              ("expert_load_max_layer\(layer)", Double(counts.max()!)),
+                              ("expert_load_cv_layer\(layer)", mean > 0 ? variance.squareRoot() / mean : 0)]
+                }
+                let m = StepMetrics(step: step, loss: loss, grad_norm: gradNorm, lr: lr,
+                                    tokens_per_sec: Double(globalTokens) / seconds, step_time_s: seconds, extra: extra)
+                metrics?.write(m)
+                log(m.consoleLine)
+            }
+        }
+        if isLogger { log("metrics: \(job.job.dump_folder)/metrics.jsonl") }
+        return summary
+    }
+}

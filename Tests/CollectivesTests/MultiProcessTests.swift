@@ -1,0 +1,110 @@
+import Foundation
+import XCTest
+
+/// Real rank processes over real sockets, started by `titan launch` as users start them.
+/// Uses the release binary when TITAN_BIN names it (scripts/test.sh does), else the debug build.
+final class MultiProcessTests: XCTestCase {
+    static var titan: String {
+        if let bin = ProcessInfo.processInfo.environment["TITAN_BIN"], !bin.isEmpty { return bin }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("titan").path
+    }
+
+    struct Run { var status: Int32; var stdout: String; var stderr: String; var seconds: Double }
+
+    /// Runs titan with `arguments`; `whileRunning` gets the launcher's pid once it started.
+    @discardableResult
+    static func titan(_ arguments: [String], whileRunning: ((Int32) -> Void)? = nil) throws -> Run {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: titan)
+        p.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        let start = Date()
+        try p.run()
+        // Drain both pipes while the job runs, so a chatty rank never blocks on a full pipe.
+        var outData = Data(), errData = Data()
+        let readers = DispatchGroup()
+        DispatchQueue.global().async(group: readers) { outData = out.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: readers) { errData = err.fileHandleForReading.readDataToEndOfFile() }
+        whileRunning?(p.processIdentifier)
+        p.waitUntilExit()
+        readers.wait()
+        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                   stderr: String(decoding: errData, as: UTF8.self), seconds: Date().timeIntervalSince(start))
+    }
+
+    func dumpFolder() -> String {
+        let path = NSTemporaryDirectory() + "titan-test-\(UUID().uuidString.prefix(8))"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
+        return path
+    }
+
+    func testSuitePassesOnTwoThreeAndFourProcesses() throws {
+        for n in [2, 3, 4] {
+            let r = try Self.titan(["launch", "--ranks", "\(n)", "--dump-folder", dumpFolder(), "--",
+                                    "collectives", "--comm.timeout_seconds", "60"])
+            XCTAssertEqual(r.status, 0, "world \(n): \(r.stderr.suffix(2000))")
+            let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            XCTAssertEqual(last, "[rank 0] 162 passed, 0 failed", "world \(n)")
+            XCTAssertTrue(r.stdout.contains("PASS all_to_all_v world n=\(n) count~\((16 << 20) / 4 / n)"), "world \(n) ran the 16 MiB cases")
+        }
+    }
+
+    func testSingleProcessModeRunsTheSuiteOverInproc() throws {
+        let dump = dumpFolder()
+        let r = try Self.titan(["launch", "--ranks", "3", "--single-process", "--dump-folder", dump, "--",
+                                "collectives", "--large-bytes", "1048576"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 162 passed, 0 failed\n"), String(r.stdout.suffix(300)))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dump + "/logs/rank-2.log"))
+    }
+
+    /// SIGKILL one rank in the middle of the suite: the launcher stops the others and exits non-zero
+    /// within seconds, naming the rank and its signal; no rank survives.
+    func testKillingOneRankStopsTheJobQuickly() throws {
+        var victim: Int32 = 0
+        var killedAt = Date()
+        var survivors: [Int32] = []
+        let r = try Self.titan(["launch", "--ranks", "4", "--dump-folder", dumpFolder(), "--", "collectives"]) { launcher in
+            // Wait until all four ranks run, then kill rank 2 (found by its RANK variable).
+            var ranks: [Int32: Int] = [:]
+            for _ in 0..<200 where ranks.count < 4 {
+                Thread.sleep(forTimeInterval: 0.05)
+                ranks = Self.children(of: launcher)
+            }
+            Thread.sleep(forTimeInterval: 1.0)  // well inside the collectives
+            victim = ranks.first { $0.value == 2 }?.key ?? 0
+            killedAt = Date()
+            if victim > 0 { kill(victim, SIGKILL) }
+            survivors = Array(ranks.keys)
+        }
+        XCTAssertGreaterThan(victim, 0, "never saw rank 2 start")
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 15, "the launcher took too long to stop the job")
+        XCTAssertTrue(r.stderr.contains("rank 2"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("SIGKILL"), r.stderr)
+        for pid in survivors { XCTAssertNotEqual(kill(pid, 0), 0, "rank process \(pid) outlived the job") }
+    }
+
+    /// Child processes of `parent` with their RANK variable.
+    static func children(of parent: Int32) -> [Int32: Int] {
+        var result: [Int32: Int] = [:]
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return result }
+        for entry in entries {
+            guard let pid = Int32(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 2, Int32(fields[1]) == parent,
+                  let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { continue }
+            for variable in environ.split(separator: 0) where variable.starts(with: Array("RANK=".utf8)) {
+                result[pid] = Int(String(decoding: variable.dropFirst(5), as: UTF8.self))
+            }
+        }
+        return result
+    }
+}

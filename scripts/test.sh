@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: system packages, a release build of titan for the multi-process tests
+# (they start real rank processes), then every unit and multi-process test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+swift build -c release --product titan
+export TITAN_BIN="$PWD/.build/release/titan"
+export OPENBLAS_NUM_THREADS=1
+swift test "$@"
