@@ -36,6 +36,8 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Collectives", "Model", "Tensor"]),
+        // Real rank processes started through the titan binary, as users start them.
+        .testTarget(name: "EndToEndTests"),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -9,7 +9,7 @@ final class Workspace {
     let dk = GrowBuffer()         // [N, KV*hd]
     let dkn = GrowBuffer()        // [N, KV*hd]
     let dv = GrowBuffer()         // [N, KV*hd]
-    let dTT = GrowBuffer()        // [T, T]
+    let dTT = GrowBuffer()        // [B, H, T, T] attention backward scratch
     let dh = GrowBuffer(), dh1 = GrowBuffer(), dh3 = GrowBuffer()  // [N, F] dense / shared FFN
     let logits = GrowBuffer()     // [N, E] router logits (forward)
     let dgate = GrowBuffer()      // [N, K]
@@ -118,13 +118,13 @@ public final class Attention {
                   cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, ws: Workspace, B: Int, T: Int) {
         let N = B * T, QD = H * hd, KD = KV * hd
         let dao = ws.dao.get(N * QD), dq = ws.dq.get(N * QD), dqn = ws.dqn.get(N * QD)
-        let dk = ws.dk.get(N * KD), dkn = ws.dkn.get(N * KD), dv = ws.dv.get(N * KD), dTT = ws.dTT.get(T * T)
+        let dk = ws.dk.get(N * KD), dkn = ws.dkn.get(N * KD), dv = ws.dv.get(N * KD), dTT = ws.dTT.get(B * H * T * T)
         dao.update(repeating: 0, count: N * QD)
         matmul_backward(dx_TD: dao, dw_ND: wo.g, dout_TN: dout_ND, x_TD: a.ao.data, w_ND: wo.v, T: N, D: QD, N: D)
         dq.update(repeating: 0, count: N * QD)
         dk.update(repeating: 0, count: N * KD)
         dv.update(repeating: 0, count: N * KD)
-        attention_backward(dq_BTHd: dq, dk_BTKd: dk, dv_BTKd: dv, scratch_TT: dTT, dout_BTHd: dao, att_BHTT: a.att.data,
+        attention_backward(dq_BTHd: dq, dk_BTKd: dk, dv_BTKd: dv, scratch_BHTT: dTT, dout_BTHd: dao, att_BHTT: a.att.data,
                            q_BTHd: a.q.data, k_BTKd: a.k.data, v_BTKd: a.v.data, B: B, T: T, H: H, KV: KV, hd: hd)
         // through RoPE, then the per-head norms; dq / dk are reused for the grads of the raw projections
         dqn.update(repeating: 0, count: N * QD)
@@ -214,14 +214,18 @@ public final class MoE {
             a.src.data[s] = Int32(p / K)
         }
         a.counts = counts
-        for s in 0..<(N * K) { (a.xs.data + s * D).update(from: xn_ND + Int(a.src.data[s]) * D, count: D) }
+        parallelFor(N * K, costPerItem: D) { rows in
+            for s in rows { (a.xs.data + s * D).update(from: xn_ND + Int(a.src.data[s]) * D, count: D) }
+        }
         experts.forward(x_SD: a.xs.ptr, counts_E: counts, y_SD: a.ys.data)
         // combine: out[t] += Σ_k gate[t,k] · y[pos[t,k]]
-        for t in 0..<N {
-            let out = out_ND + t * D
-            for k in 0..<K {
-                let p = t * K + k
-                axpy(out, a.gate.data[p], a.ys.data + Int(a.pos.data[p]) * D, D)
+        parallelFor(N, costPerItem: K * D) { rows in
+            for t in rows {
+                let out = out_ND + t * D
+                for k in 0..<K {
+                    let p = t * K + k
+                    axpy(out, a.gate.data[p], a.ys.data + Int(a.pos.data[p]) * D, D)
+                }
             }
         }
         if let sh = shared { sh.forward(xn_ND, accumulateInto: out_ND, acts: a.shared!, N: N) }
@@ -233,20 +237,24 @@ public final class MoE {
                   ws: Workspace, N: Int) {
         let D = dim, E = args.num_experts, K = args.top_k, S = N * K
         let dgate = ws.dgate.get(S), dys = ws.dys.get(S * D), dxs = ws.dxs.get(S * D)
-        for t in 0..<N {
-            let dout = dout_ND + t * D
-            for k in 0..<K {
-                let p = t * K + k
-                let s = Int(a.pos.data[p])
-                dgate[p] = dot(dout, a.ys.data + s * D, D)
-                let g = a.gate.data[p]
-                let dy = dys + s * D
-                for i in 0..<D { dy[i] = g * dout[i] }
+        parallelFor(N, costPerItem: 3 * K * D) { rows in
+            for t in rows {
+                let dout = dout_ND + t * D
+                for k in 0..<K {
+                    let p = t * K + k
+                    let s = Int(a.pos.data[p])
+                    dgate[p] = dot(dout, a.ys.data + s * D, D)
+                    let g = a.gate.data[p]
+                    let dy = dys + s * D
+                    for i in 0..<D { dy[i] = g * dout[i] }
+                }
             }
         }
         experts.backward(x_SD: a.xs.ptr, dy_SD: dys, counts_E: a.counts, dx_SD: dxs)
-        for t in 0..<N {
-            for k in 0..<K { add_inplace(dxn_ND + t * D, dxs + Int(a.pos.data[t * K + k]) * D, D) }
+        parallelFor(N, costPerItem: 2 * K * D) { rows in
+            for t in rows {
+                for k in 0..<K { add_inplace(dxn_ND + t * D, dxs + Int(a.pos.data[t * K + k]) * D, D) }
+            }
         }
         let dscores = ws.dscores.get(N * E), dlogits = ws.dlogits.get(N * E)
         dscores.update(repeating: 0, count: N * E)

@@ -311,3 +311,29 @@ final class HookTests: XCTestCase {
         }
     }
 }
+
+final class ThreadingTests: XCTestCase {
+    /// Kernel threading splits rows only: results are bit-identical for any thread count.
+    func testResultsIndependentOfKernelThreads() throws {
+        let saved = (KernelThreads.count, KernelThreads.minWork)
+        defer { KernelThreads.count = saved.0; KernelThreads.minWork = saved.1 }
+        KernelThreads.minWork = 0
+        var a = tinyArgs(moe: true, shared: 1)
+        a.max_seq_len = 256
+        let B = 2, T = 70  // more than one attention block
+        let x = randomTokens(B * T, vocab: a.vocab_size, seed: 3), y = randomTokens(B * T, vocab: a.vocab_size, seed: 4)
+        var ref: (StepResult, [[Float]])? = nil
+        for threads in [1, 2, 3] {
+            KernelThreads.count = threads
+            let m = try Qwen3Model(args: a, seed: 9)
+            let r = m.forwardBackward(inputs: x, labels: y, B: B, T: T, lossScale: 1 / Float(B * T))
+            let g = m.parameters.map { $0.grad.toArray() }
+            if let (r0, g0) = ref {
+                XCTAssertEqual(r, r0, "threads \(threads)")
+                XCTAssertEqual(g, g0, "threads \(threads)")
+            } else {
+                ref = (r, g)
+            }
+        }
+    }
+}

@@ -56,6 +56,7 @@ private struct RunResult {
     var final: StateDict = [:]
     var memory: MemoryReport?
     var parameterShardCount = 0
+    var scratchBytes: [Int] = []        // pool bytes after each step (must not grow after step 1)
 }
 
 private func tokensOfBatch(_ labels: [Int32]) -> Int { labels.filter { $0 >= 0 }.count }
@@ -131,6 +132,7 @@ private func runDistributed(_ c: RunConfig, file: StaticString = #filePath, line
                 let e = model.evaluate(inputs: Array(ei[lo..<hi]), labels: Array(el[lo..<hi]), B: local, T: c.T)
                 r.evalLosses.append(try comm.world.allReduce([e.lossSum])[0])
             }
+            r.scratchBytes.append(fsdp.scratchBytes)
         }
         r.final = try fsdp.fullStateDict()
         results.set(comm.rank, r)
@@ -177,6 +179,7 @@ final class FSDPTests: XCTestCase {
         XCTAssertLessThan(relErr(got.firstNormSq, ref.firstNormSq), 1e-5, "grad norm² \(got.firstNormSq) vs \(ref.firstNormSq)", file: file, line: line)
         for (a, b) in zip(got.losses, ref.losses) { XCTAssertLessThan(relErr(a, b), 1e-5, "loss \(a) vs \(b)", file: file, line: line) }
         for (a, b) in zip(got.evalLosses, ref.evalLosses) { XCTAssertLessThan(relErr(a, b), 1e-5, "eval loss \(a) vs \(b)", file: file, line: line) }
+        XCTAssertEqual(Set(got.scratchBytes).count, 1, "gather/grad scratch must be reused from step to step: \(got.scratchBytes)", file: file, line: line)
         assertClose(got.final, ref.final, rtol: 1e-5, what: "parameters after \(c.steps) steps \(c.dims)", file: file, line: line)
     }
 

@@ -1,51 +1,11 @@
 import Foundation
 import XCTest
 
-/// Real rank processes over real sockets, started by `titan launch` as users start them.
-/// Uses the release binary when TITAN_BIN names it (scripts/test.sh does), else the debug build.
-final class MultiProcessTests: XCTestCase {
-    static var titan: String {
-        if let bin = ProcessInfo.processInfo.environment["TITAN_BIN"], !bin.isEmpty { return bin }
-        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("titan").path
-    }
-
-    struct Run { var status: Int32; var stdout: String; var stderr: String; var seconds: Double }
-
-    /// Runs titan with `arguments`; `whileRunning` gets the launcher's pid once it started.
-    @discardableResult
-    static func titan(_ arguments: [String], whileRunning: ((Int32) -> Void)? = nil) throws -> Run {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: titan)
-        p.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        let start = Date()
-        try p.run()
-        // Drain both pipes while the job runs, so a chatty rank never blocks on a full pipe.
-        var outData = Data(), errData = Data()
-        let readers = DispatchGroup()
-        DispatchQueue.global().async(group: readers) { outData = out.fileHandleForReading.readDataToEndOfFile() }
-        DispatchQueue.global().async(group: readers) { errData = err.fileHandleForReading.readDataToEndOfFile() }
-        whileRunning?(p.processIdentifier)
-        p.waitUntilExit()
-        readers.wait()
-        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                   stderr: String(decoding: errData, as: UTF8.self), seconds: Date().timeIntervalSince(start))
-    }
-
-    func dumpFolder() -> String {
-        let path = NSTemporaryDirectory() + "titan-test-\(UUID().uuidString.prefix(8))"
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
-    }
-
+/// The collective suite and the launcher with real rank processes over real sockets.
+final class CollectiveProcessTests: XCTestCase {
     func testSuitePassesOnTwoThreeAndFourProcesses() throws {
         for n in [2, 3, 4] {
-            let r = try Self.titan(["launch", "--ranks", "\(n)", "--dump-folder", dumpFolder(), "--",
+            let r = try Titan.run(["launch", "--ranks", "\(n)", "--dump-folder", temporaryFolder(), "--",
                                     "collectives", "--comm.timeout_seconds", "60"])
             XCTAssertEqual(r.status, 0, "world \(n): \(r.stderr.suffix(2000))")
             let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
@@ -55,8 +15,8 @@ final class MultiProcessTests: XCTestCase {
     }
 
     func testSingleProcessModeRunsTheSuiteOverInproc() throws {
-        let dump = dumpFolder()
-        let r = try Self.titan(["launch", "--ranks", "3", "--single-process", "--dump-folder", dump, "--",
+        let dump = temporaryFolder()
+        let r = try Titan.run(["launch", "--ranks", "3", "--single-process", "--dump-folder", dump, "--",
                                 "collectives", "--large-bytes", "1048576"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 162 passed, 0 failed\n"), String(r.stdout.suffix(300)))
@@ -69,7 +29,7 @@ final class MultiProcessTests: XCTestCase {
         var victim: Int32 = 0
         var killedAt = Date()
         var survivors: [Int32] = []
-        let r = try Self.titan(["launch", "--ranks", "4", "--dump-folder", dumpFolder(), "--", "collectives"]) { launcher in
+        let r = try Titan.run(["launch", "--ranks", "4", "--dump-folder", temporaryFolder(), "--", "collectives"]) { launcher in
             // Wait until all four ranks run, then kill rank 2 (found by its RANK variable).
             var ranks: [Int32: Int] = [:]
             for _ in 0..<200 where ranks.count < 4 {

@@ -1,0 +1,47 @@
+import Foundation
+import XCTest
+
+/// Runs the titan binary: the release build when TITAN_BIN names it (scripts/test.sh does),
+/// else the debug build next to this test bundle.
+enum Titan {
+    static var path: String {
+        if let bin = ProcessInfo.processInfo.environment["TITAN_BIN"], !bin.isEmpty { return bin }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("titan").path
+    }
+
+    struct Run { var status: Int32; var stdout: String; var stderr: String }
+
+    /// Runs titan with `arguments`; `whileRunning` gets its pid once it started.
+    @discardableResult
+    static func run(_ arguments: [String], whileRunning: ((Int32) -> Void)? = nil) throws -> Run {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        // Drain both pipes while the job runs, so a chatty rank never blocks on a full pipe.
+        var outData = Data(), errData = Data()
+        let readers = DispatchGroup()
+        DispatchQueue.global().async(group: readers) { outData = out.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: readers) { errData = err.fileHandleForReading.readDataToEndOfFile() }
+        whileRunning?(p.processIdentifier)
+        p.waitUntilExit()
+        readers.wait()
+        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                   stderr: String(decoding: errData, as: UTF8.self))
+    }
+}
+
+extension XCTestCase {
+    /// A fresh run folder, removed after the test.
+    func temporaryFolder() -> String {
+        let path = NSTemporaryDirectory() + "titan-test-\(UUID().uuidString.prefix(8))"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
+        return path
+    }
+}

@@ -1,0 +1,43 @@
+import Foundation
+import XCTest
+
+/// The user-facing contract of `titan train` / `titan launch -- train`: run folder, metrics keys, errors.
+final class TrainCommandTests: XCTestCase {
+    func testDefaultEightRankJobWritesTheRunFolder() throws {
+        let dump = temporaryFolder()
+        let r = try Titan.run(["launch", "--ranks", "8", "--dump-folder", dump, "--", "train",
+                               "--training.steps", "4", "--job.dump_folder", dump])
+        XCTAssertEqual(r.status, 0, String(r.stderr.suffix(3000)))
+        let config = try String(contentsOfFile: dump + "/config.json", encoding: .utf8)
+        XCTAssertTrue(config.contains("\"expert_parallel_degree\""), config)
+        let lines = try String(contentsOfFile: dump + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 4)
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as! [String: Any]
+        for key in ["step", "loss", "grad_norm", "lr", "tokens_per_sec", "step_time_s", "max_rss_mb"] {
+            XCTAssertNotNil(first[key], "metrics.jsonl lacks \(key)")
+        }
+        for k in 0..<8 { XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dump)/logs/rank-\(k).log"), "rank \(k) log") }
+        XCTAssertTrue(r.stdout.contains("[rank 0] step    4"), String(r.stdout.suffix(2000)))
+    }
+
+    func testUnknownKeyIsAnErrorNamingTheClosestKey() throws {
+        let r = try Titan.run(["train", "--training.stepz", "3"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("training.stepz"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("training.steps"), r.stderr)
+    }
+
+    func testBadlyTypedValueIsAnErrorNamingTheKey() throws {
+        let r = try Titan.run(["train", "--optimizer.lr", "fast"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("optimizer.lr"), r.stderr)
+    }
+
+    func testHelpListsEveryFieldWithTypeAndDefault() throws {
+        let r = try Titan.run(["train", "--help"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for key in ["--training.steps", "--parallelism.expert_parallel_degree", "--checkpoint.initial_load_in_hf", "--model.moe.num_experts"] {
+            XCTAssertTrue(r.stdout.contains(key), "help lacks \(key)")
+        }
+    }
+}
