@@ -138,6 +138,7 @@ public final class ExpertParallelExperts: MoEExperts {
     private var hasForward = false
     /// Copy blocks between rank-major and expert-major order: (rankMajorRow, expertMajorRow, rows) triples.
     private var blocks: [Int] = []
+    private var emStart: [Int]
     private var receivedRows = 0
 
     private let received = EPBuffer()   // [R, D] rank-major rows as received (x, then dy)
@@ -159,6 +160,7 @@ public final class ExpertParallelExperts: MoEExperts {
         sendRows = Array(repeating: 0, count: ep)
         receiveRows = Array(repeating: 0, count: ep)
         localCounts = Array(repeating: 0, count: el)
+        emStart = Array(repeating: 0, count: el)
         countSend = Array(repeating: 0, count: numExperts)
         countReceive = Array(repeating: 0, count: numExperts)
         countSplits = Array(repeating: el, count: ep)
@@ -237,14 +239,20 @@ public final class ExpertParallelExperts: MoEExperts {
             localCounts[l] = n
         }
         blocks.removeAll(keepingCapacity: true)
-        var emStart = [Int](repeating: 0, count: el)
         var acc = 0
         for l in 0..<el { emStart[l] = acc; acc += localCounts[l] }
         var rm = 0
         for i in 0..<ep {
             for l in 0..<el {
                 let n = Int(countReceive[i * el + l])
-                if n > 0 { blocks.append(rm); blocks.append(emStart[l]); blocks.append(n) }
+                if n > 0 {
+                    let c = blocks.count
+                    if c >= 3, blocks[c - 3] + blocks[c - 1] == rm, blocks[c - 2] + blocks[c - 1] == emStart[l] {
+                        blocks[c - 1] += n   // contiguous in both layouts (always so when ep == 1 or one expert per rank)
+                    } else {
+                        blocks.append(rm); blocks.append(emStart[l]); blocks.append(n)
+                    }
+                }
                 emStart[l] += n
                 rm += n
             }

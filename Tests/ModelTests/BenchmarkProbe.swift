@@ -10,6 +10,7 @@ final class BenchmarkProbe: XCTestCase {
         guard env["SWIFTTITAN_MODEL_BENCH"] == "1" else { throw XCTSkip("set SWIFTTITAN_MODEL_BENCH=1 to run") }
         let B = Int(env["BENCH_B"] ?? "8")!, T = Int(env["BENCH_T"] ?? "256")!
         if let t = env["BENCH_THREADS"] { BLAS.setThreads(Int(t)!) }
+        if let t = env["BENCH_KT"] { KernelThreads.count = Int(t)! }
         let m = try Qwen3Model(flavor: env["BENCH_FLAVOR"] ?? "bench_moe", seed: 0)
         let x = randomTokens(B * T, vocab: m.args.vocab_size, seed: 1), y = randomTokens(B * T, vocab: m.args.vocab_size, seed: 2)
         var times: [Double] = []
@@ -21,6 +22,6 @@ final class BenchmarkProbe: XCTestCase {
             times.append(Date().timeIntervalSince(t0))
         }
         let best = times.dropFirst().min()!
-        print(String(format: "bench %@ B=%d T=%d: best %.1f ms/step, %.0f tokens/s (params %d)", m.args.dim == 256 ? "bench_moe" : "model", B, T, best * 1000, Double(B * T) / best, m.parameterCount))
+        print(String(format: "bench %@ [blas %@, kernel threads %d] B=%d T=%d: best %.1f ms/step, %.0f tokens/s (params %d)", m.args.dim == 256 ? "bench_moe" : "model", BLAS.coreName, KernelThreads.count, B, T, best * 1000, Double(B * T) / best, m.parameterCount))
     }
 }
