@@ -64,7 +64,11 @@ public final class Trainer {
         let args = model.args
         try dims.validate(worldSize: comm.worldSize, numExperts: args.moe_enabled ? args.moe.num_experts : nil)
         let mesh = try DeviceMesh(comm: comm, dims: dims)
-        if let ep = mesh.ep { try ExpertParallel.apply(to: model, epGroup: ep) }
+        if let ep = mesh.ep {
+            try ExpertParallel.apply(to: model, epGroup: ep)
+            // A failed exchange becomes a typed error after backward instead of stopping the process.
+            for dispatcher in ExpertParallel.dispatchers(in: model) { dispatcher.failFast = false }
+        }
         let fsdp = try FullyShardedModel(model: model, mesh: mesh)
 
         let L = job.training.seq_len, B = job.training.local_batch_size
@@ -96,6 +100,7 @@ public final class Trainer {
             fsdp.zeroGrad()
             let result = model.forwardBackward(inputs: batch.inputs_BL.map { Int32($0) }, labels: batch.labels_BL.map { Int32($0) },
                                                B: B, T: L, lossScale: 1 / Float(globalTokens))
+            try ExpertParallel.throwIfFailed(model)
             try fsdp.finishBackward()
 
             // torch.nn.utils.clip_grad_norm_ over the global norm of every gradient.
@@ -108,8 +113,9 @@ public final class Trainer {
                            count: shard.count, step: step, lr: lr, config: adamw)
             }
 
-            // Loss over the global batch; expert load summed over every data-parallel rank.
-            let lossSum = try comm.world.allReduce([result.lossSum], op: .sum)[0]
+            // Loss over the global batch; expert load and dispatch traffic summed over every rank.
+            let sums = try comm.world.allReduce([result.lossSum, Double(ExpertParallel.dispatchBytes(of: model))], op: .sum)
+            let lossSum = sums[0]
             let tokensPerExpert = try comm.world.allReduce(result.tokensPerExpert.flatMap { $0.map(Int64.init) }, op: .sum)
             var perLayer: [[Int]] = []
             var offset = 0
@@ -125,6 +131,7 @@ public final class Trainer {
             summary.gradNorms.append(gradNorm)
             if isLogger, step % max(job.metrics.log_freq, 1) == 0 || step == job.training.steps {
                 var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes())]
+                if mesh.ep != nil { extra.append(("ep_dispatch_bytes", sums[1])) }
                 for (layer, counts) in perLayer.enumerated() where !counts.isEmpty {
                     let mean = Double(counts.reduce(0, +)) / Double(counts.count)
                     let variance = counts.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(counts.count)
