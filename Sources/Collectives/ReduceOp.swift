@@ -50,33 +50,19 @@ extension Double: CollectiveElement {
     public static var isReducible: Bool { true }
 }
 
-extension Int32: CollectiveElement {
-    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Int32>, _ a: UnsafePointer<Int32>,
-                               _ b: UnsafePointer<Int32>, count: Int) {
-        switch op {
-        case .sum, .avg: for i in 0..<count { dst[i] = a[i] &+ b[i] }
-        case .max: for i in 0..<count { dst[i] = Swift.max(a[i], b[i]) }
-        }
+extension CollectiveElement where Self: FixedWidthInteger {
+    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Self>, _ a: UnsafePointer<Self>,
+                               _ b: UnsafePointer<Self>, count: Int) {
+        combineNumeric(op, dst, a, b, count: count)
     }
-    public static func divide(_ p: UnsafeMutablePointer<Int32>, count: Int, by divisor: Int) {
-        for i in 0..<count { p[i] /= Int32(divisor) }
+    public static func divide(_ p: UnsafeMutablePointer<Self>, count: Int, by divisor: Int) {
+        for i in 0..<count { p[i] /= Self(divisor) }
     }
     public static var isReducible: Bool { true }
 }
 
-extension Int64: CollectiveElement {
-    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Int64>, _ a: UnsafePointer<Int64>,
-                               _ b: UnsafePointer<Int64>, count: Int) {
-        switch op {
-        case .sum, .avg: for i in 0..<count { dst[i] = a[i] &+ b[i] }
-        case .max: for i in 0..<count { dst[i] = Swift.max(a[i], b[i]) }
-        }
-    }
-    public static func divide(_ p: UnsafeMutablePointer<Int64>, count: Int, by divisor: Int) {
-        for i in 0..<count { p[i] /= Int64(divisor) }
-    }
-    public static var isReducible: Bool { true }
-}
+extension Int32: CollectiveElement {}
+extension Int64: CollectiveElement {}
 
 extension UInt8: CollectiveElement {
     public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<UInt8>, _ a: UnsafePointer<UInt8>,
