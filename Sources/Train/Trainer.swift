@@ -32,7 +32,8 @@ public final class Trainer {
     }
 
     /// Architecture and initial weights: from an HF folder when asked, else the config's args and seed.
-    func buildModel() throws -> Qwen3Model {
+    /// `resuming`: a checkpoint will overwrite the weights, so an HF folder only supplies the architecture.
+    func buildModel(resuming: Bool = false) throws -> Qwen3Model {
         let job = config.job
         var args = config.model_args
         var initial: StateDict?
@@ -40,13 +41,18 @@ public final class Trainer {
             guard let path = job.checkpoint.initial_load_path else {
                 throw ConfigError.invalid(key: "checkpoint.initial_load_path", reason: "checkpoint.initial_load_in_hf needs a folder")
             }
-            let loaded = try HFCheckpoint.load(folder: path, includeExpertBias: false)  // HF has no expert bias: it starts at 0
             // The shape comes from the folder's config.json; how experts are computed stays ours.
-            var hfArgs = loaded.args
+            var hfArgs: Qwen3ModelArgs
+            if resuming {
+                hfArgs = try HFConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
+            } else {
+                let loaded = try HFCheckpoint.load(folder: path, includeExpertBias: false)  // HF has no expert bias: it starts at 0
+                hfArgs = loaded.args
+                initial = loaded.stateDict
+            }
             hfArgs.moe.use_grouped_mm = args.moe.use_grouped_mm
             hfArgs.moe.load_balance_coeff = args.moe.load_balance_coeff
             args = hfArgs
-            initial = loaded.stateDict
         }
         if job.training.seq_len > args.max_seq_len {
             throw ConfigError.invalid(key: "training.seq_len", reason: "\(job.training.seq_len) exceeds the model's max_seq_len \(args.max_seq_len)")
@@ -60,7 +66,10 @@ public final class Trainer {
     public func run() throws -> Summary {
         let job = config.job
         let dims = Self.dims(job.parallelism, worldSize: comm.worldSize)
-        let model = try buildModel()
+        // torchtitan: resume from checkpoint.folder when it holds a checkpoint; initial_load_path only otherwise.
+        let ckptFolder = Checkpoint.folder(job)
+        let resumeFrom = job.checkpoint.enable ? try Checkpoint.latestStepFolder(in: ckptFolder) : nil
+        let model = try buildModel(resuming: resumeFrom != nil)
         let args = model.args
         try dims.validate(worldSize: comm.worldSize, numExperts: args.moe_enabled ? args.moe.num_experts : nil)
         let mesh = try DeviceMesh(comm: comm, dims: dims)
@@ -82,11 +91,24 @@ public final class Trainer {
         let expAvg = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
         let expAvgSq = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
 
+        // Checkpoint state: resharded onto this topology (validated before anything is trained).
+        var lastStep = 0
+        if let resumeFrom {
+            lastStep = try Checkpoint.load(stepFolder: resumeFrom, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq).step
+            if comm.rank == 0 { log("checkpoint: resumed from \(resumeFrom) at step \(lastStep)") }
+        } else if let path = job.checkpoint.initial_load_path, !job.checkpoint.initial_load_in_hf {
+            // A distributed checkpoint as initial weights (torchtitan's initial_load_model_only): weights, not step.
+            let stepFolder = try Checkpoint.resolveStepFolder(path)
+            _ = try Checkpoint.load(stepFolder: stepFolder, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq, modelOnly: true)
+            if comm.rank == 0 { log("checkpoint: initial weights from \(stepFolder)") }
+        }
+        let totalSteps = job.training.steps
+
         let isLogger = comm.rank == 0
         var metrics: MetricsWriter?
         if isLogger {
             try writeConfigJSON(config, dumpFolder: job.job.dump_folder)
-            metrics = try MetricsWriter(path: job.job.dump_folder + "/metrics.jsonl")
+            metrics = try MetricsWriter(path: job.job.dump_folder + "/metrics.jsonl", append: lastStep > 0)
             log("model \(job.model.name)/\(job.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
             log("mesh: world \(comm.worldSize) = replicate \(dims.replicate) × shard \(dims.shard), expert parallel \(dims.ep); global batch \(B * mesh.dataParallelDegree) × \(L) tokens")
@@ -94,7 +116,7 @@ public final class Trainer {
         log("memory per rank: \(fsdp.memoryReport)")
 
         var summary = Summary(losses: [], gradNorms: [])
-        for step in 1...max(job.training.steps, 1) where job.training.steps > 0 {
+        for step in stride(from: lastStep + 1, through: totalSteps, by: 1) {
             let start = DispatchTime.now().uptimeNanoseconds
             let batch = loader.batch(step: step)
             fsdp.zeroGrad()
@@ -144,6 +166,21 @@ public final class Trainer {
                 metrics?.write(m)
                 log(m.consoleLine)
             }
+            if job.checkpoint.enable, step % job.checkpoint.interval == 0 || step == totalSteps {
+                try Checkpoint.save(folder: ckptFolder, step: step, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq,
+                                    keepLatestK: job.checkpoint.keep_latest_k, log: log)
+            }
+            lastStep = step
+        }
+        if job.checkpoint.last_save_in_hf {
+            // HF export of the final weights: checkpoint.folder/step-N-hf (config.json + model.safetensors).
+            let sd = try fsdp.fullStateDict()
+            if isLogger {
+                let hf = Checkpoint.hfExportFolder(folder: ckptFolder, step: lastStep)
+                try HFCheckpoint.save(args: args, stateDict: sd, folder: hf)
+                log("checkpoint: HF export to \(hf)")
+            }
+            try comm.world.barrier()
         }
         if isLogger { log("metrics: \(job.job.dump_folder)/metrics.jsonl") }
         return summary

@@ -65,14 +65,13 @@ struct Launch: ParsableCommand {
     private func runAsThreads(topology: Topology, args: [String], dump: String) throws -> Int32 {
         let rankProgram: RankProgram
         switch args[0] {
-        // train parses its config here, so a bad key fails before any rank starts.
         case "collectives":
             let c = try Collectives.parse(Array(args.dropFirst()))
             rankProgram = Collectives.program(largeBytes: c.largeBytes)
         case "bench":
             let b = try Bench.parse(Array(args.dropFirst()))
             rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) })
-        default:
+        default:  // train: the config is parsed once here, so a bad key fails before any rank starts
             let overrides = TrainCommand.topologyDefaults(topology.resolvedParallelism) + args.dropFirst()
             guard let (program, timeout) = try TrainCommand.program(arguments: overrides) else { return 0 }
             return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, program)
