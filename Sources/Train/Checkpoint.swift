@@ -16,7 +16,7 @@
 // State keys in metadata.json: "model/<fqn>", "optim/exp_avg/<fqn>", "optim/exp_avg_sq/<fqn>" (global shape of
 // the parameter), and buffers by "<fqn>".
 //
-// Save protocol: every rank creates step-N.tmp-<jobid>/, writers write (temp file, fsync, rename) their rank file,
+// Save protocol: rank 0 (re)creates step-N.tmp-<jobid>/, world barrier, writers write (temp file, fsync, rename) their rank file,
 // world barrier, rank 0 reads every rank file's header, writes metadata.json (fsync), fsyncs the folder, renames
 // it to step-N, fsyncs the parent, then replaces `latest` (temp + fsync + rename), prunes (keep_latest_k) and
 // removes stale temp folders; a final world barrier. A rank killed anywhere in this sequence leaves `latest`
@@ -359,11 +359,16 @@ public enum Checkpoint {
         let tmp = join(folder, stepFolderName(step) + ".tmp-" + jobID)
         let final = join(folder, stepFolderName(step))
         let isWriter = mesh.replicaIndex == 0
-        do {
-            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-        } catch {
-            throw CheckpointError(path: tmp, "cannot create the temporary checkpoint folder: \(error)")
+        if comm.rank == 0 {
+            // A leftover of an earlier attempt with the same job id (e.g. single-process runs) must not leak files.
+            if fm.fileExists(atPath: tmp) { try? fm.removeItem(atPath: tmp) }
+            do {
+                try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+            } catch {
+                throw CheckpointError(path: tmp, "cannot create the temporary checkpoint folder: \(error)")
+            }
         }
+        try mesh.world.barrier()
         if isWriter {
             var sd: StateDict = [:]
             for (i, s) in fsdp.shards.enumerated() where s.count > 0 {
