@@ -4,8 +4,9 @@ import Foundation
 /// same collective code as separate processes do: one debugger sees the whole job.
 public enum InProcessCluster {
     /// Runs `body` once per rank, each on its own thread with its own Communicator; returns each
-    /// rank's error (nil when it finished cleanly). A rank that fails does not stop the others
-    /// immediately: they fail at their next collective's timeout, as separate processes would.
+    /// rank's error (nil when it finished cleanly). The first rank that fails shuts the shared
+    /// context down, so the others fail at their next socket call instead of at a timeout
+    /// (as the launcher stops the other processes of a multi-process job).
     public static func run(worldSize: Int, jobID: String = "inproc-\(UUID().uuidString.prefix(8))",
                            timeoutSeconds: Double = 300,
                            _ body: @escaping @Sendable (Communicator) throws -> Void) -> [Error?] {
@@ -23,6 +24,7 @@ public enum InProcessCluster {
                     try body(comm)
                 } catch {
                     results.set(rank, error)
+                    context.shutdown()
                 }
             }
             thread.name = "titan-rank\(rank)"

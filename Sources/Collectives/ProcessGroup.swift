@@ -41,6 +41,9 @@ public final class ProcessGroup: @unchecked Sendable {
 
     public var description: String { "group \(slot) \(members)" }
 
+    /// Names this group's worker thread in the trace of this rank.
+    public func nameTraceThread() { Trace.nameThread(pid: members[rank], tid: 1 + slot, "collectives: group \(slot) \(members)") }
+
     /// Queues `body` on the group's worker with the next sequence number; a failure poisons the group,
     /// since its members no longer agree on where they are.
     private func submit(_ kind: CollectiveKind, _ body: @escaping (GroupChannel) throws -> Void) -> Work {
@@ -49,13 +52,17 @@ public final class ProcessGroup: @unchecked Sendable {
         let sequence = nextSequence
         lock.unlock()
         let work = Work(limitSeconds: timeoutSeconds * 2 + 30)
+        let me = members[rank]
+        work.tracePid = me
         worker.submit { [self] in
             if let broken { work.finish(broken); return }
             guard let channel else { work.finish(CollectiveError.groupClosed("group \(slot) has no channel")); return }
             channel.begin(kind, sequence: sequence)
             do {
+                let t0 = Trace.enabled ? Trace.now() : 0
                 try body(channel)
                 try channel.waitForSends()
+                if Trace.enabled { Trace.record(kind.traceName, arg: slot, pid: me, tid: 1 + slot, start: t0, end: Trace.now()) }
                 work.finish(nil)
             } catch {
                 channel.abort()
@@ -248,5 +255,19 @@ extension ProcessGroup {
     /// All-gather of small byte blobs (metadata), one per member.
     public func allGatherBytes(_ blob: [UInt8]) throws -> [[UInt8]] {
         try allGatherVariable(blob)
+    }
+}
+
+extension CollectiveKind {
+    /// Span name in traces (torch.distributed's names).
+    var traceName: StaticString {
+        switch self {
+        case .allGather: return "all_gather"
+        case .reduceScatter: return "reduce_scatter"
+        case .allReduce: return "all_reduce"
+        case .allToAll: return "all_to_all"
+        case .broadcast: return "broadcast"
+        case .barrier: return "barrier"
+        }
     }
 }

@@ -7,6 +7,8 @@ public final class Work: @unchecked Sendable {
     private var finished = false
     private var failure: Error?
     let limitSeconds: Double
+    /// Global rank that issued the collective (for the trace).
+    var tracePid = 0
 
     init(limitSeconds: Double) { self.limitSeconds = limitSeconds }
 
@@ -32,6 +34,12 @@ public final class Work: @unchecked Sendable {
     /// Blocks until the collective completed; rethrows its error. The collective has its own
     /// deadline, so this returns within the group timeout (plus a margin for queued work).
     public func wait() throws {
+        let t0 = Trace.now()
+        defer {
+            let t1 = Trace.now()
+            CommWait.add(t1 &- t0)
+            if Trace.enabled { Trace.record("wait", pid: tracePid, tid: 0, start: t0, end: t1) }
+        }
         condition.lock(); defer { condition.unlock() }
         let deadline = Date().addingTimeInterval(limitSeconds)
         while !finished {
@@ -88,5 +96,118 @@ final class GroupWorker: @unchecked Sendable {
             condition.unlock()
             job()
         }
+    }
+}
+
+// MARK: - Instrumentation: blocked time and a tiny trace recorder
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Nanoseconds the CURRENT thread spent blocked in `Work.wait()` (every blocking collective goes through it).
+/// Thread-local, so ranks that are threads of one process each see their own training thread's total.
+public enum CommWait {
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k) { free($0) }
+        return k
+    }()
+
+    @inline(__always) static func slot() -> UnsafeMutablePointer<UInt64> {
+        if let p = pthread_getspecific(key) { return p.assumingMemoryBound(to: UInt64.self) }
+        let p = malloc(MemoryLayout<UInt64>.size)!.assumingMemoryBound(to: UInt64.self)
+        p.pointee = 0
+        pthread_setspecific(key, p)
+        return p
+    }
+
+    /// Total blocked nanoseconds of this thread since its last `reset()`.
+    public static var nanoseconds: UInt64 { slot().pointee }
+    public static func reset() { slot().pointee = 0 }
+    @inline(__always) static func add(_ ns: UInt64) { slot().pointee &+= ns }
+}
+
+/// Chrome / Perfetto trace events ("X" complete events), off by default. Events go into one preallocated array
+/// (a short critical section per event; nothing is allocated while recording); when it is full, further events
+/// are counted and dropped. `pid` is the global rank, `tid` 0 the training thread and 1 + slot a group's worker.
+public enum Trace {
+    public struct Event {
+        public var name: StaticString
+        public var arg: Int32
+        public var pid: Int32
+        public var tid: Int32
+        public var start: UInt64
+        public var end: UInt64
+    }
+
+    public private(set) static var enabled = false
+    private static var events = UnsafeMutablePointer<Event>.allocate(capacity: 1)
+    private static var capacity = 0
+    private static var count = 0
+    public private(set) static var dropped = 0
+    private static var lock = pthread_mutex_t()
+    private static var threadNames: [Int32: [Int32: String]] = [:]   // pid -> tid -> name
+
+    /// Starts recording into a buffer of `capacity` events (idempotent; keeps what was recorded).
+    public static func enable(capacity n: Int = 1 << 18) {
+        pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }
+        if enabled { return }
+        events = UnsafeMutablePointer<Event>.allocate(capacity: n)
+        capacity = n
+        count = 0
+        enabled = true
+    }
+
+    @inline(__always) public static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    /// Records a span [start, end) in nanoseconds of `now()`.
+    @inline(__always)
+    public static func record(_ name: StaticString, arg: Int = -1, pid: Int, tid: Int, start: UInt64, end: UInt64) {
+        guard enabled else { return }
+        pthread_mutex_lock(&lock)
+        if count < capacity {
+            events[count] = Event(name: name, arg: Int32(truncatingIfNeeded: arg), pid: Int32(truncatingIfNeeded: pid),
+                                  tid: Int32(truncatingIfNeeded: tid), start: start, end: end)
+            count += 1
+        } else {
+            dropped += 1
+        }
+        pthread_mutex_unlock(&lock)
+    }
+
+    /// Names a thread of a rank in the trace (e.g. "train", "group 1 [0, 1, 2, 3]").
+    public static func nameThread(pid: Int, tid: Int, _ name: String) {
+        pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }
+        threadNames[Int32(pid), default: [:]][Int32(tid)] = name
+    }
+
+    /// Writes the events of rank `pid` as Chrome trace JSON (`{"traceEvents": [...]}`, microseconds).
+    public static func write(path: String, pid: Int) throws {
+        pthread_mutex_lock(&lock)
+        let n = count
+        let names = threadNames[Int32(pid)] ?? [:]
+        pthread_mutex_unlock(&lock)
+        var out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n"
+        out += "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": \(pid), \"tid\": 0, \"args\": {\"name\": \"rank \(pid)\"}}"
+        for (tid, name) in names.sorted(by: { $0.key < $1.key }) {
+            out += ",\n{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": \(pid), \"tid\": \(tid), \"args\": {\"name\": \"\(name)\"}}"
+            out += ",\n{\"name\": \"thread_sort_index\", \"ph\": \"M\", \"pid\": \(pid), \"tid\": \(tid), \"args\": {\"sort_index\": \(tid)}}"
+        }
+        for i in 0..<n where events[i].pid == Int32(pid) {
+            let e = events[i]
+            let ts = Double(e.start) / 1000, dur = Double(e.end &- e.start) / 1000
+            out += ",\n{\"name\": \"\(e.name)\", \"ph\": \"X\", \"pid\": \(pid), \"tid\": \(e.tid), "
+                + "\"ts\": \(String(format: "%.3f", ts)), \"dur\": \(String(format: "%.3f", dur))"
+            out += e.arg >= 0 ? ", \"args\": {\"group\": \(e.arg)}}" : "}"
+        }
+        out += "\n]}\n"
+        let url = URL(fileURLWithPath: path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try out.write(to: url, atomically: true, encoding: .utf8)
     }
 }

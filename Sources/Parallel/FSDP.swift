@@ -334,7 +334,21 @@ public final class FullyShardedModel {
 
     // MARK: hooks
 
+    private var spanStart: [UInt64] = []
+
+    @inline(__always) private func spanBegin(_ g: Int) {
+        guard Trace.enabled else { return }
+        if spanStart.count <= g { spanStart += [UInt64](repeating: 0, count: g + 1 - spanStart.count) }
+        spanStart[g] = Trace.now()
+    }
+
+    @inline(__always) private func spanEnd(_ name: StaticString, _ g: Int) {
+        guard Trace.enabled, g < spanStart.count else { return }
+        Trace.record(name, arg: g, pid: mesh.rank, tid: 0, start: spanStart[g], end: Trace.now())
+    }
+
     func willForward(group g: Int) {
+        spanBegin(g)
         if g == 0 && !inLastGroup {
             // A new forward pass: shards may have changed (optimizer step, load) since anything was gathered.
             reshard()
@@ -345,12 +359,14 @@ public final class FullyShardedModel {
     }
 
     func didForward(group g: Int) {
+        defer { spanEnd("forward", g) }
         let keep = g == lastGroup || (g == 0 && inLastGroup)   // backward needs them right away
         if g == lastGroup { inLastGroup = false }
         if reshardAfterForward && !keep { free(g) }
     }
 
     func willBackward(group g: Int) {
+        spanBegin(g)
         if g == lastGroup { inLastGroup = true }
         ensureGathered(g)
         if g >= 1 { startGather(g - 1) }   // prefetch the group whose backward comes next
@@ -363,6 +379,7 @@ public final class FullyShardedModel {
     }
 
     func didBackward(group g: Int) {
+        defer { spanEnd("backward", g) }
         if g == lastGroup { inLastGroup = false }
         for f in groups[g] {
             guard let grad = f.fullGrad else { continue }

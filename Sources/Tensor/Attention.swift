@@ -1,6 +1,7 @@
 // Causal grouped-query attention with BLAS per (batch, head), in blocks of query rows so that only the causal
-// (lower-triangular) part of the score matrix is computed. Phases: score GEMMs, a row-parallel softmax over all
-// heads, then the value GEMMs (backward likewise).
+// (lower-triangular) part of the score matrix is computed. Per head: score GEMMs, the causal softmax of its rows,
+// then the value GEMMs (backward likewise, per kv head). With several kernel threads, heads run concurrently, each
+// with single-threaded BLAS: the results are the same bits as the serial loop.
 //   q_BTHd: [B, T, H, hd], k_BTKd / v_BTKd: [B, T, KV, hd], out_BTHd: [B, T, H, hd]
 //   att_BHTT: [B, H, T, T] softmax probabilities (row t: keys 0...t, zeros above the diagonal), saved for backward.
 // Query head h uses kv head h / (H / KV). Scale 1/sqrt(hd). Softmax in fp32.
@@ -15,46 +16,44 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
     let rep = H / KV
     let scale = 1 / Float(hd).squareRoot()
     let qs = H * hd, ks = KV * hd
-    // 1. S = scale · Q · Kᵀ (causal blocks)
-    for b in 0..<B {
-        for h in 0..<H {
-            let Q = q_BTHd + b * T * qs + h * hd
-            let K = k_BTKd + b * T * ks + (h / rep) * hd
-            let P = att_BHTT + (b * H + h) * T * T
-            var r0 = 0
-            while r0 < T {
-                let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemm(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs, lda: qs,
-                           B: K, ldb: ks, beta: 0, C: P + r0 * T, ldc: T)
-                r0 = kn
-            }
+    // One (batch, head) at a time: its score GEMMs, the causal softmax of its rows, its value GEMMs. Heads are
+    // independent, so they run concurrently on the kernel threads with single-threaded BLAS (many small GEMMs).
+    func head(_ bh: Int) {
+        let b = bh / H, h = bh % H
+        let Q = q_BTHd + b * T * qs + h * hd
+        let K = k_BTKd + b * T * ks + (h / rep) * hd
+        let Vp = v_BTKd + b * T * ks + (h / rep) * hd
+        let O = out_BTHd + b * T * qs + h * hd
+        let P = att_BHTT + bh * T * T
+        // 1. S = scale · Q · Kᵀ (causal blocks)
+        var r0 = 0
+        while r0 < T {
+            let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
+            BLAS.sgemm(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs, lda: qs,
+                       B: K, ldb: ks, beta: 0, C: P + r0 * T, ldc: T)
+            r0 = kn
         }
-    }
-    // 2. causal softmax of every row of every head
-    parallelFor(B * H * T, costPerItem: T) { rows in
-        for r in rows {
-            let t = r % T
-            let row = att_BHTT + r * T
+        // 2. causal softmax of every row
+        for t in 0..<T {
+            let row = P + t * T
             let mx = vmax(row, t + 1)
             let sum = exp_shifted(row, row, t + 1, minus: mx)
             vscale(row, t + 1, 1 / sum)
             if t + 1 < T { (row + t + 1).update(repeating: 0, count: T - t - 1) }
         }
-    }
-    // 3. O = P · V
-    for b in 0..<B {
-        for h in 0..<H {
-            let Vp = v_BTKd + b * T * ks + (h / rep) * hd
-            let O = out_BTHd + b * T * qs + h * hd
-            let P = att_BHTT + (b * H + h) * T * T
-            var r0 = 0
-            while r0 < T {
-                let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemm(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
-                           B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
-                r0 = kn
-            }
+        // 3. O = P · V
+        r0 = 0
+        while r0 < T {
+            let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
+            BLAS.sgemm(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
+                       B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
+            r0 = kn
         }
+    }
+    if KernelThreads.count > 1 && B * H > 1 {
+        BLAS.singleThreaded { parallelFor(B * H, costPerItem: KernelThreads.minWork) { r in for bh in r { head(bh) } } }
+    } else {
+        for bh in 0..<(B * H) { head(bh) }
     }
 }
 
@@ -66,13 +65,17 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
     let rep = H / KV
     let scale = 1 / Float(hd).squareRoot()
     let qs = H * hd, ks = KV * hd
-    // 1. dP = dO · Vᵀ ; dV += Pᵀ · dO   (causal blocks)
-    for b in 0..<B {
-        for h in 0..<H {
-            let g = h / rep
-            let Vp = v_BTKd + b * T * ks + g * hd
+    // One (batch, kv head) at a time, its query heads in order: dK and dV of a kv head are accumulated by its query
+    // heads only, in the same order as a serial loop, so concurrent kv heads give bit-identical results.
+    func group(_ bg: Int) {
+        let b = bg / KV, g = bg % KV
+        let Vp = v_BTKd + b * T * ks + g * hd
+        let K = k_BTKd + b * T * ks + g * hd
+        let dV = dv_BTKd + b * T * ks + g * hd
+        let dK = dk_BTKd + b * T * ks + g * hd
+        // 1. dP = dO · Vᵀ ; dV += Pᵀ · dO   (causal blocks)
+        for h in (g * rep)..<((g + 1) * rep) {
             let dO = dout_BTHd + b * T * qs + h * hd
-            let dV = dv_BTKd + b * T * ks + g * hd
             let P = att_BHTT + (b * H + h) * T * T
             let dS = scratch_BHTT + (b * H + h) * T * T
             var r0 = 0
@@ -84,27 +87,19 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
                            B: dO + r0 * qs, ldb: qs, beta: 1, C: dV, ldc: ks)
                 r0 = kn
             }
+            // 2. dS = P ⊙ (dP − rowsum(P ⊙ dP)) on causal entries; zeros up to the end of the row's block
+            for t in 0..<T {
+                let p = P + t * T, d = dS + t * T
+                let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
+                let s = dot(p, d, t + 1)
+                for j in 0...t { d[j] = p[j] * (d[j] - s) }
+                if t + 1 < kn { (d + t + 1).update(repeating: 0, count: kn - t - 1) }
+            }
         }
-    }
-    // 2. dS = P ⊙ (dP − rowsum(P ⊙ dP)) on causal entries; zeros up to the end of the row's block
-    parallelFor(B * H * T, costPerItem: 2 * T) { rows in
-        for r in rows {
-            let t = r % T
-            let p = att_BHTT + r * T, d = scratch_BHTT + r * T
-            let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
-            let s = dot(p, d, t + 1)
-            for j in 0...t { d[j] = p[j] * (d[j] - s) }
-            if t + 1 < kn { (d + t + 1).update(repeating: 0, count: kn - t - 1) }
-        }
-    }
-    // 3. dQ += scale · dS · K ;  dK += scale · dSᵀ · Q
-    for b in 0..<B {
-        for h in 0..<H {
-            let g = h / rep
+        // 3. dQ += scale · dS · K ;  dK += scale · dSᵀ · Q
+        for h in (g * rep)..<((g + 1) * rep) {
             let Q = q_BTHd + b * T * qs + h * hd
-            let K = k_BTKd + b * T * ks + g * hd
             let dQ = dq_BTHd + b * T * qs + h * hd
-            let dK = dk_BTKd + b * T * ks + g * hd
             let dS = scratch_BHTT + (b * H + h) * T * T
             var r0 = 0
             while r0 < T {
@@ -116,5 +111,10 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
                 r0 = kn
             }
         }
+    }
+    if KernelThreads.count > 1 && B * KV > 1 {
+        BLAS.singleThreaded { parallelFor(B * KV, costPerItem: KernelThreads.minWork) { r in for bg in r { group(bg) } } }
+    } else {
+        for bg in 0..<(B * KV) { group(bg) }
     }
 }

@@ -12,3 +12,4 @@ import Darwin
 @inline(__always) func _powf(_ x: Float, _ y: Float) -> Float { powf(x, y) }
 @inline(__always) func _cosf(_ x: Float) -> Float { cosf(x) }
 @inline(__always) func _sinf(_ x: Float) -> Float { sinf(x) }
+@inline(__always) func _pow(_ x: Double, _ y: Double) -> Double { pow(x, y) }

@@ -9,6 +9,17 @@ public enum BLAS {
         KernelThreads.count = max(n, 1)
     }
 
+    /// Runs `body` with OpenBLAS single-threaded (restored afterwards), for kernels that run many small GEMMs
+    /// concurrently from the kernel threads instead. Results do not depend on the BLAS thread count (OpenBLAS never
+    /// splits the K dimension), so this changes speed only.
+    @inline(__always)
+    public static func singleThreaded(_ body: () -> Void) {
+        let n = openblas_get_num_threads()
+        if n > 1 { openblas_set_num_threads(1) }
+        body()
+        if n > 1 { openblas_set_num_threads(n) }
+    }
+
     /// The OpenBLAS kernel family in use, e.g. "Haswell" or "SkylakeX".
     public static var coreName: String { String(cString: openblas_get_corename()) }
 

@@ -425,31 +425,38 @@ public enum Checkpoint {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try writeDurably(try encoder.encode(meta), to: join(tmp, metadataFileName))
             fsyncPath(tmp)
-            if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }   // a re-run of the same step
+            // A re-run of the same step: move the old folder aside first, so a good step-N exists at every moment.
+            let replaced = final + ".old-" + jobID
+            if fm.fileExists(atPath: final), rename(final, replaced) != 0 {
+                throw CheckpointError(path: final, "cannot move the previous save aside: \(String(cString: strerror(errno)))")
+            }
             if rename(tmp, final) != 0 {
                 throw CheckpointError(path: final, "cannot rename \(tmp) to it: \(String(cString: strerror(errno)))")
             }
+            try? fm.removeItem(atPath: replaced)
             fsyncPath(folder)
             try writeDurably(Data((stepFolderName(step) + "\n").utf8), to: join(folder, latestFileName))
             fsyncPath(folder)
-            prune(folder: folder, keepLatestK: keepLatestK, log: log)
+            prune(folder: folder, keepLatestK: keepLatestK, current: step, log: log)
             log("checkpoint: saved step \(step) to \(final)")
         }
         try mesh.world.barrier()
         return final
     }
 
-    /// Removes all but the newest `keepLatestK` step folders (0 keeps all) and stale temporary folders.
-    /// Only called by rank 0 after a complete save, when no rank of this job is writing.
-    static func prune(folder: String, keepLatestK: Int, log: (String) -> Void) {
+    /// Removes stale temporary folders and all but the newest `keepLatestK` step folders up to the one
+    /// just saved (0 keeps all); the current step is never removed, and folders of later steps (left by an
+    /// abandoned run) are left alone. Only called by rank 0 after a complete save, when no rank of this
+    /// job is writing; one job writes to a checkpoint folder at a time.
+    static func prune(folder: String, keepLatestK: Int, current: Int, log: (String) -> Void) {
         let fm = FileManager.default
         guard let names = try? fm.contentsOfDirectory(atPath: folder) else { return }
-        for n in names where n.hasPrefix("step-") && n.contains(".tmp-") {
+        for n in names where n.hasPrefix("step-") && (n.contains(".tmp-") || n.contains(".old-")) {
             try? fm.removeItem(atPath: join(folder, n))
         }
         guard keepLatestK > 0 else { return }
-        let steps = names.compactMap { n in stepNumber(n).map { ($0, n) } }.sorted { $0.0 > $1.0 }
-        for (_, n) in steps.dropFirst(keepLatestK) {
+        let older = names.compactMap { n in stepNumber(n).map { ($0, n) } }.filter { $0.0 < current }.sorted { $0.0 > $1.0 }
+        for (_, n) in older.dropFirst(keepLatestK - 1) {
             try? fm.removeItem(atPath: join(folder, n))
             log("checkpoint: pruned \(n) (keep_latest_k \(keepLatestK))")
         }

@@ -80,8 +80,11 @@ public func loadTokenStream(_ job: JobConfig, vocabSize: Int, dataParallelDegree
     switch job.dataloader.dataset {
     case .synthetic:
         source = "synthetic dataset"
+        // Enough windows for every step, capped at 4M tokens (16 MB): a longer run wraps around,
+        // as any dataset does. The stream is prefix-stable, so the cap never changes early batches.
         let g = job.training.local_batch_size * dataParallelDegree
-        tokens = SyntheticCorpus.generate(count: max(job.training.steps, 1) * g * window, vocabSize: vocabSize, seed: job.training.seed)
+        let wanted = max(job.training.steps, 1) * g * window
+        tokens = SyntheticCorpus.generate(count: max(min(wanted, 1 << 22), window), vocabSize: vocabSize, seed: job.training.seed)
     case .tokens:
         let path = job.dataloader.dataset_path ?? ""
         source = path

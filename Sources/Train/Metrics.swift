@@ -109,3 +109,15 @@ public func writeConfigJSON(_ cfg: TrainerConfig, dumpFolder: String) throws {
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     try cfg.json.write(to: dir.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
 }
+
+/// Current resident set size of this process in MiB (/proc/self/statm on Linux; the peak elsewhere).
+public func currentRSSMegabytes() -> Double {
+    #if os(Linux)
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return maxRSSMegabytes() }
+    let parts = text.split(separator: " ")
+    guard parts.count >= 2, let pages = Int(parts[1]) else { return maxRSSMegabytes() }
+    return Double(pages * Int(sysconf(Int32(_SC_PAGESIZE)))) / 1_048_576
+    #else
+    return maxRSSMegabytes()
+    #endif
+}

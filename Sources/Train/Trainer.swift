@@ -1,6 +1,9 @@
 import Collectives
 import Config
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Model
 import Parallel
 import Tensor
@@ -115,9 +118,28 @@ public final class Trainer {
         }
         log("memory per rank: \(fsdp.memoryReport)")
 
+        // Chrome/Perfetto trace (off by default): DUMP/trace/rank-K.json, written after the last step.
+        let tracing = job.profiling.enable_trace
+        let me = comm.rank
+        if tracing {
+            Trace.enable()
+            Trace.nameThread(pid: me, tid: 0, "train")
+            var named = Set<Int>()
+            for g in [mesh.world, mesh.dpShard, mesh.dpReplicate, mesh.ep, mesh.expertShard].compactMap({ $0 })
+            where named.insert(g.slot).inserted { g.nameTraceThread() }
+        }
+
+        #if canImport(Glibc)
+        // Large scratch (collective messages, gathered parameters) is reused from the heap instead of being mmapped and
+        // unmapped every step: no page faults / zeroing of fresh pages in the step loop.
+        _ = glibc_mallopt(-3 /* M_MMAP_THRESHOLD */, 256 << 20)
+        _ = glibc_mallopt(-1 /* M_TRIM_THRESHOLD */, 512 << 20)
+        #endif
+
         var summary = Summary(losses: [], gradNorms: [])
         for step in stride(from: lastStep + 1, through: totalSteps, by: 1) {
-            let start = DispatchTime.now().uptimeNanoseconds
+            let start = Trace.now()
+            CommWait.reset()
             let batch = loader.batch(step: step)
             fsdp.zeroGrad()
             let result = model.forwardBackward(inputs: batch.inputs_BL.map { Int32($0) }, labels: batch.labels_BL.map { Int32($0) },
@@ -129,11 +151,19 @@ public final class Trainer {
             let gradNorm = try fsdp.gradNormSquared().squareRoot()
             let coefficient = GradClip.coefficient(totalNorm: Float(gradNorm), maxNorm: Float(job.training.max_norm))
             let lr = schedule.lr(step: step)
+            let optStart = Trace.enabled ? Trace.now() : 0
+            // Clipping and AdamW fused and vectorised (bit-identical to GradClip.scale + AdamW.step), split into
+            // element ranges on the kernel threads (same result for any split).
+            let scalars = AdamWScalars(lr: lr, beta1: adamw.beta1, beta2: adamw.beta2, eps: adamw.eps,
+                                       weightDecay: adamw.weight_decay, step: step, clip: coefficient)
             for (i, shard) in fsdp.shards.enumerated() where shard.count > 0 {
-                if coefficient < 1 { GradClip.scale(shard.grad, count: shard.count, by: coefficient) }
-                AdamW.step(param: shard.param, grad: shard.grad, expAvg: expAvg[i].data, expAvgSq: expAvgSq[i].data,
-                           count: shard.count, step: step, lr: lr, config: adamw)
+                let m = expAvg[i].data, v = expAvgSq[i].data
+                parallelFor(shard.count, costPerItem: 16) { r in
+                    let o = r.lowerBound
+                    adamw_update(param: shard.param + o, grad: shard.grad + o, expAvg: m + o, expAvgSq: v + o, count: r.count, scalars)
+                }
             }
+            if Trace.enabled { Trace.record("optimizer", pid: me, tid: 0, start: optStart, end: Trace.now()) }
 
             // Loss over the global batch; expert load and dispatch traffic summed over every rank.
             let sums = try comm.world.allReduce([result.lossSum, Double(ExpertParallel.dispatchBytes(of: model))], op: .sum)
@@ -147,12 +177,16 @@ public final class Trainer {
             }
             if args.moe_enabled, args.moe.load_balance_coeff > 0 { model.updateExpertBias(tokensPerExpert: perLayer) }
 
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            let end = Trace.now()
+            let seconds = Double(end - start) / 1e9
+            let commWait = Double(CommWait.nanoseconds) / 1e9
+            if Trace.enabled { Trace.record("step", arg: step, pid: me, tid: 0, start: start, end: end) }
             let loss = lossSum / Double(globalTokens)
             summary.losses.append(loss)
             summary.gradNorms.append(gradNorm)
             if isLogger, step % max(job.metrics.log_freq, 1) == 0 || step == job.training.steps {
-                var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes())]
+                var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes()), ("comm_wait_s", commWait),
+                                                             ("current_rss_mb", currentRSSMegabytes())]
                 if mesh.ep != nil { extra.append(("ep_dispatch_bytes", sums[1])) }
                 for (layer, counts) in perLayer.enumerated() where !counts.isEmpty {
                     let mean = Double(counts.reduce(0, +)) / Double(counts.count)
@@ -183,6 +217,16 @@ public final class Trainer {
             try comm.world.barrier()
         }
         if isLogger { log("metrics: \(job.job.dump_folder)/metrics.jsonl") }
+        if tracing {
+            let path = job.job.dump_folder + "/trace/rank-\(me).json"
+            try Trace.write(path: path, pid: me)
+            log("trace: \(path)" + (Trace.dropped > 0 ? " (\(Trace.dropped) events dropped: buffer full)" : ""))
+        }
         return summary
     }
 }
+
+#if canImport(Glibc)
+/// glibc's mallopt (malloc.h is not part of the Glibc module).
+@_silgen_name("mallopt") private func glibc_mallopt(_ param: Int32, _ value: Int32) -> Int32
+#endif

@@ -2,6 +2,7 @@ import ArgumentParser
 import Cluster
 import Collectives
 import Foundation
+import Train
 
 /// `titan launch`: starts the ranks of a topology and supervises them (what run_cluster.sh calls).
 struct Launch: ParsableCommand {
@@ -36,8 +37,18 @@ struct Launch: ParsableCommand {
             args += ["--job.dump_folder", dump]
         }
 
+        // A train config is parsed here first, so a bad key fails once, before any rank starts.
+        var trainRequest: TrainerConfigRequest?
+        if name == "train" {
+            do { trainRequest = try TrainCommand.resolve(topology: topo.resolvedParallelism, arguments: Array(args.dropFirst())) }
+            catch {
+                FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+            if case .help(let text) = trainRequest { print(text); return }
+        }
         if singleProcess {
-            let status = try runAsThreads(topology: topo, args: args, dump: dump)
+            let status = try runAsThreads(topology: topo, args: args, trainRequest: trainRequest, dump: dump)
             throw ExitCode(status)
         }
         var launcher = Launcher(topology: topo, node: node, executable: Self.executablePath(),
@@ -62,7 +73,7 @@ struct Launch: ParsableCommand {
         }
     }
 
-    private func runAsThreads(topology: Topology, args: [String], dump: String) throws -> Int32 {
+    private func runAsThreads(topology: Topology, args: [String], trainRequest: TrainerConfigRequest?, dump: String) throws -> Int32 {
         let rankProgram: RankProgram
         switch args[0] {
         case "collectives":
@@ -71,10 +82,10 @@ struct Launch: ParsableCommand {
         case "bench":
             let b = try Bench.parse(Array(args.dropFirst()))
             rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) })
-        default:  // train: the config is parsed once here, so a bad key fails before any rank starts
-            let overrides = TrainCommand.topologyDefaults(topology.resolvedParallelism) + args.dropFirst()
-            guard let (program, timeout) = try TrainCommand.program(arguments: overrides) else { return 0 }
-            return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, program)
+        default:
+            guard let request = trainRequest, let (program, config) = TrainCommand.program(request) else { return 0 }
+            return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump,
+                                            timeoutSeconds: config.job.comm.timeout_seconds, program)
         }
         let timeout = Double(Self.value(of: "--comm.timeout_seconds", in: args) ?? "") ?? 300
         return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, rankProgram)

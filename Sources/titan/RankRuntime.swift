@@ -40,7 +40,8 @@ enum RankRuntime {
     /// Runs `program` as this process's rank: identity from the launcher's environment (or a world
     /// of one when started directly), then the collectives, then exit. Errors become a message on
     /// stderr and exit status 1.
-    static func runThisProcess(timeoutSeconds: Double, _ program: RankProgram) -> Never {
+    /// `logFolder`: where a process started without the launcher writes its rank-0.log.
+    static func runThisProcess(timeoutSeconds: Double, logFolder: String? = nil, _ program: RankProgram) -> Never {
         var status: Int32 = 1
         do {
             let comm: Communicator
@@ -52,7 +53,8 @@ enum RankRuntime {
             } else {
                 comm = try Communicator(spec: ClusterSpec(jobID: "single", worldSize: 1, transport: .ipc,
                                                           timeoutSeconds: timeoutSeconds), rank: 0)
-                output = RankOutput(rank: 0, prefixed: false, logPath: nil)
+                if let logFolder { try FileManager.default.createDirectory(atPath: logFolder, withIntermediateDirectories: true) }
+                output = RankOutput(rank: 0, prefixed: false, logPath: logFolder.map { $0 + "/rank-0.log" })
             }
             do {
                 status = try program(comm, output)

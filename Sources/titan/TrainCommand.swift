@@ -14,16 +14,23 @@ struct TrainCommand: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "Config selection and overrides, torchtitan style.")
     var arguments: [String] = []
 
-    /// The topology's parallelism degrees, as overrides placed before the user's (which win).
-    static func topologyDefaults(_ p: Topology.Parallelism) -> [String] {
-        ["--parallelism.data_parallel_replicate_degree", String(p.dataParallelReplicateDegree),
-         "--parallelism.data_parallel_shard_degree", String(p.dataParallelShardDegree),
-         "--parallelism.expert_parallel_degree", String(p.expertParallelDegree)]
+    /// Resolves the config with the topology's parallelism degrees as defaults placed before the user's
+    /// overrides (which win). The topology's expert-parallel degree applies only to models with routed
+    /// experts, so a dense model runs on any topology.
+    static func resolve(topology p: Topology.Parallelism?, arguments: [String]) throws -> TrainerConfigRequest {
+        let plain = try TrainerConfig.resolve(arguments: arguments)
+        guard let p, case .run(let config) = plain else { return plain }
+        var defaults = ["--parallelism.data_parallel_replicate_degree", String(p.dataParallelReplicateDegree),
+                        "--parallelism.data_parallel_shard_degree", String(p.dataParallelShardDegree)]
+        if config.model_args.moe_enabled {
+            defaults += ["--parallelism.expert_parallel_degree", String(p.expertParallelDegree)]
+        }
+        return try TrainerConfig.resolve(arguments: defaults + arguments)
     }
 
-    /// Parses the config once (errors and --help surface before any collective), then trains.
-    static func program(arguments: [String]) throws -> (RankProgram, Double)? {
-        switch try TrainerConfig.resolve(arguments: arguments) {
+    /// The rank program for a resolved config, with its collective timeout; nil after printing --help.
+    static func program(_ request: TrainerConfigRequest) -> (RankProgram, TrainerConfig)? {
+        switch request {
         case .help(let text):
             print(text)
             return nil
@@ -32,18 +39,18 @@ struct TrainCommand: ParsableCommand {
                 try Trainer(config: config, comm: comm, log: { out.print($0) }).run()
                 return 0
             }
-            return (program, config.job.comm.timeout_seconds)
+            return (program, config)
         }
     }
 
     func run() throws {
-        var defaults: [String] = []
-        if let identity = try RankIdentity.fromEnvironment() {
-            defaults = Self.topologyDefaults(try identity.loadTopology().resolvedParallelism)
-        }
         do {
-            guard let (program, timeout) = try Self.program(arguments: defaults + arguments) else { return }
-            RankRuntime.runThisProcess(timeoutSeconds: timeout, program)
+            let identity = try RankIdentity.fromEnvironment()
+            let request = try Self.resolve(topology: try identity?.loadTopology().resolvedParallelism, arguments: arguments)
+            guard let (program, config) = Self.program(request) else { return }
+            // Under the launcher it writes the rank logs; alone, this process keeps its own.
+            let logFolder = identity == nil ? config.job.job.dump_folder + "/logs" : nil
+            RankRuntime.runThisProcess(timeoutSeconds: config.job.comm.timeout_seconds, logFolder: logFolder, program)
         } catch {
             FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
             throw ExitCode(2)

@@ -82,24 +82,35 @@ final class HeaderAndErrorTests: XCTestCase {
         XCTAssertNil(errors[1])
     }
 
+    /// Rank 0 queues a collective on group A that can only finish after its collective on group B did
+    /// (through a chain of waits on ranks 1-3): with groups served one after another, this deadlocks.
     func testAsyncCollectivesOnTwoGroupsProgressIndependently() {
-        let errors = InProcessCluster.run(worldSize: 4, timeoutSeconds: 20) { comm in
-            let pairs = try comm.splitGroups([[0, 1], [2, 3]])
-            let strided = try comm.splitGroups([[0, 2], [1, 3]])
-            var a = [Float](repeating: Float(comm.rank), count: 100_000)
-            var b = [Float](repeating: Float(comm.rank * 10), count: 1000)
-            try a.withUnsafeMutableBufferPointer { pa in
-                try b.withUnsafeMutableBufferPointer { pb in
-                    let w1 = try pairs.allReduceAsync(pa)
-                    let w2 = try strided.allReduceAsync(pb)
-                    try w2.wait()
-                    try w1.wait()
+        let errors = InProcessCluster.run(worldSize: 4, timeoutSeconds: 5) { comm in
+            let a = try comm.splitGroups([[0, 1], [2, 3]])
+            let b = try comm.splitGroups([[0, 2], [1, 3]])
+            var x = [Float](repeating: Float(comm.rank + 1), count: 100_000)
+            var y = [Float](repeating: Float(10 * (comm.rank + 1)), count: 1000)
+            try x.withUnsafeMutableBufferPointer { px in
+                try y.withUnsafeMutableBufferPointer { py in
+                    switch comm.rank {
+                    case 0:  // A first (needs rank 1, which comes last in the chain), then B
+                        let wa = try a.allReduceAsync(px)
+                        let wb = try b.allReduceAsync(py)
+                        try wb.wait()
+                        try wa.wait()
+                    case 2:  // B with rank 0, then A with rank 3
+                        try b.allReduce(py); try a.allReduce(px)
+                    case 3:  // A with rank 2, then B with rank 1
+                        try a.allReduce(px); try b.allReduce(py)
+                    default:  // rank 1: B with rank 3, then A with rank 0
+                        try b.allReduce(py); try a.allReduce(px)
+                    }
                 }
             }
-            let pairSum = Float(pairs.members.reduce(0, +))
-            let stridedSum = Float(strided.members.reduce(0, +) * 10)
-            XCTAssertTrue(a.allSatisfy { $0 == pairSum })
-            XCTAssertTrue(b.allSatisfy { $0 == stridedSum })
+            let sumA = Float(a.members.map { $0 + 1 }.reduce(0, +))
+            let sumB = Float(b.members.map { 10 * ($0 + 1) }.reduce(0, +))
+            XCTAssertTrue(x.allSatisfy { $0 == sumA }, "rank \(comm.rank) group A")
+            XCTAssertTrue(y.allSatisfy { $0 == sumB }, "rank \(comm.rank) group B")
         }
         XCTAssertTrue(errors.allSatisfy { $0 == nil }, "\(errors)")
     }

@@ -20,6 +20,24 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("[rank 0] step    4"), String(r.stdout.suffix(2000)))
     }
 
+    /// The default 8-rank topology asks for expert parallelism; a dense model still runs on it.
+    func testDenseModelRunsOnTheDefaultTopology() throws {
+        let dump = temporaryFolder()
+        let r = try Titan.run(["launch", "--ranks", "8", "--dump-folder", dump, "--", "train", "--config", "debugmodel",
+                               "--training.steps", "2", "--job.dump_folder", dump])
+        XCTAssertEqual(r.status, 0, String(r.stderr.suffix(2000)))
+        XCTAssertTrue(r.stdout.contains("expert parallel 1"), String(r.stdout.prefix(2000)))
+    }
+
+    /// A bad key fails once, in the launcher, before any rank starts.
+    func testBadKeyFailsBeforeRanksStart() throws {
+        let dump = temporaryFolder()
+        let r = try Titan.run(["launch", "--ranks", "4", "--dump-folder", dump, "--", "train", "--training.stepz", "3"])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("did you mean '--training.steps'"), r.stderr)
+        XCTAssertFalse(r.stdout.contains("[rank"), r.stdout)
+    }
+
     func testUnknownKeyIsAnErrorNamingTheClosestKey() throws {
         let r = try Titan.run(["train", "--training.stepz", "3"])
         XCTAssertNotEqual(r.status, 0)

@@ -23,6 +23,10 @@ public final class ZMQContext: @unchecked Sendable {
         handle = h
     }
 
+    /// Makes every blocking call on this context's sockets fail at once (ETERM): how one failed
+    /// thread-rank stops the others of a single-process job without waiting for their timeouts.
+    public func shutdown() { zmq_ctx_shutdown(handle) }
+
     deinit { zmq_ctx_term(handle) }
 }
 

@@ -345,8 +345,10 @@ public enum SafeTensors {
             }
             try fh.synchronize()
             try fh.close()
-            if fm.fileExists(atPath: path) { try fm.removeItem(atPath: path) }
-            try fm.moveItem(atPath: tmp, toPath: path)
+            // rename(2) replaces an existing file atomically: readers see the old or the new file, never none.
+            guard rename(tmp, path) == 0 else {
+                throw SafeTensorsError(.io, file: path, "cannot rename \(tmp) into place: \(String(cString: strerror(errno)))")
+            }
         } catch {
             try? fh.close()
             try? fm.removeItem(atPath: tmp)

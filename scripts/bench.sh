@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Training throughput benchmark: bench_moe on 1 rank and on 8 ranks (shard 8 × ep 4), same global batch of 16
+# sequences × 256 tokens. Prints a table and one JSON line per row:
+#   {"name", "ranks", "tokens_per_sec", "mfu", "comm_wait_frac", "max_rss_mb"}
+#
+#   scripts/bench.sh                 # 3 warm-up + 10 timed steps per row
+#   STEPS=20 WARMUP=3 scripts/bench.sh
+#   BUILD_PATH=.build-perf scripts/bench.sh   # use another SwiftPM scratch path
+#
+# tokens_per_sec: global tokens of the timed steps / their summed step time (rank 0's metrics.jsonl).
+# mfu: tokens_per_sec × model FLOPs per token / sgemm peak, the peak measured by `titan bench-gemm` in this run
+#      with the machine's cores (OPENBLAS_NUM_THREADS=2 here). Model FLOPs per token (torchtitan's formula):
+#      6 × active params per token + 12 × n_layers × n_heads × head_dim × seq_len (see Sources/titan/BenchGemmCommand.swift).
+# comm_wait_frac: share of the step rank 0's training thread spends blocked in Work.wait() (every blocking collective).
+# max_rss_mb: peak RSS of rank 0's process.
+# Single rank runs with OPENBLAS_NUM_THREADS=2; each of the 8 ranks with 1 (the launcher sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-10}
+WARMUP=${WARMUP:-3}
+BUILD_PATH=${BUILD_PATH:-.build}
+OUT=${OUT:-$(mktemp -d /tmp/titan-bench.XXXXXX)}
+mkdir -p "$OUT"
+CORES=$(nproc)
+
+if ! log=$(swift build -c release --scratch-path "$BUILD_PATH" --product titan 2>&1); then
+    echo "$log" >&2; echo "bench.sh: build failed" >&2; exit 1
+fi
+TITAN="$BUILD_PATH/release/titan"
+total=$((WARMUP + STEPS))
+
+gemm_json=$(OPENBLAS_NUM_THREADS=$CORES "$TITAN" bench-gemm --flavor bench_moe --seq-len 256 | tail -1)
+peak=$(jq -r .peak_gflops <<<"$gemm_json")
+fpt=$(jq -r .flops_per_token <<<"$gemm_json")
+
+OPENBLAS_NUM_THREADS=$CORES "$TITAN" train --config bench_moe --training.steps "$total" \
+    --job.dump_folder "$OUT/single" >"$OUT/single.log" 2>&1 || { cat "$OUT/single.log" >&2; exit 1; }
+"$TITAN" launch --ranks 8 -- train --config bench_moe --training.steps "$total" --training.local_batch_size 2 \
+    --parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 4 \
+    --job.dump_folder "$OUT/ranks8" >"$OUT/ranks8.log" 2>&1 || { cat "$OUT/ranks8.log" >&2; exit 1; }
+
+row() {  # name ranks metrics.jsonl
+    jq -s -c --arg name "$1" --argjson ranks "$2" --argjson warm "$WARMUP" --argjson peak "$peak" --argjson fpt "$fpt" '
+        [ .[] | select(.step > $warm) ] as $s
+        | ($s | map(.step_time_s) | add) as $t
+        | ($s | map(.tokens_per_sec * .step_time_s) | add) as $tok
+        | ($tok / $t) as $tps
+        | {name: $name, ranks: $ranks,
+           tokens_per_sec: (($tps * 10 | round) / 10),
+           mfu: (($tps * $fpt / ($peak * 1e9) * 10000 | round) / 10000),
+           comm_wait_frac: ((($s | map(.comm_wait_s) | add) / $t * 10000 | round) / 10000),
+           max_rss_mb: ($s | map(.max_rss_mb) | max)}' "$3"
+}
+single=$(row "bench_moe 1 rank" 1 "$OUT/single/metrics.jsonl")
+ranks8=$(row "bench_moe 8 ranks (shard 8 x ep 4)" 8 "$OUT/ranks8/metrics.jsonl")
+
+echo "bench_moe, global batch 16 x 256 tokens, $STEPS timed steps after $WARMUP warm-up; sgemm peak $peak GFLOP/s ($CORES threads); $(printf '%.4g' "$fpt") FLOPs/token"
+printf '%-36s %6s %14s %7s %15s %11s\n' name ranks tokens/s MFU comm_wait_frac max_rss_mb
+for j in "$single" "$ranks8"; do
+    jq -r '[.name, .ranks, .tokens_per_sec, .mfu, .comm_wait_frac, .max_rss_mb] | @tsv' <<<"$j" |
+        awk -F'\t' '{ printf "%-36s %6d %14.0f %6.1f%% %15.3f %11.0f\n", $1, $2, $3, $4 * 100, $5, $6 }'
+done
+s1=$(jq .tokens_per_sec <<<"$single"); s8=$(jq .tokens_per_sec <<<"$ranks8")
+echo "8 ranks / 1 rank: $(awk -v a="$s8" -v b="$s1" 'BEGIN { printf "%.2f", a / b }')   (runs in $OUT)"
+echo "$single"
+echo "$ranks8"
