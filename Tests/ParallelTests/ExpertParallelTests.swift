@@ -22,7 +22,7 @@ private struct EPTestFailure: Error, CustomStringConvertible {
 private func fail(_ rank: Int, _ s: String) -> EPTestFailure { EPTestFailure(description: "rank \(rank): \(s)") }
 
 /// max |a - b| <= atol + rtol · max |b|.
-private func checkClose(_ a: [Float], _ b: [Float], rtol: Float = 2e-4, atol: Float = 1e-6, rank: Int, _ what: String) throws {
+private func checkClose(_ a: [Float], _ b: [Float], rtol: Float = 1e-5, atol: Float = 1e-7, rank: Int, _ what: String) throws {
     guard a.count == b.count else { throw fail(rank, "\(what): \(a.count) vs \(b.count) elements") }
     var maxRef: Float = 0, maxDiff: Float = 0
     for i in 0..<a.count {
