@@ -203,7 +203,8 @@ public enum Trace {
             let ts = Double(e.start) / 1000, dur = Double(e.end &- e.start) / 1000
             out += ",\n{\"name\": \"\(e.name)\", \"ph\": \"X\", \"pid\": \(pid), \"tid\": \(e.tid), "
                 + "\"ts\": \(String(format: "%.3f", ts)), \"dur\": \(String(format: "%.3f", dur))"
-            out += e.arg >= 0 ? ", \"args\": {\"group\": \(e.arg)}}" : "}"
+            let key = e.name.description == "step" ? "step" : "group"   // parameter group, or process group slot
+            out += e.arg >= 0 ? ", \"args\": {\"\(key)\": \(e.arg)}}" : "}"
         }
         out += "\n]}\n"
         let url = URL(fileURLWithPath: path)

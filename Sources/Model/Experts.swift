@@ -93,22 +93,20 @@ public final class GroupedExperts: MoEExperts {
         let dH = dh.get(S * F), dH1 = dh1.get(S * F), dH3 = dh3.get(S * F)
         let W1 = w1.v, W2 = w2.v, W3 = w3.v
         let G1 = w1.g, G2 = w2.g, G3 = w3.g
-        dH.update(repeating: 0, count: S * F)
-        dH1.update(repeating: 0, count: S * F)
-        dH3.update(repeating: 0, count: S * F)
-        dx_SD.update(repeating: 0, count: S * D)
+        // Scratch is written, not accumulated (no zeroing pass): dH and dH1/dH3 by their first producer, dx_SD by the
+        // W1 product, then the W3 product accumulates onto it. Rows of experts with no tokens are never touched.
         if useGroupedMM {
             var o = 0
             for (e, n) in counts_E.enumerated() where n > 0 {
                 matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy_SD + o * D, x_TD: Hh + o * F,
-                                w_ND: W2 + e * D * F, T: n, D: F, N: D)
+                                w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
                 o += n
             }
-            swiglu_backward(dH1, dH3, dH, H1, H3, S * F)
+            swiglu_backward(dH1, dH3, dH, H1, H3, S * F, overwrite: true)
             o = 0
             for (e, n) in counts_E.enumerated() where n > 0 {
                 matmul_backward(dx_TD: dx_SD + o * D, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x_SD + o * D,
-                                w_ND: W1 + e * F * D, T: n, D: D, N: F)
+                                w_ND: W1 + e * F * D, T: n, D: D, N: F, overwriteDx: true)
                 o += n
             }
             o = 0
@@ -123,9 +121,10 @@ public final class GroupedExperts: MoEExperts {
                 if n == 0 { continue }
                 let x = x_SD + o * D, dy = dy_SD + o * D, dx = dx_SD + o * D
                 matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy, x_TD: Hh + o * F,
-                                w_ND: W2 + e * D * F, T: n, D: F, N: D)
-                swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F)
-                matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x, w_ND: W1 + e * F * D, T: n, D: D, N: F)
+                                w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
+                swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F, overwrite: true)
+                matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x, w_ND: W1 + e * F * D, T: n, D: D, N: F,
+                                overwriteDx: true)
                 matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: dH3 + o * F, x_TD: x, w_ND: W3 + e * F * D, T: n, D: D, N: F)
                 o += n
             }

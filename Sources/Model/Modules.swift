@@ -60,11 +60,9 @@ public final class FeedForward {
                   ws: Workspace, N: Int) {
         let D = dim, F = hiddenDim
         let dh = ws.dh.get(N * F), dh1 = ws.dh1.get(N * F), dh3 = ws.dh3.get(N * F)
-        dh.update(repeating: 0, count: N * F)
-        dh1.update(repeating: 0, count: N * F)
-        dh3.update(repeating: 0, count: N * F)
-        matmul_backward(dx_TD: dh, dw_ND: w2.g, dout_TN: dout_ND, x_TD: a.h.data, w_ND: w2.v, T: N, D: F, N: D)
-        swiglu_backward(dh1, dh3, dh, a.h1.data, a.h3.data, N * F)
+        // scratch written by its first producer (no zeroing pass)
+        matmul_backward(dx_TD: dh, dw_ND: w2.g, dout_TN: dout_ND, x_TD: a.h.data, w_ND: w2.v, T: N, D: F, N: D, overwriteDx: true)
+        swiglu_backward(dh1, dh3, dh, a.h1.data, a.h3.data, N * F, overwrite: true)
         matmul_backward(dx_TD: dx_ND, dw_ND: w1.g, dout_TN: dh1, x_TD: x_ND, w_ND: w1.v, T: N, D: D, N: F)
         matmul_backward(dx_TD: dx_ND, dw_ND: w3.g, dout_TN: dh3, x_TD: x_ND, w_ND: w3.v, T: N, D: D, N: F)
     }
@@ -119,8 +117,7 @@ public final class Attention {
         let N = B * T, QD = H * hd, KD = KV * hd
         let dao = ws.dao.get(N * QD), dq = ws.dq.get(N * QD), dqn = ws.dqn.get(N * QD)
         let dk = ws.dk.get(N * KD), dkn = ws.dkn.get(N * KD), dv = ws.dv.get(N * KD), dTT = ws.dTT.get(B * H * T * T)
-        dao.update(repeating: 0, count: N * QD)
-        matmul_backward(dx_TD: dao, dw_ND: wo.g, dout_TN: dout_ND, x_TD: a.ao.data, w_ND: wo.v, T: N, D: QD, N: D)
+        matmul_backward(dx_TD: dao, dw_ND: wo.g, dout_TN: dout_ND, x_TD: a.ao.data, w_ND: wo.v, T: N, D: QD, N: D, overwriteDx: true)
         dq.update(repeating: 0, count: N * QD)
         dk.update(repeating: 0, count: N * KD)
         dv.update(repeating: 0, count: N * KD)

@@ -68,6 +68,10 @@ final class FlatParam {
     let paramShard: Tensor
     let gradShard: Tensor
 
+    /// One-member shard group without replicas: the shard IS the full buffer, so parameters and gradients point
+    /// straight into the shard storage (no gather copy, no gradient scratch, no reduce-scatter). Set by the wrapper.
+    var direct = false
+
     // live state
     var gathered: Tensor?
     var gatherWork: Work?
@@ -222,6 +226,7 @@ public final class FullyShardedModel {
             built.append(flats)
         }
         groups = built
+        for flats in groups { for f in flats { f.direct = f.pg.size == 1 && mesh.dpReplicate == nil } }
         // Move the values into the shards and drop the full tensors.
         for flats in groups {
             for f in flats {
@@ -286,6 +291,7 @@ public final class FullyShardedModel {
 
     private func startGather(_ g: Int) {
         for f in groups[g] where f.gathered == nil {
+            if f.direct { f.gathered = f.paramShard; continue }
             let buf = pool.acquire(f.padded, zeroed: false)
             f.gathered = buf
             do {
@@ -320,7 +326,7 @@ public final class FullyShardedModel {
             for p in f.params { p.value = nil }
             if let buf = f.gathered {
                 f.gathered = nil
-                pool.release(buf)
+                if !f.direct { pool.release(buf) }
             }
         }
     }
@@ -372,7 +378,8 @@ public final class FullyShardedModel {
         if g >= 1 { startGather(g - 1) }   // prefetch the group whose backward comes next
         for f in groups[g] {
             precondition(f.fullGrad == nil, "FSDP: willBackward(\(g)) while its gradients are live")
-            let grad = pool.acquire(f.padded, zeroed: true)
+            // direct: the kernels accumulate straight into the gradient shard (what the reduction would add to it)
+            let grad = f.direct ? f.gradShard : pool.acquire(f.padded, zeroed: true)
             f.fullGrad = grad
             for (k, p) in f.params.enumerated() { p.grad = Tensor(viewOf: grad, offset: f.offsets[k], shape: f.shapes[k]) }
         }
@@ -385,6 +392,7 @@ public final class FullyShardedModel {
             guard let grad = f.fullGrad else { continue }
             f.fullGrad = nil
             for p in f.params { p.grad = nil }
+            if f.direct { continue }
             let out = pool.acquire(f.shardSize, zeroed: false)
             var work: Work?
             do {
@@ -435,7 +443,7 @@ public final class FullyShardedModel {
 
     private func accumulate(_ r: PendingReduction) {
         let dst = r.flat.gradShard.data, src = r.output.data
-        for i in 0..<r.flat.shardSize { dst[i] += src[i] }
+        parallelFor(r.flat.shardSize, costPerItem: 3) { rows in for i in rows { dst[i] += src[i] } }
         pool.release(r.output)
     }
 
@@ -462,13 +470,37 @@ public final class FullyShardedModel {
     // MARK: norms
 
     /// Σ grad² over ALL parameters of the model (each element counted once, padding excluded), the same on every rank.
+    static let normBlock = 1 << 16
+
     public func gradNormSquared() throws -> Double {
         try finishBackward()
+        // Fixed blocks of `normBlock` elements, each summed in order, block sums added in order: the same value for any
+        // number of kernel threads (the blocks run concurrently).
         var local = 0.0
         for flats in groups {
             for f in flats {
-                let g = f.gradShard.data
-                for i in 0..<f.validCount { let v = Double(g[i]); local += v * v }
+                let g = f.gradShard.data, n = f.validCount
+                let blocks = (n + Self.normBlock - 1) / Self.normBlock
+                guard blocks > 0 else { continue }
+                let partial = UnsafeMutablePointer<Double>.allocate(capacity: blocks)
+                defer { partial.deallocate() }
+                parallelFor(blocks, costPerItem: Self.normBlock) { r in
+                    for b in r {
+                        // 4 Double lanes, then across lanes, then the tail: a fixed order
+                        var i = b * Self.normBlock
+                        let end = min(n, (b + 1) * Self.normBlock)
+                        var acc = SIMD4<Double>(repeating: 0)
+                        while i + 4 <= end {
+                            let v = SIMD4<Double>(Double(g[i]), Double(g[i + 1]), Double(g[i + 2]), Double(g[i + 3]))
+                            acc += v * v
+                            i += 4
+                        }
+                        var s = (acc[0] + acc[1]) + (acc[2] + acc[3])
+                        while i < end { let v = Double(g[i]); s += v * v; i += 1 }
+                        partial[b] = s
+                    }
+                }
+                for b in 0..<blocks { local += partial[b] }
             }
         }
         // dpShard holds every dense element once and (EP groups × expert shards) every expert element once;

@@ -29,7 +29,7 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
         var r0 = 0
         while r0 < T {
             let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-            BLAS.sgemm(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs, lda: qs,
+            BLAS.sgemmSerial(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs, lda: qs,
                        B: K, ldb: ks, beta: 0, C: P + r0 * T, ldc: T)
             r0 = kn
         }
@@ -45,7 +45,7 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
         r0 = 0
         while r0 < T {
             let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-            BLAS.sgemm(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
+            BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
                        B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
             r0 = kn
         }
@@ -81,9 +81,9 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
             var r0 = 0
             while r0 < T {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemm(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: 1, A: dO + r0 * qs, lda: qs,
+                BLAS.sgemmSerial(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: 1, A: dO + r0 * qs, lda: qs,
                            B: Vp, ldb: ks, beta: 0, C: dS + r0 * T, ldc: T)
-                BLAS.sgemm(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: 1, A: P + r0 * T, lda: T,
+                BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: 1, A: P + r0 * T, lda: T,
                            B: dO + r0 * qs, ldb: qs, beta: 1, C: dV, ldc: ks)
                 r0 = kn
             }
@@ -104,9 +104,9 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
             var r0 = 0
             while r0 < T {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemm(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: scale, A: dS + r0 * T, lda: T,
+                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: scale, A: dS + r0 * T, lda: T,
                            B: K, ldb: ks, beta: 1, C: dQ + r0 * qs, ldc: qs)
-                BLAS.sgemm(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: scale, A: dS + r0 * T, lda: T,
+                BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: scale, A: dS + r0 * T, lda: T,
                            B: Q + r0 * qs, ldb: qs, beta: 1, C: dK, ldc: ks)
                 r0 = kn
             }

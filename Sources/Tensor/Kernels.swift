@@ -160,24 +160,52 @@ public func rope_backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePoint
 
 @inline(__always) func sigmoidf(_ x: Float) -> Float { 1 / (1 + _expf(-x)) }
 
+/// σ(g) in 8 lanes and for one value (the same exponential, so any split of a loop gives the same bits).
+@inline(__always) func sigmoid8(_ g: Float8) -> Float8 { 1 / (1 + vexp8(-g)) }
+@inline(__always) func sigmoid1(_ g: Float) -> Float { 1 / (1 + vexp1(-g)) }
+
+@inline(__always) func load8(_ p: UnsafePointer<Float>) -> Float8 { UnsafeRawPointer(p).loadUnaligned(as: Float8.self) }
+@inline(__always) func store8(_ p: UnsafeMutablePointer<Float>, _ v: Float8) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: Float8.self) }
+
 /// out_N = silu(gate_N) · up_N, silu(g) = g·σ(g).
 public func swiglu_forward(_ out_N: UnsafeMutablePointer<Float>, _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
     parallelFor(n, costPerItem: 8) { r in
-        for i in r {
+        var i = r.lowerBound
+        while i + 8 <= r.upperBound {
+            let g = load8(gate_N + i)
+            store8(out_N + i, g * sigmoid8(g) * load8(up_N + i))
+            i += 8
+        }
+        while i < r.upperBound {
             let g = gate_N[i]
-            out_N[i] = g * sigmoidf(g) * up_N[i]
+            out_N[i] = g * sigmoid1(g) * up_N[i]
+            i += 1
         }
     }
 }
 
-/// dgate += dout·up·σ(g)(1 + g(1−σ(g))),  dup += dout·silu(g).
+/// dgate += dout·up·σ(g)(1 + g(1−σ(g))),  dup += dout·silu(g)  (WRITTEN instead of accumulated when `overwrite`).
 public func swiglu_backward(_ dgate_N: UnsafeMutablePointer<Float>, _ dup_N: UnsafeMutablePointer<Float>, _ dout_N: UnsafePointer<Float>,
-                            _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
+                            _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int, overwrite: Bool = false) {
     parallelFor(n, costPerItem: 12) { r in
-        for i in r {
-            let g = gate_N[i], s = sigmoidf(g), dy = dout_N[i]
-            dgate_N[i] += dy * up_N[i] * s * (1 + g * (1 - s))
-            dup_N[i] += dy * g * s
+        var i = r.lowerBound
+        while i + 8 <= r.upperBound {
+            let g = load8(gate_N + i), s = sigmoid8(g), dy = load8(dout_N + i)
+            let dg = dy * load8(up_N + i) * s * (1 + g * (1 - s))
+            let du = dy * g * s
+            if overwrite {
+                store8(dgate_N + i, dg); store8(dup_N + i, du)
+            } else {
+                store8(dgate_N + i, load8(dgate_N + i) + dg); store8(dup_N + i, load8(dup_N + i) + du)
+            }
+            i += 8
+        }
+        while i < r.upperBound {
+            let g = gate_N[i], s = sigmoid1(g), dy = dout_N[i]
+            let dg = dy * up_N[i] * s * (1 + g * (1 - s))
+            let du = dy * g * s
+            if overwrite { dgate_N[i] = dg; dup_N[i] = du } else { dgate_N[i] += dg; dup_N[i] += du }
+            i += 1
         }
     }
 }
@@ -212,11 +240,19 @@ public func crossentropy_forward_backward(dlogits_TV: UnsafeMutablePointer<Float
             if let d = dlogits_TV {
                 // one exp per logit: store e^(x - max) in place, then scale
                 let dr = d + t * V
-                for v in 0..<V { let e = _expf(row[v] - mx); dr[v] = e; sum += Double(e) }
+                sum = exp_shifted_double_sum(dr, row, V, minus: mx)
                 vscale(dr, V, Float(1 / sum) * dlossScale)
                 dr[label] -= dlossScale
             } else {
-                for v in 0..<V { sum += Double(_expf(row[v] - mx)) }
+                // the same exponentials and summation order as the path above
+                var v = 0
+                let mv = Float8(repeating: mx)
+                while v + 8 <= V {
+                    let e = vexp8(UnsafeRawPointer(row + v).loadUnaligned(as: Float8.self) - mv)
+                    for l in 0..<8 { sum += Double(e[l]) }
+                    v += 8
+                }
+                while v < V { sum += Double(vexp1(row[v] - mx)); v += 1 }
             }
             rowLoss[t] = Double(mx) + _log(sum) - Double(xl)
         }

@@ -7,6 +7,7 @@ public enum BLAS {
     public static func setThreads(_ n: Int) {
         openblas_set_num_threads(Int32(max(n, 1)))
         KernelThreads.count = max(n, 1)
+        splitThreads = 0   // OpenBLAS threads its GEMMs again (call splitOnKernelThreads() to split them instead)
     }
 
     /// Runs `body` with OpenBLAS single-threaded (restored afterwards), for kernels that run many small GEMMs
@@ -43,6 +44,21 @@ public enum BLAS {
         return nil
     }
 
+    /// Threads that split large GEMMs themselves (0: OpenBLAS threads them). See `splitOnKernelThreads()`.
+    public private(set) static var splitThreads = 0
+    /// GEMMs with fewer multiply-adds than this are not split.
+    public static var minSplitWork = 1 << 20
+
+    /// Makes OpenBLAS single-threaded and splits every large GEMM into `KernelThreads.count` fixed blocks of rows
+    /// (or columns) run on the kernel threads: no OpenBLAS worker left spinning (sched_yield) while the kernel threads
+    /// run the element-wise kernels, and the same GEMMs as before on each block. Deterministic (fixed split).
+    public static func splitOnKernelThreads() {
+        let t = KernelThreads.count
+        guard t > 1 else { return }
+        openblas_set_num_threads(1)
+        splitThreads = t
+    }
+
     /// C_MN = alpha · op(A) · op(B) + beta · C_MN, row-major. op(A) is M×K, op(B) is K×N.
     /// No-op (beyond scaling C by beta) when a dimension is zero.
     @inline(__always)
@@ -50,6 +66,36 @@ public enum BLAS {
                              alpha: Float, A: UnsafePointer<Float>, lda: Int,
                              B: UnsafePointer<Float>, ldb: Int,
                              beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        let t = splitThreads
+        if t > 1 && M * N * K >= minSplitWork && K > 0 && max(M, N) >= 32 * t {
+            // Split the larger of M and N into t blocks (multiples of 16 rows / columns).
+            let alongM = M >= N
+            let n = alongM ? M : N
+            DispatchQueue.concurrentPerform(iterations: t) { c in
+                let lo = (n * c / t) & ~15, hi = c == t - 1 ? n : (n * (c + 1) / t) & ~15
+                if lo >= hi { return }
+                if alongM {
+                    let a = transA ? A + lo : A + lo * lda
+                    sgemmSerial(transA: transA, transB: transB, M: hi - lo, N: N, K: K, alpha: alpha, A: a, lda: lda,
+                                B: B, ldb: ldb, beta: beta, C: C + lo * ldc, ldc: ldc)
+                } else {
+                    let b = transB ? B + lo * ldb : B + lo
+                    sgemmSerial(transA: transA, transB: transB, M: M, N: hi - lo, K: K, alpha: alpha, A: A, lda: lda,
+                                B: b, ldb: ldb, beta: beta, C: C + lo, ldc: ldc)
+                }
+            }
+            return
+        }
+        sgemmSerial(transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: A, lda: lda, B: B, ldb: ldb,
+                    beta: beta, C: C, ldc: ldc)
+    }
+
+    /// `sgemm` without splitting (for callers that already run on the kernel threads).
+    @inline(__always)
+    public static func sgemmSerial(transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
+                                   alpha: Float, A: UnsafePointer<Float>, lda: Int,
+                                   B: UnsafePointer<Float>, ldb: Int,
+                                   beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
         if M == 0 || N == 0 { return }
         if K == 0 {
             if beta == 1 { return }
@@ -72,14 +118,15 @@ public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: Unsafe
 }
 
 /// Backward of `matmul_forward`, accumulating:
-///   dx_TD += dout_TN · w_ND      (skipped when dx_TD is nil)
+///   dx_TD += dout_TN · w_ND      (skipped when dx_TD is nil; WRITTEN instead when `overwriteDx`, which saves
+///                                 zeroing a scratch buffer first: the same values)
 ///   dw_ND += dout_TNᵀ · x_TD     (skipped when dw_ND is nil)
 public func matmul_backward(dx_TD: UnsafeMutablePointer<Float>?, dw_ND: UnsafeMutablePointer<Float>?,
                             dout_TN: UnsafePointer<Float>, x_TD: UnsafePointer<Float>, w_ND: UnsafePointer<Float>,
-                            T: Int, D: Int, N: Int) {
+                            T: Int, D: Int, N: Int, overwriteDx: Bool = false) {
     if let dx = dx_TD {
         BLAS.sgemm(transA: false, transB: false, M: T, N: D, K: N, alpha: 1, A: dout_TN, lda: N, B: w_ND, ldb: D,
-                   beta: 1, C: dx, ldc: D)
+                   beta: overwriteDx ? 0 : 1, C: dx, ldc: D)
     }
     if let dw = dw_ND {
         BLAS.sgemm(transA: true, transB: false, M: N, N: D, K: T, alpha: 1, A: dout_TN, lda: N, B: x_TD, ldb: D,

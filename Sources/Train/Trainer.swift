@@ -136,6 +136,9 @@ public final class Trainer {
         _ = glibc_mallopt(-1 /* M_TRIM_THRESHOLD */, 512 << 20)
         #endif
 
+        // With several kernel threads, large GEMMs are split over them (OpenBLAS single-threaded: no spinning worker).
+        BLAS.splitOnKernelThreads()
+
         var summary = Summary(losses: [], gradNorms: [])
         for step in stride(from: lastStep + 1, through: totalSteps, by: 1) {
             let start = Trace.now()
