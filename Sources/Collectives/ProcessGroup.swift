@@ -57,6 +57,7 @@ public final class ProcessGroup: @unchecked Sendable {
         worker.submit { [self] in
             if let broken { work.finish(broken); return }
             guard let channel else { work.finish(CollectiveError.groupClosed("group \(slot) has no channel")); return }
+            work.markStarted()
             channel.begin(kind, sequence: sequence)
             do {
                 let t0 = Trace.enabled ? Trace.now() : 0

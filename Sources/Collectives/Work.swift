@@ -12,10 +12,12 @@ public final class Work: @unchecked Sendable {
 
     init(limitSeconds: Double) { self.limitSeconds = limitSeconds }
 
-    static func completed() -> Work {
-        let w = Work(limitSeconds: 0)
-        w.finish(nil)
-        return w
+    private var startedAt: Date?
+
+    /// Called by the worker when the collective begins: its time limit runs from here, not from
+    /// `wait()` (collectives queued before it on the same group run first).
+    func markStarted() {
+        condition.lock(); startedAt = Date(); condition.unlock()
     }
 
     func finish(_ error: Error?) {
@@ -32,7 +34,9 @@ public final class Work: @unchecked Sendable {
     }
 
     /// Blocks until the collective completed; rethrows its error. The collective has its own
-    /// deadline, so this returns within the group timeout (plus a margin for queued work).
+    /// deadlines (every receive and send), so it ends within the group timeout. Should its worker
+    /// still be running long past that (a bug), the process stops: returning would hand the caller
+    /// back buffers that the collective may still read or write.
     public func wait() throws {
         let t0 = Trace.now()
         defer {
@@ -41,10 +45,10 @@ public final class Work: @unchecked Sendable {
             if Trace.enabled { Trace.record("wait", pid: tracePid, tid: 0, start: t0, end: t1) }
         }
         condition.lock(); defer { condition.unlock() }
-        let deadline = Date().addingTimeInterval(limitSeconds)
         while !finished {
-            if !condition.wait(until: deadline), !finished {
-                throw CollectiveError.groupClosed("a collective did not finish within \(Int(limitSeconds))s (its group's worker is stuck)")
+            _ = condition.wait(until: Date().addingTimeInterval(1))
+            if !finished, let startedAt, Date().timeIntervalSince(startedAt) > limitSeconds {
+                fatalError("a collective's worker is stuck \(Int(limitSeconds))s after it started; stopping this rank rather than reuse buffers it may still touch")
             }
         }
         if let failure { throw failure }

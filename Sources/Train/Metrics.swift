@@ -62,6 +62,19 @@ public final class MetricsWriter {
     public let path: String
     private let handle: FileHandle
 
+    /// Rewrites `path` without the lines of steps after `step` (temp file + rename); no file, no-op.
+    public static func dropSteps(after step: Int, path: String) throws {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
+        let kept = text.split(separator: "\n").filter { line in
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let s = object["step"] as? Int else { return true }
+            return s <= step
+        }
+        let tmp = path + ".tmp"
+        try Data((kept.joined(separator: "\n") + (kept.isEmpty ? "" : "\n")).utf8).write(to: URL(fileURLWithPath: tmp))
+        guard rename(tmp, path) == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+    }
+
     /// Creates the folder if needed. `append` keeps existing lines (resume); otherwise truncates.
     public init(path: String, append: Bool = false) throws {
         self.path = path

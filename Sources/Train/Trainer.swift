@@ -65,13 +65,27 @@ public final class Trainer {
         return model
     }
 
+    /// The step folder to resume from, decided by rank 0 and shared with every rank, so all ranks
+    /// resume from the same checkpoint (or all start fresh) even without a shared view of the folder.
+    func agreedResumeFolder(_ folder: String) throws -> String? {
+        var decision: [UInt8] = []
+        if comm.rank == 0 {
+            do { decision = Array(("+" + (try Checkpoint.latestStepFolder(in: folder) ?? "")).utf8) }
+            catch { decision = Array(("!" + "\(error)").utf8) }
+        }
+        let text = String(decoding: try comm.world.allGatherBytes(decision)[0], as: UTF8.self)
+        if text.hasPrefix("!") { throw CheckpointError(path: folder, "rank 0 could not pick a checkpoint: \(text.dropFirst())") }
+        let path = String(text.dropFirst())
+        return path.isEmpty ? nil : path
+    }
+
     @discardableResult
     public func run() throws -> Summary {
         let job = config.job
         let dims = Self.dims(job.parallelism, worldSize: comm.worldSize)
         // torchtitan: resume from checkpoint.folder when it holds a checkpoint; initial_load_path only otherwise.
         let ckptFolder = Checkpoint.folder(job)
-        let resumeFrom = job.checkpoint.enable ? try Checkpoint.latestStepFolder(in: ckptFolder) : nil
+        let resumeFrom = job.checkpoint.enable ? try agreedResumeFolder(ckptFolder) : nil
         let model = try buildModel(resuming: resumeFrom != nil)
         let args = model.args
         try dims.validate(worldSize: comm.worldSize, numExperts: args.moe_enabled ? args.moe.num_experts : nil)
@@ -111,7 +125,10 @@ public final class Trainer {
         var metrics: MetricsWriter?
         if isLogger {
             try writeConfigJSON(config, dumpFolder: job.job.dump_folder)
-            metrics = try MetricsWriter(path: job.job.dump_folder + "/metrics.jsonl", append: lastStep > 0)
+            let metricsPath = job.job.dump_folder + "/metrics.jsonl"
+            // Steps a crashed run logged after its last checkpoint are trained again: drop their old lines.
+            if lastStep > 0 { try MetricsWriter.dropSteps(after: lastStep, path: metricsPath) }
+            metrics = try MetricsWriter(path: metricsPath, append: lastStep > 0)
             log("model \(job.model.name)/\(job.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
             log("mesh: world \(comm.worldSize) = replicate \(dims.replicate) × shard \(dims.shard), expert parallel \(dims.ep); global batch \(B * mesh.dataParallelDegree) × \(L) tokens")
@@ -187,7 +204,7 @@ public final class Trainer {
             let loss = lossSum / Double(globalTokens)
             summary.losses.append(loss)
             summary.gradNorms.append(gradNorm)
-            if isLogger, step % max(job.metrics.log_freq, 1) == 0 || step == job.training.steps {
+            if isLogger {
                 var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes()), ("comm_wait_s", commWait),
                                                              ("current_rss_mb", currentRSSMegabytes())]
                 if mesh.ep != nil { extra.append(("ep_dispatch_bytes", sums[1])) }
@@ -200,8 +217,8 @@ public final class Trainer {
                 }
                 let m = StepMetrics(step: step, loss: loss, grad_norm: gradNorm, lr: lr,
                                     tokens_per_sec: Double(globalTokens) / seconds, step_time_s: seconds, extra: extra)
-                metrics?.write(m)
-                log(m.consoleLine)
+                metrics?.write(m)  // every step (DESIGN: one object per step); log_freq thins the console only
+                if step % max(job.metrics.log_freq, 1) == 0 || step == totalSteps { log(m.consoleLine) }
             }
             if job.checkpoint.enable, step % job.checkpoint.interval == 0 || step == totalSteps {
                 try Checkpoint.save(folder: ckptFolder, step: step, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq,
