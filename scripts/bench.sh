@@ -22,6 +22,10 @@ BUILD_PATH=${BUILD_PATH:-.build}
 OUT=${OUT:-$(mktemp -d /tmp/titan-bench.XXXXXX)}
 mkdir -p "$OUT"
 CORES=$(nproc)
+if ! command -v jq >/dev/null; then  # the tables are computed from metrics.jsonl with jq
+    if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq jq >&2
+    else echo "bench.sh: needs jq: sudo apt-get install -y jq" >&2; exit 1; fi
+fi
 
 if ! log=$(swift build -c release --scratch-path "$BUILD_PATH" --product titan 2>&1); then
     echo "$log" >&2; echo "bench.sh: build failed" >&2; exit 1
