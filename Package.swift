@@ -18,7 +18,7 @@ let package = Package(
 
         // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
         .target(name: "Collectives", dependencies: ["CZeroMQ"]),
-        .target(name: "Cluster", dependencies: ["Collectives", "TOMLKit"]),
+        .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit"]),
         .target(name: "Tensor", dependencies: ["COpenBLAS"]),
         .target(name: "Config"),
         .target(name: "Model", dependencies: ["Tensor"]),

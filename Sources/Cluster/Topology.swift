@@ -21,6 +21,7 @@
 // With tcp, local rank l of a host listens on base_port + l * ClusterSpec.maxGroupsPerRank + slot
 // for its process group slot (0 ..< maxGroupsPerRank), so a host reserves ranks * 16 ports.
 
+import Config
 import Foundation
 import Collectives
 import TOMLKit
@@ -514,20 +515,3 @@ private struct TableReader {
     }
 }
 
-/// Levenshtein distance, for "did you mean" suggestions.
-func editDistance(_ a: String, _ b: String) -> Int {
-    let a = Array(a), b = Array(b)
-    if a.isEmpty { return b.count }
-    if b.isEmpty { return a.count }
-    var previous = Array(0 ... b.count)
-    var current = [Int](repeating: 0, count: b.count + 1)
-    for i in 1 ... a.count {
-        current[0] = i
-        for j in 1 ... b.count {
-            let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, substitution)
-        }
-        swap(&previous, &current)
-    }
-    return previous[b.count]
-}

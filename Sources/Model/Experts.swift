@@ -13,15 +13,6 @@ public protocol MoEExperts: AnyObject {
     func backward(x_SD: UnsafePointer<Float>, dy_SD: UnsafePointer<Float>, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>)
 }
 
-/// Grows-only scratch storage.
-final class GrowBuffer {
-    private(set) var tensor = Tensor(shape: [0])
-    func get(_ n: Int) -> UnsafeMutablePointer<Float> {
-        if tensor.count < n { tensor = Tensor(shape: [n]) }
-        return tensor.data
-    }
-}
-
 /// Local SwiGLU experts: y = (silu(x·W1_eᵀ) ⊙ (x·W3_eᵀ)) · W2_eᵀ, weights w1_EFD [E, F, D], w2_EDF [E, D, F], w3_EFD [E, F, D].
 /// Expert e's weights are read at offset e·F·D of the parameters' current `value` (a wrapper may point the parameters at
 /// a local shard of experts; the number of experts is taken from `counts_E.count`).

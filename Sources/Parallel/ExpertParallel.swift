@@ -90,15 +90,6 @@ public enum ExpertParallel {
     }
 }
 
-/// Grow-only Float scratch.
-final class EPBuffer {
-    private(set) var tensor = Tensor(shape: [0])
-    func get(_ n: Int) -> UnsafeMutablePointer<Float> {
-        if tensor.count < n { tensor = Tensor(shape: [max(n, tensor.count * 5 / 4)]) }
-        return tensor.data
-    }
-}
-
 /// The all-to-all token dispatcher of one MoE layer (an `MoEExperts`).
 ///
 /// Forward, on every EP rank (x_SD sorted by global expert, counts_E over all E experts):
@@ -141,11 +132,11 @@ public final class ExpertParallelExperts: MoEExperts {
     private var emStart: [Int]
     private var receivedRows = 0
 
-    private let received = EPBuffer()   // [R, D] rank-major rows as received (x, then dy)
-    private let xLocal = EPBuffer()     // [R, D] expert-major inputs, kept for backward
-    private let yLocal = EPBuffer()     // [R, D] expert-major outputs (forward) / dy (backward)
-    private let dxLocal = EPBuffer()    // [R, D] expert-major dx (backward)
-    private let outgoing = EPBuffer()   // [R, D] rank-major outputs / dx to send back
+    private let received = GrowBuffer()   // [R, D] rank-major rows as received (x, then dy)
+    private let xLocal = GrowBuffer()     // [R, D] expert-major inputs, kept for backward
+    private let yLocal = GrowBuffer()     // [R, D] expert-major outputs (forward) / dy (backward)
+    private let dxLocal = GrowBuffer()    // [R, D] expert-major dx (backward)
+    private let outgoing = GrowBuffer()   // [R, D] rank-major outputs / dx to send back
 
     public init(group: ProcessGroup, experts: GroupedExperts, numExperts: Int, name: String = "moe") {
         precondition(numExperts % group.size == 0, "\(name): \(group.size) EP ranks do not divide \(numExperts) experts")

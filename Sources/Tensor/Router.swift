@@ -62,8 +62,9 @@ public func topk_forward(_ idx_TK: UnsafeMutablePointer<Int32>, _ gate_TK: Unsaf
         var sum: Float = 0
         for k in 0..<K { g[k] = s[Int(idx[k])]; sum += g[k] }
         if routeNorm {
-            let inv = 1 / (sum + 1e-20)
-            for k in 0..<K { g[k] = g[k] * inv }
+            // Divide, as HF and torchtitan do (a reciprocal-multiply can differ by an ulp).
+            let denominator = sum + 1e-20
+            for k in 0..<K { g[k] = g[k] / denominator }
         }
         if routeScale != 1 { for k in 0..<K { g[k] *= routeScale } }
     }

@@ -1,0 +1,12 @@
+/// Grow-only Float scratch: reallocates only when a larger size is asked for (by at least 25%, so
+/// slowly growing sizes such as routed-token counts settle quickly). No allocation in steady state.
+public final class GrowBuffer {
+    public private(set) var tensor = Tensor(shape: [0])
+
+    public init() {}
+
+    public func get(_ n: Int) -> UnsafeMutablePointer<Float> {
+        if tensor.count < n { tensor = Tensor(shape: [max(n, tensor.count * 5 / 4)]) }
+        return tensor.data
+    }
+}
