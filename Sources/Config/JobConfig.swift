@@ -57,11 +57,18 @@ public struct LRSchedulerSection: Equatable {
     public init() {}
 }
 
+/// torchtitan's fsdp_reshard_after_forward: free gathered parameters after a block's forward
+/// (default/always: least memory) or keep them for backward (never: one all-gather per block less).
+public enum ReshardAfterForward: String, ConfigEnum, Equatable {
+    case `default`, always, never
+}
+
 public struct ParallelismSection: Equatable {
     public var data_parallel_replicate_degree: Int = 1
     /// -1 = every rank not used by the other degrees (torchtitan convention).
     public var data_parallel_shard_degree: Int = -1
     public var expert_parallel_degree: Int = 1
+    public var fsdp_reshard_after_forward: ReshardAfterForward = .default
     public init() {}
 }
 
@@ -155,6 +162,7 @@ public struct JobConfig: Equatable {
             F("parallelism.data_parallel_replicate_degree", \.parallelism.data_parallel_replicate_degree, "DDP replicas"),
             F("parallelism.data_parallel_shard_degree", \.parallelism.data_parallel_shard_degree, "FSDP shard degree (-1: all remaining ranks)"),
             F("parallelism.expert_parallel_degree", \.parallelism.expert_parallel_degree, "ranks that split the experts of a layer"),
+            F("parallelism.fsdp_reshard_after_forward", \.parallelism.fsdp_reshard_after_forward, "free gathered parameters after forward (default, always) or keep them for backward (never)"),
 
             F("checkpoint.enable", \.checkpoint.enable, "save checkpoints"),
             F("checkpoint.folder", \.checkpoint.folder, "checkpoint folder, relative to job.dump_folder"),

@@ -95,7 +95,8 @@ public final class Trainer {
             // A failed exchange becomes a typed error after backward instead of stopping the process.
             for dispatcher in ExpertParallel.dispatchers(in: model) { dispatcher.failFast = false }
         }
-        let fsdp = try FullyShardedModel(model: model, mesh: mesh)
+        let fsdp = try FullyShardedModel(model: model, mesh: mesh,
+                                         reshardAfterForward: job.parallelism.fsdp_reshard_after_forward != .never)
 
         let L = job.training.seq_len, B = job.training.local_batch_size
         let tokens = try loadTokenStream(job, vocabSize: args.vocab_size, dataParallelDegree: mesh.dataParallelDegree)

@@ -60,6 +60,9 @@ final class TrainingParityTests: XCTestCase {
             try assertMatchesHF("qwen3_moe", train("qwen3_moe", ranks: 8, ["--training.local_batch_size", "1",
                 "--parallelism.data_parallel_shard_degree", "8", "--parallelism.expert_parallel_degree", "\(ep)"]), "moe shard 8 ep \(ep)")
         }
+        try assertMatchesHF("qwen3_moe", train("qwen3_moe", ranks: 8, ["--training.local_batch_size", "1",
+            "--parallelism.data_parallel_shard_degree", "8", "--parallelism.expert_parallel_degree", "4",
+            "--parallelism.fsdp_reshard_after_forward", "never"]), "moe shard 8 ep 4, parameters kept gathered for backward")
         try assertMatchesHF("qwen3_dense", train("qwen3_dense", ranks: 8, ["--training.local_batch_size", "1",
             "--parallelism.data_parallel_shard_degree", "8", "--parallelism.expert_parallel_degree", "1"]), "dense shard 8")
     }
