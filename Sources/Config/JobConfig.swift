@@ -57,8 +57,9 @@ public struct LRSchedulerSection: Equatable {
     public init() {}
 }
 
-/// torchtitan's fsdp_reshard_after_forward: free gathered parameters after a block's forward
-/// (default/always: least memory) or keep them for backward (never: one all-gather per block less).
+/// torchtitan's fsdp_reshard_after_forward: free gathered parameters after a block's forward (always: least memory;
+/// default: all but the last transformer block, whose backward follows at once) or keep them for backward (never: one
+/// all-gather per block less).
 public enum ReshardAfterForward: String, ConfigEnum, Equatable {
     case `default`, always, never
 }
@@ -162,7 +163,7 @@ public struct JobConfig: Equatable {
             F("parallelism.data_parallel_replicate_degree", \.parallelism.data_parallel_replicate_degree, "DDP replicas"),
             F("parallelism.data_parallel_shard_degree", \.parallelism.data_parallel_shard_degree, "FSDP shard degree (-1: all remaining ranks)"),
             F("parallelism.expert_parallel_degree", \.parallelism.expert_parallel_degree, "ranks that split the experts of a layer"),
-            F("parallelism.fsdp_reshard_after_forward", \.parallelism.fsdp_reshard_after_forward, "free gathered parameters after forward (default, always) or keep them for backward (never)"),
+            F("parallelism.fsdp_reshard_after_forward", \.parallelism.fsdp_reshard_after_forward, "free gathered parameters after forward (always; default keeps the last block) or keep them for backward (never)"),
 
             F("checkpoint.enable", \.checkpoint.enable, "save checkpoints"),
             F("checkpoint.folder", \.checkpoint.folder, "checkpoint folder, relative to job.dump_folder"),

@@ -34,6 +34,11 @@ public final class GroupedExperts: MoEExperts {
         self.dim = dim; self.hiddenDim = hiddenDim; self.useGroupedMM = useGroupedMM
     }
 
+    /// Reserves the scratch for up to `rows` routed rows at once (see `GrowBuffer.reserve`).
+    public func reserve(rows: Int) {
+        for b in [h1, h3, h, dh, dh1, dh3] { b.reserve(rows * hiddenDim) }
+    }
+
     private func check(_ counts: [Int]) -> Int {
         let per = hiddenDim * dim
         precondition(w1.value.count >= counts.count * per && w2.value.count >= counts.count * per && w3.value.count >= counts.count * per,

@@ -131,6 +131,7 @@ public final class ExpertParallelExperts: MoEExperts {
     private var blocks: [Int] = []
     private var emStart: [Int]
     private var receivedRows = 0
+    private var reservedRows = 0
 
     private let received = GrowBuffer()   // [R, D] rank-major rows as received (x, then dy)
     private let xLocal = GrowBuffer()     // [R, D] expert-major inputs, kept for backward
@@ -247,6 +248,14 @@ public final class ExpertParallelExperts: MoEExperts {
                 emStart[l] += n
                 rm += n
             }
+        }
+        // Every rank routes the same number of rows (local batch × top-k), so no rank receives more than ep × S: the
+        // scratch is reserved for that once, instead of growing (reallocating, page-faulting) with the drifting
+        // expert loads for many steps. Larger R (ranks with other batch sizes) still just grows the buffers.
+        if ep * S > reservedRows {
+            reservedRows = ep * S
+            for b in [received, xLocal, yLocal, dxLocal, outgoing] { b.reserve(reservedRows * D) }
+            localExperts.reserve(rows: reservedRows)
         }
         savedCounts = counts_E
         receivedRows = R

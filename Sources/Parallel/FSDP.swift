@@ -158,7 +158,9 @@ final class FSDPHooks: ModelHooks {
 ///
 /// Through `ModelHooks`: before a group runs forward its flat buffers are all-gathered (the next group's all-gather
 /// is prefetched) and the parameters point into them; after forward they are freed (`reshardAfterForward`; the last
-/// group, and the tied embedding inside it, stay gathered for the backward that follows at once). Before backward
+/// group, and the tied embedding inside it, stay gathered for the backward that follows at once, and so does the last
+/// transformer block with `keepLastBlockGathered`, torchtitan's default: its backward comes right after the final
+/// group's, so freeing it would only make backward all-gather it again at once). Before backward
 /// the group is gathered again and gets zeroed full-size gradients; after backward the gradients are reduce-scattered
 /// (SUM) asynchronously — all-reduced (SUM) over `dpReplicate` for HSDP — and ACCUMULATED into the gradient shards.
 /// `finishBackward` waits for every reduction. All collectives are issued in the same order on every rank, and the
@@ -167,6 +169,8 @@ public final class FullyShardedModel {
     public let model: Qwen3Model
     public let mesh: DeviceMesh
     public let reshardAfterForward: Bool
+    /// With `reshardAfterForward`: the group before the last one (the last transformer block) is not freed either.
+    public let keepLastBlockGathered: Bool
     /// This rank's parameter slices, in group and parameter order (padding excluded; empty slices omitted).
     public private(set) var shards: [ParameterShard] = []
 
@@ -181,13 +185,14 @@ public final class FullyShardedModel {
 
     /// Wraps `model` (installs `model.hooks`). Parameter values are moved into shards: afterwards `Parameter.value`
     /// and `grad` are nil except while a group is gathered.
-    public init(model: Qwen3Model, mesh: DeviceMesh, reshardAfterForward: Bool = true) throws {
+    public init(model: Qwen3Model, mesh: DeviceMesh, reshardAfterForward: Bool = true, keepLastBlockGathered: Bool = true) throws {
         guard model.hooks is NoModelHooks else {
             throw ParallelError.invalidParameter(fqn: "", "the model already has hooks installed (apply FSDP once)")
         }
         self.model = model
         self.mesh = mesh
         self.reshardAfterForward = reshardAfterForward
+        self.keepLastBlockGathered = keepLastBlockGathered
         lastGroup = model.parameterGroups.count - 1
         let ep = mesh.dims.ep
         var built: [[FlatParam]] = []
@@ -366,7 +371,8 @@ public final class FullyShardedModel {
 
     func didForward(group g: Int) {
         defer { spanEnd("forward", g) }
-        let keep = g == lastGroup || (g == 0 && inLastGroup)   // backward needs them right away
+        // Backward needs them right away (the last block's backward follows the final group's at once).
+        let keep = g == lastGroup || (g == 0 && inLastGroup) || (keepLastBlockGathered && g == lastGroup - 1)
         if g == lastGroup { inLastGroup = false }
         if reshardAfterForward && !keep { free(g) }
     }

@@ -5,6 +5,12 @@ public final class GrowBuffer {
 
     public init() {}
 
+    /// Makes room for `n` floats now, UNINITIALISED (callers write before they read): for sizes that drift up to a
+    /// known bound, so the buffer is never reallocated and re-faulted on the way; untouched pages cost no memory.
+    public func reserve(_ n: Int) {
+        if tensor.count < n { tensor = Tensor(shape: [n], zeroed: false) }
+    }
+
     public func get(_ n: Int) -> UnsafeMutablePointer<Float> {
         if tensor.count < n { tensor = Tensor(shape: [max(n, tensor.count * 5 / 4)]) }
         return tensor.data

@@ -14,13 +14,17 @@ public final class Tensor {
     private let base: AnyObject?
 
     /// A new zero-filled tensor with 64-byte aligned storage.
-    public init(shape: [Int]) {
+    public convenience init(shape: [Int]) { self.init(shape: shape, zeroed: true) }
+
+    /// `zeroed: false` leaves the storage uninitialised, for scratch that is always written before it is read: a
+    /// large buffer's pages are then faulted in only where (and when) they are first used.
+    public init(shape: [Int], zeroed: Bool) {
         precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in \(shape)")
         self.shape = shape
         self.count = shape.reduce(1, *)
         let bytes = max(self.count, 1) * MemoryLayout<Float>.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
-        raw.initializeMemory(as: Float.self, repeating: 0, count: max(self.count, 1))
+        if zeroed { raw.initializeMemory(as: Float.self, repeating: 0, count: max(self.count, 1)) }
         self.data = raw.assumingMemoryBound(to: Float.self)
         self.owns = true
         self.base = nil

@@ -96,7 +96,8 @@ public final class Trainer {
             for dispatcher in ExpertParallel.dispatchers(in: model) { dispatcher.failFast = false }
         }
         let fsdp = try FullyShardedModel(model: model, mesh: mesh,
-                                         reshardAfterForward: job.parallelism.fsdp_reshard_after_forward != .never)
+                                         reshardAfterForward: job.parallelism.fsdp_reshard_after_forward != .never,
+                                         keepLastBlockGathered: job.parallelism.fsdp_reshard_after_forward == .default)
 
         let L = job.training.seq_len, B = job.training.local_batch_size
         let tokens = try loadTokenStream(job, vocabSize: args.vocab_size, dataParallelDegree: mesh.dataParallelDegree)
