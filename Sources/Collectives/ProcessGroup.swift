@@ -258,17 +258,3 @@ extension ProcessGroup {
         try allGatherVariable(blob)
     }
 }
-
-extension CollectiveKind {
-    /// Span name in traces (torch.distributed's names).
-    var traceName: StaticString {
-        switch self {
-        case .allGather: return "all_gather"
-        case .reduceScatter: return "reduce_scatter"
-        case .allReduce: return "all_reduce"
-        case .allToAll: return "all_to_all"
-        case .broadcast: return "broadcast"
-        case .barrier: return "barrier"
-        }
-    }
-}

@@ -26,29 +26,20 @@ extension CollectiveElement where Self: Numeric & Comparable {
     }
 }
 
-extension Float: CollectiveElement {
-    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
-                               _ b: UnsafePointer<Float>, count: Int) {
+extension CollectiveElement where Self: BinaryFloatingPoint {
+    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Self>, _ a: UnsafePointer<Self>,
+                               _ b: UnsafePointer<Self>, count: Int) {
         combineNumeric(op, dst, a, b, count: count)
     }
-    public static func divide(_ p: UnsafeMutablePointer<Float>, count: Int, by divisor: Int) {
-        let d = Float(divisor)
+    public static func divide(_ p: UnsafeMutablePointer<Self>, count: Int, by divisor: Int) {
+        let d = Self(divisor)
         for i in 0..<count { p[i] /= d }
     }
     public static var isReducible: Bool { true }
 }
 
-extension Double: CollectiveElement {
-    public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Double>, _ a: UnsafePointer<Double>,
-                               _ b: UnsafePointer<Double>, count: Int) {
-        combineNumeric(op, dst, a, b, count: count)
-    }
-    public static func divide(_ p: UnsafeMutablePointer<Double>, count: Int, by divisor: Int) {
-        let d = Double(divisor)
-        for i in 0..<count { p[i] /= d }
-    }
-    public static var isReducible: Bool { true }
-}
+extension Float: CollectiveElement {}
+extension Double: CollectiveElement {}
 
 extension CollectiveElement where Self: FixedWidthInteger {
     public static func combine(_ op: ReduceOp, _ dst: UnsafeMutablePointer<Self>, _ a: UnsafePointer<Self>,

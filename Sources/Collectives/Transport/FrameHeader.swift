@@ -16,7 +16,10 @@
 public enum CollectiveKind: UInt16, Sendable, CustomStringConvertible {
     case allGather = 1, reduceScatter, allReduce, allToAll, broadcast, barrier
 
-    public var description: String {
+    public var description: String { "\(traceName)" }
+
+    /// torch.distributed's name, also the span name in traces.
+    var traceName: StaticString {
         switch self {
         case .allGather: return "all_gather"
         case .reduceScatter: return "reduce_scatter"
