@@ -246,9 +246,9 @@ public final class Qwen3Model {
         return r
     }
 
-    /// Loads parameters and buffers. Throws (before changing anything) on missing or unexpected names or shape mismatches.
-    /// With `allowMissingBuffers`, absent expert_bias entries are set to zero (e.g. when importing an HF checkpoint).
-    public func load(stateDict sd: StateDict, allowMissingBuffers: Bool = false) throws {
+    /// Throws on missing or unexpected names and shape mismatches: the check every loader runs before it
+    /// changes anything. With `allowMissingBuffers`, absent expert_bias entries are fine.
+    public func validate(stateDict sd: StateDict, allowMissingBuffers: Bool = false) throws {
         let expected = stateDictShapes
         let bufferNames = Set(buffers.map { $0.fqn })
         let missing = expected.keys.filter { sd[$0] == nil && !(allowMissingBuffers && bufferNames.contains($0)) }.sorted()
@@ -258,6 +258,12 @@ public final class Qwen3Model {
         for (name, shape) in expected.sorted(by: { $0.key < $1.key }) {
             if let t = sd[name], t.shape != shape { throw ModelError.shapeMismatch(fqn: name, expected: shape, got: t.shape) }
         }
+    }
+
+    /// Loads parameters and buffers. Throws (before changing anything) on missing or unexpected names or shape mismatches.
+    /// With `allowMissingBuffers`, absent expert_bias entries are set to zero (e.g. when importing an HF checkpoint).
+    public func load(stateDict sd: StateDict, allowMissingBuffers: Bool = false) throws {
+        try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
         for p in parameters {
             let t = sd[p.fqn]!
             if p.value == nil { p.value = Tensor(shape: p.shape) }

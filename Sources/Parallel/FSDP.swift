@@ -557,15 +557,7 @@ public final class FullyShardedModel {
     /// loads the buffers. Throws before changing anything on missing / unexpected names or shape mismatches.
     /// Local: no collective (every rank must pass the same state dict).
     public func loadFullStateDict(_ sd: StateDict, allowMissingBuffers: Bool = false) throws {
-        let expected = model.stateDictShapes
-        let bufferNames = Set(model.buffers.map { $0.fqn })
-        let missing = expected.keys.filter { sd[$0] == nil && !(allowMissingBuffers && bufferNames.contains($0)) }.sorted()
-        if !missing.isEmpty { throw ModelError.missingKeys(missing) }
-        let extra = sd.keys.filter { expected[$0] == nil }.sorted()
-        if !extra.isEmpty { throw ModelError.unexpectedKeys(extra) }
-        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) {
-            if let t = sd[name], t.shape != shape { throw ModelError.shapeMismatch(fqn: name, expected: shape, got: t.shape) }
-        }
+        try model.validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
         advance(keepInFlight: 0)
         reshard()
         for flats in groups {
