@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Training throughput benchmark: bench_moe on 1 rank and on 8 ranks (shard 8 × ep 4), same global batch of 16
-# sequences × 256 tokens. Prints a table and one JSON line per row:
+# Training throughput benchmark: bench_moe on 1 rank and on 2, 4 and 8 ranks (shard N × ep min(N, 4)), same global
+# batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows). Prints a table and one JSON line per row:
 #   {"name", "ranks", "tokens_per_sec", "mfu", "comm_wait_frac", "max_rss_mb"}
 #
 #   scripts/bench.sh                 # 3 warm-up + 10 timed steps per row
@@ -39,9 +39,13 @@ fpt=$(jq -r .flops_per_token <<<"$gemm_json")
 
 OPENBLAS_NUM_THREADS=$CORES "$TITAN" train --config bench_moe --training.steps "$total" \
     --job.dump_folder "$OUT/single" >"$OUT/single.log" 2>&1 || { cat "$OUT/single.log" >&2; exit 1; }
-"$TITAN" launch --ranks 8 -- train --config bench_moe --training.steps "$total" --training.local_batch_size 2 \
-    --parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 4 \
-    --job.dump_folder "$OUT/ranks8" >"$OUT/ranks8.log" 2>&1 || { cat "$OUT/ranks8.log" >&2; exit 1; }
+RANKS=${RANKS:-"2 4 8"}
+for n in $RANKS; do  # shard n x ep min(n, 4), local batch 16 / n: the same global batch
+    ep=$(( n < 4 ? n : 4 ))
+    "$TITAN" launch --ranks "$n" -- train --config bench_moe --training.steps "$total" --training.local_batch_size $(( 16 / n )) \
+        --parallelism.data_parallel_shard_degree "$n" --parallelism.expert_parallel_degree "$ep" \
+        --job.dump_folder "$OUT/ranks$n" >"$OUT/ranks$n.log" 2>&1 || { cat "$OUT/ranks$n.log" >&2; exit 1; }
+done
 
 row() {  # name ranks metrics.jsonl
     jq -s -c --arg name "$1" --argjson ranks "$2" --argjson warm "$WARMUP" --argjson peak "$peak" --argjson fpt "$fpt" '
@@ -55,16 +59,18 @@ row() {  # name ranks metrics.jsonl
            comm_wait_frac: ((($s | map(.comm_wait_s) | add) / $t * 10000 | round) / 10000),
            max_rss_mb: ($s | map(.max_rss_mb) | max)}' "$3"
 }
-single=$(row "bench_moe 1 rank" 1 "$OUT/single/metrics.jsonl")
-ranks8=$(row "bench_moe 8 ranks (shard 8 x ep 4)" 8 "$OUT/ranks8/metrics.jsonl")
+rows=("$(row "bench_moe 1 rank" 1 "$OUT/single/metrics.jsonl")")
+for n in $RANKS; do
+    ep=$(( n < 4 ? n : 4 ))
+    rows+=("$(row "bench_moe $n ranks (shard $n x ep $ep)" "$n" "$OUT/ranks$n/metrics.jsonl")")
+done
 
 echo "bench_moe, global batch 16 x 256 tokens, $STEPS timed steps after $WARMUP warm-up; sgemm peak $peak GFLOP/s ($CORES threads); $(printf '%.4g' "$fpt") FLOPs/token"
-printf '%-36s %6s %14s %7s %15s %11s\n' name ranks tokens/s MFU comm_wait_frac max_rss_mb
-for j in "$single" "$ranks8"; do
+printf '%-36s %6s %14s %7s %15s %11s %9s\n' name ranks tokens/s MFU comm_wait_frac max_rss_mb vs_1rank
+s1=$(jq .tokens_per_sec <<<"${rows[0]}")
+for j in "${rows[@]}"; do
     jq -r '[.name, .ranks, .tokens_per_sec, .mfu, .comm_wait_frac, .max_rss_mb] | @tsv' <<<"$j" |
-        awk -F'\t' '{ printf "%-36s %6d %14.0f %6.1f%% %15.3f %11.0f\n", $1, $2, $3, $4 * 100, $5, $6 }'
+        awk -F'\t' -v s1="$s1" '{ printf "%-36s %6d %14.0f %6.1f%% %15.3f %11.0f %9.2f\n", $1, $2, $3, $4 * 100, $5, $6, $3 / s1 }'
 done
-s1=$(jq .tokens_per_sec <<<"$single"); s8=$(jq .tokens_per_sec <<<"$ranks8")
-echo "8 ranks / 1 rank: $(awk -v a="$s8" -v b="$s1" 'BEGIN { printf "%.2f", a / b }')   (runs in $OUT)"
-echo "$single"
-echo "$ranks8"
+echo "(runs in $OUT)"
+printf '%s\n' "${rows[@]}"
