@@ -70,10 +70,12 @@ final class HeaderAndErrorTests: XCTestCase {
         sender.close()
     }
 
+    /// Rank 1 is alive (its sockets open, so rank 0's send is queued) but never joins the barrier.
+    /// (Had it exited, rank 0's send would fail first, naming it as well: "could not deliver to rank 1".)
     func testMissingRankTimesOutNamingIt() {
         let start = Date()
         let errors = twoRanks(timeout: 1) { comm in
-            if comm.rank == 0 { try comm.world.barrier() }
+            if comm.rank == 0 { try comm.world.barrier() } else { Thread.sleep(forTimeInterval: 3) }
         }
         XCTAssertLessThan(Date().timeIntervalSince(start), 10)
         let e = errors[0] ?? ""
