@@ -1,5 +1,22 @@
 // swift-tools-version:6.0
 import PackageDescription
+import Foundation
+
+// The kernels' SIMD8<Float> code is written for 256-bit vectors: build it for AVX2 + FMA (`-target-cpu haswell`) when
+// the build machine has them, as every x86 server since 2015 does (OpenBLAS picks its Haswell kernels there too).
+// Elsewhere, or with TITAN_TARGET_CPU=<cpu> (e.g. x86-64 for a portable binary), that CPU is used instead.
+let targetCPU: String? = {
+    if let cpu = ProcessInfo.processInfo.environment["TITAN_TARGET_CPU"], !cpu.isEmpty { return cpu }
+    #if arch(x86_64) && os(Linux)
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })?.split(separator: " ")
+    else { return nil }
+    return ["avx2", "fma", "bmi2", "f16c"].allSatisfy { flags.contains(Substring($0)) } ? "haswell" : nil
+    #else
+    return nil
+    #endif
+}()
+let kernelSettings: [SwiftSetting] = targetCPU.map { [.unsafeFlags(["-target-cpu", $0])] } ?? []
 
 let package = Package(
     name: "SwiftTitan",
@@ -17,13 +34,13 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
 
         // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
-        .target(name: "Collectives", dependencies: ["CZeroMQ"]),
+        .target(name: "Collectives", dependencies: ["CZeroMQ"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit"]),
-        .target(name: "Tensor", dependencies: ["COpenBLAS"]),
+        .target(name: "Tensor", dependencies: ["COpenBLAS"], swiftSettings: kernelSettings),
         .target(name: "Config"),
-        .target(name: "Model", dependencies: ["Tensor"]),
-        .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model"]),
-        .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config"]),
+        .target(name: "Model", dependencies: ["Tensor"], swiftSettings: kernelSettings),
+        .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model"], swiftSettings: kernelSettings),
+        .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config"], swiftSettings: kernelSettings),
         .executableTarget(name: "titan", dependencies: [
             "Collectives", "Cluster", "Tensor", "Model", "Parallel", "Train", "Config",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -17,9 +17,10 @@ public protocol MoEExperts: AnyObject {
 /// Expert e's weights are read at offset e·F·D of the parameters' current `value` (a wrapper may point the parameters at
 /// a local shard of experts; the number of experts is taken from `counts_E.count`).
 ///
-/// Two paths with bit-identical results: `useGroupedMM` runs each stage for all experts over one contiguous buffer
-/// (gate and up projections of every expert, one SwiGLU over all rows, then every down projection); otherwise a loop
-/// over experts runs the whole expert on its variable-size token group. Experts with zero tokens are skipped. No padding.
+/// Each expert runs its whole chain (gate and up projections, SwiGLU, down projection) on its variable-size token
+/// group; experts with zero tokens are skipped, nothing is padded. `useGroupedMM` (torchtitan's grouped GEMM) runs the
+/// experts concurrently, whole experts per kernel thread, balanced by token count; otherwise a plain loop over experts
+/// runs them one after another, each GEMM split over the threads. Both give bit-identical results.
 public final class GroupedExperts: MoEExperts {
     public let w1: Parameter, w2: Parameter, w3: Parameter
     public let dim: Int, hiddenDim: Int
@@ -51,34 +52,12 @@ public final class GroupedExperts: MoEExperts {
         let D = dim, F = hiddenDim
         let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
         let W1 = w1.v, W2 = w2.v, W3 = w3.v
-        if useGroupedMM {
-            var o = 0
-            for (e, n) in counts_E.enumerated() where n > 0 {
-                matmul_forward(H1 + o * F, x_SD + o * D, W1 + e * F * D, T: n, D: D, N: F)
-                o += n
-            }
-            o = 0
-            for (e, n) in counts_E.enumerated() where n > 0 {
-                matmul_forward(H3 + o * F, x_SD + o * D, W3 + e * F * D, T: n, D: D, N: F)
-                o += n
-            }
-            swiglu_forward(Hh, H1, H3, S * F)
-            o = 0
-            for (e, n) in counts_E.enumerated() where n > 0 {
-                matmul_forward(y_SD + o * D, Hh + o * F, W2 + e * D * F, T: n, D: F, N: D)
-                o += n
-            }
-        } else {
-            var o = 0
-            for (e, n) in counts_E.enumerated() {
-                if n == 0 { continue }
-                let x = x_SD + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hh + o * F
-                matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
-                matmul_forward(b, x, W3 + e * F * D, T: n, D: D, N: F)
-                swiglu_forward(hh, a, b, n * F)
-                matmul_forward(y_SD + o * D, hh, W2 + e * D * F, T: n, D: F, N: D)
-                o += n
-            }
+        forEachExpert(counts_E) { e, o, n in
+            let x = x_SD + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hh + o * F
+            matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
+            matmul_forward(b, x, W3 + e * F * D, T: n, D: D, N: F)
+            swiglu_forward(hh, a, b, n * F)
+            matmul_forward(y_SD + o * D, hh, W2 + e * D * F, T: n, D: F, N: D)
         }
     }
 
@@ -91,39 +70,27 @@ public final class GroupedExperts: MoEExperts {
         let G1 = w1.g, G2 = w2.g, G3 = w3.g
         // Scratch is written, not accumulated (no zeroing pass): dH and dH1/dH3 by their first producer, dx_SD by the
         // W1 product, then the W3 product accumulates onto it. Rows of experts with no tokens are never touched.
+        forEachExpert(counts_E) { e, o, n in
+            let x = x_SD + o * D, dx = dx_SD + o * D
+            matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy_SD + o * D, x_TD: Hh + o * F,
+                            w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
+            swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F, overwrite: true)
+            matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x, w_ND: W1 + e * F * D,
+                            T: n, D: D, N: F, overwriteDx: true)
+            matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: dH3 + o * F, x_TD: x, w_ND: W3 + e * F * D,
+                            T: n, D: D, N: F)
+        }
+    }
+
+    /// body(e, o, n) for every expert e with n > 0 rows starting at row o: concurrently when `useGroupedMM` (each
+    /// expert writes only its own rows and its own weight-gradient slice), else in order.
+    private func forEachExpert(_ counts_E: [Int], _ body: (_ e: Int, _ o: Int, _ n: Int) -> Void) {
+        var offsets = [Int](repeating: 0, count: counts_E.count)
+        for e in counts_E.indices.dropFirst() { offsets[e] = offsets[e - 1] + counts_E[e - 1] }
         if useGroupedMM {
-            var o = 0
-            for (e, n) in counts_E.enumerated() where n > 0 {
-                matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy_SD + o * D, x_TD: Hh + o * F,
-                                w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
-                o += n
-            }
-            swiglu_backward(dH1, dH3, dH, H1, H3, S * F, overwrite: true)
-            o = 0
-            for (e, n) in counts_E.enumerated() where n > 0 {
-                matmul_backward(dx_TD: dx_SD + o * D, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x_SD + o * D,
-                                w_ND: W1 + e * F * D, T: n, D: D, N: F, overwriteDx: true)
-                o += n
-            }
-            o = 0
-            for (e, n) in counts_E.enumerated() where n > 0 {
-                matmul_backward(dx_TD: dx_SD + o * D, dw_ND: G3 + e * F * D, dout_TN: dH3 + o * F, x_TD: x_SD + o * D,
-                                w_ND: W3 + e * F * D, T: n, D: D, N: F)
-                o += n
-            }
+            parallelForEach(costs: counts_E.map { $0 * (2 * dim + 3 * hiddenDim) }) { e in body(e, offsets[e], counts_E[e]) }
         } else {
-            var o = 0
-            for (e, n) in counts_E.enumerated() {
-                if n == 0 { continue }
-                let x = x_SD + o * D, dy = dy_SD + o * D, dx = dx_SD + o * D
-                matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy, x_TD: Hh + o * F,
-                                w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
-                swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F, overwrite: true)
-                matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x, w_ND: W1 + e * F * D, T: n, D: D, N: F,
-                                overwriteDx: true)
-                matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: dH3 + o * F, x_TD: x, w_ND: W3 + e * F * D, T: n, D: D, N: F)
-                o += n
-            }
+            for e in counts_E.indices where counts_E[e] > 0 { body(e, offsets[e], counts_E[e]) }
         }
     }
 }

@@ -3,7 +3,8 @@
 // then the value GEMMs (backward likewise, per kv head). With several kernel threads, heads run concurrently, each
 // with single-threaded BLAS: the results are the same bits as the serial loop.
 //   q_BTHd: [B, T, H, hd], k_BTKd / v_BTKd: [B, T, KV, hd], out_BTHd: [B, T, H, hd]
-//   att_BHTT: [B, H, T, T] softmax probabilities (row t: keys 0...t, zeros above the diagonal), saved for backward.
+//   att_BHTT: [B, H, T, T] softmax probabilities (row t: keys 0...t, then zeros to the end of t's block of query rows;
+//             entries past the block are not written), saved for backward.
 // Query head h uses kv head h / (H / KV). Scale 1/sqrt(hd). Softmax in fp32.
 
 /// Query rows per block.
@@ -33,13 +34,15 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
                        B: K, ldb: ks, beta: 0, C: P + r0 * T, ldc: T)
             r0 = kn
         }
-        // 2. causal softmax of every row
+        // 2. causal softmax of every row; zeros after the diagonal up to the end of the row's block (the value GEMM
+        //    reads them; nothing reads past the block)
         for t in 0..<T {
             let row = P + t * T
+            let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
             let mx = vmax(row, t + 1)
             let sum = exp_shifted(row, row, t + 1, minus: mx)
             vscale(row, t + 1, 1 / sum)
-            if t + 1 < T { (row + t + 1).update(repeating: 0, count: T - t - 1) }
+            if t + 1 < kn { (row + t + 1).update(repeating: 0, count: kn - t - 1) }
         }
         // 3. O = P · V
         r0 = 0

@@ -67,21 +67,19 @@ public enum BLAS {
                              B: UnsafePointer<Float>, ldb: Int,
                              beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
         let t = splitThreads
-        if t > 1 && M * N * K >= minSplitWork && K > 0 && max(M, N) >= 32 * t {
+        if t > 1 && M * N * K >= minSplitWork && K > 0 && max(M, N) >= 32 * t && !KernelThreads.insideRegion {
             // Split the larger of M and N into t blocks (multiples of 16 rows / columns).
             let alongM = M >= N
             let n = alongM ? M : N
             DispatchQueue.concurrentPerform(iterations: t) { c in
                 let lo = (n * c / t) & ~15, hi = c == t - 1 ? n : (n * (c + 1) / t) & ~15
                 if lo >= hi { return }
-                if alongM {
-                    let a = transA ? A + lo : A + lo * lda
-                    sgemmSerial(transA: transA, transB: transB, M: hi - lo, N: N, K: K, alpha: alpha, A: a, lda: lda,
-                                B: B, ldb: ldb, beta: beta, C: C + lo * ldc, ldc: ldc)
-                } else {
-                    let b = transB ? B + lo * ldb : B + lo
-                    sgemmSerial(transA: transA, transB: transB, M: M, N: hi - lo, K: K, alpha: alpha, A: A, lda: lda,
-                                B: b, ldb: ldb, beta: beta, C: C + lo, ldc: ldc)
+                let a = alongM ? (transA ? A + lo : A + lo * lda) : A
+                let b = alongM ? B : (transB ? B + lo * ldb : B + lo)
+                KernelThreads.asRegionPart {
+                    sgemmSerial(transA: transA, transB: transB, M: alongM ? hi - lo : M, N: alongM ? N : hi - lo, K: K,
+                                alpha: alpha, A: a, lda: lda, B: b, ldb: ldb, beta: beta,
+                                C: alongM ? C + lo * ldc : C + lo, ldc: ldc)
                 }
             }
             return

@@ -1,6 +1,9 @@
 // Multi-threading of the non-BLAS kernels. Work is split into a FIXED number of row ranges per call and every row is
 // computed by the same code, so results are bit-identical for any thread count (no cross-row reductions are split).
+// Regions nest safely: a kernel called from inside a kernel-thread region (one range of a `parallelFor`, one item of
+// `parallelForEach`) runs serially on that thread, and its GEMMs are not split again.
 import Dispatch
+import Foundation
 import COpenBLAS
 
 public enum KernelThreads {
@@ -9,20 +12,70 @@ public enum KernelThreads {
     public static var count: Int = max(1, Int(openblas_get_num_threads()))
     /// Loops touching fewer floats than this run serially (tests set 0 to force the threaded path).
     public static var minWork: Int = 32_768
+
+    /// True on a thread that is running one part of a kernel-thread region.
+    public static var insideRegion: Bool { pthread_getspecific(regionKey) != nil }
+
+    private static let regionKey: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0, "KernelThreads: pthread_key_create failed")
+        return key
+    }()
+
+    /// Runs `body` marked as one part of a kernel-thread region (nested kernels stay serial).
+    @inline(__always)
+    static func asRegionPart(_ body: () -> Void) {
+        let outer = pthread_getspecific(regionKey)
+        pthread_setspecific(regionKey, UnsafeRawPointer(bitPattern: 1))
+        body()
+        pthread_setspecific(regionKey, outer)
+    }
+
+    /// Whether a loop of `work` floats should be spread over the kernel threads.
+    @inline(__always)
+    static func shouldSplit(work: Int) -> Bool { count > 1 && work >= minWork && !insideRegion }
 }
 
 /// Runs body over [0, n) split into up to `KernelThreads.count` contiguous ranges (serially when the work is small).
 /// `costPerItem` ~ floats touched per item, to skip threading for tiny loops.
 @inline(__always)
 public func parallelFor(_ n: Int, costPerItem: Int = 1, _ body: (Range<Int>) -> Void) {
-    let t = KernelThreads.count
-    if t <= 1 || n < 2 || n * costPerItem < KernelThreads.minWork {
+    guard n >= 2, KernelThreads.shouldSplit(work: n * costPerItem) else {
         if n > 0 { body(0..<n) }
         return
     }
-    let chunks = min(t, n)
+    let chunks = min(KernelThreads.count, n)
     DispatchQueue.concurrentPerform(iterations: chunks) { c in
         let lo = n * c / chunks, hi = n * (c + 1) / chunks
-        if lo < hi { body(lo..<hi) }
+        if lo < hi { KernelThreads.asRegionPart { body(lo..<hi) } }
+    }
+}
+
+/// Runs `body(i)` once for every item i in 0..<costs.count, each item wholly on one kernel thread (its kernels serial,
+/// OpenBLAS single-threaded): items go longest first to the least-loaded thread, so threads get about equal summed
+/// cost. Results are those of a serial loop as long as items write disjoint memory. An item costing more than a
+/// thread's share would leave the other threads idle: such items run first, one at a time, with their kernels split.
+/// `costs` ~ floats each item touches; zero-cost items are skipped.
+public func parallelForEach(costs: [Int], _ body: (Int) -> Void) {
+    let total = costs.reduce(0, +)
+    let t = KernelThreads.count
+    guard t > 1, KernelThreads.shouldSplit(work: total) else {
+        for i in costs.indices where costs[i] > 0 { body(i) }
+        return
+    }
+    let share = total / t
+    var small: [Int] = []
+    for i in costs.indices where costs[i] > 0 {
+        if costs[i] > share { body(i) } else { small.append(i) }
+    }
+    var lists = [[Int]](repeating: [], count: t), load = [Int](repeating: 0, count: t)
+    for i in small.sorted(by: { costs[$0] > costs[$1] || (costs[$0] == costs[$1] && $0 < $1) }) {
+        let w = load.indices.min { load[$0] < load[$1] }!
+        lists[w].append(i); load[w] += costs[i]
+    }
+    BLAS.singleThreaded {
+        DispatchQueue.concurrentPerform(iterations: t) { w in
+            KernelThreads.asRegionPart { for i in lists[w] { body(i) } }
+        }
     }
 }

@@ -32,34 +32,36 @@ public func vexp8(_ x: Float8) -> Float8 {
 @inline(__always)
 public func vexp1(_ x: Float) -> Float { vexp8(Float8(repeating: x))[0] }
 
-/// dst[i] = e^(src[i] − m) for i < n (dst may alias src); returns Σ dst (Float, sequential order).
+/// dst[i] = e^(src[i] − m) for i < n (dst may alias src); returns Σ dst (Float, summed in 8 lanes, then the tail).
 @inline(__always)
 public func exp_shifted(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int, minus m: Float) -> Float {
-    var s: Float = 0
+    var acc = Float8(repeating: 0)
     var i = 0
     let mv = Float8(repeating: m)
     while i + 8 <= n {
         let e = vexp8(UnsafeRawPointer(src + i).loadUnaligned(as: Float8.self) - mv)
         UnsafeMutableRawPointer(dst + i).storeBytes(of: e, as: Float8.self)
-        for l in 0..<8 { s += e[l] }
+        acc += e
         i += 8
     }
+    var s = acc.sum()
     while i < n { let e = vexp1(src[i] - m); dst[i] = e; s += e; i += 1 }
     return s
 }
 
-/// dst[i] = e^(src[i] − m) for i < n (dst may alias src); returns Σ dst accumulated in Double (sequential order).
+/// dst[i] = e^(src[i] − m) for i < n (dst may alias src); returns Σ dst accumulated in Double (8 lanes, then the tail).
 @inline(__always)
 public func exp_shifted_double_sum(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int, minus m: Float) -> Double {
-    var s = 0.0
+    var acc = SIMD8<Double>(repeating: 0)
     var i = 0
     let mv = Float8(repeating: m)
     while i + 8 <= n {
         let e = vexp8(UnsafeRawPointer(src + i).loadUnaligned(as: Float8.self) - mv)
         UnsafeMutableRawPointer(dst + i).storeBytes(of: e, as: Float8.self)
-        for l in 0..<8 { s += Double(e[l]) }
+        acc += SIMD8<Double>(e)
         i += 8
     }
+    var s = acc.sum()
     while i < n { let e = vexp1(src[i] - m); dst[i] = e; s += Double(e); i += 1 }
     return s
 }
@@ -71,8 +73,12 @@ public func vmax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
     var i = 0
     if n >= 8 {
         var mv = Float8(repeating: -.infinity)
-        while i + 8 <= n { mv = pointwiseMax(mv, UnsafeRawPointer(p + i).loadUnaligned(as: Float8.self)); i += 8 }
-        m = mv.max()
+        while i + 8 <= n {
+            let v = UnsafeRawPointer(p + i).loadUnaligned(as: Float8.self)
+            mv.replace(with: v, where: v .> mv)
+            i += 8
+        }
+        for l in 0..<8 { m = max(m, mv[l]) }
     }
     while i < n { m = max(m, p[i]); i += 1 }
     return m
@@ -81,5 +87,12 @@ public func vmax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
 /// p[i] *= s for i < n.
 @inline(__always)
 public func vscale(_ p: UnsafeMutablePointer<Float>, _ n: Int, _ s: Float) {
-    for i in 0..<n { p[i] *= s }
+    var i = 0
+    let sv = Float8(repeating: s)
+    while i + 8 <= n {
+        let r = UnsafeMutableRawPointer(p + i)
+        r.storeBytes(of: r.loadUnaligned(as: Float8.self) * sv, as: Float8.self)
+        i += 8
+    }
+    while i < n { p[i] *= s; i += 1 }
 }

@@ -48,7 +48,7 @@ public struct TrainerConfig: Equatable {
             F("model.moe.route_scale", \.moe.route_scale, "multiply routing weights by this"),
             F("model.moe.num_shared_experts", \.moe.num_shared_experts, "always-on shared experts"),
             F("model.moe.load_balance_coeff", \.moe.load_balance_coeff, "aux-loss-free expert bias step (0: off)"),
-            F("model.moe.use_grouped_mm", \.moe.use_grouped_mm, "batched expert matmuls instead of a loop"),
+            F("model.moe.use_grouped_mm", \.moe.use_grouped_mm, "experts run concurrently on the kernel threads instead of a loop"),
         ])
     }
 

@@ -17,6 +17,12 @@ final class VectorMathTests: XCTestCase {
                 ref += r
             }
             XCTAssertEqual(Double(s), ref, accuracy: 1e-6 * ref)
+            var out2 = [Float](repeating: 0, count: n)
+            let s2 = xs.withUnsafeBufferPointer { src in out2.withUnsafeMutableBufferPointer { exp_shifted_double_sum($0.baseAddress!, src.baseAddress!, n, minus: 0.5) } }
+            XCTAssertEqual(out2, out)
+            XCTAssertEqual(s2, ref, accuracy: 1e-6 * ref)
+            out.withUnsafeMutableBufferPointer { vscale($0.baseAddress!, n, 2) }
+            XCTAssertEqual(out, out2.map { 2 * $0 })
         }
     }
 }

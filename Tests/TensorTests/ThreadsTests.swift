@@ -1,0 +1,67 @@
+import XCTest
+import Foundation
+import Tensor
+
+final class KernelThreadsTests: XCTestCase {
+    private func withThreads(_ n: Int, _ body: () -> Void) {
+        let saved = (KernelThreads.count, KernelThreads.minWork)
+        defer { KernelThreads.count = saved.0; KernelThreads.minWork = saved.1 }
+        KernelThreads.count = n
+        KernelThreads.minWork = 0
+        body()
+    }
+
+    /// Every item with a cost runs exactly once; zero-cost items are skipped; items within a thread's share run
+    /// inside a region (nested kernels serial), an item above the share runs outside one (its kernels split).
+    func testParallelForEachRunsEachItemOnceAndMarksRegions() {
+        withThreads(2) {
+            let costs = [5, 0, 3, 40, 7, 1, 0, 2]   // total 58, share 29: item 3 is above it
+            let lock = NSLock()
+            var runs = [Int: Int](), inside = [Int: Bool]()
+            parallelForEach(costs: costs) { i in
+                let r = KernelThreads.insideRegion
+                lock.lock(); runs[i, default: 0] += 1; inside[i] = r; lock.unlock()
+            }
+            XCTAssertEqual(runs, [0: 1, 2: 1, 3: 1, 4: 1, 5: 1, 7: 1])
+            XCTAssertEqual(inside[3], false)
+            for i in [0, 2, 4, 5, 7] { XCTAssertEqual(inside[i], true, "item \(i)") }
+            XCTAssertFalse(KernelThreads.insideRegion, "the caller's thread is outside any region afterwards")
+        }
+    }
+
+    /// A parallelFor nested in a region runs its whole range as one serial call on the region's thread.
+    func testNestedParallelForIsSerial() {
+        withThreads(2) {
+            let lock = NSLock()
+            var nestedRanges: [Range<Int>] = []
+            parallelFor(4) { outer in
+                for _ in outer {
+                    parallelFor(100) { r in lock.lock(); nestedRanges.append(r); lock.unlock() }
+                }
+            }
+            XCTAssertEqual(nestedRanges.count, 4)
+            XCTAssertTrue(nestedRanges.allSatisfy { $0 == 0..<100 })
+        }
+    }
+
+    /// Concurrent items give the same bits as a serial loop (GEMMs are never split inside a region).
+    func testParallelForEachMatchesSerialLoop() {
+        let E = 6, M = 40, K = 48, N = 64
+        var rng = SplitMix64(seed: 11)
+        let a = Tensor(shape: [E, M, K]), b = Tensor(shape: [E, N, K])
+        rng.fillNormal(a.data, a.count); rng.fillNormal(b.data, b.count)
+        func run(threads: Int) -> [Float] {
+            let c = Tensor(shape: [E, M, N])
+            withThreads(threads) {
+                parallelForEach(costs: (0..<E).map { ($0 + 1) * M * K }) { e in
+                    matmul_forward(c.data + e * M * N, a.ptr + e * M * K, b.ptr + e * N * K, T: M, D: K, N: N)
+                }
+            }
+            return c.toArray()
+        }
+        let serial = run(threads: 1)
+        XCTAssertEqual(run(threads: 2), serial)
+        XCTAssertEqual(run(threads: 3), serial)
+        XCTAssertTrue(serial.contains { $0 != 0 })
+    }
+}
