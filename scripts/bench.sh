@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Training throughput benchmark: bench_moe on 1 rank and on 2, 4 and 8 ranks (shard N × ep min(N, 4)), same global
-# batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows). Prints a table and one JSON line per row:
+# Training throughput benchmark: bench_moe on 1 rank and on 2, 4 and 8 ranks (shard N × ep min(N, 4)), plus 8 ranks
+# with resharding off; same global batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows).
+# Prints a table and one JSON line per row:
 #   {"name", "ranks", "tokens_per_sec", "mfu", "comm_wait_frac", "max_rss_mb"}
 #
 #   scripts/bench.sh                 # 3 warm-up + 10 timed steps per row
@@ -40,11 +41,21 @@ fpt=$(jq -r .flops_per_token <<<"$gemm_json")
 OPENBLAS_NUM_THREADS=$CORES "$TITAN" train --config bench_moe --training.steps "$total" \
     --job.dump_folder "$OUT/single" >"$OUT/single.log" 2>&1 || { cat "$OUT/single.log" >&2; exit 1; }
 RANKS=${RANKS:-"2 4 8"}
-for n in $RANKS; do  # shard n x ep min(n, 4), local batch 16 / n: the same global batch
+# Multi-rank rows: "ranks|extra flags|label". shard n x ep min(n, 4), local batch 16 / n: the same global batch.
+# At 8 ranks a second row keeps the gathered parameters between forward and backward (ZeRO-2 style: no second
+# all-gather per block, 31 MiB more per rank); the plain rows use torchtitan's default resharding.
+runs=()
+for n in $RANKS; do
+    runs+=("$n||")
+    if [ "$n" -eq 8 ]; then runs+=("8|--parallelism.fsdp_reshard_after_forward never|, reshard never"); fi
+done
+for i in "${!runs[@]}"; do
+    IFS='|' read -r n extra _ <<<"${runs[$i]}"
     ep=$(( n < 4 ? n : 4 ))
+    # shellcheck disable=SC2086  # $extra is a list of flags
     "$TITAN" launch --ranks "$n" -- train --config bench_moe --training.steps "$total" --training.local_batch_size $(( 16 / n )) \
-        --parallelism.data_parallel_shard_degree "$n" --parallelism.expert_parallel_degree "$ep" \
-        --job.dump_folder "$OUT/ranks$n" >"$OUT/ranks$n.log" 2>&1 || { cat "$OUT/ranks$n.log" >&2; exit 1; }
+        --parallelism.data_parallel_shard_degree "$n" --parallelism.expert_parallel_degree "$ep" $extra \
+        --job.dump_folder "$OUT/run$i" >"$OUT/run$i.log" 2>&1 || { cat "$OUT/run$i.log" >&2; exit 1; }
 done
 
 row() {  # name ranks metrics.jsonl
@@ -60,17 +71,18 @@ row() {  # name ranks metrics.jsonl
            max_rss_mb: ($s | map(.max_rss_mb) | max)}' "$3"
 }
 rows=("$(row "bench_moe 1 rank" 1 "$OUT/single/metrics.jsonl")")
-for n in $RANKS; do
+for i in "${!runs[@]}"; do
+    IFS='|' read -r n _ label <<<"${runs[$i]}"
     ep=$(( n < 4 ? n : 4 ))
-    rows+=("$(row "bench_moe $n ranks (shard $n x ep $ep)" "$n" "$OUT/ranks$n/metrics.jsonl")")
+    rows+=("$(row "bench_moe $n ranks (shard $n x ep $ep$label)" "$n" "$OUT/run$i/metrics.jsonl")")
 done
 
 echo "bench_moe, global batch 16 x 256 tokens, $STEPS timed steps after $WARMUP warm-up; sgemm peak $peak GFLOP/s ($CORES threads); $(printf '%.4g' "$fpt") FLOPs/token"
-printf '%-36s %6s %14s %7s %15s %11s %9s\n' name ranks tokens/s MFU comm_wait_frac max_rss_mb vs_1rank
+printf '%-50s %6s %14s %7s %15s %11s %9s\n' name ranks tokens/s MFU comm_wait_frac max_rss_mb vs_1rank
 s1=$(jq .tokens_per_sec <<<"${rows[0]}")
 for j in "${rows[@]}"; do
     jq -r '[.name, .ranks, .tokens_per_sec, .mfu, .comm_wait_frac, .max_rss_mb] | @tsv' <<<"$j" |
-        awk -F'\t' -v s1="$s1" '{ printf "%-36s %6d %14.0f %6.1f%% %15.3f %11.0f %9.2f\n", $1, $2, $3, $4 * 100, $5, $6, $3 / s1 }'
+        awk -F'\t' -v s1="$s1" '{ printf "%-50s %6d %14.0f %6.1f%% %15.3f %11.0f %9.2f\n", $1, $2, $3, $4 * 100, $5, $6, $3 / s1 }'
 done
 echo "(runs in $OUT)"
 printf '%s\n' "${rows[@]}"
