@@ -164,6 +164,8 @@ final class MoEActs {
 public final class MoE {
     public let args: MoEArgs
     public let dim: Int
+    /// The module's FQN, e.g. "layers.3.moe".
+    public let fqn: String
     public let gate: Parameter                 // router.gate.weight [E, D]
     public let w1: Parameter, w2: Parameter, w3: Parameter
     /// The routed-expert computation; replace it to distribute experts (expert parallelism).
@@ -175,7 +177,7 @@ public final class MoE {
     public let expertBias: Tensor
 
     init(prefix p: String, params: [String: Parameter], args a: Qwen3ModelArgs) {
-        args = a.moe; dim = a.dim
+        args = a.moe; dim = a.dim; fqn = String(p.dropLast())
         gate = params[p + "router.gate.weight"]!
         w1 = params[p + "experts.w1"]!; w2 = params[p + "experts.w2"]!; w3 = params[p + "experts.w3"]!
         localExperts = GroupedExperts(w1: w1, w2: w2, w3: w3, dim: a.dim, hiddenDim: a.moe.hidden_dim, useGroupedMM: a.moe.use_grouped_mm)
@@ -187,6 +189,9 @@ public final class MoE {
     }
 
     var usesBias: Bool { args.load_balance_coeff > 0 }
+
+    /// The routed experts' weights, whose leading dimension indexes the experts: w1 [E, F, D], w2 [E, D, F], w3 [E, F, D].
+    public var routedExpertParameters: [Parameter] { [w1, w2, w3] }
 
     /// out_ND += MoE(xn_ND). Returns tokens per expert [E].
     @discardableResult

@@ -35,7 +35,8 @@ final class Activations {
 }
 
 /// Qwen3 / Qwen3-MoE decoder (HF Qwen3ForCausalLM / Qwen3MoeForCausalLM numerics, fp32), torchtitan FQNs.
-/// The model knows nothing about ranks: parallelism wraps it through `parameterGroups`, `hooks` and `MoE.experts`.
+/// The model knows nothing about ranks: parallelism wraps it through `ParallelizableModel` (`parameterGroups`,
+/// `hooks`, `moeModules` and their replaceable `experts`).
 public final class Qwen3Model {
     public let args: Qwen3ModelArgs
     public let tokEmbeddings: Parameter
@@ -77,8 +78,8 @@ public final class Qwen3Model {
 
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
 
-    /// MoE modules by layer (nil for dense layers).
-    public var moeLayers: [MoE?] { layers.map { $0.moe } }
+    /// The MoE modules, in layer order (dense layers have none).
+    public var moeModules: [MoE] { layers.compactMap { $0.moe } }
 
     /// Non-trainable state-dict buffers (expert_bias per MoE layer when load balancing is on), in layer order.
     public var buffers: [(fqn: String, tensor: Tensor)] {

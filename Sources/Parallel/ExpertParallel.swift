@@ -17,44 +17,44 @@ public enum ExpertParallel {
         return (epRank * el)..<((epRank + 1) * el)
     }
 
-    /// Replaces every MoE layer's experts by an all-to-all dispatcher over `epGroup` (size ep must divide num_experts),
+    /// Replaces every MoE module's experts by an all-to-all dispatcher over `epGroup` (size ep must divide num_experts),
     /// and narrows each routed-expert Parameter (w1 [E,F,D], w2 [E,D,F], w3 [E,F,D]) to this rank's contiguous slice
     /// of E/ep experts: value AND grad become tensors of E/ep experts (copied from the full value). EP rank j owns experts
     /// j*E/ep ..< (j+1)*E/ep. Must run before FSDP is applied (FSDP shards whatever `value` holds).
     ///
     /// `Parameter.shape` / `count` keep the full logical shape [E, ...]; the local slice is `value.shape` and starts at
     /// expert `expertRange.lowerBound` of the dispatcher (see `dispatchers(in:)`).
-    /// The dispatcher runs the layer's own `localExperts` (a GroupedExperts over the same Parameter objects), so
-    /// `model.setUseGroupedMM` keeps selecting the loop / grouped path.
-    public static func apply(to model: Qwen3Model, epGroup: ProcessGroup) throws {
-        let args = model.args
+    /// The dispatcher runs the module's own `localExperts` (a GroupedExperts over the same Parameter objects), so
+    /// switching their loop / grouped path still applies.
+    public static func apply(to model: ParallelizableModel, epGroup: ProcessGroup) throws {
         let ep = epGroup.size
-        let moes = model.layers.compactMap { $0.moe }
-        if moes.isEmpty {
+        let moes = model.moeModules
+        guard let first = moes.first else {
             if ep == 1 { return }
             throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) needs an MoE model (moe_enabled with at least one MoE layer)")
         }
-        let E = args.moe.num_experts, F = args.moe.hidden_dim, D = args.dim
+        let E = first.args.num_experts
         guard ep >= 1, ep <= E, E % ep == 0 else {
             throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) must divide moe.num_experts \(E); pick a divisor of \(E)")
         }
         let el = E / ep
         let range = localExpertRange(numExperts: E, epDegree: ep, epRank: epGroup.rank)
         // Check everything before changing anything.
-        for (i, layer) in model.layers.enumerated() {
-            guard let moe = layer.moe else { continue }
+        for moe in moes {
             if moe.experts is ExpertParallelExperts {
-                throw ParallelError.invalidParameter(fqn: moe.w1.fqn, "layer \(i) already has an expert-parallel dispatcher; apply expert parallelism once per model")
+                throw ParallelError.invalidParameter(fqn: moe.w1.fqn, "\(moe.fqn) already has an expert-parallel dispatcher; apply expert parallelism once per model")
             }
-            for (p, inner) in [(moe.w1, [F, D]), (moe.w2, [D, F]), (moe.w3, [F, D])] {
-                guard let v = p.value, v.shape == [E] + inner else {
-                    throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(p.value?.shape.description ?? "nil"), expected the full \([E] + inner); apply expert parallelism before FSDP")
+            guard moe.args.num_experts == E else {
+                throw ParallelError.invalidParameter(fqn: moe.w1.fqn, "\(moe.fqn) has \(moe.args.num_experts) experts, \(first.fqn) has \(E); expert parallelism needs one expert count")
+            }
+            for p in moe.routedExpertParameters {
+                guard let v = p.value, v.shape == p.shape, p.shape.first == E else {
+                    throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(p.value?.shape.description ?? "nil"), expected the full \(p.shape) with \(E) experts first; apply expert parallelism before FSDP")
                 }
             }
         }
-        for layer in model.layers {
-            guard let moe = layer.moe else { continue }
-            for p in [moe.w1, moe.w2, moe.w3] {
+        for moe in moes {
+            for p in moe.routedExpertParameters {
                 let per = p.count / E
                 let shape = [el] + Array(p.shape.dropFirst())
                 let value = Tensor(shape: shape)
@@ -64,23 +64,22 @@ public enum ExpertParallel {
                 p.value = value
                 p.grad = grad
             }
-            moe.experts = ExpertParallelExperts(group: epGroup, experts: moe.localExperts, numExperts: E,
-                                                name: "layer \(layer.index)")
+            moe.experts = ExpertParallelExperts(group: epGroup, experts: moe.localExperts, numExperts: E, name: moe.fqn)
         }
     }
 
-    /// The dispatchers of the model's MoE layers, in layer order (empty before `apply`).
-    public static func dispatchers(in model: Qwen3Model) -> [ExpertParallelExperts] {
-        model.layers.compactMap { $0.moe?.experts as? ExpertParallelExperts }
+    /// The dispatchers of the model's MoE modules, in order (empty before `apply`).
+    public static func dispatchers(in model: ParallelizableModel) -> [ExpertParallelExperts] {
+        model.moeModules.compactMap { $0.experts as? ExpertParallelExperts }
     }
 
     /// Throws the first collective failure recorded by a dispatcher of the model (when `failFast` is off).
-    public static func throwIfFailed(_ model: Qwen3Model) throws {
+    public static func throwIfFailed(_ model: ParallelizableModel) throws {
         for d in dispatchers(in: model) { if let f = d.failure { throw f } }
     }
 
     /// Sum of `dispatchBytes` over all layers since the last reset; resets them when `reset`.
-    public static func dispatchBytes(of model: Qwen3Model, reset: Bool = true) -> Int {
+    public static func dispatchBytes(of model: ParallelizableModel, reset: Bool = true) -> Int {
         var total = 0
         for d in dispatchers(in: model) {
             total += d.dispatchBytes

@@ -151,9 +151,9 @@ final class FSDPHooks: ModelHooks {
 
 /// FSDP2 / ZeRO-3 applied from outside the model (torchtitan's `fully_shard` per parameter group).
 ///
-/// Each parameter group of `Qwen3Model.parameterGroups` becomes one flat buffer per sharding process group: dense
-/// parameters shard over `mesh.dpShard`; expert parameters (fqn contains ".moe.experts.", already narrowed to this
-/// rank's experts by expert parallelism when ep > 1) shard over `mesh.expertShard`. The flat buffer is padded to a
+/// Each parameter group of the model's `parameterGroups` becomes one flat buffer per sharding process group: dense
+/// parameters shard over `mesh.dpShard`; routed-expert parameters (the MoE modules' `routedExpertParameters`, already
+/// narrowed to this rank's experts by expert parallelism when ep > 1) shard over `mesh.expertShard`. The flat buffer is padded to a
 /// multiple of the group size and split evenly: each rank stores a contiguous slice of parameters and gradients.
 ///
 /// Through `ModelHooks`: before a group runs forward its flat buffers are all-gathered (the next group's all-gather
@@ -166,7 +166,7 @@ final class FSDPHooks: ModelHooks {
 /// `finishBackward` waits for every reduction. All collectives are issued in the same order on every rank, and the
 /// ring collectives are deterministic, so the same topology reproduces bit for bit.
 public final class FullyShardedModel {
-    public let model: Qwen3Model
+    public let model: ParallelizableModel
     public let mesh: DeviceMesh
     public let reshardAfterForward: Bool
     /// With `reshardAfterForward`: the group before the last one (the last transformer block) is not freed either.
@@ -175,6 +175,7 @@ public final class FullyShardedModel {
     public private(set) var shards: [ParameterShard] = []
 
     let groups: [[FlatParam]]
+    private let expertParameters: Set<ObjectIdentifier>
     private let pool = TensorPool()
     private var hooks: FSDPHooks!
     private let lastGroup: Int
@@ -185,12 +186,14 @@ public final class FullyShardedModel {
 
     /// Wraps `model` (installs `model.hooks`). Parameter values are moved into shards: afterwards `Parameter.value`
     /// and `grad` are nil except while a group is gathered.
-    public init(model: Qwen3Model, mesh: DeviceMesh, reshardAfterForward: Bool = true, keepLastBlockGathered: Bool = true) throws {
+    public init(model: ParallelizableModel, mesh: DeviceMesh, reshardAfterForward: Bool = true, keepLastBlockGathered: Bool = true) throws {
         guard model.hooks is NoModelHooks else {
             throw ParallelError.invalidParameter(fqn: "", "the model already has hooks installed (apply FSDP once)")
         }
         self.model = model
         self.mesh = mesh
+        let expertIDs = Set(model.moeModules.flatMap { $0.routedExpertParameters }.map(ObjectIdentifier.init))
+        expertParameters = expertIDs
         self.reshardAfterForward = reshardAfterForward
         self.keepLastBlockGathered = keepLastBlockGathered
         lastGroup = model.parameterGroups.count - 1
@@ -203,7 +206,7 @@ public final class FullyShardedModel {
                 guard let v = p.value else {
                     throw ParallelError.invalidParameter(fqn: p.fqn, "has no value (was FSDP applied twice?)")
                 }
-                if FullyShardedModel.isExpert(p.fqn) {
+                if expertIDs.contains(ObjectIdentifier(p)) {
                     guard v.count * ep == p.count else {
                         throw ParallelError.invalidParameter(fqn: p.fqn,
                             "holds \(v.count) of \(p.count) elements; with expert_parallel_degree \(ep) it must hold exactly "
@@ -222,7 +225,7 @@ public final class FullyShardedModel {
             if mesh.expertShard === mesh.dpShard {
                 // One process group: one flat buffer, in the model's parameter order.
                 let all = group
-                let offs = all.map { FullyShardedModel.isExpert($0.fqn) ? mesh.epRank * $0.value.count : 0 }
+                let offs = all.map { expertIDs.contains(ObjectIdentifier($0)) ? mesh.epRank * $0.value.count : 0 }
                 flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: all, offsetsInFull: offs))
             } else {
                 if !dense.isEmpty { flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: dense, offsetsInFull: dense.map { _ in 0 })) }
@@ -259,7 +262,8 @@ public final class FullyShardedModel {
         if model.hooks === hooks { model.hooks = NoModelHooks() }
     }
 
-    public static func isExpert(_ fqn: String) -> Bool { fqn.contains(".moe.experts.") }
+    /// Whether `p` is a routed-expert parameter (sharded over the expert-shard group, narrowed by expert parallelism).
+    public func isExpert(_ p: Parameter) -> Bool { expertParameters.contains(ObjectIdentifier(p)) }
 
     private func makeShards() -> [ParameterShard] {
         var r: [ParameterShard] = []
@@ -273,7 +277,7 @@ public final class FullyShardedModel {
                                             grad: f.gradShard.data + (lo - f.shardOffset), count: hi - lo,
                                             offset: inLocal, offsetInFull: f.offsetsInFull[k] + inLocal,
                                             localCount: f.counts[k], localShape: f.shapes[k], fullShape: p.shape,
-                                            isExpert: FullyShardedModel.isExpert(p.fqn)))
+                                            isExpert: isExpert(p)))
                 }
             }
         }
@@ -553,7 +557,7 @@ public final class FullyShardedModel {
         return sd
     }
 
-    /// Loads a full state dict (as `Qwen3Model.stateDict()` / `fullStateDict()` produce): keeps this rank's shards,
+    /// Loads a full state dict (as the model's `stateDict()` / `fullStateDict()` produce): keeps this rank's shards,
     /// loads the buffers. Throws before changing anything on missing / unexpected names or shape mismatches.
     /// Local: no collective (every rank must pass the same state dict).
     public func loadFullStateDict(_ sd: StateDict, allowMissingBuffers: Bool = false) throws {

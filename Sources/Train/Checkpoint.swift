@@ -350,7 +350,7 @@ public enum Checkpoint {
     /// Saves this rank's part of the checkpoint of `step`. Collective over the world: every rank must call it.
     /// Returns the step folder.
     @discardableResult
-    public static func save(folder: String, step: Int, fsdp: FullyShardedModel, expAvg: [Tensor], expAvgSq: [Tensor],
+    public static func save(folder: String, step: Int, fsdp: FullyShardedModel, modelArgs: Qwen3ModelArgs, expAvg: [Tensor], expAvgSq: [Tensor],
                             keepLatestK: Int, log: (String) -> Void) throws -> String {
         let mesh = fsdp.mesh
         let comm = mesh.comm
@@ -397,7 +397,7 @@ public enum Checkpoint {
                 format: CheckpointMetadata.formatName, format_version: CheckpointMetadata.currentFormatVersion,
                 step: step, dataloader_position: step, lr_scheduler_step: step,
                 rng: "none (training draws no random numbers after initialisation)",
-                model_args: fsdp.model.args,
+                model_args: modelArgs,
                 topology: CheckpointTopology(world_size: comm.worldSize, replicate: mesh.dims.replicate, shard: mesh.dims.shard, ep: mesh.dims.ep),
                 job_id: comm.spec.jobID, files: writers.map(rankFileName), state: [:], buffers: [:])
             let fullShapes = Dictionary(fsdp.model.parameters.map { ($0.fqn, $0.shape) }, uniquingKeysWith: { a, _ in a })
@@ -480,14 +480,14 @@ public enum Checkpoint {
 
     /// Validates a checkpoint against the model (every rank; no collective) and fills this rank's shards with
     /// the overlapping byte ranges of the saved pieces: parameters, and (unless modelOnly) AdamW state and buffers.
-    public static func load(stepFolder: String, fsdp: FullyShardedModel, expAvg: [Tensor], expAvgSq: [Tensor],
+    public static func load(stepFolder: String, fsdp: FullyShardedModel, modelArgs: Qwen3ModelArgs, expAvg: [Tensor], expAvgSq: [Tensor],
                             modelOnly: Bool = false) throws -> Loaded {
         let meta = try readMetadata(stepFolder: stepFolder)
         let metaPath = join(stepFolder, metadataFileName)
         let model = fsdp.model
         let paramShapes = Dictionary(model.parameters.map { ($0.fqn, $0.shape) }, uniquingKeysWith: { a, _ in a })
         let bufferShapes = Dictionary(model.buffers.map { ($0.fqn, $0.tensor.shape) }, uniquingKeysWith: { a, _ in a })
-        try validateModel(meta, parameterShapes: paramShapes, bufferShapes: bufferShapes, args: model.args, path: metaPath)
+        try validateModel(meta, parameterShapes: paramShapes, bufferShapes: bufferShapes, args: modelArgs, path: metaPath)
         try validateCoverage(meta, path: metaPath)
         let reader = try PieceReader(stepFolder: stepFolder, meta: meta)
         // Read everything first, then commit: a failure leaves the model untouched.

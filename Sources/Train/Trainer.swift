@@ -113,12 +113,12 @@ public final class Trainer {
         // Checkpoint state: resharded onto this topology (validated before anything is trained).
         var lastStep = 0
         if let resumeFrom {
-            lastStep = try Checkpoint.load(stepFolder: resumeFrom, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq).step
+            lastStep = try Checkpoint.load(stepFolder: resumeFrom, fsdp: fsdp, modelArgs: args, expAvg: expAvg, expAvgSq: expAvgSq).step
             if comm.rank == 0 { log("checkpoint: resumed from \(resumeFrom) at step \(lastStep)") }
         } else if let path = job.checkpoint.initial_load_path, !job.checkpoint.initial_load_in_hf {
             // A distributed checkpoint as initial weights (torchtitan's initial_load_model_only): weights, not step.
             let stepFolder = try Checkpoint.resolveStepFolder(path)
-            _ = try Checkpoint.load(stepFolder: stepFolder, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq, modelOnly: true)
+            _ = try Checkpoint.load(stepFolder: stepFolder, fsdp: fsdp, modelArgs: args, expAvg: expAvg, expAvgSq: expAvgSq, modelOnly: true)
             if comm.rank == 0 { log("checkpoint: initial weights from \(stepFolder)") }
         }
         let totalSteps = job.training.steps
@@ -223,7 +223,7 @@ public final class Trainer {
                 if step % max(job.metrics.log_freq, 1) == 0 || step == totalSteps { log(m.consoleLine) }
             }
             if job.checkpoint.enable, step % job.checkpoint.interval == 0 || step == totalSteps {
-                try Checkpoint.save(folder: ckptFolder, step: step, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq,
+                try Checkpoint.save(folder: ckptFolder, step: step, fsdp: fsdp, modelArgs: args, expAvg: expAvg, expAvgSq: expAvgSq,
                                     keepLatestK: job.checkpoint.keep_latest_k, log: log)
             }
             lastStep = step

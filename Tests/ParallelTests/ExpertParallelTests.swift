@@ -352,7 +352,7 @@ final class ExpertParallelTests: XCTestCase {
                 try ExpertParallel.throwIfFailed(m)
                 throw fail(0, "a missing peer was not reported")
             } catch let e as ParallelError {
-                guard case .collectiveFailed(let rank, let message) = e, rank == 0, message.contains("layer 0") else { throw e }
+                guard case .collectiveFailed(let rank, let message) = e, rank == 0, message.contains("layers.0.moe") else { throw e }
             }
         }
         for (r, e) in errors.enumerated() { XCTAssertNil(e, "rank \(r): \(String(describing: e))") }

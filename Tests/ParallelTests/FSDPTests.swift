@@ -299,7 +299,7 @@ final class FSDPTests: XCTestCase {
                 XCTAssertEqual(mesh.expertShard.size, dims.shard / dims.ep)
                 XCTAssertEqual(mesh.ep?.size, dims.ep)
                 let model = try Qwen3Model(args: args, seed: 3)
-                for p in model.parameters where FullyShardedModel.isExpert(p.fqn) {
+                for p in model.moeModules.flatMap(\.routedExpertParameters) {
                     let per = p.count / dims.ep
                     let local = Array(UnsafeBufferPointer(start: p.value.data + mesh.epRank * per, count: per))
                     var shape = p.shape; shape[0] /= dims.ep

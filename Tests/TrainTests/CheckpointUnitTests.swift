@@ -109,7 +109,7 @@ final class CheckpointUnitTests: XCTestCase {
                     expAvgSq[i].data[j] = Self.marker(s.fqn, s.offsetInFull + j, 2)
                 }
             }
-            try Checkpoint.save(folder: ckpt, step: 7, fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq, keepLatestK: 0, log: { _ in })
+            try Checkpoint.save(folder: ckpt, step: 7, fsdp: fsdp, modelArgs: args, expAvg: expAvg, expAvgSq: expAvgSq, keepLatestK: 0, log: { _ in })
         }
         XCTAssertTrue(failures.allSatisfy { $0 == nil }, "\(failures)")
         XCTAssertEqual(try String(contentsOfFile: ckpt + "/latest", encoding: .utf8), "step-7\n")
@@ -129,7 +129,7 @@ final class CheckpointUnitTests: XCTestCase {
                 let fsdp = try FullyShardedModel(model: model, mesh: mesh)
                 let expAvg = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
                 let expAvgSq = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
-                let loaded = try Checkpoint.load(stepFolder: ckpt + "/step-7", fsdp: fsdp, expAvg: expAvg, expAvgSq: expAvgSq)
+                let loaded = try Checkpoint.load(stepFolder: ckpt + "/step-7", fsdp: fsdp, modelArgs: args, expAvg: expAvg, expAvgSq: expAvgSq)
                 XCTAssertEqual(loaded.step, 7)
                 for (i, s) in fsdp.shards.enumerated() {
                     for j in 0..<s.count {
