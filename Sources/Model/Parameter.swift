@@ -43,8 +43,10 @@ public final class Parameter {
 /// Order per `forwardBackward`: willForward(0) didForward(0), willForward(1) didForward(1), ..., willForward(L+1)
 /// didForward(L+1), then willBackward(L+1) didBackward(L+1), willBackward(L) didBackward(L), ..., willBackward(0)
 /// didBackward(0). With weight tying the output projection uses group 0's embedding weight: inside group L+1 the model
-/// calls willForward(0)/didForward(0) around the projection, and willBackward(0)/didBackward(0) around its backward
-/// (so group 0 is gathered and reduced twice per step; gradients must accumulate).
+/// calls willForward(0)/didForward(0) around the projection, and willBackward(0) before the projection's backward;
+/// group 0's backward then stays open (parameters and gradients live) through the blocks' backward until the
+/// embedding's backward, and didBackward(0) closes it: willBackward(L+1) willBackward(0) didBackward(L+1)
+/// willBackward(L) didBackward(L) ... didBackward(1) didBackward(0). Every group is reduced once per step.
 /// In `willBackward` the grads of the group must be valid, zeroed-or-accumulating buffers (kernels add into them).
 public protocol ModelHooks: AnyObject {
     func willForward(group: Int)

@@ -168,10 +168,11 @@ public final class Qwen3Model {
                 // backward
                 hooks.willBackward(group: L + 1)
                 a.dxn.zero()
+                // Tied weights: the output projection's gradient belongs to group 0, whose backward opens here and
+                // stays open until the embedding's backward has added its part (one gather, one reduction per step).
                 if output == nil { hooks.willBackward(group: 0) }
                 let ow = outputWeight
                 matmul_backward(dx_TD: a.dxn.data, dw_ND: ow.g, dout_TN: a.logits.ptr, x_TD: a.xnf.ptr, w_ND: ow.v, T: N, D: D, N: V)
-                if output == nil { hooks.didBackward(group: 0) }
                 a.dres.zero()
                 rmsnorm_backward(a.dres.data, norm.g, a.dxn.ptr, a.xs[L].ptr, norm.v, a.rstdf.ptr, N: N, D: D)
                 hooks.didBackward(group: L + 1)
@@ -181,7 +182,7 @@ public final class Qwen3Model {
                                        cos_TP: a.cos.ptr, sin_TP: a.sin.ptr, B: B, T: T)
                     hooks.didBackward(group: i + 1)
                 }
-                hooks.willBackward(group: 0)
+                if output != nil { hooks.willBackward(group: 0) }
                 embedding_backward(tokEmbeddings.g, a.dres.ptr, inp.baseAddress!, T: N, D: D)
                 hooks.didBackward(group: 0)
                 return StepResult(lossSum: lossSum, tokenCount: count, tokensPerExpert: tpe)

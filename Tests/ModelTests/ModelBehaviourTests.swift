@@ -289,6 +289,18 @@ final class HookTests: XCTestCase {
         XCTAssertEqual(h.events, ["F0<", "F0>", "F1<", "F1>", "F2<", "F2>", "F3<", "F3>"])
     }
 
+    /// Tied weights: the output projection uses group 0 inside group 3; group 0's backward opens there and closes
+    /// after the embedding's backward, so it is gathered for backward and reduced once per step.
+    func testHookOrderTied() throws {
+        let m = try Qwen3Model(args: tinyArgs(moe: false, tied: true), seed: 1)
+        let h = RecordingHooks()
+        m.hooks = h
+        _ = m.forwardBackward(inputs: [1, 2, 3], labels: [2, 3, 4], B: 1, T: 3, lossScale: 1)
+        XCTAssertEqual(h.events, ["F0<", "F0>", "F1<", "F1>", "F2<", "F2>", "F3<", "F0<", "F0>", "F3>",
+                                  "B3<", "B0<", "B3>", "B2<", "B2>", "B1<", "B1>", "B0>"])
+        XCTAssertEqual(h.events.filter { $0 == "B0>" }.count, 1)
+    }
+
     /// Parameters whose storage exists only between will*/did* hooks (as under FSDP) give the same loss and gradients.
     func testExternallyManagedParameterStorage() throws {
         for tied in [false, true] {
