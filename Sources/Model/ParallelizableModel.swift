@@ -14,6 +14,9 @@ public protocol ParallelizableModel: AnyObject {
     var moeModules: [MoE] { get }
     /// Checks a full state dict against the model's parameters and buffers (names, shapes) without loading it.
     func validate(stateDict: StateDict, allowMissingBuffers: Bool) throws
+    /// Elements `elements` (flat, of the full shape) of `p`'s initial value: how a wrapper initialises the slices it
+    /// keeps of a parameter that has no storage (a model built without materializing its parameters).
+    func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>)
 }
 
 public extension ParallelizableModel {

@@ -53,12 +53,17 @@ public final class Qwen3Model {
 
     /// Builds the model and initialises it deterministically from `seed`: weights normal(0, init_std) (each parameter
     /// from its own stream seeded by seed and its FQN), norm weights 1, expert_bias 0.
-    public init(args: Qwen3ModelArgs, seed: UInt64 = 0) throws {
+    ///
+    /// `materialize: false` allocates no parameter storage (torchtitan's meta-device init): a sharding wrapper then
+    /// fills only its shards through `initialValues(of:elements:into:)`, with the same values a materialized model
+    /// holds there, so no rank ever holds the whole model.
+    public init(args: Qwen3ModelArgs, seed: UInt64 = 0, materialize: Bool = true) throws {
         try args.validate()
         self.args = args
+        self.initSeed = seed
         var groups: [[Parameter]] = []
         for g in ParameterNames.groupedShapes(for: args) {
-            groups.append(g.map { Parameter(fqn: $0.fqn, shape: $0.shape) })
+            groups.append(g.map { Parameter(fqn: $0.fqn, shape: $0.shape, allocate: materialize) })
         }
         parameterGroups = groups
         tokEmbeddings = groups[0][0]
@@ -87,17 +92,28 @@ public final class Qwen3Model {
         return layers.compactMap { l in l.moe.map { (ParameterNames.expertBias(layer: l.index), $0.expertBias) } }
     }
 
-    /// Re-initialises all parameters (and zeroes expert biases) deterministically from `seed`.
+    /// The seed of the current initialisation.
+    public private(set) var initSeed: UInt64
+
+    /// Re-initialises all materialized parameters (and zeroes expert biases) deterministically from `seed`.
     public func initialize(seed: UInt64) {
-        for p in parameters {
-            if ParameterNames.isNormWeight(p.fqn) {
-                p.value.fill(1)
-            } else {
-                var rng = SplitMix64(seed: seed ^ fnv1a64(p.fqn))
-                rng.fillNormal(p.value.data, p.count, std: args.init_std)
-            }
+        initSeed = seed
+        for p in parameters where p.value != nil {
+            precondition(p.value.count == p.count, "initialize: \(p.fqn) holds a slice; initialise slices with initialValues")
+            initialValues(of: p, elements: 0..<p.count, into: p.value.data)
         }
         for l in layers { l.moe?.expertBias.zero() }
+    }
+
+    /// Elements `elements` (flat, row-major, of the full shape) of `p`'s initial value for `initSeed`, written to
+    /// out[0..<elements.count]: norm weights 1, everything else normal(0, init_std) from the parameter's own stream.
+    public func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        precondition(elements.lowerBound >= 0 && elements.upperBound <= p.count, "initialValues: \(elements) outside \(p.fqn)")
+        if ParameterNames.isNormWeight(p.fqn) {
+            out.update(repeating: 1, count: elements.count)
+        } else {
+            SplitMix64.fillNormal(seed: initSeed ^ fnv1a64(p.fqn), elements: elements, into: out, std: args.init_std)
+        }
     }
 
     /// Zeroes every gradient that is currently allocated.

@@ -19,7 +19,8 @@ public enum ExpertParallel {
 
     /// Replaces every MoE module's experts by an all-to-all dispatcher over `epGroup` (size ep must divide num_experts),
     /// and narrows each routed-expert Parameter (w1 [E,F,D], w2 [E,D,F], w3 [E,F,D]) to this rank's contiguous slice
-    /// of E/ep experts: value AND grad become tensors of E/ep experts (copied from the full value). EP rank j owns experts
+    /// of E/ep experts: value AND grad become tensors of E/ep experts (copied from the full value, or initialised by the
+    /// model when the parameter has no storage). EP rank j owns experts
     /// j*E/ep ..< (j+1)*E/ep. Must run before FSDP is applied (FSDP shards whatever `value` holds).
     ///
     /// `Parameter.shape` / `count` keep the full logical shape [E, ...]; the local slice is `value.shape` and starts at
@@ -48,7 +49,7 @@ public enum ExpertParallel {
                 throw ParallelError.invalidParameter(fqn: moe.w1.fqn, "\(moe.fqn) has \(moe.args.num_experts) experts, \(first.fqn) has \(E); expert parallelism needs one expert count")
             }
             for p in moe.routedExpertParameters {
-                guard let v = p.value, v.shape == p.shape, p.shape.first == E else {
+                guard p.shape.first == E, p.value == nil || p.value.shape == p.shape else {
                     throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(p.value?.shape.description ?? "nil"), expected the full \(p.shape) with \(E) experts first; apply expert parallelism before FSDP")
                 }
             }
@@ -57,8 +58,13 @@ public enum ExpertParallel {
             for p in moe.routedExpertParameters {
                 let per = p.count / E
                 let shape = [el] + Array(p.shape.dropFirst())
-                let value = Tensor(shape: shape)
-                value.data.update(from: p.value.data + range.lowerBound * per, count: el * per)
+                let value = Tensor(shape: shape, zeroed: false)
+                let mine = (range.lowerBound * per)..<(range.upperBound * per)
+                if let full = p.value {
+                    value.data.update(from: full.data + mine.lowerBound, count: mine.count)
+                } else {  // not materialized: initialise just this rank's experts
+                    model.initialValues(of: p, elements: mine, into: value.data)
+                }
                 let grad = Tensor(shape: shape)
                 if let g = p.grad, g.count == p.count { grad.data.update(from: g.data + range.lowerBound * per, count: el * per) }
                 p.value = value

@@ -82,8 +82,8 @@ final class FlatParam {
         self.isExpert = isExpert
         self.params = params
         self.offsetsInFull = offsetsInFull
-        shapes = params.map { $0.value.shape }
-        counts = params.map { $0.value.count }
+        shapes = params.map { $0.value?.shape ?? $0.shape }   // no storage: the full parameter, initialised per shard
+        counts = shapes.map { $0.reduce(1, *) }
         var o = 0
         var offs: [Int] = []
         for c in counts { offs.append(o); o += c }
@@ -96,6 +96,14 @@ final class FlatParam {
         validCount = max(0, min(shardSize, numel - shardOffset))
         paramShard = Tensor(shape: [shardSize])
         gradShard = Tensor(shape: [shardSize])
+    }
+
+    /// Fills this rank's part of parameter k (which has no storage) with elements of its initial value.
+    func initializeShard(_ k: Int, _ initialValues: (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
+        let lo = max(offsets[k], shardOffset), hi = min(offsets[k] + counts[k], shardOffset + shardSize)
+        guard hi > lo else { return }
+        let first = offsetsInFull[k] + (lo - offsets[k])
+        initialValues(first..<(first + hi - lo), paramShard.data + (lo - shardOffset))
     }
 
     /// Copies `local` (the parameter's local tensor, `counts[k]` elements) into this rank's shard.
@@ -184,8 +192,9 @@ public final class FullyShardedModel {
     private var replicating: [PendingReduction] = []  // HSDP all-reduce in flight
     private var failure: Error?
 
-    /// Wraps `model` (installs `model.hooks`). Parameter values are moved into shards: afterwards `Parameter.value`
-    /// and `grad` are nil except while a group is gathered.
+    /// Wraps `model` (installs `model.hooks`). Parameter values are moved into shards (a parameter without storage
+    /// gets its shard from `model.initialValues`): afterwards `Parameter.value` and `grad` are nil except while a
+    /// group is gathered.
     public init(model: ParallelizableModel, mesh: DeviceMesh, reshardAfterForward: Bool = true, keepLastBlockGathered: Bool = true) throws {
         guard model.hooks is NoModelHooks else {
             throw ParallelError.invalidParameter(fqn: "", "the model already has hooks installed (apply FSDP once)")
@@ -203,20 +212,18 @@ public final class FullyShardedModel {
             var dense: [Parameter] = [], experts: [Parameter] = []
             var expertOffsets: [Int] = []
             for p in group {
-                guard let v = p.value else {
-                    throw ParallelError.invalidParameter(fqn: p.fqn, "has no value (was FSDP applied twice?)")
-                }
+                let local = p.value?.count ?? p.count   // a parameter without storage is initialised shard by shard
                 if expertIDs.contains(ObjectIdentifier(p)) {
-                    guard v.count * ep == p.count else {
+                    guard local * ep == p.count else {
                         throw ParallelError.invalidParameter(fqn: p.fqn,
-                            "holds \(v.count) of \(p.count) elements; with expert_parallel_degree \(ep) it must hold exactly "
+                            "holds \(local) of \(p.count) elements; with expert_parallel_degree \(ep) it must hold exactly "
                             + "1/\(ep) of the experts (apply expert parallelism before FSDP)")
                     }
                     experts.append(p)
-                    expertOffsets.append(mesh.epRank * v.count)
+                    expertOffsets.append(mesh.epRank * local)
                 } else {
-                    guard v.count == p.count else {
-                        throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(v.count) of \(p.count) elements; only expert parameters may be narrowed")
+                    guard local == p.count else {
+                        throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(local) of \(p.count) elements; only expert parameters may be narrowed")
                     }
                     dense.append(p)
                 }
@@ -225,7 +232,7 @@ public final class FullyShardedModel {
             if mesh.expertShard === mesh.dpShard {
                 // One process group: one flat buffer, in the model's parameter order.
                 let all = group
-                let offs = all.map { expertIDs.contains(ObjectIdentifier($0)) ? mesh.epRank * $0.value.count : 0 }
+                let offs = all.map { expertIDs.contains(ObjectIdentifier($0)) ? mesh.epRank * ($0.value?.count ?? $0.count) : 0 }
                 flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: all, offsetsInFull: offs))
             } else {
                 if !dense.isEmpty { flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: dense, offsetsInFull: dense.map { _ in 0 })) }
@@ -235,11 +242,16 @@ public final class FullyShardedModel {
         }
         groups = built
         for flats in groups { for f in flats { f.direct = f.pg.size == 1 && mesh.dpReplicate == nil } }
-        // Move the values into the shards and drop the full tensors.
+        // Move the values into the shards and drop the full tensors (or initialise the shards of parameters that
+        // have no storage).
         for flats in groups {
             for f in flats {
                 for (k, p) in f.params.enumerated() {
-                    f.scatterIntoShard(k, from: p.value.ptr)
+                    if let v = p.value {
+                        f.scatterIntoShard(k, from: v.ptr)
+                    } else {
+                        f.initializeShard(k) { elements, out in model.initialValues(of: p, elements: elements, into: out) }
+                    }
                     p.value = nil
                     p.grad = nil
                 }

@@ -105,7 +105,7 @@ public struct SplitMix64 {
     public init(seed: UInt64) { state = seed }
 
     public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
+        state &+= SplitMix64.golden
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
@@ -118,22 +118,53 @@ public struct SplitMix64 {
     /// Uniform in [0, 1).
     public mutating func nextUniform() -> Float { Float(next() >> 40) * 0x1.0p-24 }
 
-    /// Standard normal (Box-Muller in Double, rounded to Float).
+    /// Standard normal (Box-Muller in Double, rounded to Float): the cosine branch of two uniform draws, then the sine
+    /// branch of the same draws.
     public mutating func nextNormal() -> Float {
         if let s = spare { spare = nil; return s }
-        var u1 = nextDouble()
-        while u1 <= 0 { u1 = nextDouble() }
+        let (c, s) = nextNormalPair()
+        spare = s
+        return c
+    }
+
+    /// Both Box-Muller branches of the next two draws. u1 is in (0, 1], so no draw is ever rejected and element k of
+    /// a fresh generator's normal stream always comes from draws 2·(k/2) and 2·(k/2)+1 (see `fillNormal(seed:...)`).
+    private mutating func nextNormalPair() -> (Float, Float) {
+        let u1 = Double((next() >> 11) + 1) * 0x1.0p-53
         let u2 = nextDouble()
         let r = (-2.0 * _log(u1)).squareRoot()
         let th = 2.0 * Double.pi * u2
-        spare = Float(r * _sin(th))
-        return Float(r * _cos(th))
+        return (Float(r * _cos(th)), Float(r * _sin(th)))
     }
 
     /// Fills `n` floats with normal(mean, std).
     public mutating func fillNormal(_ p: UnsafeMutablePointer<Float>, _ n: Int, mean: Float = 0, std: Float = 1) {
         for i in 0..<n { p[i] = mean + std * nextNormal() }
     }
+
+    /// Writes elements `range` of the normal stream of `SplitMix64(seed: seed)` (what `fillNormal` on a fresh generator
+    /// writes at those positions) to p[0..<range.count], without generating the elements before them: a shard of a
+    /// tensor initialises exactly as its part of the whole would.
+    public static func fillNormal(seed: UInt64, elements range: Range<Int>, into p: UnsafeMutablePointer<Float>,
+                                  mean: Float = 0, std: Float = 1) {
+        guard !range.isEmpty else { return }
+        var rng = SplitMix64(seed: seed &+ UInt64(range.lowerBound / 2 * 2) &* golden)
+        var k = range.lowerBound
+        var out = p
+        if k % 2 == 1 {
+            out.pointee = mean + std * rng.nextNormalPair().1
+            out += 1; k += 1
+        }
+        while k + 1 < range.upperBound {
+            let (c, s) = rng.nextNormalPair()
+            out[0] = mean + std * c
+            out[1] = mean + std * s
+            out += 2; k += 2
+        }
+        if k < range.upperBound { out.pointee = mean + std * rng.nextNormalPair().0 }
+    }
+
+    private static let golden: UInt64 = 0x9E37_79B9_7F4A_7C15
 }
 
 /// FNV-1a 64-bit hash of a string (stable seed derivation, e.g. per parameter name).

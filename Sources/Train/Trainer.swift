@@ -60,7 +60,9 @@ public final class Trainer {
         if job.training.seq_len > args.max_seq_len {
             throw ConfigError.invalid(key: "training.seq_len", reason: "\(job.training.seq_len) exceeds the model's max_seq_len \(args.max_seq_len)")
         }
-        let model = try Qwen3Model(args: args, seed: UInt64(job.training.seed))
+        // Without initial weights nothing is materialized here: FSDP (after expert parallelism) initialises only
+        // this rank's shards, with the values the whole model would hold there.
+        let model = try Qwen3Model(args: args, seed: UInt64(job.training.seed), materialize: initial != nil)
         if let initial { try model.load(stateDict: initial, allowMissingBuffers: true) }
         return model
     }

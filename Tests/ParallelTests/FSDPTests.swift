@@ -288,10 +288,13 @@ final class FSDPTests: XCTestCase {
         let ref = try Qwen3Model(args: args, seed: 3)
         let refSD = ref.stateDict()
         let other = try Qwen3Model(args: args, seed: 11)
-        var otherSD = other.stateDict()
-        for (n, t) in otherSD where n.hasSuffix("expert_bias") {
-            otherSD[n] = HostTensor(shape: t.shape, values: t.values.indices.map { Float($0) * 0.25 })
-        }
+        let otherSD: StateDict = {
+            var sd = other.stateDict()
+            for (n, t) in sd where n.hasSuffix("expert_bias") {
+                sd[n] = HostTensor(shape: t.shape, values: t.values.indices.map { Float($0) * 0.25 })
+            }
+            return sd
+        }()
         let results = Box<(StateDict, StateDict, MemoryReport)>()
         for dims in [ParallelDims(replicate: 1, shard: 4, ep: 2), ParallelDims(replicate: 2, shard: 2, ep: 2)] {
             let failures = InProcessCluster.run(worldSize: 4, timeoutSeconds: 60) { comm in
@@ -320,6 +323,28 @@ final class FSDPTests: XCTestCase {
                 // Experts are split over ep × expertShard = shard ranks: the shards are still ~1/shard of the model.
                 XCTAssertLessThanOrEqual(m.paramBytes * dims.shard, ref.parameterCount * 4 + 2 * ref.parameterGroups.count * dims.shard * 4)
             }
+        }
+    }
+
+    /// A model built without parameter storage (meta init) and wrapped by expert parallelism and FSDP holds exactly
+    /// the shards a materialized model would: each rank initialises only its own elements.
+    func testUnmaterializedModelShardsMatchMaterialized() throws {
+        let args = fsdpTinyArgs(moe: true, tied: true, shared: 1)
+        let refSD = try Qwen3Model(args: args, seed: 5).stateDict()
+        for dims in [ParallelDims(replicate: 1, shard: 3, ep: 1), ParallelDims(replicate: 1, shard: 4, ep: 2),
+                     ParallelDims(replicate: 2, shard: 2, ep: 2), ParallelDims(replicate: 1, shard: 1, ep: 1)] {
+            let world = dims.replicate * dims.shard
+            let results = Box<StateDict>()
+            let failures = InProcessCluster.run(worldSize: world, timeoutSeconds: 60) { comm in
+                let mesh = try DeviceMesh(comm: comm, dims: dims, numExperts: args.moe.num_experts)
+                let model = try Qwen3Model(args: args, seed: 5, materialize: false)
+                XCTAssertTrue(model.parameters.allSatisfy { $0.value == nil && $0.grad == nil })
+                if let ep = mesh.ep { try ExpertParallel.apply(to: model, epGroup: ep) }
+                let fsdp = try FullyShardedModel(model: model, mesh: mesh)
+                results.set(comm.rank, try fsdp.fullStateDict())
+            }
+            for (rank, e) in failures.enumerated() { XCTAssertNil(e, "\(dims) rank \(rank): \(String(describing: e))") }
+            for rank in 0..<world { XCTAssertEqual(results.get(rank), refSD, "\(dims) rank \(rank)") }
         }
     }
 

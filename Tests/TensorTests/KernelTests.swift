@@ -30,6 +30,24 @@ final class TensorBasicsTests: XCTestCase {
 }
 
 final class KernelGradientTests: XCTestCase {
+    /// Any slice of a normal stream, generated on its own, equals that slice of the whole stream (odd and even
+    /// boundaries, single elements, empty ranges), and a fresh generator's fillNormal is the whole stream.
+    func testNormalStreamSlices() {
+        let seed: UInt64 = 0xC0FFEE, n = 41
+        var whole = [Float](repeating: 0, count: n)
+        var rng = SplitMix64(seed: seed)
+        rng.fillNormal(&whole, n, std: 0.5)
+        var direct = [Float](repeating: 0, count: n)
+        SplitMix64.fillNormal(seed: seed, elements: 0..<n, into: &direct, std: 0.5)
+        XCTAssertEqual(direct, whole)
+        for range in [0..<1, 1..<2, 3..<10, 4..<11, 7..<8, 10..<10, 13..<41, 0..<40, 40..<41] {
+            var part = [Float](repeating: .nan, count: range.count)
+            part.withUnsafeMutableBufferPointer { SplitMix64.fillNormal(seed: seed, elements: range, into: $0.baseAddress ?? UnsafeMutablePointer(bitPattern: 64)!, std: 0.5) }
+            XCTAssertEqual(part, Array(whole[range]), "\(range)")
+        }
+        XCTAssertTrue(whole.allSatisfy { $0.isFinite } && Set(whole).count == n)
+    }
+
     func testMatmulForwardAgainstNaiveAndAccumulate() {
         var rng = SplitMix64(seed: 1)
         let T = 4, D = 5, N = 3
