@@ -25,8 +25,10 @@
 // The trainer draws no random numbers after initialisation (no dropout), so there is no RNG state to keep; the
 // data loader's position is the step (DataLoader.batch(step:)) and the LR schedule is a function of the step.
 //
-// Test hook: TITAN_TEST_CRASH_DURING_SAVE=RANK:STEP makes rank RANK SIGKILL itself while saving step STEP,
-// right after it wrote its rank file into the temp folder (before the barrier that completes the save).
+// Test hook: TITAN_TEST_CRASH_DURING_SAVE=RANK:STEP[:POINT] makes rank RANK SIGKILL itself while saving step STEP,
+// at POINT: `rank-file` (default: right after it wrote its rank file into the temp folder, before the barrier),
+// `metadata` (rank 0: metadata written into the temp folder, not renamed yet) or `renamed` (rank 0: step-N in
+// place, `latest` not moved yet).
 
 import Collectives
 import Config
@@ -389,7 +391,7 @@ public enum Checkpoint {
                 throw CheckpointError(path: path, "cannot write: \(error)")
             }
         }
-        crashIfRequested(rank: comm.rank, step: step)
+        crashIfRequested(.rankFile, rank: comm.rank, step: step)
         try mesh.world.barrier()
         if comm.rank == 0 {
             let writers = (0..<mesh.dims.shard).map { $0 }  // replica 0 = ranks 0..<shard
@@ -425,6 +427,7 @@ public enum Checkpoint {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try writeDurably(try encoder.encode(meta), to: join(tmp, metadataFileName))
             fsyncPath(tmp)
+            crashIfRequested(.metadata, rank: comm.rank, step: step)
             // A re-run of the same step: move the old folder aside first, so a good step-N exists at every moment.
             let replaced = final + ".old-" + jobID
             if fm.fileExists(atPath: final), rename(final, replaced) != 0 {
@@ -435,6 +438,7 @@ public enum Checkpoint {
             }
             try? fm.removeItem(atPath: replaced)
             fsyncPath(folder)
+            crashIfRequested(.renamed, rank: comm.rank, step: step)
             try writeDurably(Data((stepFolderName(step) + "\n").utf8), to: join(folder, latestFileName))
             fsyncPath(folder)
             prune(folder: folder, keepLatestK: keepLatestK, current: step, log: log)
@@ -462,10 +466,14 @@ public enum Checkpoint {
         }
     }
 
-    static func crashIfRequested(rank: Int, step: Int) {
+    /// Where a save can be interrupted by the test hook (see the top of this file).
+    enum CrashPoint: String { case rankFile = "rank-file", metadata, renamed }
+
+    static func crashIfRequested(_ point: CrashPoint, rank: Int, step: Int) {
         guard let spec = ProcessInfo.processInfo.environment[crashEnvironmentVariable] else { return }
-        let parts = spec.split(separator: ":").compactMap { Int($0) }
-        guard parts.count == 2, parts[0] == rank, parts[1] == step else { return }
+        let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2 || parts.count == 3, Int(parts[0]) == rank, Int(parts[1]) == step,
+              (parts.count == 2 ? CrashPoint.rankFile : CrashPoint(rawValue: parts[2])) == point else { return }
         FileHandle.standardError.write(Data("\(crashEnvironmentVariable)=\(spec): rank \(rank) kills itself while saving step \(step)\n".utf8))
         kill(getpid(), SIGKILL)
     }

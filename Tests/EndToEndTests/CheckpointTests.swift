@@ -144,6 +144,40 @@ final class CheckpointTests: XCTestCase {
                        "stale temp folder removed, step-5 pruned by keep_latest_k 1")
     }
 
+    /// Rank 0 SIGKILLed at the later points of saving step 10: with the metadata written but the folder not renamed
+    /// (like a crash before it, a temporary folder is left), and with step-10 renamed into place but `latest` not
+    /// moved yet (the save is not complete: `latest` still names step-5). Either way the run resumes from step 5, trains
+    /// 6-10 again to the same bits, and the next save replaces what the crash left.
+    func testRankZeroKilledLateInSaveResumesFromPreviousCheckpoint() throws {
+        let topo = Self.topology(ranks: 4, ep: 2)
+        let args = ["--checkpoint.enable", "true", "--checkpoint.interval", "5", "--checkpoint.keep_latest_k", "1"]
+        for point in ["metadata", "renamed"] {
+            let dump = temporaryFolder()
+            setenv("TITAN_TEST_CRASH_DURING_SAVE", "0:10:" + point, 1)
+            let crashed = try train(dump: dump, topo, args, expectSuccess: false)
+            unsetenv("TITAN_TEST_CRASH_DURING_SAVE")
+            XCTAssertNotEqual(crashed.status, 0, point)
+            XCTAssertEqual(latest(dump), "step-5", point)
+            let names = try FileManager.default.contentsOfDirectory(atPath: dump + "/checkpoint")
+            if point == "metadata" {
+                XCTAssertFalse(names.contains("step-10"), "\(point): \(names)")
+                XCTAssertTrue(names.contains { $0.hasPrefix("step-10.tmp-") }, "\(point): \(names)")
+            } else {
+                XCTAssertTrue(names.contains("step-10"), "\(point): \(names)")
+                XCTAssertFalse(names.contains { $0.contains(".tmp-") }, "\(point): \(names)")
+            }
+            let before = try metrics(dump)
+            XCTAssertEqual(before.map(\.step), Array(1...10), point)
+
+            try train(dump: dump, topo, args)
+            let after = try metrics(dump)
+            XCTAssertEqual(after.map(\.step), Array(1...10), point)
+            XCTAssertEqual(after.map(\.loss.bitPattern), before.map(\.loss.bitPattern), "\(point): steps 6-10 trained again identically")
+            XCTAssertEqual(latest(dump), "step-10", point)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dump + "/checkpoint").sorted(), ["latest", "step-10"], point)
+        }
+    }
+
     /// `titan convert` writes the same HF folder as the trainer's export; corrupt and mismatched checkpoints are
     /// clear errors naming the file, before training starts.
     func testConvertMatchesExportAndCorruptCheckpointsFail() throws {
