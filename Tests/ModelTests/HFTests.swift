@@ -213,6 +213,9 @@ final class HFTests: XCTestCase {
         expectError({ $0["hidden_size"] = .double(32.5) }, key: "hidden_size")
         expectError({ $0["norm_topk_prob"] = .int(1) }, key: "norm_topk_prob")
         expectError({ $0["num_experts_per_tok"] = .int(9) }, key: "num_experts_per_tok")
+        expectError({ $0["num_local_experts"] = .int(4) }, key: "num_local_experts")   // disagrees with num_experts 8
+        expectError({ $0["num_experts"] = nil; $0["num_local_experts"] = .int(0) }, key: "num_local_experts")
+        expectError({ $0["rope_parameters"] = .object(["rope_type": .string("yarn"), "factor": .double(4)]) }, key: "rope_parameters.rope_type")
         expectError({ $0["num_key_value_heads"] = .int(3) }, key: "num_key_value_heads")
         XCTAssertThrowsError(try HFConfig.parse(Data("[1]".utf8)))
         XCTAssertThrowsError(try HFConfig.parse(Data("{\"a\":".utf8)))
@@ -268,6 +271,21 @@ final class HFTests: XCTestCase {
                 XCTAssertEqual(titan["layers.0.feed_forward.w3.weight"], hf["model.layers.0.mlp.up_proj.weight"])
             }
         }
+    }
+
+    /// transformers 5 re-saved the qwen3_moe fixture (scripts/make_tf5_fixture.py): config.json uses
+    /// num_local_experts and rope_parameters, the weights are per expert as in 4.x. Both folders load to the same
+    /// model args and state dict.
+    func testTransformers5FolderLoadsLikeTransformers4() throws {
+        let v4 = try HFCheckpoint.load(folder: try fixture("qwen3_moe"))
+        let v5dir = try fixture("qwen3_moe_tf5")
+        let config = try XCTUnwrap(String(contentsOfFile: (v5dir as NSString).appendingPathComponent("config.json"), encoding: .utf8))
+        XCTAssertTrue(config.contains("\"num_local_experts\"") && !config.contains("\"num_experts\""), config)
+        XCTAssertTrue(config.contains("\"rope_parameters\"") && config.contains("\"transformers_version\": \"5."), config)
+        let v5 = try HFCheckpoint.load(folder: v5dir)
+        XCTAssertEqual(v5.args.moe.num_experts, 8)
+        XCTAssertEqual(v5.args, v4.args)
+        XCTAssertEqual(v5.stateDict, v4.stateDict)
     }
 
     func testExpertStacking() throws {

@@ -12,11 +12,11 @@ import Foundation
 //   head_dim                            head_dim              (default: hidden_size / num_attention_heads)
 //   intermediate_size                   hidden_dim
 //   rms_norm_eps                        norm_eps
-//   rope_theta                          rope_theta
+//   rope_theta (5.x: rope_parameters)   rope_theta
 //   max_position_embeddings             max_seq_len
 //   tie_word_embeddings                 enable_weight_tying
 //   initializer_range                   init_std
-//   num_experts                         moe.num_experts
+//   num_experts / num_local_experts     moe.num_experts        (transformers 4.x / 5.x name)
 //   num_experts_per_tok                 moe.top_k
 //   moe_intermediate_size               moe.hidden_dim
 //   norm_topk_prob                      moe.route_norm
@@ -180,7 +180,12 @@ public enum HFConfig {
         if moe {
             a.moe_enabled = true
             var m = MoEArgs()
-            m.num_experts = try r.int("num_experts", min: 1, default: 128)
+            // transformers 5 writes num_local_experts (4.x: num_experts); either name, never two different counts.
+            let legacy = try r.optionalInt("num_experts", min: 1), current = try r.optionalInt("num_local_experts", min: 1)
+            if let l = legacy, let c = current, l != c {
+                throw HFConfigError(source: source, key: "num_local_experts", "\(c) disagrees with num_experts \(l)")
+            }
+            m.num_experts = current ?? legacy ?? 128
             m.top_k = try r.int("num_experts_per_tok", min: 1, default: 8)
             guard m.top_k <= m.num_experts else {
                 throw HFConfigError(source: source, key: "num_experts_per_tok", "\(m.top_k) exceeds num_experts \(m.num_experts)")
@@ -304,6 +309,11 @@ public enum HFConfig {
             }
             guard i >= min else { throw HFConfigError(source: source, key: key, "\(i) is out of range (must be >= \(min))") }
             return i
+        }
+
+        func optionalInt(_ key: String, min: Int) throws -> Int? {
+            guard present(key) != nil else { return nil }
+            return try int(key, min: min)
         }
 
         func optionalDouble(_ key: String) throws -> Double? {
