@@ -95,9 +95,13 @@ public final class Qwen3Model {
     /// The seed of the current initialisation.
     public private(set) var initSeed: UInt64
 
+    /// Weights `initialValues` copies from instead of drawing random ones (see `setInitialWeights`).
+    private var initialWeights: StateDict?
+
     /// Re-initialises all materialized parameters (and zeroes expert biases) deterministically from `seed`.
     public func initialize(seed: UInt64) {
         initSeed = seed
+        initialWeights = nil
         for p in parameters where p.value != nil {
             precondition(p.value.count == p.count, "initialize: \(p.fqn) holds a slice; initialise slices with initialValues")
             initialValues(of: p, elements: 0..<p.count, into: p.value.data)
@@ -105,11 +109,14 @@ public final class Qwen3Model {
         for l in layers { l.moe?.expertBias.zero() }
     }
 
-    /// Elements `elements` (flat, row-major, of the full shape) of `p`'s initial value for `initSeed`, written to
-    /// out[0..<elements.count]: norm weights 1, everything else normal(0, init_std) from the parameter's own stream.
+    /// Elements `elements` (flat, row-major, of the full shape) of `p`'s initial value, written to out[0..<elements.count]:
+    /// from the initial weights when set, else for `initSeed`: norm weights 1, everything else normal(0, init_std)
+    /// from the parameter's own stream.
     public func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) {
         precondition(elements.lowerBound >= 0 && elements.upperBound <= p.count, "initialValues: \(elements) outside \(p.fqn)")
-        if ParameterNames.isNormWeight(p.fqn) {
+        if let t = initialWeights?[p.fqn] {
+            t.values.withUnsafeBufferPointer { out.update(from: $0.baseAddress! + elements.lowerBound, count: elements.count) }
+        } else if ParameterNames.isNormWeight(p.fqn) {
             out.update(repeating: 1, count: elements.count)
         } else {
             SplitMix64.fillNormal(seed: initSeed ^ fnv1a64(p.fqn), elements: elements, into: out, std: args.init_std)
@@ -278,6 +285,28 @@ public final class Qwen3Model {
         }
     }
 
+    /// Makes `sd` the initial weights of a model built without parameter storage: `initialValues` copies from it, so
+    /// a sharding wrapper takes just its slices and the model never holds a second full copy. Buffers are loaded at
+    /// once (absent expert_bias entries zeroed with `allowMissingBuffers`). Validated like `load`.
+    /// `clearInitialWeights()` drops the state dict once the wrapper has its shards.
+    public func setInitialWeights(_ sd: StateDict, allowMissingBuffers: Bool = false) throws {
+        try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
+        initialWeights = sd
+        loadBuffers(sd)
+    }
+
+    public func clearInitialWeights() { initialWeights = nil }
+
+    private func loadBuffers(_ sd: StateDict) {
+        for (n, t) in buffers {
+            if let h = sd[n] {
+                h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
+            } else {
+                t.zero()
+            }
+        }
+    }
+
     /// Loads parameters and buffers. Throws (before changing anything) on missing or unexpected names or shape mismatches.
     /// With `allowMissingBuffers`, absent expert_bias entries are set to zero (e.g. when importing an HF checkpoint).
     public func load(stateDict sd: StateDict, allowMissingBuffers: Bool = false) throws {
@@ -287,12 +316,6 @@ public final class Qwen3Model {
             if p.value == nil { p.value = Tensor(shape: p.shape) }
             t.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
         }
-        for (n, t) in buffers {
-            if let h = sd[n] {
-                h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
-            } else {
-                t.zero()
-            }
-        }
+        loadBuffers(sd)
     }
 }

@@ -60,10 +60,10 @@ public final class Trainer {
         if job.training.seq_len > args.max_seq_len {
             throw ConfigError.invalid(key: "training.seq_len", reason: "\(job.training.seq_len) exceeds the model's max_seq_len \(args.max_seq_len)")
         }
-        // Without initial weights nothing is materialized here: FSDP (after expert parallelism) initialises only
-        // this rank's shards, with the values the whole model would hold there.
-        let model = try Qwen3Model(args: args, seed: UInt64(job.training.seed), materialize: initial != nil)
-        if let initial { try model.load(stateDict: initial, allowMissingBuffers: true) }
+        // Nothing is materialized here: FSDP (after expert parallelism) initialises only this rank's shards, with the
+        // values the whole model would hold there (random for the seed, or copied from the initial weights).
+        let model = try Qwen3Model(args: args, seed: UInt64(job.training.seed), materialize: false)
+        if let initial { try model.setInitialWeights(initial, allowMissingBuffers: true) }
         return model
     }
 
@@ -100,6 +100,7 @@ public final class Trainer {
         let fsdp = try FullyShardedModel(model: model, mesh: mesh,
                                          reshardAfterForward: job.parallelism.fsdp_reshard_after_forward != .never,
                                          keepLastBlockGathered: job.parallelism.fsdp_reshard_after_forward == .default)
+        model.clearInitialWeights()   // the shards hold what this rank needs
 
         let L = job.training.seq_len, B = job.training.local_batch_size
         let tokens = try loadTokenStream(job, vocabSize: args.vocab_size, dataParallelDegree: mesh.dataParallelDegree)

@@ -328,23 +328,35 @@ final class FSDPTests: XCTestCase {
 
     /// A model built without parameter storage (meta init) and wrapped by expert parallelism and FSDP holds exactly
     /// the shards a materialized model would: each rank initialises only its own elements.
+    /// The same with initial weights (an imported checkpoint): the shards are copied from them.
     func testUnmaterializedModelShardsMatchMaterialized() throws {
-        let args = fsdpTinyArgs(moe: true, tied: true, shared: 1)
+        let args = fsdpTinyArgs(moe: true, tied: true, shared: 1, lbCoeff: 1e-3)
         let refSD = try Qwen3Model(args: args, seed: 5).stateDict()
+        let weights: StateDict = {
+            var sd = try! Qwen3Model(args: args, seed: 77).stateDict()
+            for (n, t) in sd where n.hasSuffix("expert_bias") { sd[n] = HostTensor(shape: t.shape, values: t.values.indices.map { Float($0) }) }
+            return sd
+        }()
         for dims in [ParallelDims(replicate: 1, shard: 3, ep: 1), ParallelDims(replicate: 1, shard: 4, ep: 2),
                      ParallelDims(replicate: 2, shard: 2, ep: 2), ParallelDims(replicate: 1, shard: 1, ep: 1)] {
-            let world = dims.replicate * dims.shard
-            let results = Box<StateDict>()
-            let failures = InProcessCluster.run(worldSize: world, timeoutSeconds: 60) { comm in
-                let mesh = try DeviceMesh(comm: comm, dims: dims, numExperts: args.moe.num_experts)
-                let model = try Qwen3Model(args: args, seed: 5, materialize: false)
-                XCTAssertTrue(model.parameters.allSatisfy { $0.value == nil && $0.grad == nil })
-                if let ep = mesh.ep { try ExpertParallel.apply(to: model, epGroup: ep) }
-                let fsdp = try FullyShardedModel(model: model, mesh: mesh)
-                results.set(comm.rank, try fsdp.fullStateDict())
+            for fromWeights in [false, true] {
+                let world = dims.replicate * dims.shard
+                let results = Box<StateDict>()
+                let failures = InProcessCluster.run(worldSize: world, timeoutSeconds: 60) { comm in
+                    let mesh = try DeviceMesh(comm: comm, dims: dims, numExperts: args.moe.num_experts)
+                    let model = try Qwen3Model(args: args, seed: 5, materialize: false)
+                    XCTAssertTrue(model.parameters.allSatisfy { $0.value == nil && $0.grad == nil })
+                    if fromWeights { try model.setInitialWeights(weights) }
+                    if let ep = mesh.ep { try ExpertParallel.apply(to: model, epGroup: ep) }
+                    let fsdp = try FullyShardedModel(model: model, mesh: mesh)
+                    model.clearInitialWeights()
+                    results.set(comm.rank, try fsdp.fullStateDict())
+                }
+                for (rank, e) in failures.enumerated() { XCTAssertNil(e, "\(dims) rank \(rank): \(String(describing: e))") }
+                for rank in 0..<world {
+                    XCTAssertEqual(results.get(rank), fromWeights ? weights : refSD, "\(dims) weights \(fromWeights) rank \(rank)")
+                }
             }
-            for (rank, e) in failures.enumerated() { XCTAssertNil(e, "\(dims) rank \(rank): \(String(describing: e))") }
-            for rank in 0..<world { XCTAssertEqual(results.get(rank), refSD, "\(dims) rank \(rank)") }
         }
     }
 
