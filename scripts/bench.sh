@@ -43,7 +43,8 @@ OPENBLAS_NUM_THREADS=$CORES "$TITAN" train --config bench_moe --training.steps "
 RANKS=${RANKS:-"2 4 8"}
 # Multi-rank rows: "ranks|extra flags|label". shard n x ep min(n, 4), local batch 16 / n: the same global batch.
 # At 8 ranks a second row keeps the gathered parameters between forward and backward (ZeRO-2 style: no second
-# all-gather per block, 31 MiB more per rank); the plain rows use torchtitan's default resharding.
+# all-gather per block; 31 MiB of gathered parameters per rank held from forward to backward); the plain rows use
+# torchtitan's default resharding.
 runs=()
 for n in $RANKS; do
     runs+=("$n||")

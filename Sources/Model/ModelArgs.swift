@@ -18,7 +18,8 @@ public struct MoEArgs: Codable, Equatable, Sendable {
     public var num_shared_experts: Int = 0
     /// Auxiliary-loss-free load balancing: expert bias step size; 0 disables it.
     public var load_balance_coeff: Float = 0
-    /// Expert computation: grouped (batched over experts) or a plain loop over experts.
+    /// Expert computation: grouped (experts run concurrently, whole experts per kernel thread) or a plain loop over
+    /// experts with each GEMM split over the threads. The same bits either way.
     public var use_grouped_mm: Bool = true
     public init() {}
 }

@@ -11,11 +11,16 @@ public final class Parameter {
     public let count: Int
     public var value: Tensor!
     public var grad: Tensor!
+    /// Built without storage (meta init) and not yet given any: the wrapper that takes the parameter over (expert
+    /// parallelism, FSDP) initialises its slices from the model's `initialValues` and clears this. A nil `value`
+    /// without it means the parameter is already held elsewhere (sharded).
+    public var awaitsInitialization: Bool
 
     public init(fqn: String, shape: [Int], allocate: Bool = true) {
         self.fqn = fqn
         self.shape = shape
         self.count = shape.reduce(1, *)
+        awaitsInitialization = !allocate
         if allocate {
             value = Tensor(shape: shape)
             grad = Tensor(shape: shape)

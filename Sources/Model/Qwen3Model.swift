@@ -290,6 +290,8 @@ public final class Qwen3Model {
     /// once (absent expert_bias entries zeroed with `allowMissingBuffers`). Validated like `load`.
     /// `clearInitialWeights()` drops the state dict once the wrapper has its shards.
     public func setInitialWeights(_ sd: StateDict, allowMissingBuffers: Bool = false) throws {
+        precondition(parameters.allSatisfy { $0.awaitsInitialization },
+                     "setInitialWeights: the model has parameter storage (or is sharded already); use load(stateDict:)")
         try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
         initialWeights = sd
         loadBuffers(sd)

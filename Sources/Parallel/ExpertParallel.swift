@@ -34,6 +34,9 @@ public enum ExpertParallel {
             if ep == 1 { return }
             throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) needs an MoE model (moe_enabled with at least one MoE layer)")
         }
+        guard model.hooks is NoModelHooks else {
+            throw ParallelError.invalidParameter(fqn: first.w1.fqn, "the model already has hooks installed; apply expert parallelism before FSDP")
+        }
         let E = first.args.num_experts
         guard ep >= 1, ep <= E, E % ep == 0 else {
             throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) must divide moe.num_experts \(E); pick a divisor of \(E)")
@@ -49,7 +52,7 @@ public enum ExpertParallel {
                 throw ParallelError.invalidParameter(fqn: moe.w1.fqn, "\(moe.fqn) has \(moe.args.num_experts) experts, \(first.fqn) has \(E); expert parallelism needs one expert count")
             }
             for p in moe.routedExpertParameters {
-                guard p.shape.first == E, p.value == nil || p.value.shape == p.shape else {
+                guard p.shape.first == E, p.value == nil ? p.awaitsInitialization : p.value.shape == p.shape else {
                     throw ParallelError.invalidParameter(fqn: p.fqn, "holds \(p.value?.shape.description ?? "nil"), expected the full \(p.shape) with \(E) experts first; apply expert parallelism before FSDP")
                 }
             }
@@ -69,6 +72,7 @@ public enum ExpertParallel {
                 if let g = p.grad, g.count == p.count { grad.data.update(from: g.data + range.lowerBound * per, count: el * per) }
                 p.value = value
                 p.grad = grad
+                p.awaitsInitialization = false
             }
             moe.experts = ExpertParallelExperts(group: epGroup, experts: moe.localExperts, numExperts: E, name: moe.fqn)
         }

@@ -171,7 +171,9 @@ final class FSDPHooks: ModelHooks {
 /// group's, so freeing it would only make backward all-gather it again at once). Before backward
 /// the group is gathered again and gets zeroed full-size gradients; after backward the gradients are reduce-scattered
 /// (SUM) asynchronously — all-reduced (SUM) over `dpReplicate` for HSDP — and ACCUMULATED into the gradient shards.
-/// `finishBackward` waits for every reduction. All collectives are issued in the same order on every rank, and the
+/// With tied weights the embedding's group is opened for backward by the output projection and stays gathered, with
+/// its full gradient, through every block's backward (one gather and one reduction per step instead of two; the
+/// cost is that group's parameters and gradient held for the whole backward). `finishBackward` waits for every reduction. All collectives are issued in the same order on every rank, and the
 /// ring collectives are deterministic, so the same topology reproduces bit for bit.
 public final class FullyShardedModel {
     public let model: ParallelizableModel
@@ -212,6 +214,9 @@ public final class FullyShardedModel {
             var dense: [Parameter] = [], experts: [Parameter] = []
             var expertOffsets: [Int] = []
             for p in group {
+                guard p.value != nil || p.awaitsInitialization else {
+                    throw ParallelError.invalidParameter(fqn: p.fqn, "has no value (was FSDP applied twice?)")
+                }
                 let local = p.value?.count ?? p.count   // a parameter without storage is initialised shard by shard
                 if expertIDs.contains(ObjectIdentifier(p)) {
                     guard local * ep == p.count else {
@@ -254,6 +259,7 @@ public final class FullyShardedModel {
                     }
                     p.value = nil
                     p.grad = nil
+                    p.awaitsInitialization = false
                 }
             }
         }
@@ -361,17 +367,28 @@ public final class FullyShardedModel {
 
     // MARK: hooks
 
-    private var spanStart: [UInt64] = []
+    private var spanStart: [UInt64] = [], spanTid: [Int] = []
+    private var openOnTrainingTrack = 0
+    /// Trace track of a group's span that begins while another group's is open (the tied embedding used by the output
+    /// projection): its backward outlives the enclosing span, which a single track cannot draw. Process-group
+    /// workers use tracks 1...16.
+    static let nestedSpanTid = 64
 
     @inline(__always) private func spanBegin(_ g: Int) {
         guard Trace.enabled else { return }
-        if spanStart.count <= g { spanStart += [UInt64](repeating: 0, count: g + 1 - spanStart.count) }
+        if spanStart.count <= g {
+            spanStart += [UInt64](repeating: 0, count: g + 1 - spanStart.count)
+            spanTid += [Int](repeating: 0, count: g + 1 - spanTid.count)
+        }
         spanStart[g] = Trace.now()
+        spanTid[g] = openOnTrainingTrack > 0 ? Self.nestedSpanTid : 0
+        if spanTid[g] == 0 { openOnTrainingTrack += 1 }
     }
 
     @inline(__always) private func spanEnd(_ name: StaticString, _ g: Int) {
         guard Trace.enabled, g < spanStart.count else { return }
-        Trace.record(name, arg: g, pid: mesh.rank, tid: 0, start: spanStart[g], end: Trace.now())
+        if spanTid[g] == 0 { openOnTrainingTrack -= 1 }
+        Trace.record(name, arg: g, pid: mesh.rank, tid: spanTid[g], start: spanStart[g], end: Trace.now())
     }
 
     func willForward(group g: Int) {

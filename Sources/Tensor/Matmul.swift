@@ -12,14 +12,26 @@ public enum BLAS {
 
     /// Runs `body` with OpenBLAS single-threaded (restored afterwards), for kernels that run many small GEMMs
     /// concurrently from the kernel threads instead. Results do not depend on the BLAS thread count (OpenBLAS never
-    /// splits the K dimension), so this changes speed only.
-    @inline(__always)
+    /// splits the K dimension), so this changes speed only. The setting is process-wide: regions of several threads
+    /// (ranks as threads of one process) are counted, and the last one out restores the thread count.
     public static func singleThreaded(_ body: () -> Void) {
-        let n = openblas_get_num_threads()
-        if n > 1 { openblas_set_num_threads(1) }
+        singleLock.lock()
+        if singleDepth == 0 {
+            savedThreads = openblas_get_num_threads()
+            if savedThreads > 1 { openblas_set_num_threads(1) }
+        }
+        singleDepth += 1
+        singleLock.unlock()
         body()
-        if n > 1 { openblas_set_num_threads(n) }
+        singleLock.lock()
+        singleDepth -= 1
+        if singleDepth == 0 && savedThreads > 1 { openblas_set_num_threads(savedThreads) }
+        singleLock.unlock()
     }
+
+    private static let singleLock = NSLock()
+    nonisolated(unsafe) private static var singleDepth = 0
+    nonisolated(unsafe) private static var savedThreads: Int32 = 1
 
     /// The OpenBLAS kernel family in use, e.g. "Haswell" or "SkylakeX".
     public static var coreName: String { String(cString: openblas_get_corename()) }

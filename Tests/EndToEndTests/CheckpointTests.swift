@@ -125,6 +125,7 @@ final class CheckpointTests: XCTestCase {
         let args = ["--checkpoint.enable", "true", "--checkpoint.interval", "5", "--checkpoint.keep_latest_k", "1"]
         let dump = temporaryFolder()
         setenv("TITAN_TEST_CRASH_DURING_SAVE", "2:10", 1)
+        defer { unsetenv("TITAN_TEST_CRASH_DURING_SAVE") }
         let crashed = try train(dump: dump, topo, args, expectSuccess: false)
         unsetenv("TITAN_TEST_CRASH_DURING_SAVE")
         XCTAssertNotEqual(crashed.status, 0)
@@ -154,6 +155,7 @@ final class CheckpointTests: XCTestCase {
         for point in ["metadata", "renamed"] {
             let dump = temporaryFolder()
             setenv("TITAN_TEST_CRASH_DURING_SAVE", "0:10:" + point, 1)
+            defer { unsetenv("TITAN_TEST_CRASH_DURING_SAVE") }
             let crashed = try train(dump: dump, topo, args, expectSuccess: false)
             unsetenv("TITAN_TEST_CRASH_DURING_SAVE")
             XCTAssertNotEqual(crashed.status, 0, point)

@@ -20,6 +20,44 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("[rank 0] step    4"), String(r.stdout.suffix(2000)))
     }
 
+    /// `--profiling.enable_trace true` writes one Chrome/Perfetto trace per rank with forward/backward spans per
+    /// parameter group, the optimizer, waits and every collective kind, and every track's spans nest (a viewer draws
+    /// overlapping spans of one track wrongly) — also with tied weights, whose embedding group stays open across the
+    /// blocks' backward.
+    func testTraceHasEverySpanKindAndNestsPerTrack() throws {
+        let dump = temporaryFolder()
+        let r = try Titan.run(["launch", "--ranks", "4", "--dump-folder", dump, "--", "train", "--config", "debugmodel_moe",
+                               "--model.enable_weight_tying", "true", "--training.steps", "3",
+                               "--parallelism.data_parallel_shard_degree", "4", "--parallelism.expert_parallel_degree", "2",
+                               "--profiling.enable_trace", "true", "--job.dump_folder", dump])
+        XCTAssertEqual(r.status, 0, String(r.stderr.suffix(3000)))
+        for rank in 0..<4 {
+            let data = try Data(contentsOf: URL(fileURLWithPath: "\(dump)/trace/rank-\(rank).json"))
+            let root = try JSONSerialization.jsonObject(with: data)
+            let all = (root as? [String: Any])?["traceEvents"] as? [[String: Any]] ?? (root as? [[String: Any]] ?? [])
+            let spans = all.filter { $0["ph"] as? String == "X" }
+            let names = Set(spans.compactMap { $0["name"] as? String })
+            for want in ["step", "forward", "backward", "optimizer", "wait", "all_gather", "reduce_scatter", "all_to_all", "all_reduce"] {
+                XCTAssertTrue(names.contains(want), "rank \(rank) trace lacks \(want): \(names.sorted())")
+            }
+            // Per (pid, tid) track, sorted by start: each span lies within the enclosing one or after it.
+            var tracks: [String: [(Double, Double)]] = [:]
+            for e in spans {
+                let ts = (e["ts"] as? NSNumber)?.doubleValue ?? -1, dur = (e["dur"] as? NSNumber)?.doubleValue ?? -1
+                XCTAssertGreaterThanOrEqual(ts, 0); XCTAssertGreaterThanOrEqual(dur, 0)
+                tracks["\(e["pid"] ?? "")/\(e["tid"] ?? "")", default: []].append((ts, ts + dur))
+            }
+            for (track, list) in tracks {
+                var open: [Double] = []   // end times of the enclosing spans
+                for (start, end) in list.sorted(by: { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 > $1.1) }) {
+                    while let top = open.last, top <= start { open.removeLast() }
+                    if let top = open.last { XCTAssertLessThanOrEqual(end, top + 0.002, "rank \(rank) track \(track): span [\(start), \(end)] overlaps one ending at \(top)") }
+                    open.append(end)
+                }
+            }
+        }
+    }
+
     /// The default 8-rank topology asks for expert parallelism; a dense model still runs on it.
     func testDenseModelRunsOnTheDefaultTopology() throws {
         let dump = temporaryFolder()

@@ -3,6 +3,15 @@ import Model
 import Tensor
 
 final class ExpertPathTests: XCTestCase {
+    /// With two kernel threads and no size threshold, so the grouped path really runs experts concurrently.
+    override func invokeTest() {
+        let saved = (KernelThreads.count, KernelThreads.minWork)
+        KernelThreads.count = 2
+        KernelThreads.minWork = 0
+        defer { KernelThreads.count = saved.0; KernelThreads.minWork = saved.1 }
+        super.invokeTest()
+    }
+
     func testLoopAndGroupedPathsAreIdentical() throws {
         for shared in [0, 1] {
             let a = tinyArgs(moe: true, shared: shared)

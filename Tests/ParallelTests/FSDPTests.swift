@@ -373,6 +373,40 @@ final class FSDPTests: XCTestCase {
         XCTAssertTrue("\(e)".contains("moe.experts"), "\(e)")
     }
 
+    /// Wrappers applied in the wrong order or twice are errors, for models built with or without storage: expert
+    /// parallelism after FSDP, FSDP again after detach (the trained shards would be re-initialised), and FSDP with
+    /// ep > 1 over experts that expert parallelism never narrowed.
+    func testMisorderedWrappersAreErrors() throws {
+        let args = fsdpTinyArgs(moe: true)
+        let messages = Box<[String]>()
+        let failures = InProcessCluster.run(worldSize: 2, timeoutSeconds: 60) { comm in
+            let dims = ParallelDims(replicate: 1, shard: 2, ep: 2)
+            let mesh = try DeviceMesh(comm: comm, dims: dims, numExperts: 4)
+            var found: [String] = []
+            for materialize in [true, false] {
+                let model = try Qwen3Model(args: args, seed: 0, materialize: materialize)
+                try ExpertParallel.apply(to: model, epGroup: mesh.ep!)
+                let fsdp = try FullyShardedModel(model: model, mesh: mesh)
+                do { try ExpertParallel.apply(to: model, epGroup: mesh.ep!); found.append("no error") } catch { found.append("\(error)") }
+                fsdp.detach()
+                do { _ = try FullyShardedModel(model: model, mesh: mesh); found.append("no error") } catch { found.append("\(error)") }
+                do {
+                    _ = try FullyShardedModel(model: try Qwen3Model(args: args, seed: 0, materialize: materialize), mesh: mesh)
+                    found.append("no error")
+                } catch { found.append("\(error)") }
+            }
+            messages.set(comm.rank, found)
+        }
+        for e in failures { XCTAssertNil(e) }
+        for rank in 0..<2 {
+            let m = try XCTUnwrap(messages.get(rank))
+            XCTAssertEqual(m.count, 6)
+            for i in [0, 3] { XCTAssertTrue(m[i].contains("apply expert parallelism before FSDP"), m[i]) }
+            for i in [1, 4] { XCTAssertTrue(m[i].contains("was FSDP applied twice"), m[i]) }
+            for i in [2, 5] { XCTAssertTrue(m[i].contains("expert_parallel_degree 2") && m[i].contains("moe.experts"), m[i]) }
+        }
+    }
+
     func testParallelDimsValidation() {
         XCTAssertNoThrow(try ParallelDims(replicate: 2, shard: 4, ep: 2).validate(worldSize: 8, numExperts: 8))
         XCTAssertNoThrow(try ParallelDims(replicate: 1, shard: 3, ep: 1).validate(worldSize: 3, numExperts: nil))
