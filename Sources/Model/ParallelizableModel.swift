@@ -16,7 +16,7 @@ public protocol ParallelizableModel: AnyObject {
     func validate(stateDict: StateDict, allowMissingBuffers: Bool) throws
     /// Elements `elements` (flat, of the full shape) of `p`'s initial value: how a wrapper initialises the slices it
     /// keeps of a parameter that has no storage (a model built without materializing its parameters).
-    func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>)
+    func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) throws
 }
 
 public extension ParallelizableModel {

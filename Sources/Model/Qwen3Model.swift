@@ -96,7 +96,7 @@ public final class Qwen3Model {
     public private(set) var initSeed: UInt64
 
     /// Weights `initialValues` copies from instead of drawing random ones (see `setInitialWeights`).
-    private var initialWeights: StateDict?
+    private var initialWeights: InitialWeights?
 
     /// Re-initialises all materialized parameters (and zeroes expert biases) deterministically from `seed`.
     public func initialize(seed: UInt64) {
@@ -104,7 +104,7 @@ public final class Qwen3Model {
         initialWeights = nil
         for p in parameters where p.value != nil {
             precondition(p.value.count == p.count, "initialize: \(p.fqn) holds a slice; initialise slices with initialValues")
-            initialValues(of: p, elements: 0..<p.count, into: p.value.data)
+            randomInitialValues(of: p, elements: 0..<p.count, into: p.value.data)
         }
         for l in layers { l.moe?.expertBias.zero() }
     }
@@ -112,11 +112,17 @@ public final class Qwen3Model {
     /// Elements `elements` (flat, row-major, of the full shape) of `p`'s initial value, written to out[0..<elements.count]:
     /// from the initial weights when set, else for `initSeed`: norm weights 1, everything else normal(0, init_std)
     /// from the parameter's own stream.
-    public func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+    public func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) throws {
         precondition(elements.lowerBound >= 0 && elements.upperBound <= p.count, "initialValues: \(elements) outside \(p.fqn)")
-        if let t = initialWeights?[p.fqn] {
-            t.values.withUnsafeBufferPointer { out.update(from: $0.baseAddress! + elements.lowerBound, count: elements.count) }
-        } else if ParameterNames.isNormWeight(p.fqn) {
+        if let w = initialWeights {
+            try w.read(p.fqn, elements: elements, into: out)
+        } else {
+            randomInitialValues(of: p, elements: elements, into: out)
+        }
+    }
+
+    private func randomInitialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        if ParameterNames.isNormWeight(p.fqn) {
             out.update(repeating: 1, count: elements.count)
         } else {
             SplitMix64.fillNormal(seed: initSeed ^ fnv1a64(p.fqn), elements: elements, into: out, std: args.init_std)
@@ -285,16 +291,38 @@ public final class Qwen3Model {
         }
     }
 
-    /// Makes `sd` the initial weights of a model built without parameter storage: `initialValues` copies from it, so
-    /// a sharding wrapper takes just its slices and the model never holds a second full copy. Buffers are loaded at
-    /// once (absent expert_bias entries zeroed with `allowMissingBuffers`). Validated like `load`.
-    /// `clearInitialWeights()` drops the state dict once the wrapper has its shards.
+    /// Makes `sd` the initial weights of a model built without parameter storage (see the `InitialWeights` form).
+    /// Validated like `load`; absent expert_bias entries are zeroed with `allowMissingBuffers`.
     public func setInitialWeights(_ sd: StateDict, allowMissingBuffers: Bool = false) throws {
+        try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
+        try setInitialWeights(StateDictWeights(sd, bufferNames: Set(buffers.map(\.fqn))))
+    }
+
+    /// Makes `w` the initial weights of a model built without parameter storage: `initialValues` reads from it, so a
+    /// sharding wrapper takes just its slices and the model never holds a full copy. Buffers are loaded at once (zero
+    /// where `w` has none). Throws unless `w` holds exactly the model's parameters with their shapes.
+    /// `clearInitialWeights()` drops the source once the wrapper has its shards.
+    public func setInitialWeights(_ w: InitialWeights) throws {
         precondition(parameters.allSatisfy { $0.awaitsInitialization },
                      "setInitialWeights: the model has parameter storage (or is sharded already); use load(stateDict:)")
-        try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
-        initialWeights = sd
-        loadBuffers(sd)
+        var expected: [String: [Int]] = [:]
+        for p in parameters { expected[p.fqn] = p.shape }
+        let missing = expected.keys.filter { w.parameterShapes[$0] == nil }.sorted()
+        if !missing.isEmpty { throw ModelError.missingKeys(missing) }
+        let extra = w.parameterShapes.keys.filter { expected[$0] == nil }.sorted()
+        if !extra.isEmpty { throw ModelError.unexpectedKeys(extra) }
+        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) where w.parameterShapes[name] != shape {
+            throw ModelError.shapeMismatch(fqn: name, expected: shape, got: w.parameterShapes[name]!)
+        }
+        for (n, t) in buffers {
+            if let h = w.buffer(n) {
+                guard h.shape == t.shape else { throw ModelError.shapeMismatch(fqn: n, expected: t.shape, got: h.shape) }
+                h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
+            } else {
+                t.zero()
+            }
+        }
+        initialWeights = w
     }
 
     public func clearInitialWeights() { initialWeights = nil }

@@ -66,7 +66,7 @@ public enum ExpertParallel {
                 if let full = p.value {
                     value.data.update(from: full.data + mine.lowerBound, count: mine.count)
                 } else {  // not materialized: initialise just this rank's experts
-                    model.initialValues(of: p, elements: mine, into: value.data)
+                    try model.initialValues(of: p, elements: mine, into: value.data)
                 }
                 let grad = Tensor(shape: shape)
                 if let g = p.grad, g.count == p.count { grad.data.update(from: g.data + range.lowerBound * per, count: el * per) }

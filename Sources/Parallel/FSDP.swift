@@ -99,11 +99,11 @@ final class FlatParam {
     }
 
     /// Fills this rank's part of parameter k (which has no storage) with elements of its initial value.
-    func initializeShard(_ k: Int, _ initialValues: (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
+    func initializeShard(_ k: Int, _ initialValues: (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
         let lo = max(offsets[k], shardOffset), hi = min(offsets[k] + counts[k], shardOffset + shardSize)
         guard hi > lo else { return }
         let first = offsetsInFull[k] + (lo - offsets[k])
-        initialValues(first..<(first + hi - lo), paramShard.data + (lo - shardOffset))
+        try initialValues(first..<(first + hi - lo), paramShard.data + (lo - shardOffset))
     }
 
     /// Copies `local` (the parameter's local tensor, `counts[k]` elements) into this rank's shard.
@@ -255,7 +255,7 @@ public final class FullyShardedModel {
                     if let v = p.value {
                         f.scatterIntoShard(k, from: v.ptr)
                     } else {
-                        f.initializeShard(k) { elements, out in model.initialValues(of: p, elements: elements, into: out) }
+                        try f.initializeShard(k) { elements, out in try model.initialValues(of: p, elements: elements, into: out) }
                     }
                     p.value = nil
                     p.grad = nil

@@ -39,20 +39,15 @@ public final class Trainer {
     func buildModel(resuming: Bool = false) throws -> Qwen3Model {
         let job = config.job
         var args = config.model_args
-        var initial: StateDict?
+        var initial: InitialWeights?
         if job.checkpoint.initial_load_in_hf {
             guard let path = job.checkpoint.initial_load_path else {
                 throw ConfigError.invalid(key: "checkpoint.initial_load_path", reason: "checkpoint.initial_load_in_hf needs a folder")
             }
-            // The shape comes from the folder's config.json; how experts are computed stays ours.
-            var hfArgs: Qwen3ModelArgs
-            if resuming {
-                hfArgs = try HFConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
-            } else {
-                let loaded = try HFCheckpoint.load(folder: path, includeExpertBias: false)  // HF has no expert bias: it starts at 0
-                hfArgs = loaded.args
-                initial = loaded.stateDict
-            }
+            // The shape comes from the folder's config.json; how experts are computed stays ours. The weights are read
+            // on demand: each rank reads just its slices (HF has no expert bias: it starts at 0).
+            var hfArgs = try HFConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
+            if !resuming { initial = try HFInitialWeights(folder: path, args: hfArgs) }
             hfArgs.moe.use_grouped_mm = args.moe.use_grouped_mm
             hfArgs.moe.load_balance_coeff = args.moe.load_balance_coeff
             args = hfArgs
@@ -61,9 +56,9 @@ public final class Trainer {
             throw ConfigError.invalid(key: "training.seq_len", reason: "\(job.training.seq_len) exceeds the model's max_seq_len \(args.max_seq_len)")
         }
         // Nothing is materialized here: FSDP (after expert parallelism) initialises only this rank's shards, with the
-        // values the whole model would hold there (random for the seed, or copied from the initial weights).
+        // values the whole model would hold there (random for the seed, or read from the initial weights).
         let model = try Qwen3Model(args: args, seed: UInt64(job.training.seed), materialize: false)
-        if let initial { try model.setInitialWeights(initial, allowMissingBuffers: true) }
+        if let initial { try model.setInitialWeights(initial) }
         return model
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Model
+import Tensor
 
 /// HF interchange: safetensors reader/writer, config.json mapping, torchtitan <-> HF state-dict
 /// adapter, HF folder load/save. Fixtures come from scripts/make_hf_fixtures.py (HF transformers 4.x).
@@ -420,6 +421,77 @@ final class HFTests: XCTestCase {
         }
     }
 
+    /// HF folders read on demand (what each rank of a run does) give exactly the loaded state dict: whole parameters
+    /// and slices crossing expert and tensor boundaries, from single files, sharded folders and transformers-5 saves.
+    func testInitialWeightsReadOnDemandMatchLoadedStateDict() throws {
+        var folders: [String] = []
+        for name in Self.fixtureNames + ["qwen3_moe_tf5"] { folders.append(try fixture(name)) }
+        let (margs, mtitan) = try HFCheckpoint.load(folder: try fixture("qwen3_moe"))
+        let sharded = try tempDir("lazy-sharded")
+        try HFCheckpoint.save(args: margs, stateDict: mtitan, folder: sharded, maxShardBytes: 40_000)
+        folders.append(sharded)
+        var rng = SplitMix64(seed: 4)
+        for dir in folders {
+            let (args, titan) = try HFCheckpoint.load(folder: dir, includeExpertBias: false)
+            let w = try HFInitialWeights(folder: dir, args: args)
+            XCTAssertEqual(w.parameterShapes, titan.mapValues(\.shape), dir)
+            XCTAssertNil(w.buffer("layers.0.moe.expert_bias"))
+            for (fqn, t) in titan.sorted(by: { $0.key < $1.key }) {
+                let n = t.values.count
+                var ranges = [0..<n, 0..<0, (n / 3)..<(n / 3)]
+                for _ in 0..<4 {
+                    let a = Int(rng.next() % UInt64(n)), b = Int(rng.next() % UInt64(n))
+                    ranges.append(min(a, b)..<(max(a, b) + 1))
+                }
+                for r in ranges {
+                    var out = [Float](repeating: .nan, count: r.count)
+                    try out.withUnsafeMutableBufferPointer { buf in
+                        try w.read(fqn, elements: r, into: buf.baseAddress ?? UnsafeMutablePointer(bitPattern: 64)!)
+                    }
+                    XCTAssertEqual(out, Array(t.values[r]), "\(dir) \(fqn)[\(r)]")
+                }
+            }
+            // A model started from them gathers back to the same weights (buffers zero).
+            let model = try Qwen3Model(args: args, seed: 1, materialize: false)
+            try model.setInitialWeights(w)
+            for p in model.parameters {
+                let v = Tensor(shape: p.shape)
+                try model.initialValues(of: p, elements: 0..<p.count, into: v.data)
+                XCTAssertEqual(v.toArray(), titan[p.fqn]!.values, p.fqn)
+            }
+        }
+    }
+
+    /// Opening an HF folder on demand checks it as loading does: missing, misshapen and unknown tensors, a tied
+    /// lm_head that differs from the embedding.
+    func testInitialWeightsReadOnDemandRejectBadFolders() throws {
+        func folder(_ name: String, _ edit: (inout StateDict) -> Void) throws -> (String, Qwen3ModelArgs) {
+            let src = try fixture(name)
+            let args = try HFConfig.load(path: src)
+            var hf = try SafeTensors.read(path: (src as NSString).appendingPathComponent("model.safetensors"))
+            edit(&hf)
+            let dir = try tempDir("lazy-bad")
+            try HFCheckpoint.saveHFTensors(hf, args: args, folder: dir)
+            return (dir, args)
+        }
+        func expect(_ f: (String, Qwen3ModelArgs), _ kind: StateDictAdapterError.Kind, _ tensor: String, line: UInt = #line) {
+            XCTAssertThrowsError(try HFInitialWeights(folder: f.0, args: f.1), line: line) { error in
+                guard let e = error as? StateDictAdapterError else { return XCTFail("\(error)", line: line) }
+                XCTAssertEqual(e.kind, kind, "\(e)", line: line)
+                XCTAssertEqual(e.tensor, tensor, "\(e)", line: line)
+            }
+        }
+        expect(try folder("qwen3_moe") { $0["model.layers.1.mlp.experts.5.up_proj.weight"] = nil }, .missing, "model.layers.1.mlp.experts.5.up_proj.weight")
+        expect(try folder("qwen3_moe") { $0["model.layers.0.self_attn.q_proj.weight"] = HostTensor(shape: [16, 64], values: .init(repeating: 0, count: 1024)) },
+               .shapeMismatch, "model.layers.0.self_attn.q_proj.weight")
+        expect(try folder("qwen3_moe") { $0["model.layers.0.mlp.experts.8.up_proj.weight"] = HostTensor(shape: [16, 32], values: .init(repeating: 0, count: 512)) },
+               .unexpected, "model.layers.0.mlp.experts.8.up_proj.weight")
+        let same = try folder("qwen3_tied") { $0["lm_head.weight"] = $0["model.embed_tokens.weight"] }
+        XCTAssertNoThrow(try HFInitialWeights(folder: same.0, args: same.1))
+        expect(try folder("qwen3_tied") { hf in var e = hf["model.embed_tokens.weight"]!; e.values[e.values.count - 1] += 1; hf["lm_head.weight"] = e },
+               .tiedMismatch, "lm_head.weight")
+    }
+
     func testLoadFolderErrors() throws {
         let empty = try tempDir("empty")
         XCTAssertThrowsError(try HFCheckpoint.load(folder: empty)) { XCTAssertTrue("\($0)".contains("config.json"), "\($0)") }
@@ -517,6 +589,12 @@ final class HFTests: XCTestCase {
             XCTAssertEqual(t.values.count, want.count, name)
             for (i, (a, b)) in zip(t.values, want).enumerated() {
                 XCTAssertEqual(a.bitPattern, b.bitPattern, "\(name)[\(i)]: \(a) != \(b)")
+            }
+            // Element ranges read by byte range alone decode to the same values.
+            for r in [0..<want.count, 0..<(want.count / 2), (want.count / 3)..<want.count] {
+                var part = [Float](repeating: .nan, count: r.count)
+                try part.withUnsafeMutableBufferPointer { try reader.read(name, elements: r, into: $0.baseAddress ?? UnsafeMutablePointer(bitPattern: 64)!) }
+                XCTAssertEqual(part.map(\.bitPattern), want[r].map(\.bitPattern), "\(name)[\(r)]")
             }
         }
     }

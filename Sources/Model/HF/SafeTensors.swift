@@ -276,6 +276,35 @@ public final class SafeTensorsReader {
         return try SafeTensorsReader.read(fh, offset: header.dataStart + t.dataOffsets.lowerBound, count: t.byteCount, file: path)
     }
 
+    /// Elements `elements` (flat, row-major) of tensor `name`, converted to Float32 into out[0..<elements.count]; reads
+    /// just their byte range (positioned reads: safe from several threads).
+    public func read(_ name: String, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) throws {
+        let t = try info(name)
+        guard elements.lowerBound >= 0, elements.upperBound <= t.elementCount else {
+            throw SafeTensorsError(.io, file: path, tensor: name, "elements \(elements) outside the tensor's \(t.elementCount)")
+        }
+        if elements.isEmpty { return }
+        let es = t.dtype.byteSize
+        let offset = header.dataStart + t.dataOffsets.lowerBound + elements.lowerBound * es, count = elements.count * es
+        guard let fh = FileHandle(forReadingAtPath: path) else {
+            throw SafeTensorsError(.io, file: path, tensor: name, "cannot reopen the file for reading")
+        }
+        defer { try? fh.close() }
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = bytes.withUnsafeMutableBytes { pread(fh.fileDescriptor, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                throw SafeTensorsError(n == 0 ? .truncated : .io, file: path, tensor: name,
+                                       "read of \(count) bytes at offset \(offset) stopped after \(done)\(n < 0 ? ": " + String(cString: strerror(errno)) : " (file changed or truncated?)")")
+            }
+            done += n
+        }
+        let values = SafeTensors.decodeValues(bytes, dtype: t.dtype)
+        values.withUnsafeBufferPointer { out.update(from: $0.baseAddress!, count: elements.count) }
+    }
+
     /// One tensor converted to Float32.
     public func tensor(_ name: String) throws -> HostTensor {
         let t = try info(name)

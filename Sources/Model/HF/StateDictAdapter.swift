@@ -158,7 +158,7 @@ public struct Qwen3StateDictAdapter: Sendable {
         return t
     }
 
-    private var shapeHint: String {
+    var shapeHint: String {
         let a = args
         var s = "vocab \(a.vocab_size), dim \(a.dim), layers \(a.n_layers), heads \(a.n_heads)/\(a.n_kv_heads)x\(a.head_dim), ffn \(a.hidden_dim)"
         if a.moe_enabled { s += ", experts \(a.moe.num_experts)x\(a.moe.hidden_dim)" }
@@ -251,6 +251,119 @@ public struct Qwen3StateDictAdapter: Sendable {
         }
         return out
     }
+}
+
+/// An HF folder as initial weights, read on demand: a rank asks for the slices of torchtitan parameters it keeps and
+/// gets them from the safetensors files by byte range (experts assembled from the per-expert tensors), so it never
+/// reads or holds the whole checkpoint. Validated when opened as `fromHF` validates a loaded state dict: every
+/// expected tensor present with its exact shape and a convertible dtype, nothing unknown, a tied lm_head equal to the
+/// embedding. HF has no expert bias: the model zeroes it.
+public final class HFInitialWeights: InitialWeights {
+    public let folder: String
+    public let args: Qwen3ModelArgs
+    public let parameterShapes: [String: [Int]]
+    private let readers: [String: SafeTensorsReader]   // file path → reader
+    private let file: [String: String]                 // HF name → file path
+    private let pieces: [String: [(hf: String, count: Int)]]   // torchtitan FQN → its HF tensors, in flat order
+
+    public init(folder: String, args: Qwen3ModelArgs) throws {
+        self.folder = folder
+        self.args = args
+        let adapter = Qwen3StateDictAdapter(args: args)
+        if args.moe_enabled, args.moe.num_shared_experts > 0 {
+            throw StateDictAdapterError(.unsupported, tensor: "moe.shared_experts",
+                                        "num_shared_experts \(args.moe.num_shared_experts): Qwen3-MoE HF checkpoints have no shared experts")
+        }
+        let map = try HFCheckpoint.weightMap(folder: folder)
+        var readers: [String: SafeTensorsReader] = [:]
+        for f in Set(map.values).sorted() { readers[f] = try SafeTensorsReader(path: f) }
+        self.readers = readers
+        file = map
+        func info(_ name: String) throws -> SafeTensorInfo {
+            guard let f = map[name] else {
+                throw StateDictAdapterError(.missing, tensor: name, "not in the HF checkpoint \(folder)")
+            }
+            guard readers[f]!.header.tensors[name] != nil else {
+                throw SafeTensorsError(.missingTensor, file: f, tensor: name, "listed in \(HFCheckpoint.indexFileName) but not in this shard")
+            }
+            return try readers[f]!.info(name)
+        }
+        let expected = adapter.hfShapes()
+        for name in expected.keys.sorted() {
+            let t = try info(name)
+            guard t.shape == expected[name]! else {
+                throw StateDictAdapterError(.shapeMismatch, tensor: name,
+                                            "shape \(t.shape) in the HF checkpoint, expected \(expected[name]!) for the config (\(adapter.shapeHint))")
+            }
+        }
+        for name in map.keys.sorted() where expected[name] == nil && !Qwen3StateDictAdapter.isIgnorableHFName(name) {
+            guard name == "lm_head.weight", args.enable_weight_tying else {
+                throw StateDictAdapterError(.unexpected, tensor: name,
+                                            "not a parameter of \(args.moe_enabled ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM") with this config (\(adapter.shapeHint))")
+            }
+        }
+        var pieces: [String: [(hf: String, count: Int)]] = [:]
+        let shapes = expected
+        for (t, h) in adapter.directNamePairs() { pieces[t] = [(h, shapes[h]!.reduce(1, *))] }
+        for i in 0..<args.n_layers where args.isMoELayer(i) {
+            let h = "model.layers.\(i).mlp.experts.", t = "layers.\(i).moe.experts."
+            for (titan, proj) in [("w1", "gate_proj"), ("w2", "down_proj"), ("w3", "up_proj")] {
+                pieces[t + titan] = (0..<args.moe.num_experts).map { e in
+                    let n = h + "\(e).\(proj).weight"
+                    return (n, shapes[n]!.reduce(1, *))
+                }
+            }
+        }
+        self.pieces = pieces
+        parameterShapes = adapter.titanShapes(includeExpertBias: false)
+        if args.enable_weight_tying, map["lm_head.weight"] != nil { try checkTiedHead() }
+    }
+
+    /// A tied model's lm_head.weight, when the checkpoint carries one, must equal the embedding (compared in chunks).
+    private func checkTiedHead() throws {
+        let lm = try readers[file["lm_head.weight"]!]!.info("lm_head.weight")
+        let count = args.vocab_size * args.dim
+        guard lm.shape == [args.vocab_size, args.dim] else {
+            throw StateDictAdapterError(.tiedMismatch, tensor: "lm_head.weight",
+                                        "tie_word_embeddings is true but lm_head.weight has shape \(lm.shape), the embedding [\(args.vocab_size), \(args.dim)]")
+        }
+        let chunk = 1 << 20
+        var a = [Float](repeating: 0, count: min(chunk, count)), b = a
+        var lo = 0
+        while lo < count {
+            let r = lo..<min(lo + chunk, count)
+            try a.withUnsafeMutableBufferPointer { try readHF("lm_head.weight", r, $0.baseAddress!) }
+            try b.withUnsafeMutableBufferPointer { try readHF("model.embed_tokens.weight", r, $0.baseAddress!) }
+            guard a.prefix(r.count) == b.prefix(r.count) else {
+                throw StateDictAdapterError(.tiedMismatch, tensor: "lm_head.weight",
+                                            "tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight")
+            }
+            lo = r.upperBound
+        }
+    }
+
+    private func readHF(_ name: String, _ elements: Range<Int>, _ out: UnsafeMutablePointer<Float>) throws {
+        try readers[file[name]!]!.read(name, elements: elements, into: out)
+    }
+
+    public func read(_ fqn: String, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) throws {
+        guard let list = pieces[fqn] else { throw ModelError.missingKeys([fqn]) }
+        var start = 0, written = 0
+        for (name, count) in list {
+            let lo = max(elements.lowerBound, start), hi = min(elements.upperBound, start + count)
+            if lo < hi {
+                try readHF(name, (lo - start)..<(hi - start), out + written)
+                written += hi - lo
+            }
+            start += count
+            if start >= elements.upperBound { break }
+        }
+        guard written == elements.count else {
+            throw ModelError.missingKeys(["\(fqn)[\(elements)] (the HF tensors hold \(start) elements)"])
+        }
+    }
+
+    public func buffer(_ fqn: String) -> HostTensor? { nil }
 }
 
 public struct HFCheckpointError: Error, CustomStringConvertible, Sendable {
