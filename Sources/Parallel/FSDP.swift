@@ -549,10 +549,14 @@ public final class FullyShardedModel {
 
     // MARK: state dicts
 
-    /// Every parameter (full tensors, all experts) and buffer, on every rank. Collective over the whole mesh.
-    public func fullStateDict() throws -> StateDict {
-        var sd = try gatherFull(grads: false)
-        for (n, t) in model.buffers { sd[n] = HostTensor(shape: t.shape, values: t.toArray()) }
+    /// Every parameter (full tensors, all experts) and buffer, on every rank, or only on `root` (the other ranks get
+    /// an empty dict and hold one group at a time: an export of a large model does not hold it everywhere).
+    /// Collective over the whole mesh.
+    public func fullStateDict(root: Int? = nil) throws -> StateDict {
+        var sd = try gatherFull(grads: false, keep: root.map { $0 == mesh.rank } ?? true)
+        if root.map({ $0 == mesh.rank }) ?? true {
+            for (n, t) in model.buffers { sd[n] = HostTensor(shape: t.shape, values: t.toArray()) }
+        }
         return sd
     }
 
@@ -562,7 +566,7 @@ public final class FullyShardedModel {
         return try gatherFull(grads: true)
     }
 
-    private func gatherFull(grads: Bool) throws -> StateDict {
+    private func gatherFull(grads: Bool, keep: Bool = true) throws -> StateDict {
         try throwIfFailed()
         var sd: StateDict = [:]
         for flats in groups {
@@ -579,7 +583,7 @@ public final class FullyShardedModel {
                         }
                         values = try epg.allGather(values)
                     }
-                    sd[p.fqn] = HostTensor(shape: p.shape, values: values)
+                    if keep { sd[p.fqn] = HostTensor(shape: p.shape, values: values) }
                 }
             }
         }

@@ -228,7 +228,7 @@ public final class Trainer {
         }
         if job.checkpoint.last_save_in_hf {
             // HF export of the final weights: checkpoint.folder/step-N-hf (config.json + model.safetensors).
-            let sd = try fsdp.fullStateDict()
+            let sd = try fsdp.fullStateDict(root: 0)
             if isLogger {
                 let hf = Checkpoint.hfExportFolder(folder: ckptFolder, step: lastStep)
                 try HFCheckpoint.save(args: args, stateDict: sd, folder: hf)

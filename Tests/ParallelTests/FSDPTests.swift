@@ -350,7 +350,11 @@ final class FSDPTests: XCTestCase {
                     if let ep = mesh.ep { try ExpertParallel.apply(to: model, epGroup: ep) }
                     let fsdp = try FullyShardedModel(model: model, mesh: mesh)
                     model.clearInitialWeights()
-                    results.set(comm.rank, try fsdp.fullStateDict())
+                    let full = try fsdp.fullStateDict()
+                    // Gathered to the last rank only: the same there, nothing elsewhere.
+                    let rooted = try fsdp.fullStateDict(root: world - 1)
+                    XCTAssertEqual(rooted, comm.rank == world - 1 ? full : [:], "\(dims) rank \(comm.rank)")
+                    results.set(comm.rank, full)
                 }
                 for (rank, e) in failures.enumerated() { XCTAssertNil(e, "\(dims) rank \(rank): \(String(describing: e))") }
                 for rank in 0..<world {
