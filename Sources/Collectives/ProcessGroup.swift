@@ -184,6 +184,12 @@ public final class ProcessGroup: @unchecked Sendable {
         submit(.barrier) { ch in try disseminationBarrier(ch) }
     }
 
+    /// `ringPass` of `bytes` (see Algorithms/RingPass.swift); for the benchmark.
+    func ringPass(_ bytes: UnsafeRawBufferPointer, repeats: Int) throws {
+        let base = bytes.baseAddress ?? UnsafeRawPointer(Self.emptyBuffer)
+        try submit(.ringPass) { ch in try Collectives.ringPass(ch, bytes: base, count: bytes.count, repeats: repeats) }.wait()
+    }
+
     /// A stand-in address for empty buffers (nothing is ever read from or written to it).
     private static let emptyBuffer = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 16)
 }

@@ -13,6 +13,34 @@ final class InProcessSuiteTests: XCTestCase {
         for (rank, error) in failures.enumerated() { XCTAssertNil(error, "rank \(rank): \(String(describing: error))") }
     }
 
+    /// The bandwidth benchmark runs on thread ranks: every collective and size gets one row with the same numbers on
+    /// every rank, the transport ring ceiling is measured first, and the JSON lines carry the documented keys.
+    func testBenchmarkRowsAndRingCeiling() throws {
+        let results = ResultBox<([CollectiveBench.Row], [String])>()
+        let failures = InProcessCluster.run(worldSize: 3, timeoutSeconds: 60) { comm in
+            var lines: [String] = []
+            let rows = try CollectiveBench.run(comm: comm, sizes: [4 << 10, 96 << 10], print: { lines.append($0) })
+            results.set(comm.rank, (rows, lines))
+        }
+        for (rank, error) in failures.enumerated() { XCTAssertNil(error, "rank \(rank): \(String(describing: error))") }
+        let (rows, lines) = try XCTUnwrap(results.get(0))
+        XCTAssertEqual(rows.map(\.collective), CollectiveBench.collectives + CollectiveBench.collectives)
+        for r in rows {
+            XCTAssertEqual(r.world, 3)
+            XCTAssertTrue(r.timeMicroseconds > 0 && r.busbwGBps > 0 && r.ofRing > 0, "\(r)")
+        }
+        for rank in 1..<3 { XCTAssertEqual(try XCTUnwrap(results.get(rank)).0.map(\.timeMicroseconds), rows.map(\.timeMicroseconds)) }
+        XCTAssertTrue(lines.first?.hasPrefix("transport ring ceiling: ") ?? false, "\(lines)")
+        let ceiling = try XCTUnwrap(lines.first { $0.hasPrefix("{\"transport_ring_gbps\"") })
+        let c = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(ceiling.utf8)) as? [String: Any])
+        let gbps = try XCTUnwrap(c["transport_ring_gbps"] as? Double)
+        XCTAssertGreaterThan(gbps, 0)
+        for r in rows { XCTAssertEqual(r.ofRing, r.busbwGBps / gbps, accuracy: 1e-3 * r.ofRing + 1e-4) }
+        let json = try XCTUnwrap(lines.first { $0.hasPrefix("{\"collective\"") })
+        let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        XCTAssertEqual(Set(o.keys), ["collective", "world", "bytes", "time_us", "algbw_gbps", "busbw_gbps", "of_ring"])
+    }
+
     func testWorldOfOneNeedsNoSockets() throws {
         let failures = InProcessCluster.run(worldSize: 1) { comm in
             let failed = try CollectiveSuite(comm: comm, largeBytes: 1 << 20, print: { _ in }).run()
@@ -20,4 +48,12 @@ final class InProcessSuiteTests: XCTestCase {
         }
         XCTAssertNil(failures[0] ?? nil)
     }
+}
+
+/// Per-rank results written by thread ranks.
+private final class ResultBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [Int: T] = [:]
+    func set(_ rank: Int, _ v: T) { lock.lock(); values[rank] = v; lock.unlock() }
+    func get(_ rank: Int) -> T? { lock.lock(); defer { lock.unlock() }; return values[rank] }
 }

@@ -2,7 +2,9 @@ import Foundation
 
 /// Collective bandwidth benchmark (`titan bench`), with nccl-tests' definitions:
 /// bytes = the whole buffer; algbw = bytes / time; busbw = algbw × (n-1)/n
-/// (× 2(n-1)/n for all-reduce), the rate each link must sustain.
+/// (× 2(n-1)/n for all-reduce), the rate each link must sustain. `of_ring` = busbw over the transport's ring ceiling
+/// measured first in the same run: every rank passing 2 MiB messages around the ring (`ringPass`), the rate no ring
+/// collective over these sockets can beat.
 public enum CollectiveBench {
     public struct Row: Sendable {
         public var collective: String
@@ -11,10 +13,12 @@ public enum CollectiveBench {
         public var timeMicroseconds: Double
         public var algbwGBps: Double { Double(bytes) / (timeMicroseconds * 1e-6) / 1e9 }
         public var busbwGBps: Double
+        /// busbw / the transport ring ceiling of the same run.
+        public var ofRing: Double
 
         public var json: String {
-            String(format: "{\"collective\": \"%@\", \"world\": %d, \"bytes\": %d, \"time_us\": %.1f, \"algbw_gbps\": %.4f, \"busbw_gbps\": %.4f}",
-                   collective, world, bytes, timeMicroseconds, algbwGBps, busbwGBps)
+            String(format: "{\"collective\": \"%@\", \"world\": %d, \"bytes\": %d, \"time_us\": %.1f, \"algbw_gbps\": %.4f, \"busbw_gbps\": %.4f, \"of_ring\": %.3f}",
+                   collective, world, bytes, timeMicroseconds, algbwGBps, busbwGBps, ofRing)
         }
     }
 
@@ -27,8 +31,10 @@ public enum CollectiveBench {
         let g = comm.world!
         let n = g.size
         var rows: [Row] = []
+        let ceiling = try ringCeiling(g)
         if comm.rank == 0 {
-            print("collective      world      bytes      time_us  algbw GB/s  busbw GB/s")
+            print(String(format: "transport ring ceiling: %.3f GB/s per link (%d ranks passing 2 MiB messages, like zmq_ring_ceiling.py)", ceiling, n))
+            print("collective      world      bytes      time_us  algbw GB/s  busbw GB/s  of ring")
         }
         for bytes in sizes {
             let count = bytes / 4 / n * n  // whole buffer, divisible by the world
@@ -58,16 +64,39 @@ public enum CollectiveBench {
                 for _ in 0..<iterations { try op() }
                 let mine = Float(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3 / Double(iterations))
                 let slowest = try g.allReduce([mine], op: .max)[0]
+                let busbw = Double(count * 4) / (Double(slowest) * 1e-6) / 1e9 * factor
                 let row = Row(collective: name, world: n, bytes: count * 4, timeMicroseconds: Double(slowest),
-                              busbwGBps: Double(count * 4) / (Double(slowest) * 1e-6) / 1e9 * factor)
+                              busbwGBps: busbw, ofRing: ceiling > 0 ? busbw / ceiling : 0)
                 rows.append(row)
                 if comm.rank == 0 {
                     print(name.padding(toLength: 15, withPad: " ", startingAt: 0)
-                          + String(format: " %5d %10d %12.1f %11.3f %11.3f", n, row.bytes, row.timeMicroseconds, row.algbwGBps, row.busbwGBps))
+                          + String(format: " %5d %10d %12.1f %11.3f %11.3f %7.0f%%", n, row.bytes, row.timeMicroseconds, row.algbwGBps,
+                                   row.busbwGBps, row.ofRing * 100))
                 }
             }
         }
-        if comm.rank == 0 { rows.forEach { print($0.json) } }
+        if comm.rank == 0 {
+            print(String(format: "{\"transport_ring_gbps\": %.4f, \"world\": %d, \"message_bytes\": %d}", ceiling, n, ringMessageBytes))
+            rows.forEach { print($0.json) }
+        }
         return rows
+    }
+
+    static let ringMessageBytes = 2 << 20
+
+    /// GB/s per link of `ringPass` with 2 MiB messages (0 on one rank: there is no link).
+    static func ringCeiling(_ g: ProcessGroup) throws -> Double {
+        guard g.size > 1 else { return 0 }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ringMessageBytes, alignment: 64)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 1)
+        let repeats = 50
+        try g.ringPass(UnsafeRawBufferPointer(buffer), repeats: 3)   // warm-up
+        try g.barrier()
+        let start = DispatchTime.now().uptimeNanoseconds
+        try g.ringPass(UnsafeRawBufferPointer(buffer), repeats: repeats)
+        let mine = Float(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        let slowest = try g.allReduce([mine], op: .max)[0]
+        return Double(ringMessageBytes * repeats) / Double(slowest) / 1e9
     }
 }

@@ -15,6 +15,8 @@
 
 public enum CollectiveKind: UInt16, Sendable, CustomStringConvertible {
     case allGather = 1, reduceScatter, allReduce, allToAll, broadcast, barrier
+    /// The benchmark's transport ceiling: one message to the next member, one from the previous (`RingPass`).
+    case ringPass
 
     public var description: String { "\(traceName)" }
 
@@ -27,6 +29,7 @@ public enum CollectiveKind: UInt16, Sendable, CustomStringConvertible {
         case .allToAll: return "all_to_all"
         case .broadcast: return "broadcast"
         case .barrier: return "barrier"
+        case .ringPass: return "ring_pass"
         }
     }
 }
