@@ -123,15 +123,11 @@ public final class Attention {
         dv.update(repeating: 0, count: N * KD)
         attention_backward(dq_BTHd: dq, dk_BTKd: dk, dv_BTKd: dv, scratch_BHTT: dTT, dout_BTHd: dao, att_BHTT: a.att.data,
                            q_BTHd: a.q.data, k_BTKd: a.k.data, v_BTKd: a.v.data, B: B, T: T, H: H, KV: KV, hd: hd)
-        // through RoPE, then the per-head norms; dq / dk are reused for the grads of the raw projections
-        dqn.update(repeating: 0, count: N * QD)
-        rope_backward(dqn, dq, cos_TP: cos_TP, sin_TP: sin_TP, B: B, T: T, H: H, hd: hd)
-        dq.update(repeating: 0, count: N * QD)
-        rmsnorm_backward(dq, qNorm.g, dqn, a.qRaw.data, qNorm.v, a.qRstd.data, N: N * H, D: hd)
-        dkn.update(repeating: 0, count: N * KD)
-        rope_backward(dkn, dk, cos_TP: cos_TP, sin_TP: sin_TP, B: B, T: T, H: KV, hd: hd)
-        dk.update(repeating: 0, count: N * KD)
-        rmsnorm_backward(dk, kNorm.g, dkn, a.kRaw.data, kNorm.v, a.kRstd.data, N: N * KV, D: hd)
+        // through RoPE, then the per-head norms; dq / dk are reused (overwritten) for the grads of the raw projections
+        rope_backward(dqn, dq, cos_TP: cos_TP, sin_TP: sin_TP, B: B, T: T, H: H, hd: hd, overwrite: true)
+        rmsnorm_backward(dq, qNorm.g, dqn, a.qRaw.data, qNorm.v, a.qRstd.data, N: N * H, D: hd, overwriteDx: true)
+        rope_backward(dkn, dk, cos_TP: cos_TP, sin_TP: sin_TP, B: B, T: T, H: KV, hd: hd, overwrite: true)
+        rmsnorm_backward(dk, kNorm.g, dkn, a.kRaw.data, kNorm.v, a.kRstd.data, N: N * KV, D: hd, overwriteDx: true)
         matmul_backward(dx_TD: dxn_ND, dw_ND: wq.g, dout_TN: dq, x_TD: xn_ND, w_ND: wq.v, T: N, D: D, N: QD)
         matmul_backward(dx_TD: dxn_ND, dw_ND: wk.g, dout_TN: dk, x_TD: xn_ND, w_ND: wk.v, T: N, D: D, N: KD)
         matmul_backward(dx_TD: dxn_ND, dw_ND: wv.g, dout_TN: dv, x_TD: xn_ND, w_ND: wv.v, T: N, D: D, N: KD)

@@ -70,10 +70,11 @@ public func rmsnorm_forward(_ out_ND: UnsafeMutablePointer<Float>, _ rstd_N: Uns
     }
 }
 
-/// dx_ND += rstd·(w·dy − x̂·mean(w·dy·x̂)),  dw_D += Σ_n dy·x̂,  with x̂ = x·rstd.
+/// dx_ND += rstd·(w·dy − x̂·mean(w·dy·x̂)),  dw_D += Σ_n dy·x̂,  with x̂ = x·rstd. `overwriteDx` writes dx_ND
+/// instead of adding to it (the same values as zeroing it first, without the zeroing pass).
 public func rmsnorm_backward(_ dx_ND: UnsafeMutablePointer<Float>, _ dw_D: UnsafeMutablePointer<Float>?,
                              _ dout_ND: UnsafePointer<Float>, _ x_ND: UnsafePointer<Float>, _ w_D: UnsafePointer<Float>,
-                             _ rstd_N: UnsafePointer<Float>, N: Int, D: Int) {
+                             _ rstd_N: UnsafePointer<Float>, N: Int, D: Int, overwriteDx: Bool = false) {
     parallelFor(N, costPerItem: 3 * D) { rows in
         for n in rows {
             let x = x_ND + n * D, dy = dout_ND + n * D, dx = dx_ND + n * D
@@ -83,7 +84,7 @@ public func rmsnorm_backward(_ dx_ND: UnsafeMutablePointer<Float>, _ dw_D: Unsaf
             let m = s / Float(D)
             for i in 0..<D {
                 let xh = x[i] * r
-                dx[i] += r * (w_D[i] * dy[i] - xh * m)
+                dx[i] = (overwriteDx ? 0 : dx[i]) + r * (w_D[i] * dy[i] - xh * m)
             }
         }
     }
@@ -136,8 +137,10 @@ public func rope_forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<
 }
 
 /// dx += Rᵀ·dout (RoPE is a rotation): dx1 += dy1·cos + dy2·sin, dx2 += dy2·cos − dy1·sin. dx must not alias dout.
+/// `overwrite` writes dx instead of adding to it.
 public func rope_backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
-                          cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, hd: Int) {
+                          cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, hd: Int,
+                          overwrite: Bool = false) {
     let P = hd / 2
     parallelFor(B * T, costPerItem: 3 * H * hd) { rows in
         for bt in rows {
@@ -148,8 +151,8 @@ public func rope_backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePoint
                 let dy = dout + off, d = dx + off
                 for i in 0..<P {
                     let dy1 = dy[i], dy2 = dy[i + P]
-                    d[i] += dy1 * c[i] + dy2 * s[i]
-                    d[i + P] += dy2 * c[i] - dy1 * s[i]
+                    d[i] = (overwrite ? 0 : d[i]) + (dy1 * c[i] + dy2 * s[i])
+                    d[i + P] = (overwrite ? 0 : d[i + P]) + (dy2 * c[i] - dy1 * s[i])
                 }
             }
         }

@@ -115,6 +115,13 @@ final class KernelGradientTests: XCTestCase {
         rmsnorm_backward(dx.p, dw.p, dout.p, x.p, w.p, rstd.p, N: N, D: D)
         checkGradient("rmsnorm dx", x: x.p, n: x.n, grad: dx.a, eps: 3e-3, f: f)
         checkGradient("rmsnorm dw", x: w.p, n: w.n, grad: dw.a, eps: 3e-3, f: f)
+        // overwriteDx writes what accumulating onto zeros gives, whatever dx held; accumulating adds to what it held
+        let junk = randn(N * D, &rng)
+        let over = Buf(junk), acc = Buf(junk)
+        rmsnorm_backward(over.p, nil, dout.p, x.p, w.p, rstd.p, N: N, D: D, overwriteDx: true)
+        rmsnorm_backward(acc.p, nil, dout.p, x.p, w.p, rstd.p, N: N, D: D)
+        XCTAssertEqual(over.a, dx.a)
+        for i in 0..<(N * D) { XCTAssertEqual(acc.a[i], junk[i] + dx.a[i]) }
     }
 
     func testRoPE() {
@@ -148,6 +155,12 @@ final class KernelGradientTests: XCTestCase {
         let dx = Buf(zeros: n), dout = Buf(r)
         rope_backward(dx.p, dout.p, cos_TP: cosT.p, sin_TP: sinT.p, B: B, T: T, H: H, hd: hd)
         checkGradient("rope dx", x: x.p, n: n, grad: dx.a, f: f)
+        let junk = randn(n, &rng)
+        let over = Buf(junk), acc = Buf(junk)
+        rope_backward(over.p, dout.p, cos_TP: cosT.p, sin_TP: sinT.p, B: B, T: T, H: H, hd: hd, overwrite: true)
+        rope_backward(acc.p, dout.p, cos_TP: cosT.p, sin_TP: sinT.p, B: B, T: T, H: H, hd: hd)
+        XCTAssertEqual(over.a, dx.a)
+        for i in 0..<n { XCTAssertEqual(acc.a[i], junk[i] + dx.a[i]) }
     }
 
     func testAttentionForwardReferenceAndGradients() {
