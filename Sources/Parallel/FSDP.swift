@@ -76,6 +76,9 @@ final class FlatParam {
     var gathered: Tensor?
     var gatherWork: Work?
     var fullGrad: Tensor?
+    /// The gradient shard holds zeros (set by `zeroGrad`): the next reduction writes into it instead of into a scratch
+    /// shard that is then added to it.
+    var gradShardIsZero = false
 
     init(pg: ProcessGroup, isExpert: Bool, params: [Parameter], offsetsInFull: [Int]) {
         self.pg = pg
@@ -432,7 +435,8 @@ public final class FullyShardedModel {
             f.fullGrad = nil
             for p in f.params { p.grad = nil }
             if f.direct { continue }
-            let out = pool.acquire(f.shardSize, zeroed: false)
+            let out = f.gradShardIsZero ? f.gradShard : pool.acquire(f.shardSize, zeroed: false)
+            f.gradShardIsZero = false
             var work: Work?
             do {
                 work = try f.pg.reduceScatterAsync(UnsafeBufferPointer(grad.buffer), into: out.buffer, op: .sum)
@@ -481,6 +485,7 @@ public final class FullyShardedModel {
     }
 
     private func accumulate(_ r: PendingReduction) {
+        if r.output === r.flat.gradShard { return }   // reduced in place onto zeros
         let dst = r.flat.gradShard.data, src = r.output.data
         parallelFor(r.flat.shardSize, costPerItem: 3) { rows in for i in rows { dst[i] += src[i] } }
         pool.release(r.output)
@@ -503,7 +508,7 @@ public final class FullyShardedModel {
     public func zeroGrad() {
         advance(keepInFlight: 0)
         reshard()
-        for flats in groups { for f in flats { f.gradShard.zero() } }
+        for flats in groups { for f in flats { f.gradShard.zero(); f.gradShardIsZero = true } }
     }
 
     // MARK: norms
