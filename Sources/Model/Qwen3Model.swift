@@ -343,7 +343,7 @@ public final class Qwen3Model {
         try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
         for p in parameters {
             let t = sd[p.fqn]!
-            if p.value == nil { p.value = Tensor(shape: p.shape) }
+            if p.value == nil { p.value = Tensor(shape: p.shape); p.grad = Tensor(shape: p.shape); p.awaitsInitialization = false }
             t.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
         }
         loadBuffers(sd)
