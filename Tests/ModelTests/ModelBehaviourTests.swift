@@ -125,6 +125,22 @@ final class ModelStateTests: XCTestCase {
         XCTAssertEqual(std, a.init_std, accuracy: 0.02)
     }
 
+    /// A model built without storage trains like the materialized one once a state dict is loaded into it.
+    func testLoadIntoUnmaterializedModelTrains() throws {
+        let a = tinyArgs(moe: true, shared: 1, lbCoeff: 1e-3)
+        let ref = try Qwen3Model(args: a, seed: 6)
+        let m = try Qwen3Model(args: a, seed: 99, materialize: false)
+        XCTAssertTrue(m.parameters.allSatisfy { $0.value == nil && $0.grad == nil && $0.awaitsInitialization })
+        try m.load(stateDict: ref.stateDict())
+        XCTAssertTrue(m.parameters.allSatisfy { $0.value != nil && $0.grad != nil && !$0.awaitsInitialization })
+        let B = 2, T = 5
+        let x = randomTokens(B * T, vocab: a.vocab_size, seed: 1), y = randomTokens(B * T, vocab: a.vocab_size, seed: 2)
+        ref.zeroGrad(); m.zeroGrad()
+        XCTAssertEqual(m.forwardBackward(inputs: x, labels: y, B: B, T: T, lossScale: 0.1),
+                       ref.forwardBackward(inputs: x, labels: y, B: B, T: T, lossScale: 0.1))
+        XCTAssertEqual(m.parameters.map { $0.grad.toArray() }, ref.parameters.map { $0.grad.toArray() })
+    }
+
     func testParameterGroupsAndNames() throws {
         let a = tinyArgs(moe: true, shared: 1, lbCoeff: 1e-3)
         let m = try Qwen3Model(args: a, seed: 1)
