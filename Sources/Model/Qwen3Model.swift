@@ -78,9 +78,6 @@ public final class Qwen3Model {
         try self.init(args: try ModelFlavors.named(flavor), seed: seed)
     }
 
-    /// All parameters, flattened in group order.
-    public var parameters: [Parameter] { parameterGroups.flatMap { $0 } }
-
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
 
     /// The MoE modules, in layer order (dense layers have none).
@@ -280,14 +277,18 @@ public final class Qwen3Model {
     /// Throws on missing or unexpected names and shape mismatches: the check every loader runs before it
     /// changes anything. With `allowMissingBuffers`, absent expert_bias entries are fine.
     public func validate(stateDict sd: StateDict, allowMissingBuffers: Bool = false) throws {
-        let expected = stateDictShapes
-        let bufferNames = Set(buffers.map { $0.fqn })
-        let missing = expected.keys.filter { sd[$0] == nil && !(allowMissingBuffers && bufferNames.contains($0)) }.sorted()
+        try Self.checkNamesAndShapes(expected: stateDictShapes, got: sd.mapValues(\.shape),
+                                     optional: allowMissingBuffers ? Set(buffers.map(\.fqn)) : [])
+    }
+
+    /// Missing (unless `optional`), unexpected and misshapen names, in that order, each reported sorted.
+    private static func checkNamesAndShapes(expected: [String: [Int]], got: [String: [Int]], optional: Set<String>) throws {
+        let missing = expected.keys.filter { got[$0] == nil && !optional.contains($0) }.sorted()
         if !missing.isEmpty { throw ModelError.missingKeys(missing) }
-        let extra = sd.keys.filter { expected[$0] == nil }.sorted()
+        let extra = got.keys.filter { expected[$0] == nil }.sorted()
         if !extra.isEmpty { throw ModelError.unexpectedKeys(extra) }
         for (name, shape) in expected.sorted(by: { $0.key < $1.key }) {
-            if let t = sd[name], t.shape != shape { throw ModelError.shapeMismatch(fqn: name, expected: shape, got: t.shape) }
+            if let g = got[name], g != shape { throw ModelError.shapeMismatch(fqn: name, expected: shape, got: g) }
         }
     }
 
@@ -305,31 +306,21 @@ public final class Qwen3Model {
     public func setInitialWeights(_ w: InitialWeights) throws {
         precondition(parameters.allSatisfy { $0.awaitsInitialization },
                      "setInitialWeights: the model has parameter storage (or is sharded already); use load(stateDict:)")
-        var expected: [String: [Int]] = [:]
-        for p in parameters { expected[p.fqn] = p.shape }
-        let missing = expected.keys.filter { w.parameterShapes[$0] == nil }.sorted()
-        if !missing.isEmpty { throw ModelError.missingKeys(missing) }
-        let extra = w.parameterShapes.keys.filter { expected[$0] == nil }.sorted()
-        if !extra.isEmpty { throw ModelError.unexpectedKeys(extra) }
-        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) where w.parameterShapes[name] != shape {
-            throw ModelError.shapeMismatch(fqn: name, expected: shape, got: w.parameterShapes[name]!)
-        }
+        try Self.checkNamesAndShapes(expected: Dictionary(uniqueKeysWithValues: parameters.map { ($0.fqn, $0.shape) }),
+                                     got: w.parameterShapes, optional: [])
         for (n, t) in buffers {
-            if let h = w.buffer(n) {
-                guard h.shape == t.shape else { throw ModelError.shapeMismatch(fqn: n, expected: t.shape, got: h.shape) }
-                h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
-            } else {
-                t.zero()
-            }
+            if let h = w.buffer(n), h.shape != t.shape { throw ModelError.shapeMismatch(fqn: n, expected: t.shape, got: h.shape) }
         }
+        loadBuffers(w.buffer)
         initialWeights = w
     }
 
     public func clearInitialWeights() { initialWeights = nil }
 
-    private func loadBuffers(_ sd: StateDict) {
+    /// Buffers from `source` (zero where it has none); shapes already checked.
+    private func loadBuffers(_ source: (String) -> HostTensor?) {
         for (n, t) in buffers {
-            if let h = sd[n] {
+            if let h = source(n) {
                 h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
             } else {
                 t.zero()
@@ -346,6 +337,6 @@ public final class Qwen3Model {
             if p.value == nil { p.value = Tensor(shape: p.shape); p.grad = Tensor(shape: p.shape); p.awaitsInitialization = false }
             t.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
         }
-        loadBuffers(sd)
+        loadBuffers { sd[$0] }
     }
 }
