@@ -6,11 +6,12 @@
 #   ./run_cluster.sh 8 bench                        collective bandwidth table
 #   ./run_cluster.sh 8 --single-process ...         every rank as a thread of one process (inproc)
 #   ./run_cluster.sh topologies/two-host-tcp.toml --node 1 ...   start one host's ranks
+#   ./run_cluster.sh 8 --cpu-bind none ...         leave rank placement to the scheduler (default: block)
 # Builds in release mode when sources changed; exits 0 only when every rank finished cleanly.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 
 scripts/bootstrap.sh
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
         --single-process) launch+=(--single-process) ;;
         --node) launch+=(--node "$2"); shift ;;
         --job-id) launch+=(--job-id "$2"); shift ;;
+        --cpu-bind) launch+=(--cpu-bind "$2"); shift ;;
         train|collectives|bench) if [ ${#rest[@]} -eq 0 ]; then program=$1; else rest+=("$1"); fi ;;
         *) rest+=("$1") ;;
     esac

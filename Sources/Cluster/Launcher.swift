@@ -80,6 +80,8 @@ public struct Launcher {
     public var jobID: String?
     /// Added to the launcher's own environment for every rank (the rank identity wins over it).
     public var extraEnvironment: [String: String]
+    /// Where the started ranks run on this machine's CPUs (each rank binds itself at start, see `RankIdentity.cpus`).
+    public var cpuBinding: CPUBindPolicy = .block
     /// After the first failure: SIGTERM to the others, SIGKILL after this many seconds.
     public var graceSeconds: Double = 3
     /// Stop the whole job (exit status 124) when it runs longer than this.
@@ -153,19 +155,24 @@ public struct Launcher {
             baseEnvironment[RankEnvironment.openBLASThreads] = String(threads)
         }
 
+        let allowedCPUs = CPUBinding.allowedCPUs()
+        let placement = ranks.indices.map { CPUBinding.assignment(cpuBinding, index: $0, count: ranks.count, cpus: allowedCPUs) }
+        let binding = placement.contains { $0 != nil }
+            ? "; ranks bound to CPUs \(CPUBinding.formatList(allowedCPUs)) in blocks" : ""
+
         var supervisor = Supervisor(launcher: self, jobID: jobID)
         supervisor.note("job \(jobID): starting \(ranks.count) rank(s) of \(topology.worldSize) "
-            + "(topology \(topology.name), node(s) \(nodes.map(String.init).joined(separator: ",")))")
+            + "(topology \(topology.name), node(s) \(nodes.map(String.init).joined(separator: ",")))\(binding)")
         let signals = SignalForwarding()
         defer { signals.restore() }
 
-        for rank in ranks {
+        for (index, rank) in ranks.enumerated() {
             let (host, localRank) = topology.location(ofRank: rank)
             let identity = RankIdentity(
                 rank: rank, worldSize: topology.worldSize, localRank: localRank,
                 localWorldSize: topology.hosts[host].ranks, nodeRank: host, jobID: jobID,
                 topologyPath: topologyPath, localRanks: topologyPath == nil ? topology.worldSize : nil,
-                ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump)
+                ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
             let environment = baseEnvironment.merging(identity.environment) { $1 }
             do {
                 try supervisor.start(rank: rank, environment: environment, logPath: "\(logs)/rank-\(rank).log")

@@ -24,6 +24,8 @@ public enum RankEnvironment {
     public static let ipcDirectory = "TITAN_IPC_DIR"
     public static let launcherPID = "TITAN_LAUNCHER_PID"
     public static let dumpFolder = "TITAN_DUMP_FOLDER"
+    /// The CPUs the rank binds itself to at start (kernel cpu-list syntax, e.g. "0" or "2-3"); unset: unbound.
+    public static let cpus = "TITAN_CPUS"
     public static let openBLASThreads = "OPENBLAS_NUM_THREADS"
 }
 
@@ -42,10 +44,12 @@ public struct RankIdentity: Sendable, Equatable {
     public var ipcDirectory: String
     public var launcherPID: Int32?
     public var dumpFolder: String?
+    /// The CPUs the launcher placed this rank on (`CPUBindPolicy`); nil: unbound.
+    public var cpus: [Int]?
 
     public init(rank: Int, worldSize: Int, localRank: Int, localWorldSize: Int, nodeRank: Int,
                 jobID: String, topologyPath: String?, localRanks: Int?, ipcDirectory: String,
-                launcherPID: Int32?, dumpFolder: String?) {
+                launcherPID: Int32?, dumpFolder: String?, cpus: [Int]? = nil) {
         self.rank = rank
         self.worldSize = worldSize
         self.localRank = localRank
@@ -57,6 +61,7 @@ public struct RankIdentity: Sendable, Equatable {
         self.ipcDirectory = ipcDirectory
         self.launcherPID = launcherPID
         self.dumpFolder = dumpFolder
+        self.cpus = cpus
     }
 
     /// The variables the launcher sets for this rank (OPENBLAS_NUM_THREADS is the launcher's).
@@ -71,6 +76,7 @@ public struct RankIdentity: Sendable, Equatable {
         if topologyPath == nil, let localRanks { env[E.localRanks] = String(localRanks) }
         if let launcherPID { env[E.launcherPID] = String(launcherPID) }
         if let dumpFolder { env[E.dumpFolder] = dumpFolder }
+        if let cpus { env[E.cpus] = CPUBinding.formatList(cpus) }
         return env
     }
 
@@ -146,11 +152,18 @@ public struct RankIdentity: Sendable, Equatable {
             launcherPID = pid
         }
         let dumpFolder = env[E.dumpFolder].flatMap { $0.isEmpty ? nil : $0 }
+        var cpus: [Int]?
+        if let value = env[E.cpus], !value.isEmpty {
+            guard let list = CPUBinding.parseList(value) else {
+                throw RankIdentityError(variable: E.cpus, value: value, reason: "must be a CPU list such as 0 or 0,2-3")
+            }
+            cpus = list
+        }
 
         return RankIdentity(rank: rank, worldSize: worldSize, localRank: localRank,
                             localWorldSize: localWorldSize, nodeRank: nodeRank, jobID: jobID,
                             topologyPath: topologyPath, localRanks: localRanks,
-                            ipcDirectory: ipcDirectory, launcherPID: launcherPID, dumpFolder: dumpFolder)
+                            ipcDirectory: ipcDirectory, launcherPID: launcherPID, dumpFolder: dumpFolder, cpus: cpus)
     }
 
     /// The topology the launcher used: the file, or the derived local topology.
@@ -167,6 +180,12 @@ public struct RankIdentity: Sendable, Equatable {
     /// The transport's view of this job.
     public func clusterSpec(timeoutSeconds: Double) throws -> ClusterSpec {
         try loadTopology().clusterSpec(jobID: jobID, ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Binds this process's calling thread, and the threads it starts afterwards, to `cpus` (no-op when unbound).
+    /// Call it first thing, before any thread is started.
+    public func bindToCPUs() throws {
+        if let cpus { try CPUBinding.bindCallingThread(to: cpus) }
     }
 
     /// Starts the watchdog for this rank when a launcher started it (see `ParentWatchdog`).

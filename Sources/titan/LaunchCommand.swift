@@ -22,6 +22,8 @@ struct Launch: ParsableCommand {
     var dumpFolder: String?
     @Option(help: "Job id shared by every rank (default: generated; multi-host launches must pass the same id).")
     var jobID: String?
+    @Option(help: "Rank placement on this machine's CPUs: block (consecutive ranks share a CPU, or each gets its own CPUs) or none.")
+    var cpuBind: CPUBindPolicy = .block
     @Argument(parsing: .captureForPassthrough, help: "The rank program and its arguments.")
     var program: [String] = []
 
@@ -54,6 +56,7 @@ struct Launch: ParsableCommand {
         var launcher = Launcher(topology: topo, node: node, executable: Self.executablePath(),
                                 arguments: args, dumpFolder: dump, jobID: jobID)
         launcher.graceSeconds = 3
+        launcher.cpuBinding = cpuBind
         let result = try launcher.run()
         if result.succeeded {
             FileHandle.standardError.write(Data("titan: all \(result.statuses.count) rank(s) finished; logs in \(dump)/logs\n".utf8))
@@ -110,3 +113,5 @@ struct Launch: ParsableCommand {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     }
 }
+
+extension CPUBindPolicy: ExpressibleByArgument {}

@@ -47,9 +47,17 @@ enum RankRuntime {
             let comm: Communicator
             let output: RankOutput
             if let identity = try RankIdentity.fromEnvironment() {
+                // Before any thread starts (watchdog, ZeroMQ I/O, collective workers), so that they all inherit it.
+                var bindingFailure: Error?
+                do { try identity.bindToCPUs() } catch { bindingFailure = error }
                 identity.startParentWatchdog()
                 comm = try Communicator(spec: identity.clusterSpec(timeoutSeconds: timeoutSeconds), rank: identity.rank)
                 output = RankOutput(rank: identity.rank, prefixed: false, logPath: nil)
+                if let bindingFailure {
+                    output.error("warning: running unbound: \(bindingFailure)")
+                } else if identity.cpus != nil {
+                    output.print("rank \(identity.rank): bound to CPU(s) \(CPUBinding.formatList(CPUBinding.allowedCPUs()))")
+                }
             } else {
                 comm = try Communicator(spec: ClusterSpec(jobID: "single", worldSize: 1, transport: .ipc,
                                                           timeoutSeconds: timeoutSeconds), rank: 0)

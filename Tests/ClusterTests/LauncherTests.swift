@@ -85,6 +85,23 @@ final class LauncherTests: XCTestCase {
         XCTAssertTrue(log(rank: 1).contains("blas=7 extra=yes"))
     }
 
+    /// Each rank gets its block of the launcher's CPUs in TITAN_CPUS (the rank binds itself to it), or none when
+    /// binding is off.
+    func testRanksGetTheirCPUBlock() throws {
+        let cpus = CPUBinding.allowedCPUs()
+        let result = try launch(.local(ranks: 4), script: "echo \"cpus=[$TITAN_CPUS]\"")
+        XCTAssertEqual(result.exitStatus, 0, read(stderrPath))
+        for rank in 0..<4 {
+            let expected = CPUBinding.assignment(.block, index: rank, count: 4, cpus: cpus).map(CPUBinding.formatList) ?? ""
+            XCTAssertTrue(log(rank: rank).contains("cpus=[\(expected)]"), "rank \(rank): \(log(rank: rank))")
+        }
+        if cpus.count > 1 { XCTAssertTrue(read(stderrPath).contains("in blocks"), read(stderrPath)) }
+
+        let unbound = try launch(.local(ranks: 4), script: "echo \"cpus=[$TITAN_CPUS]\"") { $0.cpuBinding = .none }
+        XCTAssertEqual(unbound.exitStatus, 0)
+        for rank in 0..<4 { XCTAssertTrue(log(rank: rank).contains("cpus=[]"), log(rank: rank)) }
+    }
+
     func testFailingRankStopsTheOthersQuickly() throws {
         let script = """
             if [ "$RANK" = 3 ]; then

@@ -7,6 +7,7 @@ final class RankIdentityTests: XCTestCase {
         "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "NODE_RANK": "1",
         "TITAN_JOB_ID": "job-1", "TITAN_TOPOLOGY": "", "TITAN_LOCAL_RANKS": "8",
         "TITAN_IPC_DIR": "/tmp/titan-job-1", "TITAN_LAUNCHER_PID": "1234", "TITAN_DUMP_FOLDER": "/tmp/out",
+        "TITAN_CPUS": "1,3-4",
     ]
 
     func testNoRankMeansNoLauncher() throws {
@@ -18,7 +19,7 @@ final class RankIdentityTests: XCTestCase {
         XCTAssertEqual(identity, RankIdentity(
             rank: 5, worldSize: 8, localRank: 1, localWorldSize: 4, nodeRank: 1, jobID: "job-1",
             topologyPath: nil, localRanks: 8, ipcDirectory: "/tmp/titan-job-1", launcherPID: 1234,
-            dumpFolder: "/tmp/out"))
+            dumpFolder: "/tmp/out", cpus: [1, 3, 4]))
         // What the launcher writes is what the rank reads.
         XCTAssertEqual(try RankIdentity.fromEnvironment(identity.environment), identity)
         let spec = try identity.clusterSpec(timeoutSeconds: 7)
@@ -53,6 +54,8 @@ final class RankIdentityTests: XCTestCase {
             (["TITAN_LOCAL_RANKS": "x"], "TITAN_LOCAL_RANKS"),
             (["TITAN_LOCAL_RANKS": "4"], "TITAN_LOCAL_RANKS"),
             (["TITAN_LAUNCHER_PID": "abc"], "TITAN_LAUNCHER_PID"),
+            (["TITAN_CPUS": "0-x"], "TITAN_CPUS"),
+            (["TITAN_CPUS": "3-1"], "TITAN_CPUS"),
         ]
         for (change, variable) in cases {
             var env = valid

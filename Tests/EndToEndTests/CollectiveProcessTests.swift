@@ -14,6 +14,40 @@ final class CollectiveProcessTests: XCTestCase {
         }
     }
 
+    /// Each rank process binds itself to its block of CPUs before it starts a thread; the rank reports the mask it
+    /// reads back. Expected: this test's own CPUs (read from /proc, not through the code under test) cut into
+    /// blocks of consecutive ranks.
+    func testRanksRunOnTheirCPUBlock() throws {
+        #if os(Linux)
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let listLine = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") })
+        var cpus: [Int] = []
+        for part in listLine.split(separator: ":")[1].split(separator: ",") {
+            let b = part.split(separator: "-").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            cpus += Array(b[0]...(b.count > 1 ? b[1] : b[0]))
+        }
+        try XCTSkipIf(cpus.count < 2, "binding needs at least two CPUs")
+        let n = 3
+        for bind in ["block", "none"] {
+            let dump = temporaryFolder()
+            let r = try Titan.run(["launch", "--ranks", "\(n)", "--cpu-bind", bind, "--dump-folder", dump, "--",
+                                   "collectives", "--comm.timeout_seconds", "60"])
+            XCTAssertEqual(r.status, 0, String(r.stderr.suffix(2000)))
+            for rank in 0..<n {
+                let log = try String(contentsOfFile: "\(dump)/logs/rank-\(rank).log", encoding: .utf8)
+                let m = cpus.count
+                let block = n >= m ? [cpus[rank * m / n]] : Array(cpus[(rank * m / n)..<((rank + 1) * m / n)])
+                let expected = block.count == 1 ? "\(block[0])" : "\(block.first!)-\(block.last!)"
+                if bind == "block" {
+                    XCTAssertTrue(log.contains("rank \(rank): bound to CPU(s) \(expected)\n"), "rank \(rank): \(log.prefix(500))")
+                } else {
+                    XCTAssertFalse(log.contains("bound to CPU"), log)
+                }
+            }
+        }
+        #endif
+    }
+
     func testSingleProcessModeRunsTheSuiteOverInproc() throws {
         let dump = temporaryFolder()
         let r = try Titan.run(["launch", "--ranks", "3", "--single-process", "--dump-folder", dump, "--",

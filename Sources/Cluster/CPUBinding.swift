@@ -1,0 +1,99 @@
+// Rank-to-CPU binding (what `mpirun --bind-to core` does). With more ranks than cores, ranks that talk most, the
+// neighbours of a ring and the members of an EP group, are consecutive ranks; keeping them on one CPU turns their
+// socket hand-offs into same-CPU wake-ups instead of cross-CPU ones (an inter-processor interrupt each, costly in
+// a VM) and keeps each rank's memory in one core's caches.
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the launcher places the ranks it starts on the CPUs it may use.
+public enum CPUBindPolicy: String, CaseIterable, Sendable {
+    /// The allowed CPUs cut into contiguous blocks, local ranks in order: with more ranks than CPUs consecutive ranks
+    /// share one CPU; with fewer, each rank gets its own equal share.
+    case block
+    /// No binding: the kernel's scheduler places every thread.
+    case none
+}
+
+public enum CPUBinding {
+    /// glibc's cpu_set_t: 1024 CPUs as 16 words.
+    private static let maskWords = 16
+
+    /// The CPUs the calling thread may run on (its affinity mask), ascending; empty where unknown.
+    public static func allowedCPUs() -> [Int] {
+        #if os(Linux)
+        var mask = [UInt64](repeating: 0, count: maskWords)
+        guard linux_sched_getaffinity(0, maskWords * 8, &mask) == 0 else { return [] }
+        return (0..<(maskWords * 64)).filter { mask[$0 / 64] & (1 << UInt64($0 % 64)) != 0 }
+        #else
+        return []
+        #endif
+    }
+
+    /// The CPUs of the `index`-th of `count` ranks started on `cpus` under `policy` (nil: leave it unbound).
+    public static func assignment(_ policy: CPUBindPolicy, index: Int, count: Int, cpus: [Int]) -> [Int]? {
+        precondition(count >= 1 && (0..<count).contains(index), "rank index \(index) of \(count)")
+        let m = cpus.count
+        guard policy == .block, m > 1, count > 1 else { return nil }
+        if count >= m { return [cpus[index * m / count]] }
+        return Array(cpus[(index * m / count)..<((index + 1) * m / count)])
+    }
+
+    /// Restricts the calling thread, and every thread it starts afterwards, to `cpus`.
+    public static func bindCallingThread(to cpus: [Int]) throws {
+        #if os(Linux)
+        var mask = [UInt64](repeating: 0, count: maskWords)
+        for c in cpus {
+            guard (0..<(maskWords * 64)).contains(c) else { throw CPUBindingError(cpus: cpus, reason: "CPU \(c) is out of range") }
+            mask[c / 64] |= 1 << UInt64(c % 64)
+        }
+        guard linux_sched_setaffinity(0, maskWords * 8, &mask) == 0 else {
+            throw CPUBindingError(cpus: cpus, reason: String(cString: strerror(errno)))
+        }
+        #endif
+    }
+
+    /// "0,2-3" → [0, 2, 3] (the kernel's cpu-list syntax, as taskset -c takes it); nil when malformed.
+    public static func parseList(_ text: String) -> [Int]? {
+        var cpus: [Int] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+                .map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            switch bounds.count {
+            case 1: guard let c = bounds[0], c >= 0 else { return nil }; cpus.append(c)
+            case 2: guard let lo = bounds[0], let hi = bounds[1], lo >= 0, lo <= hi else { return nil }; cpus += Array(lo...hi)
+            default: return nil
+            }
+        }
+        return cpus.isEmpty ? nil : Array(Set(cpus)).sorted()
+    }
+
+    /// [0, 2, 3] → "0,2-3".
+    public static func formatList(_ cpus: [Int]) -> String {
+        var parts: [String] = []
+        var i = 0
+        let sorted = Array(Set(cpus)).sorted()
+        while i < sorted.count {
+            var j = i
+            while j + 1 < sorted.count, sorted[j + 1] == sorted[j] + 1 { j += 1 }
+            parts.append(i == j ? "\(sorted[i])" : "\(sorted[i])-\(sorted[j])")
+            i = j + 1
+        }
+        return parts.joined(separator: ",")
+    }
+}
+
+public struct CPUBindingError: Error, CustomStringConvertible {
+    public let cpus: [Int]
+    public let reason: String
+    public var description: String { "cannot bind to CPU(s) \(CPUBinding.formatList(cpus)): \(reason)" }
+}
+
+#if os(Linux)
+// Not in the Glibc module (glibc declares them under _GNU_SOURCE).
+@_silgen_name("sched_getaffinity")
+private func linux_sched_getaffinity(_ pid: Int32, _ size: Int, _ mask: UnsafeMutablePointer<UInt64>) -> Int32
+@_silgen_name("sched_setaffinity")
+private func linux_sched_setaffinity(_ pid: Int32, _ size: Int, _ mask: UnsafePointer<UInt64>) -> Int32
+#endif
