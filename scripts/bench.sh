@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Training throughput benchmark: bench_moe on 1 rank and on 2, 4 and 8 ranks (shard N × ep min(N, 4)), plus 8 ranks
-# with resharding off; same global batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows).
+# with resharding off and 8 ranks left unbound by the launcher (--cpu-bind none; the other rows use its default,
+# block); same global batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows).
 # Prints a table and one JSON line per row:
 #   {"name", "ranks", "tokens_per_sec", "mfu", "comm_wait_frac", "max_rss_mb"}
 #
@@ -41,20 +42,24 @@ fpt=$(jq -r .flops_per_token <<<"$gemm_json")
 OPENBLAS_NUM_THREADS=$CORES "$TITAN" train --config bench_moe --training.steps "$total" \
     --job.dump_folder "$OUT/single" >"$OUT/single.log" 2>&1 || { cat "$OUT/single.log" >&2; exit 1; }
 RANKS=${RANKS:-"2 4 8"}
-# Multi-rank rows: "ranks|extra flags|label". shard n x ep min(n, 4), local batch 16 / n: the same global batch.
+# Multi-rank rows: "ranks|launcher flags|train flags|label". shard n x ep min(n, 4), local batch 16 / n: the same
+# global batch.
 # At 8 ranks a second row keeps the gathered parameters between forward and backward (ZeRO-2 style: no second
 # all-gather per block; 31 MiB of gathered parameters per rank held from forward to backward); the plain rows use
 # torchtitan's default resharding.
 runs=()
 for n in $RANKS; do
-    runs+=("$n||")
-    if [ "$n" -eq 8 ]; then runs+=("8|--parallelism.fsdp_reshard_after_forward never|, reshard never"); fi
+    runs+=("$n|||")
+    if [ "$n" -eq 8 ]; then
+        runs+=("8||--parallelism.fsdp_reshard_after_forward never|, reshard never")
+        runs+=("8|--cpu-bind none||, unbound")
+    fi
 done
 for i in "${!runs[@]}"; do
-    IFS='|' read -r n extra _ <<<"${runs[$i]}"
+    IFS='|' read -r n launch_flags extra _ <<<"${runs[$i]}"
     ep=$(( n < 4 ? n : 4 ))
-    # shellcheck disable=SC2086  # $extra is a list of flags
-    "$TITAN" launch --ranks "$n" -- train --config bench_moe --training.steps "$total" --training.local_batch_size $(( 16 / n )) \
+    # shellcheck disable=SC2086  # $launch_flags and $extra are lists of flags
+    "$TITAN" launch --ranks "$n" $launch_flags -- train --config bench_moe --training.steps "$total" --training.local_batch_size $(( 16 / n )) \
         --parallelism.data_parallel_shard_degree "$n" --parallelism.expert_parallel_degree "$ep" $extra \
         --job.dump_folder "$OUT/run$i" >"$OUT/run$i.log" 2>&1 || { cat "$OUT/run$i.log" >&2; exit 1; }
 done
@@ -73,7 +78,7 @@ row() {  # name ranks metrics.jsonl
 }
 rows=("$(row "bench_moe 1 rank" 1 "$OUT/single/metrics.jsonl")")
 for i in "${!runs[@]}"; do
-    IFS='|' read -r n _ label <<<"${runs[$i]}"
+    IFS='|' read -r n _ _ label <<<"${runs[$i]}"
     ep=$(( n < 4 ? n : 4 ))
     rows+=("$(row "bench_moe $n ranks (shard $n x ep $ep$label)" "$n" "$OUT/run$i/metrics.jsonl")")
 done
