@@ -1,7 +1,7 @@
 import Foundation
 
 /// All-to-all-v by pairwise exchange: at step k a rank sends to (r+k) mod n and receives from
-/// (r-k) mod n, so no rank is hammered by everyone at once. Sends are zero-copy and posted up front;
+/// (r-k) mod n, so no rank is hammered by everyone at once. Sends are zero-copy, posted at most one step ahead;
 /// receives are taken in step order. Every pair exchanges a message even when its split is empty.
 func pairwiseAllToAll(_ ch: GroupChannel, send: UnsafeRawPointer, sendLayout: ChunkLayout,
                       receive: UnsafeMutableRawPointer, receiveLayout: ChunkLayout, elementSize: Int) throws {
@@ -9,17 +9,23 @@ func pairwiseAllToAll(_ ch: GroupChannel, send: UnsafeRawPointer, sendLayout: Ch
     if sendLayout.sizes[r] > 0 {
         memcpy(receive + receiveLayout.offsets[r], send + sendLayout.offsets[r], sendLayout.sizes[r])
     }
-    // Step k's send is posted one step ahead of step k's receive: links stay busy, but no rank
-    // has more than two exchanges in flight, which keeps every ZeroMQ pipe streaming.
     func post(_ k: Int) throws {
         let peer = (r + k) % n
         for seg in Segments.of(sendLayout.sizes[peer], elementSize: elementSize) {
             try ch.send(to: peer, bytes: send + sendLayout.offsets[peer] + seg.lowerBound, count: seg.count)
         }
     }
-    if n > 1 { try post(1) }
+    // Small chunks (one segment per peer): step k+1's sends go out before step k's receive, so the links do not
+    // idle for a round trip per step. Larger chunks pipeline their own segments, and a second peer's sends in flight
+    // only compete with the first: 16 MiB over 8 ranks went from 0.52-0.63 to 0.64-0.80 GB/s without the lookahead,
+    // 1 MiB from 0.52-0.57 to 0.38-0.53 (so small chunks keep it).
+    let lookahead = (sendLayout.sizes.max() ?? 0) <= Segments.bytes ? 1 : 0
+    var posted = 0
     for k in 1..<max(n, 1) {
-        if k + 1 < n { try post(k + 1) }
+        while posted < min(n - 1, k + lookahead) {
+            posted += 1
+            try post(posted)
+        }
         let peer = (r + n - k) % n
         for seg in Segments.of(receiveLayout.sizes[peer], elementSize: elementSize) {
             let m = try ch.receive(from: peer, expectedBytes: seg.count)
