@@ -6,7 +6,7 @@
 #   ./run_cluster.sh 8 bench                        collective bandwidth table
 #   ./run_cluster.sh 8 --single-process ...         every rank as a thread of one process (inproc)
 #   ./run_cluster.sh topologies/two-host-tcp.toml --node 1 ...   start one host's ranks
-#   ./run_cluster.sh 8 --cpu-bind none ...         leave rank placement to the scheduler (default: block)
+#   ./run_cluster.sh 8 --cpu-bind none ...          leave rank placement to the scheduler (default: block)
 # Builds in release mode when sources changed; exits 0 only when every rank finished cleanly.
 set -euo pipefail
 cd "$(dirname "$0")"

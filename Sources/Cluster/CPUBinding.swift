@@ -1,7 +1,7 @@
-// Rank-to-CPU binding (what `mpirun --bind-to core` does). With more ranks than cores, ranks that talk most, the
-// neighbours of a ring and the members of an EP group, are consecutive ranks; keeping them on one CPU turns their
-// socket hand-offs into same-CPU wake-ups instead of cross-CPU ones (an inter-processor interrupt each, costly in
-// a VM) and keeps each rank's memory in one core's caches.
+// Rank-to-CPU binding, as MPI launchers bind ranks. With more ranks than cores, the ranks that talk most (the
+// neighbours of a ring, the members of an EP group) are consecutive; keeping them on one CPU turns their socket
+// hand-offs into same-CPU wake-ups instead of cross-CPU ones (an inter-processor interrupt each, costly in a VM) and
+// keeps each rank's memory in one core's caches.
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -9,8 +9,8 @@ import Glibc
 
 /// How the launcher places the ranks it starts on the CPUs it may use.
 public enum CPUBindPolicy: String, CaseIterable, Sendable {
-    /// The allowed CPUs cut into contiguous blocks, local ranks in order: with more ranks than CPUs consecutive ranks
-    /// share one CPU; with fewer, each rank gets its own equal share.
+    /// The allowed CPUs cut into contiguous blocks, ranks in order: with more ranks than CPUs consecutive ranks
+    /// share one CPU; with fewer, each rank gets a contiguous share (sizes differ by at most one).
     case block
     /// No binding: the kernel's scheduler places every thread.
     case none
@@ -18,20 +18,36 @@ public enum CPUBindPolicy: String, CaseIterable, Sendable {
 
 public enum CPUBinding {
     /// glibc's cpu_set_t: 1024 CPUs as 16 words.
-    private static let maskWords = 16
+    static let maskWords = 16
+    /// CPUs a mask can name: 0 ..< maxCPUs.
+    public static let maxCPUs = maskWords * 64
 
     /// The CPUs the calling thread may run on (its affinity mask), ascending; empty where unknown.
-    public static func allowedCPUs() -> [Int] {
+    public static func allowedCPUs() -> [Int] { cpus(ofThread: 0) }
+
+    /// The union of the masks of every thread of this process (Linux: /proc/self/task), ascending: what a
+    /// binding has to cover, including threads that libraries started on their own.
+    public static func processCPUs() -> [Int] {
+        #if os(Linux)
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        let tids = tasks.compactMap { Int32($0) }
+        return Array(Set(tids.flatMap { cpus(ofThread: $0) })).sorted()
+        #else
+        return allowedCPUs()
+        #endif
+    }
+
+    private static func cpus(ofThread tid: Int32) -> [Int] {
         #if os(Linux)
         var mask = [UInt64](repeating: 0, count: maskWords)
-        guard linux_sched_getaffinity(0, maskWords * 8, &mask) == 0 else { return [] }
-        return (0..<(maskWords * 64)).filter { mask[$0 / 64] & (1 << UInt64($0 % 64)) != 0 }
+        guard linux_sched_getaffinity(tid, maskWords * 8, &mask) == 0 else { return [] }
+        return (0..<maxCPUs).filter { mask[$0 / 64] & (1 << UInt64($0 % 64)) != 0 }
         #else
         return []
         #endif
     }
 
-    /// The CPUs of the `index`-th of `count` ranks started on `cpus` under `policy` (nil: leave it unbound).
+    /// The CPUs of the `index`-th of `count` ranks placed on `cpus` under `policy` (nil: leave it unbound).
     public static func assignment(_ policy: CPUBindPolicy, index: Int, count: Int, cpus: [Int]) -> [Int]? {
         precondition(count >= 1 && (0..<count).contains(index), "rank index \(index) of \(count)")
         let m = cpus.count
@@ -45,28 +61,40 @@ public enum CPUBinding {
         #if os(Linux)
         var mask = [UInt64](repeating: 0, count: maskWords)
         for c in cpus {
-            guard (0..<(maskWords * 64)).contains(c) else { throw CPUBindingError(cpus: cpus, reason: "CPU \(c) is out of range") }
+            guard (0..<maxCPUs).contains(c) else { throw CPUBindingError(cpus: cpus, reason: "CPU \(c) is out of range") }
             mask[c / 64] |= 1 << UInt64(c % 64)
         }
         guard linux_sched_setaffinity(0, maskWords * 8, &mask) == 0 else {
             throw CPUBindingError(cpus: cpus, reason: String(cString: strerror(errno)))
         }
+        #else
+        throw CPUBindingError(cpus: cpus, reason: "CPU binding is supported on Linux only")
         #endif
     }
 
-    /// "0,2-3" → [0, 2, 3] (the kernel's cpu-list syntax, as taskset -c takes it); nil when malformed.
+    /// Runs `body` with the calling thread bound to `cpus` (nil: as it is), then restores the thread's mask. A process
+    /// spawned in `body` starts bound, so even the threads its libraries start before `main` (OpenBLAS's pool)
+    /// inherit the binding.
+    public static func withCallingThread<T>(boundTo cpus: [Int]?, _ body: () throws -> T) throws -> T {
+        guard let cpus else { return try body() }
+        let saved = allowedCPUs()
+        try bindCallingThread(to: cpus)
+        defer { try? bindCallingThread(to: saved) }
+        return try body()
+    }
+
+    /// "0,2-3" → [0, 2, 3] (the kernel's cpu-list syntax, as taskset -c takes it); nil when malformed or naming a
+    /// CPU at or above `maxCPUs`.
     public static func parseList(_ text: String) -> [Int]? {
-        var cpus: [Int] = []
+        var cpus = Set<Int>()
         for part in text.split(separator: ",", omittingEmptySubsequences: false) {
             let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
                 .map { Int($0.trimmingCharacters(in: .whitespaces)) }
-            switch bounds.count {
-            case 1: guard let c = bounds[0], c >= 0 else { return nil }; cpus.append(c)
-            case 2: guard let lo = bounds[0], let hi = bounds[1], lo >= 0, lo <= hi else { return nil }; cpus += Array(lo...hi)
-            default: return nil
-            }
+            guard (1...2).contains(bounds.count), let lo = bounds[0], let hi = bounds[bounds.count - 1],
+                  0 <= lo, lo <= hi, hi < maxCPUs else { return nil }
+            cpus.formUnion(lo...hi)
         }
-        return cpus.isEmpty ? nil : Array(Set(cpus)).sorted()
+        return cpus.isEmpty ? nil : cpus.sorted()
     }
 
     /// [0, 2, 3] → "0,2-3".
@@ -91,7 +119,7 @@ public struct CPUBindingError: Error, CustomStringConvertible {
 }
 
 #if os(Linux)
-// Not in the Glibc module (glibc declares them under _GNU_SOURCE).
+// Not in the Glibc module (glibc declares them under _GNU_SOURCE); plain C ABI: (pid_t, size_t, cpu_set_t *).
 @_silgen_name("sched_getaffinity")
 private func linux_sched_getaffinity(_ pid: Int32, _ size: Int, _ mask: UnsafeMutablePointer<UInt64>) -> Int32
 @_silgen_name("sched_setaffinity")

@@ -102,6 +102,13 @@ public struct Launcher {
         self.extraEnvironment = extraEnvironment
     }
 
+    /// The hosts that run on this machine (this launcher's, and others' started from here with --node), in order.
+    func machineHosts() throws -> [Int] {
+        let mine = try selectedNodes()
+        if topology.transport == .ipc { return Array(topology.hosts.indices) }
+        return topology.hosts.indices.filter { mine.contains($0) || isLocalAddress(topology.hosts[$0].address) }
+    }
+
     /// The host indices this launcher starts.
     public func selectedNodes() throws -> [Int] {
         if let node {
@@ -155,10 +162,17 @@ public struct Launcher {
             baseEnvironment[RankEnvironment.openBLASThreads] = String(threads)
         }
 
+        // Blocks are cut over the ranks of every host on this machine, so that the launchers of several hosts
+        // sharing it (--node) divide its CPUs between them instead of each starting from the first CPU.
         let allowedCPUs = CPUBinding.allowedCPUs()
-        let placement = ranks.indices.map { CPUBinding.assignment(cpuBinding, index: $0, count: ranks.count, cpus: allowedCPUs) }
-        let binding = placement.contains { $0 != nil }
-            ? "; ranks bound to CPUs \(CPUBinding.formatList(allowedCPUs)) in blocks" : ""
+        let machineRanks = try machineHosts().flatMap { topology.globalRanks(ofHost: $0) }
+        let placement = ranks.map { rank in
+            CPUBinding.assignment(cpuBinding, index: machineRanks.firstIndex(of: rank)!, count: machineRanks.count,
+                                  cpus: allowedCPUs)
+        }
+        var binding = placement.contains { $0 != nil }
+            ? "; \(machineRanks.count) rank(s) on this machine bound to CPUs \(CPUBinding.formatList(allowedCPUs)) in blocks" : ""
+        if cpuBinding == .block && allowedCPUs.isEmpty { binding = "; ranks unbound: this process's CPU affinity is unknown" }
 
         var supervisor = Supervisor(launcher: self, jobID: jobID)
         supervisor.note("job \(jobID): starting \(ranks.count) rank(s) of \(topology.worldSize) "
@@ -175,7 +189,9 @@ public struct Launcher {
                 ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
             let environment = baseEnvironment.merging(identity.environment) { $1 }
             do {
-                try supervisor.start(rank: rank, environment: environment, logPath: "\(logs)/rank-\(rank).log")
+                try CPUBinding.withCallingThread(boundTo: placement[index]) {
+                    try supervisor.start(rank: rank, environment: environment, logPath: "\(logs)/rank-\(rank).log")
+                }
             } catch {
                 supervisor.fail(LaunchFailure(rank: rank, status: nil, reason: "could not start rank \(rank): \(error)",
                                               logFile: nil, lastLogLines: []), exitStatus: 1)

@@ -22,7 +22,7 @@ struct Launch: ParsableCommand {
     var dumpFolder: String?
     @Option(help: "Job id shared by every rank (default: generated; multi-host launches must pass the same id).")
     var jobID: String?
-    @Option(help: "Rank placement on this machine's CPUs: block (consecutive ranks share a CPU, or each gets its own CPUs) or none.")
+    @Option(help: "Rank placement on this machine's CPUs: block (consecutive ranks share a CPU, or each gets its own CPUs) or none. Not used with --single-process.")
     var cpuBind: CPUBindPolicy = .block
     @Argument(parsing: .captureForPassthrough, help: "The rank program and its arguments.")
     var program: [String] = []

@@ -47,7 +47,8 @@ enum RankRuntime {
             let comm: Communicator
             let output: RankOutput
             if let identity = try RankIdentity.fromEnvironment() {
-                // Before any thread starts (watchdog, ZeroMQ I/O, collective workers), so that they all inherit it.
+                // The launcher spawned this process bound already (so even OpenBLAS's pool, started before main, is);
+                // binding again covers a rank started by hand with TITAN_CPUS, before this code starts any thread.
                 var bindingFailure: Error?
                 do { try identity.bindToCPUs() } catch { bindingFailure = error }
                 identity.startParentWatchdog()
@@ -56,7 +57,8 @@ enum RankRuntime {
                 if let bindingFailure {
                     output.error("warning: running unbound: \(bindingFailure)")
                 } else if identity.cpus != nil {
-                    output.print("rank \(identity.rank): bound to CPU(s) \(CPUBinding.formatList(CPUBinding.allowedCPUs()))")
+                    // Every thread's mask, read back after the communicator started its threads.
+                    output.print("bound to CPU(s) \(CPUBinding.formatList(CPUBinding.processCPUs()))")
                 }
             } else {
                 comm = try Communicator(spec: ClusterSpec(jobID: "single", worldSize: 1, transport: .ipc,

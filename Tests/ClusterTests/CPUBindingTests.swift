@@ -28,7 +28,8 @@ final class CPUBindingTests: XCTestCase {
         XCTAssertEqual(CPUBinding.parseList("0"), [0])
         XCTAssertEqual(CPUBinding.parseList("3,1-2, 7"), [1, 2, 3, 7])
         XCTAssertEqual(CPUBinding.parseList("2-2,2"), [2])
-        for bad in ["", "x", "1,", ",1", "3-1", "-1", "1-2-3", "1-"] {
+        XCTAssertEqual(CPUBinding.parseList("1023"), [1023])
+        for bad in ["", "x", "1,", ",1", "3-1", "-1", "1-2-3", "1-", "1024", "0-9999999999"] {
             XCTAssertNil(CPUBinding.parseList(bad), bad)
         }
         XCTAssertEqual(CPUBinding.formatList([0]), "0")

@@ -85,21 +85,40 @@ final class LauncherTests: XCTestCase {
         XCTAssertTrue(log(rank: 1).contains("blas=7 extra=yes"))
     }
 
-    /// Each rank gets its block of the launcher's CPUs in TITAN_CPUS (the rank binds itself to it), or none when
-    /// binding is off.
+    /// Each rank gets its block of the launcher's CPUs in TITAN_CPUS and starts bound to it (the shell reports its
+    /// own mask), or neither when binding is off.
     func testRanksGetTheirCPUBlock() throws {
         let cpus = CPUBinding.allowedCPUs()
-        let result = try launch(.local(ranks: 4), script: "echo \"cpus=[$TITAN_CPUS]\"")
+        try XCTSkipIf(cpus.count < 2, "binding needs at least two CPUs")
+        let script = "echo \"cpus=[$TITAN_CPUS] $(grep Cpus_allowed_list /proc/self/status | tr -d '\\t ')\""
+        let result = try launch(.local(ranks: 4), script: script)
         XCTAssertEqual(result.exitStatus, 0, read(stderrPath))
         for rank in 0..<4 {
-            let expected = CPUBinding.assignment(.block, index: rank, count: 4, cpus: cpus).map(CPUBinding.formatList) ?? ""
-            XCTAssertTrue(log(rank: rank).contains("cpus=[\(expected)]"), "rank \(rank): \(log(rank: rank))")
+            let expected = try XCTUnwrap(CPUBinding.assignment(.block, index: rank, count: 4, cpus: cpus)).map(CPUBinding.formatList)!
+            XCTAssertTrue(log(rank: rank).contains("cpus=[\(expected)] Cpus_allowed_list:\(expected)\n"), "rank \(rank): \(log(rank: rank))")
         }
-        if cpus.count > 1 { XCTAssertTrue(read(stderrPath).contains("in blocks"), read(stderrPath)) }
+        XCTAssertTrue(read(stderrPath).contains("in blocks"), read(stderrPath))
+        XCTAssertEqual(CPUBinding.allowedCPUs(), cpus, "the launcher's own mask is restored")
 
-        let unbound = try launch(.local(ranks: 4), script: "echo \"cpus=[$TITAN_CPUS]\"") { $0.cpuBinding = .none }
+        let unbound = try launch(.local(ranks: 4), script: script) { $0.cpuBinding = .none }
         XCTAssertEqual(unbound.exitStatus, 0)
-        for rank in 0..<4 { XCTAssertTrue(log(rank: rank).contains("cpus=[]"), log(rank: rank)) }
+        for rank in 0..<4 {
+            XCTAssertTrue(log(rank: rank).contains("cpus=[] Cpus_allowed_list:\(CPUBinding.formatList(cpus))\n"), log(rank: rank))
+        }
+    }
+
+    /// Launchers of two hosts on one machine (--node) cut the machine's CPUs over all eight ranks together: node 1
+    /// gets the blocks of ranks 4-7, not the first CPUs again.
+    func testNodesOnOneMachineShareItsCPUs() throws {
+        let cpus = CPUBinding.allowedCPUs()
+        try XCTSkipIf(cpus.count < 2, "binding needs at least two CPUs")
+        let topology = try Topology.load(path: topologiesFolder + "/two-host-tcp.toml")
+        let result = try launch(topology, node: 1, script: "echo \"cpus=[$TITAN_CPUS]\"", jobID: nil)
+        XCTAssertEqual(result.exitStatus, 0, read(stderrPath))
+        for rank in 4..<8 {
+            let expected = try XCTUnwrap(CPUBinding.assignment(.block, index: rank, count: 8, cpus: cpus))
+            XCTAssertTrue(log(rank: rank).contains("cpus=[\(CPUBinding.formatList(expected))]"), "rank \(rank): \(log(rank: rank))")
+        }
     }
 
     func testFailingRankStopsTheOthersQuickly() throws {

@@ -13,12 +13,15 @@ enum Titan {
 
     /// Runs titan with `arguments`; `whileRunning` gets its pid once it started.
     @discardableResult
-    static func run(_ arguments: [String], whileRunning: ((Int32) -> Void)? = nil) throws -> Run {
+    /// `environment` is added over the test's own (and over OPENBLAS_NUM_THREADS=1).
+    static func run(_ arguments: [String], environment extra: [String: String] = [:],
+                    whileRunning: ((Int32) -> Void)? = nil) throws -> Run {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
+        env.merge(extra) { $1 }
         p.environment = env
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
