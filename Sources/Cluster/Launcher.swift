@@ -188,9 +188,16 @@ public struct Launcher {
                 topologyPath: topologyPath, localRanks: topologyPath == nil ? topology.worldSize : nil,
                 ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
             let environment = baseEnvironment.merging(identity.environment) { $1 }
+            let logPath = "\(logs)/rank-\(rank).log"
             do {
-                try CPUBinding.withCallingThread(boundTo: placement[index]) {
-                    try supervisor.start(rank: rank, environment: environment, logPath: "\(logs)/rank-\(rank).log")
+                do {
+                    try CPUBinding.withCallingThread(boundTo: placement[index]) {
+                        try supervisor.start(rank: rank, environment: environment, logPath: logPath)
+                    }
+                } catch let error as CPUBindingError {
+                    // A sandbox may forbid setting affinity: run unbound rather than not at all (the rank warns too).
+                    supervisor.note("rank \(rank) starts unbound: \(error)")
+                    try supervisor.start(rank: rank, environment: environment, logPath: logPath)
                 }
             } catch {
                 supervisor.fail(LaunchFailure(rank: rank, status: nil, reason: "could not start rank \(rank): \(error)",
