@@ -155,12 +155,7 @@ public struct Launcher {
         defer { if createdIPCDirectory { try? fileManager.removeItem(atPath: ipcDirectory) } }
 
         let topologyPath = try topologyPathForRanks(dump: dump)
-        var baseEnvironment = ProcessInfo.processInfo.environment.merging(extraEnvironment) { $1 }
-        if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
-            // Ranks on this machine share its cores; one BLAS thread pool each would oversubscribe.
-            let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / ranks.count)
-            baseEnvironment[RankEnvironment.openBLASThreads] = String(threads)
-        }
+        let baseEnvironment = ProcessInfo.processInfo.environment.merging(extraEnvironment) { $1 }
 
         // Blocks are cut over the ranks of every host on this machine, so that the launchers of several hosts
         // sharing it (--node) divide its CPUs between them instead of each starting from the first CPU.
@@ -187,7 +182,14 @@ public struct Launcher {
                 localWorldSize: topology.hosts[host].ranks, nodeRank: host, jobID: jobID,
                 topologyPath: topologyPath, localRanks: topologyPath == nil ? topology.worldSize : nil,
                 ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
-            let environment = baseEnvironment.merging(identity.environment) { $1 }
+            var environment = baseEnvironment.merging(identity.environment) { $1 }
+            if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
+                // Ranks on this machine share its cores; one BLAS thread pool each would oversubscribe. A bound rank
+                // gets one thread per CPU of its block.
+                let threads = placement[index]?.count
+                    ?? max(1, ProcessInfo.processInfo.activeProcessorCount / machineRanks.count)
+                environment[RankEnvironment.openBLASThreads] = String(threads)
+            }
             let logPath = "\(logs)/rank-\(rank).log"
             do {
                 do {

@@ -100,6 +100,18 @@ final class LauncherTests: XCTestCase {
         XCTAssertTrue(read(stderrPath).contains("in blocks"), read(stderrPath))
         XCTAssertEqual(CPUBinding.allowedCPUs(), cpus, "the launcher's own mask is restored")
 
+        // Two ranks: each gets half the CPUs, and as many BLAS threads (unless the user set OPENBLAS_NUM_THREADS,
+        // as scripts/test.sh does: lifted here for the launch).
+        let userThreads = getenv("OPENBLAS_NUM_THREADS").map { String(cString: $0) }
+        unsetenv("OPENBLAS_NUM_THREADS")
+        defer { if let userThreads { setenv("OPENBLAS_NUM_THREADS", userThreads, 1) } }
+        let halves = try launch(.local(ranks: 2), script: "echo \"cpus=[$TITAN_CPUS] blas=$OPENBLAS_NUM_THREADS\"")
+        XCTAssertEqual(halves.exitStatus, 0)
+        for rank in 0..<2 {
+            let block = try XCTUnwrap(CPUBinding.assignment(.block, index: rank, count: 2, cpus: cpus))
+            XCTAssertTrue(log(rank: rank).contains("cpus=[\(CPUBinding.formatList(block))] blas=\(block.count)\n"), log(rank: rank))
+        }
+
         let unbound = try launch(.local(ranks: 4), script: script) { $0.cpuBinding = .none }
         XCTAssertEqual(unbound.exitStatus, 0)
         for rank in 0..<4 {
