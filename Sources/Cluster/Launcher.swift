@@ -80,7 +80,7 @@ public struct Launcher {
     public var jobID: String?
     /// Added to the launcher's own environment for every rank (the rank identity wins over it).
     public var extraEnvironment: [String: String]
-    /// Where the started ranks run on this machine's CPUs (each rank binds itself at start, see `RankIdentity.cpus`).
+    /// Where the started ranks run on this machine's CPUs: each rank is spawned bound to its block (`CPUBinding`).
     public var cpuBinding: CPUBindPolicy = .block
     /// After the first failure: SIGTERM to the others, SIGKILL after this many seconds.
     public var graceSeconds: Double = 3
@@ -165,9 +165,12 @@ public struct Launcher {
             CPUBinding.assignment(cpuBinding, index: machineRanks.firstIndex(of: rank)!, count: machineRanks.count,
                                   cpus: allowedCPUs)
         }
-        var binding = placement.contains { $0 != nil }
-            ? "; \(machineRanks.count) rank(s) on this machine bound to CPUs \(CPUBinding.formatList(allowedCPUs)) in blocks" : ""
-        if cpuBinding == .block && allowedCPUs.isEmpty { binding = "; ranks unbound: this process's CPU affinity is unknown" }
+        var binding = ""
+        if placement.contains(where: { $0 != nil }) {
+            binding = "; \(machineRanks.count) rank(s) on this machine bound to CPUs \(CPUBinding.formatList(allowedCPUs)) in blocks"
+        } else if cpuBinding == .block && allowedCPUs.isEmpty {
+            binding = "; ranks unbound: this process's CPU affinity is unknown"
+        }
 
         var supervisor = Supervisor(launcher: self, jobID: jobID)
         supervisor.note("job \(jobID): starting \(ranks.count) rank(s) of \(topology.worldSize) "

@@ -24,7 +24,8 @@ public enum RankEnvironment {
     public static let ipcDirectory = "TITAN_IPC_DIR"
     public static let launcherPID = "TITAN_LAUNCHER_PID"
     public static let dumpFolder = "TITAN_DUMP_FOLDER"
-    /// The CPUs the rank binds itself to at start (kernel cpu-list syntax, e.g. "0" or "2-3"); unset: unbound.
+    /// The CPUs the launcher placed the rank on (kernel cpu-list syntax, e.g. "0" or "2-3"); a rank started by hand
+    /// binds itself to them. Unset: unbound.
     public static let cpus = "TITAN_CPUS"
     public static let openBLASThreads = "OPENBLAS_NUM_THREADS"
 }

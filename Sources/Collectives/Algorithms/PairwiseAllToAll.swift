@@ -18,7 +18,10 @@ func pairwiseAllToAll(_ ch: GroupChannel, send: UnsafeRawPointer, sendLayout: Ch
     // Small chunks (one segment per peer): step k+1's sends go out before step k's receive, so the links do not
     // idle for a round trip per step. Larger chunks pipeline their own segments, and a second peer's sends in flight
     // only compete with the first (measured slower at 16 MiB, faster at 1 MiB; see README).
-    let lookahead = (0..<n).allSatisfy { $0 == r || Segments.of(sendLayout.sizes[$0], elementSize: elementSize).count == 1 } ? 1 : 0
+    let singleSegments = (0..<n).allSatisfy { peer in
+        peer == r || Segments.of(sendLayout.sizes[peer], elementSize: elementSize).count == 1
+    }
+    let lookahead = singleSegments ? 1 : 0
     var posted = 0
     for k in 1..<max(n, 1) {
         while posted < min(n - 1, k + lookahead) {
