@@ -32,15 +32,17 @@ let package = Package(
         // System libraries, found through pkg-config.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // Linux calls the Glibc module does not declare (CPU affinity, mallopt).
+        .target(name: "CLinux"),
 
         // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
         .target(name: "Collectives", dependencies: ["CZeroMQ"], swiftSettings: kernelSettings),
-        .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit"]),
+        .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit", "CLinux"]),
         .target(name: "Tensor", dependencies: ["COpenBLAS"], swiftSettings: kernelSettings),
         .target(name: "Config"),
         .target(name: "Model", dependencies: ["Tensor"], swiftSettings: kernelSettings),
         .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model"], swiftSettings: kernelSettings),
-        .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config"], swiftSettings: kernelSettings),
+        .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config", "CLinux"], swiftSettings: kernelSettings),
         .executableTarget(name: "titan", dependencies: [
             "Collectives", "Cluster", "Tensor", "Model", "Parallel", "Train", "Config",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -2,6 +2,7 @@
 // neighbours of a ring, the members of an EP group) are consecutive; keeping them on one CPU turns their socket
 // hand-offs into same-CPU wake-ups instead of cross-CPU ones (an inter-processor interrupt each, costly in a VM) and
 // keeps each rank's memory in one core's caches.
+import CLinux
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -40,7 +41,7 @@ public enum CPUBinding {
     private static func cpus(ofThread tid: Int32) -> [Int] {
         #if os(Linux)
         var mask = [UInt64](repeating: 0, count: maskWords)
-        guard linux_sched_getaffinity(tid, maskWords * 8, &mask) == 0 else { return [] }
+        guard titan_sched_getaffinity(tid, maskWords * 8, &mask) == 0 else { return [] }
         return (0..<maxCPUs).filter { mask[$0 / 64] & (1 << UInt64($0 % 64)) != 0 }
         #else
         return []
@@ -64,7 +65,7 @@ public enum CPUBinding {
             guard (0..<maxCPUs).contains(c) else { throw CPUBindingError(cpus: cpus, reason: "CPU \(c) is out of range") }
             mask[c / 64] |= 1 << UInt64(c % 64)
         }
-        guard linux_sched_setaffinity(0, maskWords * 8, &mask) == 0 else {
+        guard titan_sched_setaffinity(0, maskWords * 8, &mask) == 0 else {
             throw CPUBindingError(cpus: cpus, reason: String(cString: strerror(errno)))
         }
         #else
@@ -117,11 +118,3 @@ public struct CPUBindingError: Error, CustomStringConvertible {
     public let reason: String
     public var description: String { "cannot bind to CPU(s) \(CPUBinding.formatList(cpus)): \(reason)" }
 }
-
-#if os(Linux)
-// Not in the Glibc module (glibc declares them under _GNU_SOURCE); plain C ABI: (pid_t, size_t, cpu_set_t *).
-@_silgen_name("sched_getaffinity")
-private func linux_sched_getaffinity(_ pid: Int32, _ size: Int, _ mask: UnsafeMutablePointer<UInt64>) -> Int32
-@_silgen_name("sched_setaffinity")
-private func linux_sched_setaffinity(_ pid: Int32, _ size: Int, _ mask: UnsafePointer<UInt64>) -> Int32
-#endif

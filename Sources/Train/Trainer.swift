@@ -1,3 +1,4 @@
+import CLinux
 import Collectives
 import Config
 import Foundation
@@ -146,12 +147,10 @@ public final class Trainer {
             where named.insert(g.slot).inserted { g.nameTraceThread() }
         }
 
-        #if canImport(Glibc)
         // Large scratch (collective messages, gathered parameters) is reused from the heap instead of being mmapped and
         // unmapped every step: no page faults / zeroing of fresh pages in the step loop.
-        _ = glibc_mallopt(-3 /* M_MMAP_THRESHOLD */, 256 << 20)
-        _ = glibc_mallopt(-1 /* M_TRIM_THRESHOLD */, 512 << 20)
-        #endif
+        _ = titan_mallopt(-3 /* M_MMAP_THRESHOLD */, 256 << 20)
+        _ = titan_mallopt(-1 /* M_TRIM_THRESHOLD */, 512 << 20)
 
         // With several kernel threads, large GEMMs are split over them (OpenBLAS single-threaded: no spinning worker).
         BLAS.splitOnKernelThreads()
@@ -245,8 +244,3 @@ public final class Trainer {
         return summary
     }
 }
-
-#if canImport(Glibc)
-/// glibc's mallopt (malloc.h is not part of the Glibc module).
-@_silgen_name("mallopt") private func glibc_mallopt(_ param: Int32, _ value: Int32) -> Int32
-#endif

@@ -1,0 +1,36 @@
+#define _GNU_SOURCE
+#include "CLinux.h"
+#include <errno.h>
+#ifdef __linux__
+#include <malloc.h>
+#include <sched.h>
+#endif
+
+int titan_sched_getaffinity(int tid, size_t bytes, uint64_t *mask) {
+#ifdef __linux__
+    return sched_getaffinity(tid, bytes, (cpu_set_t *)mask);
+#else
+    (void)tid; (void)bytes; (void)mask;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int titan_sched_setaffinity(int tid, size_t bytes, const uint64_t *mask) {
+#ifdef __linux__
+    return sched_setaffinity(tid, bytes, (const cpu_set_t *)mask);
+#else
+    (void)tid; (void)bytes; (void)mask;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int titan_mallopt(int param, int value) {
+#if defined(__linux__) && defined(__GLIBC__)
+    return mallopt(param, value);
+#else
+    (void)param; (void)value;
+    return 0;
+#endif
+}
