@@ -55,15 +55,15 @@ public final class FeedForward {
         matmul_forward(out_ND, a.h.data, w2.v, T: N, D: F, N: D, accumulate: true)
     }
 
-    /// dx_ND += ∂/∂x ; weight grads accumulated.
+    /// dx_ND += ∂/∂x (dx_ND = ∂/∂x when `overwriteDx`: no zeroing pass first); weight grads accumulated.
     func backward(_ dout_ND: UnsafePointer<Float>, dx_ND: UnsafeMutablePointer<Float>, x_ND: UnsafePointer<Float>, acts a: FFNActs,
-                  ws: Workspace, N: Int) {
+                  ws: Workspace, N: Int, overwriteDx: Bool = false) {
         let D = dim, F = hiddenDim
         let dh = ws.dh.get(N * F), dh1 = ws.dh1.get(N * F), dh3 = ws.dh3.get(N * F)
         // scratch written by its first producer (no zeroing pass)
         matmul_backward(dx_TD: dh, dw_ND: w2.g, dout_TN: dout_ND, x_TD: a.h.data, w_ND: w2.v, T: N, D: F, N: D, overwriteDx: true)
         swiglu_backward(dh1, dh3, dh, a.h1.data, a.h3.data, N * F, overwrite: true)
-        matmul_backward(dx_TD: dx_ND, dw_ND: w1.g, dout_TN: dh1, x_TD: x_ND, w_ND: w1.v, T: N, D: D, N: F)
+        matmul_backward(dx_TD: dx_ND, dw_ND: w1.g, dout_TN: dh1, x_TD: x_ND, w_ND: w1.v, T: N, D: D, N: F, overwriteDx: overwriteDx)
         matmul_backward(dx_TD: dx_ND, dw_ND: w3.g, dout_TN: dh3, x_TD: x_ND, w_ND: w3.v, T: N, D: D, N: F)
     }
 }
@@ -111,16 +111,13 @@ public final class Attention {
         matmul_forward(out_ND, a.ao.data, wo.v, T: N, D: H * hd, N: D, accumulate: true)
     }
 
-    /// dxn_ND += ∂/∂xn ; weight grads accumulated.
+    /// dxn_ND = ∂/∂xn (written: no zeroing pass first); weight grads accumulated.
     func backward(_ dout_ND: UnsafePointer<Float>, dxn_ND: UnsafeMutablePointer<Float>, xn_ND: UnsafePointer<Float>, acts a: AttnActs,
                   cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, ws: Workspace, B: Int, T: Int) {
         let N = B * T, QD = H * hd, KD = KV * hd
         let dao = ws.dao.get(N * QD), dq = ws.dq.get(N * QD), dqn = ws.dqn.get(N * QD)
         let dk = ws.dk.get(N * KD), dkn = ws.dkn.get(N * KD), dv = ws.dv.get(N * KD), dTT = ws.dTT.get(B * H * T * T)
         matmul_backward(dx_TD: dao, dw_ND: wo.g, dout_TN: dout_ND, x_TD: a.ao.data, w_ND: wo.v, T: N, D: QD, N: D, overwriteDx: true)
-        dq.update(repeating: 0, count: N * QD)
-        dk.update(repeating: 0, count: N * KD)
-        dv.update(repeating: 0, count: N * KD)
         attention_backward(dq_BTHd: dq, dk_BTKd: dk, dv_BTKd: dv, scratch_BHTT: dTT, dout_BTHd: dao, att_BHTT: a.att.data,
                            q_BTHd: a.q.data, k_BTKd: a.k.data, v_BTKd: a.v.data, B: B, T: T, H: H, KV: KV, hd: hd)
         // through RoPE, then the per-head norms; dq / dk are reused (overwritten) for the grads of the raw projections
@@ -128,7 +125,7 @@ public final class Attention {
         rmsnorm_backward(dq, qNorm.g, dqn, a.qRaw.data, qNorm.v, a.qRstd.data, N: N * H, D: hd, overwriteDx: true)
         rope_backward(dkn, dk, cos_TP: cos_TP, sin_TP: sin_TP, B: B, T: T, H: KV, hd: hd, overwrite: true)
         rmsnorm_backward(dk, kNorm.g, dkn, a.kRaw.data, kNorm.v, a.kRstd.data, N: N * KV, D: hd, overwriteDx: true)
-        matmul_backward(dx_TD: dxn_ND, dw_ND: wq.g, dout_TN: dq, x_TD: xn_ND, w_ND: wq.v, T: N, D: D, N: QD)
+        matmul_backward(dx_TD: dxn_ND, dw_ND: wq.g, dout_TN: dq, x_TD: xn_ND, w_ND: wq.v, T: N, D: D, N: QD, overwriteDx: true)
         matmul_backward(dx_TD: dxn_ND, dw_ND: wk.g, dout_TN: dk, x_TD: xn_ND, w_ND: wk.v, T: N, D: D, N: KD)
         matmul_backward(dx_TD: dxn_ND, dw_ND: wv.g, dout_TN: dv, x_TD: xn_ND, w_ND: wv.v, T: N, D: D, N: KD)
     }
@@ -230,7 +227,8 @@ public final class MoE {
         return counts
     }
 
-    /// dxn_ND += ∂/∂xn (through experts, router weights and shared experts); parameter grads accumulated.
+    /// dxn_ND = ∂/∂xn (through experts, router weights and shared experts; written: no zeroing pass first); parameter
+    /// grads accumulated.
     func backward(_ dout_ND: UnsafePointer<Float>, dxn_ND: UnsafeMutablePointer<Float>, xn_ND: UnsafePointer<Float>, acts a: MoEActs,
                   ws: Workspace, N: Int) {
         let D = dim, E = args.num_experts, K = args.top_k, S = N * K
@@ -251,7 +249,9 @@ public final class MoE {
         experts.backward(x_SD: a.xs.ptr, dy_SD: dys, counts_E: a.counts, dx_SD: dxs)
         parallelFor(N, costPerItem: 2 * K * D) { rows in
             for t in rows {
-                for k in 0..<K { add_inplace(dxn_ND + t * D, dxs + Int(a.pos.data[t * K + k]) * D, D) }
+                let dxn = dxn_ND + t * D
+                dxn.update(from: dxs + Int(a.pos.data[t * K]) * D, count: D)
+                for k in 1..<K { add_inplace(dxn, dxs + Int(a.pos.data[t * K + k]) * D, D) }
             }
         }
         let dscores = ws.dscores.get(N * E), dlogits = ws.dlogits.get(N * E)
@@ -341,10 +341,10 @@ public final class TransformerBlock {
                  cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int) -> [Int] {
         let N = B * T
         rmsnorm_forward(a.xn1.data, a.rstd1.data, xIn, attentionNorm.v, N: N, D: D, eps: eps)
-        a.xMid.data.update(from: xIn, count: N * D)
+        copy_N(a.xMid.data, xIn, N * D)
         attention.forward(a.xn1.ptr, accumulateInto: a.xMid.data, acts: a.attn, cos_TP: cos_TP, sin_TP: sin_TP, B: B, T: T)
         rmsnorm_forward(a.xn2.data, a.rstd2.data, a.xMid.data, ffnNorm.v, N: N, D: D, eps: eps)
-        xOut.update(from: a.xMid.data, count: N * D)
+        copy_N(xOut, a.xMid.data, N * D)
         if let m = moe {
             return m.forward(a.xn2.ptr, accumulateInto: xOut, acts: a.moe!, ws: ws, N: N)
         }
@@ -356,15 +356,13 @@ public final class TransformerBlock {
     func backward(_ dres_ND: UnsafeMutablePointer<Float>, xIn: UnsafePointer<Float>, acts a: LayerActs, ws: Workspace,
                   cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int) {
         let N = B * T
-        let dxn = ws.dxn.get(N * D)
-        dxn.update(repeating: 0, count: N * D)
+        let dxn = ws.dxn.get(N * D)   // written by each sub-layer's backward
         if let m = moe {
             m.backward(dres_ND, dxn_ND: dxn, xn_ND: a.xn2.ptr, acts: a.moe!, ws: ws, N: N)
         } else {
-            feedForward!.backward(dres_ND, dx_ND: dxn, x_ND: a.xn2.ptr, acts: a.ffn!, ws: ws, N: N)
+            feedForward!.backward(dres_ND, dx_ND: dxn, x_ND: a.xn2.ptr, acts: a.ffn!, ws: ws, N: N, overwriteDx: true)
         }
         rmsnorm_backward(dres_ND, ffnNorm.g, dxn, a.xMid.data, ffnNorm.v, a.rstd2.data, N: N, D: D)
-        dxn.update(repeating: 0, count: N * D)
         attention.backward(dres_ND, dxn_ND: dxn, xn_ND: a.xn1.ptr, acts: a.attn, cos_TP: cos_TP, sin_TP: sin_TP, ws: ws, B: B, T: T)
         rmsnorm_backward(dres_ND, attentionNorm.g, dxn, xIn, attentionNorm.v, a.rstd1.data, N: N, D: D)
     }

@@ -193,14 +193,13 @@ public final class Qwen3Model {
                                                                      labels_T: lab.baseAddress!, T: N, V: V, dlossScale: lossScale)
                 // backward
                 hooks.willBackward(group: L + 1)
-                a.dxn.zero()
                 // Tied weights: the output projection's gradient belongs to group 0, whose backward opens here and
                 // stays open until the embedding's backward has added its part (one gather, one reduction per step).
                 if output == nil { hooks.willBackward(group: 0) }
                 let ow = outputWeight
-                matmul_backward(dx_TD: a.dxn.data, dw_ND: ow.g, dout_TN: a.logits.ptr, x_TD: a.xnf.ptr, w_ND: ow.v, T: N, D: D, N: V)
-                a.dres.zero()
-                rmsnorm_backward(a.dres.data, norm.g, a.dxn.ptr, a.xs[L].ptr, norm.v, a.rstdf.ptr, N: N, D: D)
+                matmul_backward(dx_TD: a.dxn.data, dw_ND: ow.g, dout_TN: a.logits.ptr, x_TD: a.xnf.ptr, w_ND: ow.v, T: N, D: D, N: V,
+                                overwriteDx: true)
+                rmsnorm_backward(a.dres.data, norm.g, a.dxn.ptr, a.xs[L].ptr, norm.v, a.rstdf.ptr, N: N, D: D, overwriteDx: true)
                 hooks.didBackward(group: L + 1)
                 for i in stride(from: L - 1, through: 0, by: -1) {
                     hooks.willBackward(group: i + 1)

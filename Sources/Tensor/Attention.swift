@@ -53,14 +53,10 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
             r0 = kn
         }
     }
-    if KernelThreads.count > 1 && B * H > 1 {
-        BLAS.singleThreaded { parallelFor(B * H, costPerItem: KernelThreads.minWork) { r in for bh in r { head(bh) } } }
-    } else {
-        for bh in 0..<(B * H) { head(bh) }
-    }
+    parallelForEach(costs: [Int](repeating: T * T, count: B * H), head)
 }
 
-/// Backward of `attention_forward`, accumulating into dq, dk, dv. `scratch_BHTT` holds B·H·T·T floats.
+/// Backward of `attention_forward`: WRITES dq, dk, dv (no zeroing pass first). `scratch_BHTT` holds B·H·T·T floats.
 public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: UnsafeMutablePointer<Float>, dv_BTKd: UnsafeMutablePointer<Float>,
                                scratch_BHTT: UnsafeMutablePointer<Float>, dout_BTHd: UnsafePointer<Float>, att_BHTT: UnsafePointer<Float>,
                                q_BTHd: UnsafePointer<Float>, k_BTKd: UnsafePointer<Float>, v_BTKd: UnsafePointer<Float>,
@@ -68,6 +64,9 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
     let rep = H / KV
     let scale = 1 / Float(hd).squareRoot()
     let qs = H * hd, ks = KV * hd
+    // Row blocks last first: the last block's GEMMs span every key row, so the first of them writes dK / dV whole
+    // (beta 0) and the rest accumulate onto it.
+    let blockStarts = Array(stride(from: 0, to: T, by: attentionBlockRows).reversed())
     // One (batch, kv head) at a time, its query heads in order: dK and dV of a kv head are accumulated by its query
     // heads only, in the same order as a serial loop, so concurrent kv heads give bit-identical results.
     func group(_ bg: Int) {
@@ -81,14 +80,13 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
             let dO = dout_BTHd + b * T * qs + h * hd
             let P = att_BHTT + (b * H + h) * T * T
             let dS = scratch_BHTT + (b * H + h) * T * T
-            var r0 = 0
-            while r0 < T {
+            for r0 in blockStarts {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
                 BLAS.sgemmSerial(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: 1, A: dO + r0 * qs, lda: qs,
                            B: Vp, ldb: ks, beta: 0, C: dS + r0 * T, ldc: T)
+                let first = h == g * rep && kn == T
                 BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: 1, A: P + r0 * T, lda: T,
-                           B: dO + r0 * qs, ldb: qs, beta: 1, C: dV, ldc: ks)
-                r0 = kn
+                           B: dO + r0 * qs, ldb: qs, beta: first ? 0 : 1, C: dV, ldc: ks)
             }
             // 2. dS = P ⊙ (dP − rowsum(P ⊙ dP)) on causal entries; zeros up to the end of the row's block
             for t in 0..<T {
@@ -99,25 +97,20 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
                 if t + 1 < kn { (d + t + 1).update(repeating: 0, count: kn - t - 1) }
             }
         }
-        // 3. dQ += scale · dS · K ;  dK += scale · dSᵀ · Q
+        // 3. dQ = scale · dS · K (each row block once) ;  dK += scale · dSᵀ · Q
         for h in (g * rep)..<((g + 1) * rep) {
             let Q = q_BTHd + b * T * qs + h * hd
             let dQ = dq_BTHd + b * T * qs + h * hd
             let dS = scratch_BHTT + (b * H + h) * T * T
-            var r0 = 0
-            while r0 < T {
+            for r0 in blockStarts {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
                 BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: scale, A: dS + r0 * T, lda: T,
-                           B: K, ldb: ks, beta: 1, C: dQ + r0 * qs, ldc: qs)
+                           B: K, ldb: ks, beta: 0, C: dQ + r0 * qs, ldc: qs)
+                let first = h == g * rep && kn == T
                 BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: scale, A: dS + r0 * T, lda: T,
-                           B: Q + r0 * qs, ldb: qs, beta: 1, C: dK, ldc: ks)
-                r0 = kn
+                           B: Q + r0 * qs, ldb: qs, beta: first ? 0 : 1, C: dK, ldc: ks)
             }
         }
     }
-    if KernelThreads.count > 1 && B * KV > 1 {
-        BLAS.singleThreaded { parallelFor(B * KV, costPerItem: KernelThreads.minWork) { r in for bg in r { group(bg) } } }
-    } else {
-        for bg in 0..<(B * KV) { group(bg) }
-    }
+    parallelForEach(costs: [Int](repeating: rep * T * T, count: B * KV), group)
 }

@@ -3,6 +3,16 @@
 
 // MARK: - vector helpers
 
+/// y_N = 0, split over the kernel threads when large.
+public func zero_N(_ y_N: UnsafeMutablePointer<Float>, _ n: Int) {
+    parallelFor(n) { r in (y_N + r.lowerBound).update(repeating: 0, count: r.count) }
+}
+
+/// y_N = x_N, split over the kernel threads when large.
+public func copy_N(_ y_N: UnsafeMutablePointer<Float>, _ x_N: UnsafePointer<Float>, _ n: Int) {
+    parallelFor(n, costPerItem: 2) { r in (y_N + r.lowerBound).update(from: x_N + r.lowerBound, count: r.count) }
+}
+
 /// y_N += x_N
 @inline(__always)
 public func add_inplace(_ y_N: UnsafeMutablePointer<Float>, _ x_N: UnsafePointer<Float>, _ n: Int) {

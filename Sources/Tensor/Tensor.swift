@@ -67,7 +67,8 @@ public final class Tensor {
     public var ptr: UnsafePointer<Float> { UnsafePointer(data) }
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
 
-    public func zero() { data.update(repeating: 0, count: count) }
+    /// Zeroes every element, split over the kernel threads when large (a gradient shard, a residual stream).
+    public func zero() { zero_N(data, count) }
     public func fill(_ v: Float) { data.update(repeating: v, count: count) }
 
     /// Copies all elements of `other` (same element count) into this tensor.

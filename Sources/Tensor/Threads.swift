@@ -52,9 +52,10 @@ public func parallelFor(_ n: Int, costPerItem: Int = 1, _ body: (Range<Int>) -> 
 }
 
 /// Runs `body(i)` once for every item i in 0..<costs.count, each item wholly on one kernel thread (its kernels serial,
-/// OpenBLAS single-threaded): items go longest first to the least-loaded thread, so threads get about equal summed
-/// cost. Results are those of a serial loop as long as items write disjoint memory. An item costing more than a
-/// thread's share would leave the other threads idle: such items run first, one at a time, with their kernels split.
+/// OpenBLAS single-threaded). Items are taken longest first by whichever thread is free next, so the threads finish
+/// together even when a thread starts late or the costs only approximate run times. Results are those of a serial
+/// loop as long as items write disjoint memory. An item costing more than a thread's share would leave the other
+/// threads idle: such items run first, one at a time, with their kernels split.
 /// `costs` ~ floats each item touches; zero-cost items are skipped.
 public func parallelForEach(costs: [Int], _ body: (Int) -> Void) {
     let total = costs.reduce(0, +)
@@ -68,14 +69,26 @@ public func parallelForEach(costs: [Int], _ body: (Int) -> Void) {
     for i in costs.indices where costs[i] > 0 {
         if costs[i] > share { body(i) } else { small.append(i) }
     }
-    var lists = [[Int]](repeating: [], count: t), load = [Int](repeating: 0, count: t)
-    for i in small.sorted(by: { costs[$0] > costs[$1] || (costs[$0] == costs[$1] && $0 < $1) }) {
-        let w = load.indices.min { load[$0] < load[$1] }!
-        lists[w].append(i); load[w] += costs[i]
-    }
+    let order = small.sorted { costs[$0] > costs[$1] || (costs[$0] == costs[$1] && $0 < $1) }
+    let queue = WorkQueue(count: order.count)
     BLAS.singleThreaded {
-        DispatchQueue.concurrentPerform(iterations: t) { w in
-            KernelThreads.asRegionPart { for i in lists[w] { body(i) } }
+        DispatchQueue.concurrentPerform(iterations: t) { _ in
+            KernelThreads.asRegionPart { while let k = queue.next() { body(order[k]) } }
         }
+    }
+}
+
+/// Hands out 0, 1, ..., count - 1, each once, to whichever thread asks next.
+private final class WorkQueue: @unchecked Sendable {
+    private let lock = NSLock()
+    private var cursor = 0
+    private let count: Int
+    init(count: Int) { self.count = count }
+    func next() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard cursor < count else { return nil }
+        cursor += 1
+        return cursor - 1
     }
 }

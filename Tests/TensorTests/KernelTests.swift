@@ -202,7 +202,9 @@ final class KernelGradientTests: XCTestCase {
                 }
             }
         } }
-        let dq = Buf(zeros: q.n), dk = Buf(zeros: k.n), dv = Buf(zeros: v.n), scratch = Buf(zeros: B * H * T * T), dout = Buf(r)
+        // dq, dk, dv are written, not accumulated: NaN left anywhere would fail the gradient checks
+        let dq = Buf([Float](repeating: .nan, count: q.n)), dk = Buf([Float](repeating: .nan, count: k.n))
+        let dv = Buf([Float](repeating: .nan, count: v.n)), scratch = Buf(zeros: B * H * T * T), dout = Buf(r)
         attention_backward(dq_BTHd: dq.p, dk_BTKd: dk.p, dv_BTKd: dv.p, scratch_BHTT: scratch.p, dout_BTHd: dout.p, att_BHTT: att.p,
                            q_BTHd: q.p, k_BTKd: k.p, v_BTKd: v.p, B: B, T: T, H: H, KV: KV, hd: hd)
         checkGradient("attention dq", x: q.p, n: q.n, grad: dq.a, eps: 3e-3, maxChecks: maxChecks, f: f)
