@@ -25,10 +25,15 @@ PYTHON_FSDP=${PYTHON_FSDP:-$PYTHON}
 ANCHORS=${ANCHORS:-../shared/anchors}
 BUILD_PATH=${BUILD_PATH:-.build}
 OUT=${OUT:-$(mktemp -d /tmp/titan-compare.XXXXXX)}
+mkdir -p "$OUT"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "compare_torch.sh: ROUNDS must be a positive integer, got '$ROUNDS'" >&2; exit 1; }
 script="$ANCHORS/torch_train_tps.py"
 [ -f "$script" ] || { echo "compare_torch.sh: $script not found (set ANCHORS to the anchors folder)" >&2; exit 1; }
 "$PYTHON" -c 'import torch, transformers' 2>/dev/null ||
     { echo "compare_torch.sh: $PYTHON cannot import torch and transformers (set PYTHON)" >&2; exit 1; }
+# shellcheck disable=SC2086  # the python command may be several words (env VAR=... python)
+$PYTHON_FSDP -c 'import torch, transformers' 2>/dev/null ||
+    { echo "compare_torch.sh: $PYTHON_FSDP cannot import torch and transformers (set PYTHON_FSDP)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "compare_torch.sh: needs jq (apt-get install -y jq)" >&2; exit 1; }
 if ! log=$(swift build -c release --scratch-path "$BUILD_PATH" --product titan 2>&1); then
     echo "$log" >&2; echo "compare_torch.sh: build failed" >&2; exit 1
@@ -39,14 +44,16 @@ tps() {  # tokens/s of steps 4.. from a run folder's metrics.jsonl
     jq -s '[.[] | select(.step > 3)] | ((map(.tokens_per_sec * .step_time_s) | add) / (map(.step_time_s) | add)) | floor' \
         "$1/metrics.jsonl"
 }
-torch_tps() {  # python-command mode [world]: runs the anchor, prints its tokens/s
-    local python=$1; shift
-    local log="$OUT/torch-$1-$r.log"
+torch_tps() {  # log python-command mode [world]: runs the anchor, prints its tokens/s
+    local log=$1 python=$2; shift 2
     # shellcheck disable=SC2086  # the python command may be several words (env VAR=... python)
     if ! $python "$script" "$@" >"$log" 2>&1; then
         tail -5 "$log" >&2; echo "compare_torch.sh: torch_train_tps.py $* failed (log: $log)" >&2; exit 1
     fi
-    grep -o '[0-9]* tokens/s' "$log" | tail -1 | cut -d' ' -f1
+    local tps
+    tps=$(grep -o '[0-9][0-9]* tokens/s' "$log" | tail -1 | cut -d' ' -f1 || true)
+    [ -n "$tps" ] || { echo "compare_torch.sh: no 'N tokens/s' line in $log" >&2; exit 1; }
+    echo "$tps"
 }
 ours() {  # folder, then titan arguments
     local dir="$OUT/$1"; shift
@@ -61,9 +68,9 @@ r8s="" r1s="" scs="" lines=()
 for r in $(seq "$ROUNDS"); do
     o8=$(ours "r$r-8ranks" "$TITAN" launch --ranks 8 -- train --config bench_moe --training.steps 13 \
         --training.local_batch_size 2 --parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 4)
-    f8=$(torch_tps "$PYTHON_FSDP" fsdp 8); sleep "$PAUSE"
+    f8=$(torch_tps "$OUT/r$r-torch-fsdp.log" "$PYTHON_FSDP" fsdp 8); sleep "$PAUSE"
     o1=$(OPENBLAS_NUM_THREADS=2 ours "r$r-1rank" "$TITAN" train --config bench_moe --training.steps 13)
-    e1=$(torch_tps "$PYTHON" single); sleep "$PAUSE"
+    e1=$(torch_tps "$OUT/r$r-torch-eager.log" "$PYTHON" single); sleep "$PAUSE"
     q8=$(ratio "$o8" "$f8") q1=$(ratio "$o1" "$e1") sc=$(ratio "$o8" "$o1")
     r8s+="$q8 " r1s+="$q1 " scs+="$sc "
     printf '%-6s %9s %11s %5sx %9s %11s %5sx %12s\n' "$r" "$o8" "$f8" "$q8" "$o1" "$e1" "$q1" "$sc"

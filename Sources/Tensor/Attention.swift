@@ -75,7 +75,7 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
         let K = k_BTKd + b * T * ks + g * hd
         let dV = dv_BTKd + b * T * ks + g * hd
         let dK = dk_BTKd + b * T * ks + g * hd
-        // 1. dP = dO · Vᵀ ; dV += Pᵀ · dO   (causal blocks)
+        // 1. dP = dO · Vᵀ ; dV = Σ Pᵀ · dO over the group's heads and row blocks (causal blocks)
         for h in (g * rep)..<((g + 1) * rep) {
             let dO = dout_BTHd + b * T * qs + h * hd
             let P = att_BHTT + (b * H + h) * T * T
@@ -97,7 +97,7 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
                 if t + 1 < kn { (d + t + 1).update(repeating: 0, count: kn - t - 1) }
             }
         }
-        // 3. dQ = scale · dS · K (each row block once) ;  dK += scale · dSᵀ · Q
+        // 3. dQ = scale · dS · K (each row block once) ;  dK = Σ scale · dSᵀ · Q
         for h in (g * rep)..<((g + 1) * rep) {
             let Q = q_BTHd + b * T * qs + h * hd
             let dQ = dq_BTHd + b * T * qs + h * hd

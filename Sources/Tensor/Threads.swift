@@ -64,7 +64,8 @@ public func parallelForEach(costs: [Int], _ body: (Int) -> Void) {
         for i in costs.indices where costs[i] > 0 { body(i) }
         return
     }
-    let share = total / t
+    // A thread's share of the work; with fewer items than threads, each item is a share of its own.
+    let share = total / max(1, min(t, costs.filter { $0 > 0 }.count))
     var small: [Int] = []
     for i in costs.indices where costs[i] > 0 {
         if costs[i] > share { body(i) } else { small.append(i) }

@@ -202,7 +202,7 @@ final class KernelGradientTests: XCTestCase {
                 }
             }
         } }
-        // dq, dk, dv are written, not accumulated: NaN left anywhere would fail the gradient checks
+        // dq, dk, dv are written, not accumulated: they start as NaN
         let dq = Buf([Float](repeating: .nan, count: q.n)), dk = Buf([Float](repeating: .nan, count: k.n))
         let dv = Buf([Float](repeating: .nan, count: v.n)), scratch = Buf(zeros: B * H * T * T), dout = Buf(r)
         attention_backward(dq_BTHd: dq.p, dk_BTKd: dk.p, dv_BTKd: dv.p, scratch_BHTT: scratch.p, dout_BTHd: dout.p, att_BHTT: att.p,
@@ -210,6 +210,8 @@ final class KernelGradientTests: XCTestCase {
         checkGradient("attention dq", x: q.p, n: q.n, grad: dq.a, eps: 3e-3, maxChecks: maxChecks, f: f)
         checkGradient("attention dk", x: k.p, n: k.n, grad: dk.a, eps: 3e-3, maxChecks: maxChecks, f: f)
         checkGradient("attention dv", x: v.p, n: v.n, grad: dv.a, eps: 3e-3, maxChecks: maxChecks, f: f)
+        XCTAssertFalse(dq.a.contains { $0.isNaN } || dk.a.contains { $0.isNaN } || dv.a.contains { $0.isNaN },
+                       "attention_backward left part of dq / dk / dv unwritten")
         // probabilities: rows sum to 1, zero above the diagonal
         let pa = att.a
         for bh in 0..<(B * H) { for t in 0..<T {
