@@ -187,10 +187,10 @@ public struct Launcher {
                 ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
             var environment = baseEnvironment.merging(identity.environment) { $1 }
             if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
-                // Ranks on this machine share its cores; one BLAS thread pool each would oversubscribe. A bound rank
-                // gets one thread per CPU of its block.
-                let threads = placement[index]?.count
-                    ?? max(1, ProcessInfo.processInfo.activeProcessorCount / machineRanks.count)
+                // Ranks on this machine share the CPUs this launcher may use; one BLAS thread pool each would
+                // oversubscribe. A bound rank gets one thread per CPU of its block.
+                let cpus = allowedCPUs.isEmpty ? ProcessInfo.processInfo.activeProcessorCount : allowedCPUs.count
+                let threads = placement[index]?.count ?? max(1, cpus / machineRanks.count)
                 environment[RankEnvironment.openBLASThreads] = String(threads)
             }
             let logPath = "\(logs)/rank-\(rank).log"

@@ -117,6 +117,15 @@ final class LauncherTests: XCTestCase {
         for rank in 0..<4 {
             XCTAssertTrue(log(rank: rank).contains("cpus=[] Cpus_allowed_list:\(CPUBinding.formatList(cpus))\n"), log(rank: rank))
         }
+
+        // An unbound rank's BLAS threads divide the CPUs the launcher may use, not the machine's: a lone rank gets
+        // them all, or the one CPU its launcher is restricted to.
+        let blas = "echo \"blas=$OPENBLAS_NUM_THREADS\""
+        XCTAssertEqual(try launch(.local(ranks: 1), script: blas).exitStatus, 0)
+        XCTAssertTrue(log(rank: 0).contains("blas=\(cpus.count)\n"), log(rank: 0))
+        let restricted = try CPUBinding.withCallingThread(boundTo: [cpus[0]]) { try launch(.local(ranks: 1), script: blas) }
+        XCTAssertEqual(restricted.exitStatus, 0)
+        XCTAssertTrue(log(rank: 0).contains("blas=1\n"), log(rank: 0))
     }
 
     /// Launchers of two hosts on one machine (--node) cut the machine's CPUs over all eight ranks together: node 1
