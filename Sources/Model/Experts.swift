@@ -20,7 +20,8 @@ public protocol MoEExperts: AnyObject {
 /// Each expert runs its whole chain (gate and up projections, SwiGLU, down projection) on its variable-size token
 /// group; experts with zero tokens are skipped, nothing is padded. `useGroupedMM` (torchtitan's grouped GEMM) runs the
 /// experts concurrently, whole experts per kernel thread, balanced by token count; otherwise a plain loop over experts
-/// runs them one after another, each GEMM split over the threads. Both give bit-identical results.
+/// runs them one after another, each GEMM split over the threads. Both give bit-identical results with one kernel
+/// thread; with several, the loop path's split GEMMs can differ in the last bits.
 public final class GroupedExperts: MoEExperts {
     public let w1: Parameter, w2: Parameter, w3: Parameter
     public let dim: Int, hiddenDim: Int

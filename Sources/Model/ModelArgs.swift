@@ -19,7 +19,8 @@ public struct MoEArgs: Codable, Equatable, Sendable {
     /// Auxiliary-loss-free load balancing: expert bias step size; 0 disables it.
     public var load_balance_coeff: Float = 0
     /// Expert computation: grouped (experts run concurrently, whole experts per kernel thread) or a plain loop over
-    /// experts with each GEMM split over the threads. The same bits either way.
+    /// experts with each GEMM split over the threads. The same bits either way with one kernel thread; with several the
+    /// loop path's split GEMMs can differ in the last bits.
     public var use_grouped_mm: Bool = true
     public init() {}
 }

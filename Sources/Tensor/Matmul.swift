@@ -11,8 +11,8 @@ public enum BLAS {
     }
 
     /// Runs `body` with OpenBLAS single-threaded (restored afterwards), for kernels that run many small GEMMs
-    /// concurrently from the kernel threads instead. Results do not depend on the BLAS thread count (OpenBLAS never
-    /// splits the K dimension), so this changes speed only. The setting is process-wide: regions of several threads
+    /// concurrently from the kernel threads instead. A GEMM run threaded by OpenBLAS can differ in the last bits from
+    /// the same GEMM single-threaded (see Threads.swift), so this is part of what a run computes, the same in every run. The setting is process-wide: regions of several threads
     /// (ranks as threads of one process) are counted, and the last one out restores the thread count.
     public static func singleThreaded(_ body: () -> Void) {
         singleLock.lock()
@@ -63,7 +63,8 @@ public enum BLAS {
 
     /// Makes OpenBLAS single-threaded and splits every large GEMM into `KernelThreads.count` fixed blocks of rows
     /// (or columns) run on the kernel threads: no OpenBLAS worker left spinning (sched_yield) while the kernel threads
-    /// run the element-wise kernels, and the same GEMMs as before on each block. Deterministic (fixed split).
+    /// run the element-wise kernels. Deterministic for a given thread count (the blocks depend on the shape and the
+    /// thread count only); not the same bits as the unsplit GEMM (see Threads.swift).
     public static func splitOnKernelThreads() {
         let t = KernelThreads.count
         guard t > 1 else { return }

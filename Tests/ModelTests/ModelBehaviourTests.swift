@@ -350,7 +350,8 @@ final class HookTests: XCTestCase {
 }
 
 final class ThreadingTests: XCTestCase {
-    /// Kernel threading splits rows only: results are bit-identical for any thread count.
+    /// Kernel threading splits rows only: results are bit-identical for any thread count. (GEMMs are not split here:
+    /// BLAS.splitThreads is 0 outside the trainer; split GEMMs are tested in ThreadsTests.)
     func testResultsIndependentOfKernelThreads() throws {
         let saved = (KernelThreads.count, KernelThreads.minWork)
         defer { KernelThreads.count = saved.0; KernelThreads.minWork = saved.1 }

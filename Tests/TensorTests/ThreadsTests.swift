@@ -64,4 +64,47 @@ final class KernelThreadsTests: XCTestCase {
         XCTAssertEqual(run(threads: 3), serial)
         XCTAssertTrue(serial.contains { $0 != 0 })
     }
+
+    /// Large GEMMs split over the kernel threads (`BLAS.splitOnKernelThreads`, as the trainer runs them): every element
+    /// matches a float64 reference, and a repeated call gives the same bits. Not the same bits as the unsplit GEMM:
+    /// OpenBLAS rounds rows near the ends of its internal partitions differently, so results are reproducible for a
+    /// given thread count only.
+    func testSplitGEMMsMatchReferenceAndRepeat() {
+        let savedBLASThreads = KernelThreads.count
+        withThreads(2) {
+            BLAS.splitOnKernelThreads()
+            defer { BLAS.setThreads(savedBLASThreads) }
+            var rng = SplitMix64(seed: 12)
+            // (M, N, K): the first splits along M, the second along N (the larger of the two)
+            for (M, N, K) in [(200, 64, 96), (64, 300, 80)] {
+                for transA in [false, true] {
+                    for transB in [false, true] {
+                        let a = Tensor(shape: [M * K]), b = Tensor(shape: [K * N])
+                        rng.fillNormal(a.data, a.count); rng.fillNormal(b.data, b.count)
+                        let lda = transA ? M : K, ldb = transB ? K : N
+                        func gemm() -> [Float] {
+                            let c = Tensor(shape: [M * N])
+                            c.fill(1)
+                            BLAS.sgemm(transA: transA, transB: transB, M: M, N: N, K: K, alpha: 0.5, A: a.ptr, lda: lda,
+                                       B: b.ptr, ldb: ldb, beta: 2, C: c.data, ldc: N)
+                            return c.toArray()
+                        }
+                        let c = gemm()
+                        XCTAssertEqual(gemm(), c, "M \(M) N \(N) K \(K) transA \(transA) transB \(transB): not repeatable")
+                        for i in 0..<M { for j in 0..<N {
+                            var ref = 0.0, mag = 0.0
+                            for k in 0..<K {
+                                let x = Double(a.data[transA ? k * lda + i : i * lda + k])
+                                let y = Double(b.data[transB ? j * ldb + k : k * ldb + j])
+                                ref += x * y; mag += abs(x * y)
+                            }
+                            ref = 0.5 * ref + 2
+                            XCTAssertEqual(Double(c[i * N + j]), ref, accuracy: 1e-6 * (0.5 * mag + 2),
+                                           "M \(M) N \(N) K \(K) transA \(transA) transB \(transB) [\(i), \(j)]")
+                        } }
+                    }
+                }
+            }
+        }
+    }
 }
