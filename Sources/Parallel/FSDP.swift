@@ -176,8 +176,9 @@ final class FSDPHooks: ModelHooks {
 /// (SUM) asynchronously — all-reduced (SUM) over `dpReplicate` for HSDP — and ACCUMULATED into the gradient shards.
 /// With tied weights the embedding's group is opened for backward by the output projection and stays gathered, with
 /// its full gradient, through every block's backward (one gather and one reduction per step instead of two; the
-/// cost is that group's parameters and gradient held for the whole backward). `finishBackward` waits for every reduction. All collectives are issued in the same order on every rank, and the
-/// ring collectives are deterministic, so the same topology reproduces bit for bit.
+/// cost is that group's parameters and gradient held for the whole backward). `finishBackward` waits for every
+/// reduction. All collectives are issued in the same order on every rank, and the ring collectives are deterministic,
+/// so the same topology reproduces bit for bit.
 public final class FullyShardedModel {
     public let model: ParallelizableModel
     public let mesh: DeviceMesh

@@ -11,9 +11,10 @@ public enum BLAS {
     }
 
     /// Runs `body` with OpenBLAS single-threaded (restored afterwards), for kernels that run many small GEMMs
-    /// concurrently from the kernel threads instead. A GEMM run threaded by OpenBLAS can differ in the last bits from
-    /// the same GEMM single-threaded (see Threads.swift), so this is part of what a run computes, the same in every run. The setting is process-wide: regions of several threads
-    /// (ranks as threads of one process) are counted, and the last one out restores the thread count.
+    /// concurrently from the kernel threads instead. (A GEMM threaded by OpenBLAS can differ in the last bits from the
+    /// same GEMM single-threaded, see Threads.swift, so this choice is part of what a run computes, in every run
+    /// alike.) The setting is process-wide: regions of several threads (ranks as threads of one process) are counted,
+    /// and the last one out restores the thread count.
     public static func singleThreaded(_ body: () -> Void) {
         singleLock.lock()
         if singleDepth == 0 {
