@@ -32,13 +32,14 @@ let package = Package(
         // System libraries, found through pkg-config.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CBLIS", providers: [.apt(["libblis-dev"])]),
         // Linux calls the Glibc module does not declare (CPU affinity, mallopt).
         .target(name: "CLinux"),
 
         // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
         .target(name: "Collectives", dependencies: ["CZeroMQ"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit", "CLinux"]),
-        .target(name: "Tensor", dependencies: ["COpenBLAS"], swiftSettings: kernelSettings),
+        .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS"], swiftSettings: kernelSettings),
         .target(name: "Config"),
         .target(name: "Model", dependencies: ["Tensor"], swiftSettings: kernelSettings),
         .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model"], swiftSettings: kernelSettings),

@@ -1,77 +1,59 @@
-// Matrix multiplies through OpenBLAS (row-major cblas_sgemm).
+// Matrix multiplies (row-major sgemm), on two BLAS libraries routed by shape:
+//   - BLIS (its typed API) for large GEMMs. BLIS picks kernels by CPU model, and Debian 12's BLIS 0.9 knows no CPU
+//     newer than 2021: on Zen 4/5 it falls back to generic C kernels. We pick its kernels by instruction set instead
+//     (see `BLISKernels`): on this class of machine its AVX-512 "skx" kernels run large sgemms at ~1.8x OpenBLAS's
+//     AVX2 "Haswell" kernels (which OPENBLAS_CORETYPE=Haswell pins).
+//   - OpenBLAS (cblas) for small or skinny ones (attention blocks, experts that received few tokens), where BLIS's
+//     packing costs more than its kernel gains (e.g. 64x64x32: BLIS 56, OpenBLAS 104 GFLOP/s).
+// Both run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself. Which library runs
+// a GEMM depends on its shape only, so a run is bitwise reproducible for a given thread count (see Threads.swift).
+import CBLIS
 import COpenBLAS
 import Foundation
 
 public enum BLAS {
-    /// Number of OpenBLAS threads (process-wide); also sets `KernelThreads.count`.
+    /// Kernel threads for the element-wise kernels and for splitting GEMMs (see `splitOnKernelThreads()`).
     public static func setThreads(_ n: Int) {
-        openblas_set_num_threads(Int32(max(n, 1)))
         KernelThreads.count = max(n, 1)
-        splitThreads = 0   // OpenBLAS threads its GEMMs again (call splitOnKernelThreads() to split them instead)
+        splitThreads = 0   // GEMMs run whole again (call splitOnKernelThreads() to split them)
     }
 
-    /// Runs `body` with OpenBLAS single-threaded (restored afterwards), for kernels that run many small GEMMs
-    /// concurrently from the kernel threads instead. (A GEMM threaded by OpenBLAS can differ in the last bits from the
-    /// same GEMM single-threaded, see Threads.swift, so this choice is part of what a run computes, in every run
-    /// alike.) The setting is process-wide: regions of several threads (ranks as threads of one process) are counted,
-    /// and the last one out restores the thread count.
-    public static func singleThreaded(_ body: () -> Void) {
-        singleLock.lock()
-        if singleDepth == 0 {
-            savedThreads = openblas_get_num_threads()
-            if savedThreads > 1 { openblas_set_num_threads(1) }
-        }
-        singleDepth += 1
-        singleLock.unlock()
-        body()
-        singleLock.lock()
-        singleDepth -= 1
-        if singleDepth == 0 && savedThreads > 1 { openblas_set_num_threads(savedThreads) }
-        singleLock.unlock()
-    }
-
-    private static let singleLock = NSLock()
-    nonisolated(unsafe) private static var singleDepth = 0
-    nonisolated(unsafe) private static var savedThreads: Int32 = 1
-
-    /// The OpenBLAS kernel family in use, e.g. "Haswell" or "SkylakeX".
-    public static var coreName: String { String(cString: openblas_get_corename()) }
-
-    /// A faster OPENBLAS_CORETYPE for this CPU, or nil. OpenBLAS 0.3.21 (Debian 12) picks the AVX2 "Haswell" kernels
-    /// on AVX-512 AMD Zen 4/5; "SKYLAKEX" is ~1.5x faster on bench_moe there. OpenBLAS reads the variable when the
-    /// library loads, so a launcher must set it in the environment of the rank processes (or re-exec).
-    public static func suggestedCoreType() -> String? {
-        if let cur = getenv("OPENBLAS_CORETYPE"), !String(cString: cur).isEmpty { return nil }
-        let name = coreName.lowercased()
-        guard name == "haswell" || name.hasPrefix("zen") else { return nil }
-        guard let fp = fopen("/proc/cpuinfo", "r") else { return nil }
-        defer { fclose(fp) }
-        var line = [CChar](repeating: 0, count: 8192)
-        while fgets(&line, Int32(line.count), fp) != nil {
-            let s = String(cString: line)
-            if s.hasPrefix("flags") {
-                let flags = Set(s.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
-                return ["avx512f", "avx512bw", "avx512vl", "avx512dq"].allSatisfy { flags.contains($0) } ? "SKYLAKEX" : nil
-            }
-        }
-        return nil
-    }
-
-    /// Threads that split large GEMMs themselves (0: OpenBLAS threads them). See `splitOnKernelThreads()`.
+    /// Threads that split large GEMMs (0: every GEMM runs whole on the calling thread). See `splitOnKernelThreads()`.
     public private(set) static var splitThreads = 0
     /// GEMMs with fewer multiply-adds than this are not split.
     public static var minSplitWork = 1 << 20
 
-    /// Makes OpenBLAS single-threaded and splits every large GEMM into `KernelThreads.count` fixed blocks of rows
-    /// (or columns) run on the kernel threads: no OpenBLAS worker left spinning (sched_yield) while the kernel threads
-    /// run the element-wise kernels. Deterministic for a given thread count (the blocks depend on the shape and the
-    /// thread count only); not the same bits as the unsplit GEMM (see Threads.swift).
+    /// Splits every large GEMM into `KernelThreads.count` fixed blocks of rows (or columns) run on the kernel threads.
+    /// Deterministic for a given thread count (the blocks depend on the shape and the thread count only); not the same
+    /// bits as the unsplit GEMM (see Threads.swift).
     public static func splitOnKernelThreads() {
-        let t = KernelThreads.count
-        guard t > 1 else { return }
-        openblas_set_num_threads(1)
-        splitThreads = t
+        splitThreads = KernelThreads.count > 1 ? KernelThreads.count : 0
     }
+
+    /// GEMMs at least this large in every sense go to BLIS, the rest to OpenBLAS: measured crossover on a Zen 5 core
+    /// (BLIS skx against OpenBLAS Haswell; at 64x256x64 BLIS 146, OpenBLAS 122 GFLOP/s; at 16x768x256 BLIS 61,
+    /// OpenBLAS 86).
+    static let blisMinWork = 1 << 20, blisMinSide = 32
+
+    /// What runs the GEMMs, e.g. "BLIS 0.9.0 skx (large GEMMs) + OpenBLAS Haswell (small)".
+    public static var description: String {
+        "BLIS \(BLISKernels.version) \(BLISKernels.selected) (large GEMMs) + OpenBLAS \(openBLASCoreName) (small)"
+    }
+
+    /// The BLIS kernels in use, e.g. "skx" ("generic": BLIS's portable C kernels).
+    public static var blisKernels: String { BLISKernels.selected }
+    /// The BLIS kernels `BLAS` picks for a CPU with these /proc/cpuinfo flags (nil: BLIS's own choice).
+    public static func blisKernels(forCPUFlags flags: Set<String>) -> String? { BLISKernels.archForCPU(flags: flags) }
+    /// This machine's /proc/cpuinfo flags.
+    public static var cpuFlags: Set<String> { BLISKernels.cpuFlags() }
+    /// Whether `sgemmSerial` runs a GEMM of this shape on BLIS (else OpenBLAS).
+    @inline(__always)
+    public static func runsOnBLIS(M: Int, N: Int, K: Int) -> Bool {
+        M * N * K >= blisMinWork && min(M, N) >= blisMinSide
+    }
+
+    /// The OpenBLAS kernel family in use, e.g. "Haswell".
+    public static var openBLASCoreName: String { String(cString: openblas_get_corename()) }
 
     /// C_MN = alpha · op(A) · op(B) + beta · C_MN, row-major. op(A) is M×K, op(B) is K×N.
     /// No-op (beyond scaling C by beta) when a dimension is zero.
@@ -114,10 +96,55 @@ public enum BLAS {
             for i in 0..<M { for j in 0..<N { C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j] } }
             return
         }
-        cblas_sgemm(CblasRowMajor,
-                    transA ? CblasTrans : CblasNoTrans,
-                    transB ? CblasTrans : CblasNoTrans,
-                    Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
+        _ = BLISKernels.configured
+        if runsOnBLIS(M: M, N: N, K: K) {
+            // BLIS takes a row and a column stride per operand, so a transpose is just swapped strides.
+            var alpha = alpha, beta = beta
+            bli_sgemm(0, 0, Int64(M), Int64(N), Int64(K), &alpha,
+                      A, Int64(transA ? 1 : lda), Int64(transA ? lda : 1),
+                      B, Int64(transB ? 1 : ldb), Int64(transB ? ldb : 1),
+                      &beta, C, Int64(ldc), 1)
+        } else {
+            cblas_sgemm(CblasRowMajor,
+                        transA ? CblasTrans : CblasNoTrans,
+                        transB ? CblasTrans : CblasNoTrans,
+                        Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
+        }
+    }
+}
+
+/// Chooses BLIS's kernels (once, before its first call) and makes both libraries single-threaded.
+/// BLIS reads BLIS_ARCH_TYPE when it initialises; a value the user set is kept. Otherwise: "skx" (AVX-512 kernels)
+/// when the CPU has AVX-512 F/DQ/BW/VL, "haswell" (AVX2) with AVX2 and FMA, else BLIS's own choice.
+enum BLISKernels {
+    /// BLIS 0.9 reads BLIS_ARCH_TYPE as an index into its arch_t enum.
+    static let archIDs = ["skx": 0, "haswell": 3]
+
+    static let configured: Bool = {
+        if getenv("BLIS_ARCH_TYPE") == nil, let arch = archForCPU(flags: cpuFlags()), let id = archIDs[arch] {
+            setenv("BLIS_ARCH_TYPE", String(id), 1)
+        }
+        bli_thread_set_num_threads(1)
+        bli_init()
+        openblas_set_num_threads(1)
+        return true
+    }()
+
+    /// The BLIS kernels in use, e.g. "skx" ("generic" means BLIS's portable C kernels).
+    static var selected: String { _ = configured; return String(cString: bli_arch_string(bli_arch_query_id())) }
+    static var version: String { String(cString: bli_info_get_version_str()) }
+
+    static func archForCPU(flags: Set<String>) -> String? {
+        if ["avx512f", "avx512dq", "avx512bw", "avx512vl"].allSatisfy(flags.contains) { return "skx" }
+        if ["avx2", "fma"].allSatisfy(flags.contains) { return "haswell" }
+        return nil
+    }
+
+    /// The "flags" line of /proc/cpuinfo (empty where there is none).
+    static func cpuFlags() -> Set<String> {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
+        return Set(line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == ":" }).map(String.init))
     }
 }
 

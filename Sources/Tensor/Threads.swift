@@ -1,18 +1,22 @@
 // Multi-threading of the non-BLAS kernels. Work is split into a FIXED number of row ranges per call and every row is
 // computed by the same code, so their results are bit-identical for any thread count (no cross-row reductions are
-// split). GEMMs are not: OpenBLAS rounds rows near the ends of its internal partitions differently, so a GEMM split
-// over threads (by `BLAS.sgemm` or by OpenBLAS itself) can differ in the last bits from the unsplit one. A run is
+// split). GEMMs are not: a BLAS library rounds rows near the ends of its internal partitions differently, and the
+// blocks of a split GEMM may go to the other library (see Matmul.swift), so a GEMM split over threads by `BLAS.sgemm`
+// can differ in the last bits from the unsplit one. A run is
 // bitwise reproducible for a given thread count.
 // Regions nest safely: a kernel called from inside a kernel-thread region (one range of a `parallelFor`, one item of
 // `parallelForEach`) runs serially on that thread, and its GEMMs are not split again.
 import Dispatch
 import Foundation
-import COpenBLAS
 
 public enum KernelThreads {
-    /// Threads used by the element-wise / row-wise kernels (1 = serial). Defaults to OpenBLAS's thread count
-    /// (OPENBLAS_NUM_THREADS, else the number of cores); `BLAS.setThreads` sets both.
-    public static var count: Int = max(1, Int(openblas_get_num_threads()))
+    /// Threads used by the element-wise / row-wise kernels and to split GEMMs (1 = serial): OPENBLAS_NUM_THREADS (the
+    /// variable the launcher sets per rank, as for any BLAS program), else the number of online CPUs.
+    /// `BLAS.setThreads` changes it.
+    public static var count: Int = {
+        if let v = getenv("OPENBLAS_NUM_THREADS"), let n = Int(String(cString: v)), n > 0 { return n }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }()
     /// Loops touching fewer floats than this run serially (tests set 0 to force the threaded path).
     public static var minWork: Int = 32_768
 
@@ -54,8 +58,8 @@ public func parallelFor(_ n: Int, costPerItem: Int = 1, _ body: (Range<Int>) -> 
     }
 }
 
-/// Runs `body(i)` once for every item i in 0..<costs.count, each item wholly on one kernel thread (its kernels serial,
-/// OpenBLAS single-threaded). Items are taken longest first by whichever thread is free next, so the threads finish
+/// Runs `body(i)` once for every item i in 0..<costs.count, each item wholly on one kernel thread (its kernels and
+/// GEMMs serial). Items are taken longest first by whichever thread is free next, so the threads finish
 /// together even when a thread starts late or the costs only approximate run times. Results are those of a serial
 /// loop as long as items write disjoint memory. An item costing more than a thread's share would leave the other
 /// threads idle: such items run first, one at a time, with their kernels split.
@@ -75,10 +79,8 @@ public func parallelForEach(costs: [Int], _ body: (Int) -> Void) {
     }
     let order = small.sorted { costs[$0] > costs[$1] || (costs[$0] == costs[$1] && $0 < $1) }
     let queue = WorkQueue(count: order.count)
-    BLAS.singleThreaded {
-        DispatchQueue.concurrentPerform(iterations: t) { _ in
-            KernelThreads.asRegionPart { while let k = queue.next() { body(order[k]) } }
-        }
+    DispatchQueue.concurrentPerform(iterations: t) { _ in
+        KernelThreads.asRegionPart { while let k = queue.next() { body(order[k]) } }
     }
 }
 

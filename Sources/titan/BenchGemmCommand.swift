@@ -3,8 +3,9 @@ import Foundation
 import Model
 import Tensor
 
-/// `titan bench-gemm`: the sgemm peak of this machine (OpenBLAS as configured in this process) and the model FLOPs per
-/// token of a flavor, so a benchmark can report model FLOP utilisation (MFU) against a peak measured in the same run.
+/// `titan bench-gemm`: the sgemm peak of this machine (`BLAS.sgemm` as the trainer runs it: split over the kernel
+/// threads) and the model FLOPs per token of a flavor, so a benchmark can report model FLOP utilisation (MFU) against a
+/// peak measured in the same run.
 ///
 /// Model FLOPs per training token (torchtitan's `get_num_flop_per_token`):
 ///   6 · N_active + 12 · n_layers · n_heads · head_dim · seq_len
@@ -14,13 +15,13 @@ import Tensor
 struct BenchGemm: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gemm",
-        abstract: "Time cblas_sgemm (square, row-major) and print the GFLOP/s peak plus a flavor's model FLOPs per token.")
+        abstract: "Time BLAS.sgemm (square, row-major) and print the GFLOP/s peak plus a flavor's model FLOPs per token.")
 
     @Option(help: "Matrix size M = N = K.")
     var size: Int = 1024
     @Option(help: "Timed repetitions (after one warm-up).")
     var reps: Int = 8
-    @Option(help: "OpenBLAS threads (default: OPENBLAS_NUM_THREADS, else the number of cores).")
+    @Option(help: "Kernel threads (default: OPENBLAS_NUM_THREADS, else the number of CPUs).")
     var threads: Int?
     @Option(help: "Model flavor whose FLOPs per token are printed.")
     var flavor: String = "bench_moe"
@@ -47,6 +48,7 @@ struct BenchGemm: ParsableCommand {
 
     func run() throws {
         if let t = threads { BLAS.setThreads(t) }
+        BLAS.splitOnKernelThreads()
         let n = size
         let a = Tensor(shape: [n, n]), b = Tensor(shape: [n, n]), c = Tensor(shape: [n, n])
         var rng = SplitMix64(seed: 1)
@@ -64,7 +66,7 @@ struct BenchGemm: ParsableCommand {
         let peak = flop / best / 1e9, mean = flop / (total / Double(max(reps, 1))) / 1e9
         let args = try ModelFlavors.named(flavor)
         let fpt = Self.flopsPerToken(args, seqLen: seqLen)
-        print("sgemm \(n)x\(n)x\(n), \(KernelThreads.count) thread(s), OpenBLAS \(BLAS.coreName): best \(String(format: "%.1f", peak)) GFLOP/s, mean \(String(format: "%.1f", mean)) GFLOP/s")
+        print("sgemm \(n)x\(n)x\(n), \(KernelThreads.count) thread(s), \(BLAS.description): best \(String(format: "%.1f", peak)) GFLOP/s, mean \(String(format: "%.1f", mean)) GFLOP/s")
         print("\(flavor): \(Self.activeParams(args)) active params/token, \(String(format: "%.4g", fpt)) model FLOPs/token at seq_len \(seqLen)")
         print("{\"name\": \"sgemm\", \"size\": \(n), \"threads\": \(KernelThreads.count), \"peak_gflops\": \(String(format: "%.2f", peak)), "
               + "\"mean_gflops\": \(String(format: "%.2f", mean)), \"flavor\": \"\(flavor)\", \"active_params\": \(Self.activeParams(args)), "

@@ -26,10 +26,3 @@ final class VectorMathTests: XCTestCase {
         }
     }
 }
-
-final class BLASInfoTests: XCTestCase {
-    func testCoreNameAndSuggestion() {
-        XCTAssertFalse(BLAS.coreName.isEmpty)
-        if let s = BLAS.suggestedCoreType() { XCTAssertEqual(s, "SKYLAKEX") }
-    }
-}
