@@ -35,7 +35,7 @@ fi
 TITAN="$BUILD_PATH/release/titan"
 total=$((WARMUP + STEPS))
 
-gemm_json=$(OPENBLAS_NUM_THREADS=$CORES "$TITAN" bench-gemm --flavor bench_moe --seq-len 256 | tail -1)
+gemm_json=$(OPENBLAS_NUM_THREADS=$CORES "$TITAN" bench-gemm --size 2048 --reps 10 --flavor bench_moe --seq-len 256 | tail -1)
 peak=$(jq -r .peak_gflops <<<"$gemm_json")
 fpt=$(jq -r .flops_per_token <<<"$gemm_json")
 
