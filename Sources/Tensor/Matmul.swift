@@ -1,7 +1,7 @@
 // Matrix multiplies (row-major sgemm), on two BLAS libraries routed by shape:
 //   - BLIS (its typed API) for large GEMMs. BLIS picks kernels by CPU model, and Debian 12's BLIS 0.9 knows no CPU
 //     newer than 2021: on Zen 4/5 it falls back to generic C kernels. We pick its kernels by instruction set instead
-//     (see `BLISKernels`): on this class of machine its AVX-512 "skx" kernels run large sgemms at ~1.8x OpenBLAS's
+//     (see `GEMMLibraries`): on this class of machine its AVX-512 "skx" kernels run large sgemms at ~1.8x OpenBLAS's
 //     AVX2 "Haswell" kernels (which OPENBLAS_CORETYPE=Haswell pins).
 //   - OpenBLAS (cblas) for small or skinny ones (attention blocks, experts that received few tokens), where BLIS's
 //     packing costs more than its kernel gains (e.g. 64x64x32: BLIS 56, OpenBLAS 104 GFLOP/s).
@@ -17,6 +17,11 @@ public enum BLAS {
         KernelThreads.count = max(n, 1)
         splitThreads = 0   // GEMMs run whole again (call splitOnKernelThreads() to split them)
     }
+
+    /// Sets both libraries up now: BLIS's kernels (through BLIS_ARCH_TYPE, which it reads when it initialises: `setenv`
+    /// is not safe while other threads read the environment, so programs call this before starting threads) and one
+    /// thread each. The first GEMM does it otherwise.
+    public static func prepare() { _ = GEMMLibraries.configured }
 
     /// Threads that split large GEMMs (0: every GEMM runs whole on the calling thread). See `splitOnKernelThreads()`.
     public private(set) static var splitThreads = 0
@@ -37,15 +42,15 @@ public enum BLAS {
 
     /// What runs the GEMMs, e.g. "BLIS 0.9.0 skx (large GEMMs) + OpenBLAS Haswell (small)".
     public static var description: String {
-        "BLIS \(BLISKernels.version) \(BLISKernels.selected) (large GEMMs) + OpenBLAS \(openBLASCoreName) (small)"
+        "BLIS \(GEMMLibraries.version) \(GEMMLibraries.selected) (large GEMMs) + OpenBLAS \(openBLASCoreName) (small)"
     }
 
     /// The BLIS kernels in use, e.g. "skx" ("generic": BLIS's portable C kernels).
-    public static var blisKernels: String { BLISKernels.selected }
+    public static var blisKernels: String { GEMMLibraries.selected }
     /// The BLIS kernels `BLAS` picks for a CPU with these /proc/cpuinfo flags (nil: BLIS's own choice).
-    public static func blisKernels(forCPUFlags flags: Set<String>) -> String? { BLISKernels.archForCPU(flags: flags) }
+    public static func blisKernels(forCPUFlags flags: Set<String>) -> String? { GEMMLibraries.archForCPU(flags: flags) }
     /// This machine's /proc/cpuinfo flags.
-    public static var cpuFlags: Set<String> { BLISKernels.cpuFlags() }
+    public static var cpuFlags: Set<String> { GEMMLibraries.cpuFlags() }
     /// Whether `sgemmSerial` runs a GEMM of this shape on BLIS (else OpenBLAS).
     @inline(__always)
     public static func runsOnBLIS(M: Int, N: Int, K: Int) -> Bool {
@@ -96,7 +101,7 @@ public enum BLAS {
             for i in 0..<M { for j in 0..<N { C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j] } }
             return
         }
-        _ = BLISKernels.configured
+        _ = GEMMLibraries.configured
         if runsOnBLIS(M: M, N: N, K: K) {
             // BLIS takes a row and a column stride per operand, so a transpose is just swapped strides.
             var alpha = alpha, beta = beta
@@ -116,7 +121,7 @@ public enum BLAS {
 /// Chooses BLIS's kernels (once, before its first call) and makes both libraries single-threaded.
 /// BLIS reads BLIS_ARCH_TYPE when it initialises; a value the user set is kept. Otherwise: "skx" (AVX-512 kernels)
 /// when the CPU has AVX-512 F/DQ/BW/VL, "haswell" (AVX2) with AVX2 and FMA, else BLIS's own choice.
-enum BLISKernels {
+enum GEMMLibraries {
     /// BLIS 0.9 reads BLIS_ARCH_TYPE as an index into its arch_t enum.
     static let archIDs = ["skx": 0, "haswell": 3]
 

@@ -133,6 +133,7 @@ public final class Trainer {
             log("model \(job.model.name)/\(job.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
             log("mesh: world \(comm.worldSize) = replicate \(dims.replicate) × shard \(dims.shard), expert parallel \(dims.ep); global batch \(B * mesh.dataParallelDegree) × \(L) tokens")
+            log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on \(BLAS.description)")
         }
         log("memory per rank: \(fsdp.memoryReport)")
 
@@ -152,7 +153,7 @@ public final class Trainer {
         _ = titan_mallopt(-3 /* M_MMAP_THRESHOLD */, 256 << 20)
         _ = titan_mallopt(-1 /* M_TRIM_THRESHOLD */, 512 << 20)
 
-        // With several kernel threads, large GEMMs are split over them (OpenBLAS single-threaded: no spinning worker).
+        // With several kernel threads, large GEMMs are split over them (both BLAS libraries run single-threaded).
         BLAS.splitOnKernelThreads()
 
         var summary = Summary(losses: [], gradNorms: [])

@@ -47,6 +47,7 @@ struct BenchGemm: ParsableCommand {
     }
 
     func run() throws {
+        BLAS.prepare()
         if let t = threads { BLAS.setThreads(t) }
         BLAS.splitOnKernelThreads()
         let n = size

@@ -1,6 +1,7 @@
 import Cluster
 import Collectives
 import Foundation
+import Tensor
 
 /// How a rank program prints: plain lines in its own process (the launcher prefixes them and writes
 /// the log file), or prefixed and logged here when every rank is a thread of one process.
@@ -42,6 +43,7 @@ enum RankRuntime {
     /// stderr and exit status 1.
     /// `logFolder`: where a process started without the launcher writes its rank-0.log.
     static func runThisProcess(timeoutSeconds: Double, logFolder: String? = nil, _ program: RankProgram) -> Never {
+        BLAS.prepare()   // before any thread starts (it may set an environment variable)
         var status: Int32 = 1
         do {
             let comm: Communicator
@@ -81,6 +83,7 @@ enum RankRuntime {
 
     /// Runs every rank of `worldSize` as a thread of this process over ZeroMQ inproc.
     static func runAsThreads(worldSize: Int, dumpFolder: String, timeoutSeconds: Double, _ program: @escaping RankProgram) -> Int32 {
+        BLAS.prepare()   // before any thread starts (it may set an environment variable)
         try? FileManager.default.createDirectory(atPath: dumpFolder + "/logs", withIntermediateDirectories: true)
         let statuses = StatusBox(count: worldSize)
         let errors = InProcessCluster.run(worldSize: worldSize, timeoutSeconds: timeoutSeconds) { comm in
