@@ -47,6 +47,8 @@ public enum BLAS {
 
     /// The BLIS kernels in use, e.g. "skx" ("generic": BLIS's portable C kernels).
     public static var blisKernels: String { GEMMLibraries.selected }
+    /// The BLIS kernels `BLAS` set for this process (nil: BLIS_ARCH_TYPE was set outside, or BLIS chose).
+    public static var blisKernelsPicked: String? { GEMMLibraries.configured }
     /// The BLIS kernels `BLAS` picks for a CPU with these /proc/cpuinfo flags (nil: BLIS's own choice).
     public static func blisKernels(forCPUFlags flags: Set<String>) -> String? { GEMMLibraries.archForCPU(flags: flags) }
     /// This machine's /proc/cpuinfo flags.
@@ -125,14 +127,18 @@ enum GEMMLibraries {
     /// BLIS 0.9 reads BLIS_ARCH_TYPE as an index into its arch_t enum.
     static let archIDs = ["skx": 0, "haswell": 3]
 
-    static let configured: Bool = {
+    /// The kernels set through BLIS_ARCH_TYPE (nil: the environment had a value already, or the CPU has neither
+    /// AVX-512 nor AVX2 and BLIS chooses).
+    static let configured: String? = {
+        var picked: String?
         if getenv("BLIS_ARCH_TYPE") == nil, let arch = archForCPU(flags: cpuFlags()), let id = archIDs[arch] {
             setenv("BLIS_ARCH_TYPE", String(id), 1)
+            picked = arch
         }
         bli_thread_set_num_threads(1)
         bli_init()
         openblas_set_num_threads(1)
-        return true
+        return picked
     }()
 
     /// The BLIS kernels in use, e.g. "skx" ("generic" means BLIS's portable C kernels).
