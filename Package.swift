@@ -33,13 +33,13 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CBLIS", providers: [.apt(["libblis-dev"])]),
-        // Linux calls the Glibc module does not declare (CPU affinity, mallopt).
+        // Linux calls the Glibc module does not declare (CPU affinity, mallopt, which library defines a symbol).
         .target(name: "CLinux"),
 
         // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
         .target(name: "Collectives", dependencies: ["CZeroMQ"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit", "CLinux"]),
-        .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS"], swiftSettings: kernelSettings),
+        .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux"], swiftSettings: kernelSettings),
         .target(name: "Config"),
         .target(name: "Model", dependencies: ["Tensor"], swiftSettings: kernelSettings),
         .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model"], swiftSettings: kernelSettings),

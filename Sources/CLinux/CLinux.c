@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "CLinux.h"
+#include <dlfcn.h>
 #include <errno.h>
 #ifdef __linux__
 #include <malloc.h>
@@ -33,4 +34,11 @@ int titan_mallopt(int param, int value) {
     (void)param; (void)value;
     return 0;
 #endif
+}
+
+const char *titan_symbol_library(const char *symbol) {
+    void *address = dlsym(RTLD_DEFAULT, symbol);
+    Dl_info info;
+    if (address == NULL || dladdr(address, &info) == 0) return NULL;
+    return info.dli_fname;
 }

@@ -187,8 +187,8 @@ public struct Launcher {
                 ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
             var environment = baseEnvironment.merging(identity.environment) { $1 }
             if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
-                // Ranks on this machine share the CPUs this launcher may use; one BLAS thread pool each would
-                // oversubscribe. A bound rank gets one thread per CPU of its block.
+                // Ranks on this machine share the CPUs this launcher may use; a kernel thread per CPU each would
+                // oversubscribe. A bound rank gets one kernel thread per CPU of its block.
                 let cpus = allowedCPUs.isEmpty ? ProcessInfo.processInfo.activeProcessorCount : allowedCPUs.count
                 let threads = placement[index]?.count ?? max(1, cpus / machineRanks.count)
                 environment[RankEnvironment.openBLASThreads] = String(threads)

@@ -1,13 +1,15 @@
 // Matrix multiplies (row-major sgemm), on two BLAS libraries routed by shape:
-//   - BLIS (its typed API) for large GEMMs. BLIS picks kernels by CPU model, and Debian 12's BLIS 0.9 knows no CPU
-//     newer than 2021: on Zen 4/5 it falls back to generic C kernels. We pick its kernels by instruction set instead
-//     (see `GEMMLibraries`): on this class of machine its AVX-512 "skx" kernels run large sgemms at ~1.8x OpenBLAS's
-//     AVX2 "Haswell" kernels (which OPENBLAS_CORETYPE=Haswell pins).
+//   - BLIS (its typed API) for large GEMMs. BLIS picks kernels by CPU model, and Debian 12's BLIS 0.9 predates Zen 5:
+//     there it falls back to its generic C kernels (~42 GFLOP/s), so we pick its AVX-512 "skx" kernels (see
+//     `GEMMLibraries`). On this class of machine they run large sgemms at ~1.8x OpenBLAS's AVX2 "Haswell" kernels
+//     (which OPENBLAS_CORETYPE=Haswell pins). Where BLIS would not run AVX-512 kernels next to OpenBLAS's AVX2 ones,
+//     OpenBLAS runs every GEMM.
 //   - OpenBLAS (cblas) for small or skinny ones (attention blocks, experts that received few tokens), where BLIS's
 //     packing costs more than its kernel gains (e.g. 64x64x32: BLIS 56, OpenBLAS 104 GFLOP/s).
 // Both run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself. Which library runs
 // a GEMM depends on its shape only, so a run is bitwise reproducible for a given thread count (see Threads.swift).
 import CBLIS
+import CLinux
 import COpenBLAS
 import Foundation
 
@@ -21,7 +23,7 @@ public enum BLAS {
     /// Sets both libraries up now: BLIS's kernels (through BLIS_ARCH_TYPE, which it reads when it initialises: `setenv`
     /// is not safe while other threads read the environment, so programs call this before starting threads) and one
     /// thread each. The first GEMM does it otherwise.
-    public static func prepare() { _ = GEMMLibraries.configured }
+    public static func prepare() { _ = GEMMLibraries.setup }
 
     /// Threads that split large GEMMs (0: every GEMM runs whole on the calling thread). See `splitOnKernelThreads()`.
     public private(set) static var splitThreads = 0
@@ -42,21 +44,32 @@ public enum BLAS {
 
     /// What runs the GEMMs, e.g. "BLIS 0.9.0 skx (large GEMMs) + OpenBLAS Haswell (small)".
     public static var description: String {
-        "BLIS \(GEMMLibraries.version) \(GEMMLibraries.selected) (large GEMMs) + OpenBLAS \(openBLASCoreName) (small)"
+        let setup = GEMMLibraries.setup
+        let openBLAS = "OpenBLAS \(openBLASCoreName)"
+        return setup.largeOnBLIS ? "BLIS \(GEMMLibraries.version) \(setup.blisKernels) (large GEMMs) + \(openBLAS) (small)"
+                                 : openBLAS
     }
 
     /// The BLIS kernels in use, e.g. "skx" ("generic": BLIS's portable C kernels).
-    public static var blisKernels: String { GEMMLibraries.selected }
-    /// The BLIS kernels `BLAS` set for this process (nil: BLIS_ARCH_TYPE was set outside, or BLIS chose).
-    public static var blisKernelsPicked: String? { GEMMLibraries.configured }
-    /// The BLIS kernels `BLAS` picks for a CPU with these /proc/cpuinfo flags (nil: BLIS's own choice).
-    public static func blisKernels(forCPUFlags flags: Set<String>) -> String? { GEMMLibraries.archForCPU(flags: flags) }
-    /// This machine's /proc/cpuinfo flags.
-    public static var cpuFlags: Set<String> { GEMMLibraries.cpuFlags() }
+    public static var blisKernels: String { GEMMLibraries.setup.blisKernels }
+    /// Whether BLIS_ARCH_TYPE came from outside this process (then BLIS uses it as it is).
+    public static var blisArchFromEnvironment: Bool { GEMMLibraries.setup.archFromEnvironment }
+    /// Whether this process set BLIS_ARCH_TYPE to skx.
+    public static var pickedSKX: Bool { GEMMLibraries.setup.pickedSKX }
+    /// Whether large GEMMs go to BLIS (else every GEMM runs on OpenBLAS).
+    public static var largeGEMMsOnBLIS: Bool { GEMMLibraries.setup.largeOnBLIS }
+    /// The library file `cblas_sgemm` (the small GEMMs) resolves to.
+    public static var cblasLibrary: String { GEMMLibraries.setup.cblasLibrary }
+    /// Whether BLIS 0.9 needs skx picked on a CPU like this (AVX-512 AMD newer than its CPU table).
+    public static func needsSKXPick(_ cpu: CPUInfo) -> Bool { GEMMLibraries.needsSKXPick(cpu) }
+    /// Whether large GEMMs go to BLIS with these kernels on both sides.
+    public static func largeGEMMsOnBLIS(blisKernels: String, openBLASCore: String) -> Bool {
+        GEMMLibraries.largeOnBLIS(blisKernels: blisKernels, openBLASCore: openBLASCore)
+    }
     /// Whether `sgemmSerial` runs a GEMM of this shape on BLIS (else OpenBLAS).
     @inline(__always)
     public static func runsOnBLIS(M: Int, N: Int, K: Int) -> Bool {
-        M * N * K >= blisMinWork && min(M, N) >= blisMinSide
+        GEMMLibraries.setup.largeOnBLIS && M * N * K >= blisMinWork && min(M, N) >= blisMinSide
     }
 
     /// The OpenBLAS kernel family in use, e.g. "Haswell".
@@ -103,7 +116,6 @@ public enum BLAS {
             for i in 0..<M { for j in 0..<N { C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j] } }
             return
         }
-        _ = GEMMLibraries.configured
         if runsOnBLIS(M: M, N: N, K: K) {
             // BLIS takes a row and a column stride per operand, so a transpose is just swapped strides.
             var alpha = alpha, beta = beta
@@ -120,42 +132,80 @@ public enum BLAS {
     }
 }
 
-/// Chooses BLIS's kernels (once, before its first call) and makes both libraries single-threaded.
-/// BLIS reads BLIS_ARCH_TYPE when it initialises; a value the user set is kept. Otherwise: "skx" (AVX-512 kernels)
-/// when the CPU has AVX-512 F/DQ/BW/VL, "haswell" (AVX2) with AVX2 and FMA, else BLIS's own choice.
+/// Sets both libraries up once, before BLIS's first call, and decides where large GEMMs go.
+/// BLIS reads BLIS_ARCH_TYPE when it initialises. Unless it is set already, it is set to skx's id where BLIS 0.9 would
+/// fall back to its generic kernels on an AVX-512 CPU: AMD from family 0x1A (Zen 5) on, newer than its CPU table.
+/// Large GEMMs go to BLIS when it runs AVX-512 kernels and OpenBLAS AVX2 ones (the pairing measured above).
 enum GEMMLibraries {
-    /// BLIS 0.9 reads BLIS_ARCH_TYPE as an index into its arch_t enum.
-    static let archIDs = ["skx": 0, "haswell": 3]
+    struct Setup {
+        /// BLIS_ARCH_TYPE came from outside this process.
+        let archFromEnvironment: Bool
+        /// This process set BLIS_ARCH_TYPE to skx.
+        let pickedSKX: Bool
+        /// The BLIS kernels in use, e.g. "skx" ("generic": BLIS's portable C kernels).
+        let blisKernels: String
+        let largeOnBLIS: Bool
+        /// The file `cblas_sgemm` resolves to (both libraries export it; the link order decides).
+        let cblasLibrary: String
+    }
 
-    /// The kernels set through BLIS_ARCH_TYPE (nil: the environment had a value already, or the CPU has neither
-    /// AVX-512 nor AVX2 and BLIS chooses).
-    static let configured: String? = {
-        var picked: String?
-        if getenv("BLIS_ARCH_TYPE") == nil, let arch = archForCPU(flags: cpuFlags()), let id = archIDs[arch] {
-            setenv("BLIS_ARCH_TYPE", String(id), 1)
-            picked = arch
+    /// skx's index in BLIS 0.9's arch_t enum, which is what it reads from BLIS_ARCH_TYPE.
+    static let skxArchID: Int32 = 0
+
+    static let setup: Setup = {
+        let cpu = CPUInfo.read()
+        let fromEnvironment = getenv("BLIS_ARCH_TYPE") != nil
+        var picked = false
+        if !fromEnvironment && needsSKXPick(cpu) && String(cString: bli_arch_string(skxArchID)) == "skx" {
+            setenv("BLIS_ARCH_TYPE", String(skxArchID), 1)
+            picked = true
         }
         bli_thread_set_num_threads(1)
         bli_init()
         openblas_set_num_threads(1)
-        return picked
+        let kernels = String(cString: bli_arch_string(bli_arch_query_id()))
+        let library = titan_symbol_library("cblas_sgemm").map { String(cString: $0) } ?? "?"
+        return Setup(archFromEnvironment: fromEnvironment, pickedSKX: picked, blisKernels: kernels,
+                     largeOnBLIS: largeOnBLIS(blisKernels: kernels, openBLASCore: BLAS.openBLASCoreName),
+                     cblasLibrary: library)
     }()
 
-    /// The BLIS kernels in use, e.g. "skx" ("generic" means BLIS's portable C kernels).
-    static var selected: String { _ = configured; return String(cString: bli_arch_string(bli_arch_query_id())) }
     static var version: String { String(cString: bli_info_get_version_str()) }
 
-    static func archForCPU(flags: Set<String>) -> String? {
-        if ["avx512f", "avx512dq", "avx512bw", "avx512vl"].allSatisfy(flags.contains) { return "skx" }
-        if ["avx2", "fma"].allSatisfy(flags.contains) { return "haswell" }
-        return nil
+    /// Whether BLIS 0.9 would run its generic kernels on this AVX-512 CPU without a pick.
+    static func needsSKXPick(_ cpu: CPUInfo) -> Bool {
+        cpu.vendor == "AuthenticAMD" && cpu.family >= 0x1A
+            && ["avx512f", "avx512dq", "avx512bw", "avx512vl"].allSatisfy(cpu.flags.contains)
     }
 
-    /// The "flags" line of /proc/cpuinfo (empty where there is none).
-    static func cpuFlags() -> Set<String> {
-        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
-        return Set(line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == ":" }).map(String.init))
+    static func largeOnBLIS(blisKernels: String, openBLASCore: String) -> Bool {
+        blisKernels == "skx" && ["haswell", "zen"].contains(openBLASCore.lowercased())
+    }
+}
+
+/// What /proc/cpuinfo says about the first CPU (empty where there is none).
+public struct CPUInfo: Sendable {
+    public var vendor = "", family = -1, flags: Set<String> = []
+
+    public init(vendor: String, family: Int, flags: Set<String>) {
+        self.vendor = vendor; self.family = family; self.flags = flags
+    }
+
+    public static func read() -> CPUInfo {
+        var cpu = CPUInfo(vendor: "", family: -1, flags: [])
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return cpu }
+        for line in text.split(separator: "\n") {
+            let kv = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard kv.count == 2 else { if line.isEmpty { break } else { continue } }
+            switch kv[0] {
+            case "vendor_id" where cpu.vendor.isEmpty: cpu.vendor = kv[1]
+            case "cpu family" where cpu.family < 0: cpu.family = Int(kv[1]) ?? -1
+            case "flags" where cpu.flags.isEmpty: cpu.flags = Set(kv[1].split(separator: " ").map(String.init))
+            default: break
+            }
+            if !cpu.vendor.isEmpty && cpu.family >= 0 && !cpu.flags.isEmpty { break }
+        }
+        return cpu
     }
 }
 

@@ -11,11 +11,12 @@ import Foundation
 
 public enum KernelThreads {
     /// Threads used by the element-wise / row-wise kernels and to split GEMMs (1 = serial): OPENBLAS_NUM_THREADS (the
-    /// variable the launcher sets per rank, as for any BLAS program), else the number of online CPUs.
-    /// `BLAS.setThreads` changes it.
+    /// variable the launcher sets per rank, as for any BLAS program) up to the number of online CPUs, as OpenBLAS
+    /// counts it; else that number. `BLAS.setThreads` changes it.
     public static var count: Int = {
-        if let v = getenv("OPENBLAS_NUM_THREADS"), let n = Int(String(cString: v)), n > 0 { return n }
-        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+        let cpus = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        if let v = getenv("OPENBLAS_NUM_THREADS"), let n = Int(String(cString: v)), n > 0 { return min(n, cpus) }
+        return cpus
     }()
     /// Loops touching fewer floats than this run serially (tests set 0 to force the threaded path).
     public static var minWork: Int = 32_768

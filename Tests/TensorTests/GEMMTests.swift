@@ -11,7 +11,8 @@ final class GEMMTests: XCTestCase {
         let shapes: [(Int, Int, Int, Bool)] = [(20, 30, 40, false), (16, 96, 1024, false),
                                                (96, 80, 160, true), (130, 33, 300, true)]
         for (M, N, K, onBLIS) in shapes {
-            XCTAssertEqual(BLAS.runsOnBLIS(M: M, N: N, K: K), onBLIS, "M \(M) N \(N) K \(K): routed to the other library")
+            XCTAssertEqual(BLAS.runsOnBLIS(M: M, N: N, K: K), onBLIS && BLAS.largeGEMMsOnBLIS,
+                           "M \(M) N \(N) K \(K): routed to the other library")
             for transA in [false, true] {
                 for transB in [false, true] {
                     // Leading dimensions padded by 3 columns: strides, not shapes, must decide addressing.
@@ -48,17 +49,30 @@ final class GEMMTests: XCTestCase {
         }
     }
 
-    /// BLIS runs the kernels picked for this CPU's instruction set, not its portable C kernels (BLIS 0.9 falls back to
-    /// those on CPUs newer than it knows). A BLIS_ARCH_TYPE set outside overrides the pick.
-    func testBLISKernelsMatchInstructionSet() throws {
-        XCTAssertEqual(BLAS.blisKernels(forCPUFlags: ["avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"]), "skx")
-        XCTAssertEqual(BLAS.blisKernels(forCPUFlags: ["avx512f", "avx2", "fma"]), "haswell")
-        XCTAssertNil(BLAS.blisKernels(forCPUFlags: ["sse4_2"]))
-        guard let picked = BLAS.blisKernelsPicked else {
-            throw XCTSkip("BLIS_ARCH_TYPE was set outside, or this CPU has neither AVX-512 nor AVX2: BLIS chooses")
+    /// Where BLIS 0.9 would fall back to its generic kernels on an AVX-512 CPU, it runs its skx kernels, and large GEMMs
+    /// go to it; small ones run on OpenBLAS (both libraries export `cblas_sgemm`: the link order must pick OpenBLAS's).
+    func testLibraryChoice() throws {
+        let avx512: Set<String> = ["avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"]
+        XCTAssertTrue(BLAS.needsSKXPick(CPUInfo(vendor: "AuthenticAMD", family: 0x1A, flags: avx512)))
+        XCTAssertFalse(BLAS.needsSKXPick(CPUInfo(vendor: "AuthenticAMD", family: 0x19, flags: avx512)))
+        XCTAssertFalse(BLAS.needsSKXPick(CPUInfo(vendor: "GenuineIntel", family: 6, flags: avx512)))
+        XCTAssertFalse(BLAS.needsSKXPick(CPUInfo(vendor: "AuthenticAMD", family: 0x1A, flags: ["avx2", "fma"])))
+        XCTAssertTrue(BLAS.largeGEMMsOnBLIS(blisKernels: "skx", openBLASCore: "Haswell"))
+        XCTAssertTrue(BLAS.largeGEMMsOnBLIS(blisKernels: "skx", openBLASCore: "Zen"))
+        XCTAssertFalse(BLAS.largeGEMMsOnBLIS(blisKernels: "generic", openBLASCore: "Haswell"))
+        XCTAssertFalse(BLAS.largeGEMMsOnBLIS(blisKernels: "haswell", openBLASCore: "Haswell"))
+        XCTAssertFalse(BLAS.largeGEMMsOnBLIS(blisKernels: "skx", openBLASCore: "SkylakeX"))
+
+        XCTAssertTrue(BLAS.cblasLibrary.contains("openblas"), "cblas_sgemm resolves to \(BLAS.cblasLibrary)")
+        let cpu = CPUInfo.read()
+        guard !BLAS.blisArchFromEnvironment else { throw XCTSkip("BLIS_ARCH_TYPE was set outside: BLIS uses it") }
+        if ["avx512f", "avx512dq", "avx512bw", "avx512vl"].allSatisfy(cpu.flags.contains) {
+            XCTAssertNotEqual(BLAS.blisKernels, "generic", "BLIS runs its portable C kernels on an AVX-512 CPU")
         }
-        XCTAssertEqual(picked, BLAS.blisKernels(forCPUFlags: BLAS.cpuFlags))
-        XCTAssertEqual(BLAS.blisKernels, picked)
-        XCTAssertTrue(BLAS.description.contains("BLIS"), BLAS.description)
+        XCTAssertEqual(BLAS.pickedSKX, BLAS.needsSKXPick(cpu))
+        if BLAS.pickedSKX {
+            XCTAssertEqual(BLAS.blisKernels, "skx", "BLIS did not take the kernels picked through BLIS_ARCH_TYPE")
+            XCTAssertEqual(BLAS.largeGEMMsOnBLIS, ["haswell", "zen"].contains(BLAS.openBLASCoreName.lowercased()))
+        }
     }
 }

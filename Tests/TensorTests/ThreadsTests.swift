@@ -66,17 +66,18 @@ final class KernelThreadsTests: XCTestCase {
     }
 
     /// Large GEMMs split over the kernel threads (`BLAS.splitOnKernelThreads`, as the trainer runs them): every element
-    /// matches a float64 reference, and a repeated call gives the same bits. Not the same bits as the unsplit GEMM:
-    /// OpenBLAS rounds rows near the ends of its internal partitions differently, so results are reproducible for a
-    /// given thread count only.
+    /// matches a float64 reference, and a repeated call gives the same bits. Not the same bits as the unsplit GEMM: a
+    /// BLAS library rounds rows near the ends of its internal partitions differently (and a block may go to the other
+    /// library), so results are reproducible for a given thread count only.
     func testSplitGEMMsMatchReferenceAndRepeat() {
         let savedBLASThreads = KernelThreads.count
         withThreads(2) {
             BLAS.splitOnKernelThreads()
             defer { BLAS.setThreads(savedBLASThreads) }
             var rng = SplitMix64(seed: 12)
-            // (M, N, K): the first splits along M, the second along N (the larger of the two)
-            for (M, N, K) in [(200, 64, 96), (64, 300, 80)] {
+            // (M, N, K): the first splits along M, the second along N (the larger of the two); the blocks of the
+            // third are large enough for BLIS (where large GEMMs go to it)
+            for (M, N, K) in [(200, 64, 96), (64, 300, 80), (320, 96, 160)] {
                 for transA in [false, true] {
                     for transB in [false, true] {
                         let a = Tensor(shape: [M * K]), b = Tensor(shape: [K * N])

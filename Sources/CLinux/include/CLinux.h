@@ -10,3 +10,6 @@ int titan_sched_getaffinity(int tid, size_t bytes, uint64_t *mask);
 int titan_sched_setaffinity(int tid, size_t bytes, const uint64_t *mask);
 /// glibc's mallopt(3): 1 on success, 0 on error (and where there is no mallopt).
 int titan_mallopt(int param, int value);
+/// The file of the loaded object that defines `symbol` as the program's calls resolve it (dlsym(RTLD_DEFAULT) +
+/// dladdr), or NULL.
+const char *titan_symbol_library(const char *symbol);
