@@ -29,6 +29,7 @@ if ! command -v jq >/dev/null; then  # the tables are computed from metrics.json
     else echo "bench.sh: needs jq: sudo apt-get install -y jq" >&2; exit 1; fi
 fi
 
+scripts/bootstrap.sh   # the system libraries the build links (libzmq, OpenBLAS, BLIS)
 if ! log=$(swift build -c release --scratch-path "$BUILD_PATH" --product titan 2>&1); then
     echo "$log" >&2; echo "bench.sh: build failed" >&2; exit 1
 fi

@@ -35,6 +35,7 @@ script="$ANCHORS/torch_train_tps.py"
 $PYTHON_FSDP -c 'import torch, transformers' 2>/dev/null ||
     { echo "compare_torch.sh: $PYTHON_FSDP cannot import torch and transformers (set PYTHON_FSDP)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "compare_torch.sh: needs jq (apt-get install -y jq)" >&2; exit 1; }
+scripts/bootstrap.sh   # the system libraries the build links (libzmq, OpenBLAS, BLIS)
 if ! log=$(swift build -c release --scratch-path "$BUILD_PATH" --product titan 2>&1); then
     echo "$log" >&2; echo "compare_torch.sh: build failed" >&2; exit 1
 fi
