@@ -116,14 +116,28 @@ public enum BLAS {
             for i in 0..<M { for j in 0..<N { C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j] } }
             return
         }
-        if runsOnBLIS(M: M, N: N, K: K) {
+        sgemm(on: runsOnBLIS(M: M, N: N, K: K) ? .blis : .openBLAS, transA: transA, transB: transB, M: M, N: N, K: K,
+              alpha: alpha, A: A, lda: lda, B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
+    }
+
+    public enum Library: String, Sendable { case blis = "BLIS", openBLAS = "OpenBLAS" }
+
+    /// One GEMM (M, N, K > 0) on the given library, unsplit (`titan bench-gemm --compare-libraries` times both).
+    @inline(__always)
+    public static func sgemm(on library: Library, transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
+                             alpha: Float, A: UnsafePointer<Float>, lda: Int,
+                             B: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        prepare()
+        switch library {
+        case .blis:
             // BLIS takes a row and a column stride per operand, so a transpose is just swapped strides.
             var alpha = alpha, beta = beta
             bli_sgemm(0, 0, Int64(M), Int64(N), Int64(K), &alpha,
                       A, Int64(transA ? 1 : lda), Int64(transA ? lda : 1),
                       B, Int64(transB ? 1 : ldb), Int64(transB ? ldb : 1),
                       &beta, C, Int64(ldc), 1)
-        } else {
+        case .openBLAS:
             cblas_sgemm(CblasRowMajor,
                         transA ? CblasTrans : CblasNoTrans,
                         transB ? CblasTrans : CblasNoTrans,

@@ -27,6 +27,8 @@ struct BenchGemm: ParsableCommand {
     var flavor: String = "bench_moe"
     @Option(help: "Sequence length for the attention FLOPs.")
     var seqLen: Int = 256
+    @Flag(help: "Instead: time each GEMM library on one thread over the shapes that set BLAS's routing, and print a table.")
+    var compareLibraries = false
 
     static func activeParams(_ a: Qwen3ModelArgs) -> Int {
         var n = 0
@@ -48,6 +50,7 @@ struct BenchGemm: ParsableCommand {
 
     func run() throws {
         BLAS.prepare()
+        if compareLibraries { return Self.compareLibraries() }
         if let t = threads { BLAS.setThreads(t) }
         BLAS.splitOnKernelThreads()
         let n = size
@@ -72,5 +75,59 @@ struct BenchGemm: ParsableCommand {
         print("{\"name\": \"sgemm\", \"size\": \(n), \"threads\": \(KernelThreads.count), \"peak_gflops\": \(String(format: "%.2f", peak)), "
               + "\"mean_gflops\": \(String(format: "%.2f", mean)), \"flavor\": \"\(flavor)\", \"active_params\": \(Self.activeParams(args)), "
               + "\"flops_per_token\": \(String(format: "%.6g", fpt))}")
+    }
+
+    /// (M, N, K, transA, transB): attention blocks, the crossover region, the expert weight gradients' short K, and
+    /// large projection / expert GEMMs.
+    static let comparedShapes: [(Int, Int, Int, Bool, Bool)] = [
+        (64, 64, 32, false, true), (64, 256, 32, false, true), (64, 32, 256, false, false),
+        (16, 768, 256, false, true), (32, 768, 256, false, true), (64, 256, 64, false, false),
+        (128, 128, 128, false, false), (512, 256, 8, true, false), (512, 256, 32, true, false),
+        (256, 768, 256, false, true), (2048, 256, 256, false, false), (2048, 768, 256, false, true),
+    ]
+
+    /// GFLOP/s of each library per shape (best of 5 runs of ≥ 0.1 s each, beta 1), and where `BLAS` routes the shape.
+    static func compareLibraries() {
+        func cell(_ s: String, _ width: Int) -> String {
+            s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
+        }
+        print("GEMM libraries, one thread each: \(BLAS.description)")
+        print("M x N x K".padding(toLength: 18, withPad: " ", startingAt: 0) + cell("op", 6) + cell("BLIS", 10)
+              + cell("OpenBLAS", 10) + cell("routed", 10) + "   (GFLOP/s)")
+        var json: [String] = []
+        var rng = SplitMix64(seed: 3)
+        for (M, N, K, transA, transB) in comparedShapes {
+            let a = Tensor(shape: [M * K]), b = Tensor(shape: [K * N]), c = Tensor(shape: [M * N])
+            rng.fillNormal(a.data, a.count); rng.fillNormal(b.data, b.count)
+            let lda = transA ? M : K, ldb = transB ? K : N
+            var gflops: [BLAS.Library: Double] = [:]
+            for library in [BLAS.Library.blis, .openBLAS] {
+                func gemm() {
+                    BLAS.sgemm(on: library, transA: transA, transB: transB, M: M, N: N, K: K, alpha: 1, A: a.ptr,
+                               lda: lda, B: b.ptr, ldb: ldb, beta: 1, C: c.data, ldc: N)
+                }
+                gemm()
+                var best = 0.0
+                for _ in 0..<5 {
+                    let t0 = DispatchTime.now().uptimeNanoseconds
+                    var calls = 0, elapsed = 0.0
+                    repeat {
+                        gemm(); calls += 1
+                        elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                    } while elapsed < 0.1
+                    best = max(best, 2 * Double(M * N * K) * Double(calls) / elapsed / 1e9)
+                }
+                gflops[library] = best
+            }
+            let op = (transA ? "Aᵀ" : "A") + "·" + (transB ? "Bᵀ" : "B")
+            let routed = BLAS.runsOnBLIS(M: M, N: N, K: K) ? BLAS.Library.blis : .openBLAS
+            print("\(M) x \(N) x \(K)".padding(toLength: 18, withPad: " ", startingAt: 0) + cell(op, 6)
+                  + cell(String(format: "%.1f", gflops[.blis]!), 10) + cell(String(format: "%.1f", gflops[.openBLAS]!), 10)
+                  + cell(routed.rawValue, 10))
+            json.append("{\"name\": \"sgemm_library\", \"m\": \(M), \"n\": \(N), \"k\": \(K), \"op\": \"\(op)\", "
+                  + "\"blis_gflops\": \(String(format: "%.1f", gflops[.blis]!)), "
+                  + "\"openblas_gflops\": \(String(format: "%.1f", gflops[.openBLAS]!)), \"routed\": \"\(routed.rawValue)\"}")
+        }
+        json.forEach { print($0) }
     }
 }
