@@ -35,11 +35,13 @@ let package = Package(
         .systemLibrary(name: "CBLIS", providers: [.apt(["libblis-dev"])]),
         // Linux calls the Glibc module does not declare (CPU affinity, mallopt, which library defines a symbol).
         .target(name: "CLinux"),
+        // Small GEMMs with AVX-512 (attention's blocks), compiled per function for AVX-512 and used where the CPU has it.
+        .target(name: "CKernels"),
 
         // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
         .target(name: "Collectives", dependencies: ["CZeroMQ"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit", "CLinux"]),
-        .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux"], swiftSettings: kernelSettings),
+        .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels"], swiftSettings: kernelSettings),
         .target(name: "Config"),
         .target(name: "Model", dependencies: ["Tensor"], swiftSettings: kernelSettings),
         .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model"], swiftSettings: kernelSettings),

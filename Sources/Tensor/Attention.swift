@@ -1,7 +1,8 @@
-// Causal grouped-query attention with BLAS per (batch, head), in blocks of query rows so that only the causal
-// (lower-triangular) part of the score matrix is computed. Per head: score GEMMs, the causal softmax of its rows,
-// then the value GEMMs (backward likewise, per kv head). With several kernel threads, heads run concurrently, each
-// with single-threaded BLAS: the results are the same bits as the serial loop.
+// Causal grouped-query attention with GEMMs per (batch, kv head), in blocks of query rows so that only the causal
+// (lower-triangular) part of the score matrix is computed. Per kv head: Kᵀ (backward: Vᵀ) once, so that every GEMM
+// takes B untransposed (our AVX-512 kernel where the CPU has it, see Matmul.swift); then per query head score GEMMs,
+// the causal softmax of its rows, the value GEMMs (backward likewise). With several kernel threads, kv heads run
+// concurrently, each with single-threaded GEMMs: the results are the same bits as the serial loop.
 //   q_BTHd: [B, T, H, hd], k_BTKd / v_BTKd: [B, T, KV, hd], out_BTHd: [B, T, H, hd]
 //   att_BHTT: [B, H, T, T] softmax probabilities (row t: keys 0...t, then zeros to the end of t's block of query rows;
 //             entries past the block are not written), saved for backward.
@@ -17,43 +18,59 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
     let rep = H / KV
     let scale = 1 / Float(hd).squareRoot()
     let qs = H * hd, ks = KV * hd
-    // One (batch, head) at a time: its score GEMMs, the causal softmax of its rows, its value GEMMs. Heads are
-    // independent, so they run concurrently on the kernel threads with single-threaded BLAS (many small GEMMs).
-    func head(_ bh: Int) {
-        let b = bh / H, h = bh % H
-        let Q = q_BTHd + b * T * qs + h * hd
-        let K = k_BTKd + b * T * ks + (h / rep) * hd
-        let Vp = v_BTKd + b * T * ks + (h / rep) * hd
-        let O = out_BTHd + b * T * qs + h * hd
-        let P = att_BHTT + bh * T * T
-        // 1. S = scale · Q · Kᵀ (causal blocks)
-        var r0 = 0
-        while r0 < T {
-            let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-            BLAS.sgemmSerial(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs, lda: qs,
-                       B: K, ldb: ks, beta: 0, C: P + r0 * T, ldc: T)
-            r0 = kn
-        }
-        // 2. causal softmax of every row; zeros after the diagonal up to the end of the row's block (the value GEMM
-        //    reads them; nothing reads past the block)
-        for t in 0..<T {
-            let row = P + t * T
-            let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
-            let mx = vmax(row, t + 1)
-            let sum = exp_shifted(row, row, t + 1, minus: mx)
-            vscale(row, t + 1, 1 / sum)
-            if t + 1 < kn { (row + t + 1).update(repeating: 0, count: kn - t - 1) }
-        }
-        // 3. O = P · V
-        r0 = 0
-        while r0 < T {
-            let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-            BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
-                       B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
-            r0 = kn
+    // One (batch, kv head) at a time: Kᵀ of the kv head once (so every GEMM takes B untransposed), then per query
+    // head of the group its score GEMMs, the causal softmax of its rows, its value GEMMs. Groups are independent, so
+    // they run concurrently on the kernel threads with single-threaded GEMMs (many small ones).
+    func group(_ bg: Int) {
+        let b = bg / KV, g = bg % KV
+        let K = k_BTKd + b * T * ks + g * hd
+        let Vp = v_BTKd + b * T * ks + g * hd
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: hd * T) { buffer in
+            let Kt_dT = buffer.baseAddress!
+            transpose(Kt_dT, K, rows: T, cols: hd, srcStride: ks)
+            for h in (g * rep)..<((g + 1) * rep) {
+                let Q = q_BTHd + b * T * qs + h * hd
+                let O = out_BTHd + b * T * qs + h * hd
+                let P = att_BHTT + (b * H + h) * T * T
+                // 1. S = scale · Q · Kᵀ (causal blocks)
+                var r0 = 0
+                while r0 < T {
+                    let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
+                    BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs,
+                                     lda: qs, B: Kt_dT, ldb: T, beta: 0, C: P + r0 * T, ldc: T)
+                    r0 = kn
+                }
+                // 2. causal softmax of every row; zeros after the diagonal up to the end of the row's block (the value
+                //    GEMM reads them; nothing reads past the block)
+                for t in 0..<T {
+                    let row = P + t * T
+                    let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
+                    let mx = vmax(row, t + 1)
+                    let sum = exp_shifted(row, row, t + 1, minus: mx)
+                    vscale(row, t + 1, 1 / sum)
+                    if t + 1 < kn { (row + t + 1).update(repeating: 0, count: kn - t - 1) }
+                }
+                // 3. O = P · V
+                r0 = 0
+                while r0 < T {
+                    let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
+                    BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
+                                     B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
+                    r0 = kn
+                }
+            }
         }
     }
-    parallelForEach(costs: [Int](repeating: T * T, count: B * H), head)
+    parallelForEach(costs: [Int](repeating: rep * T * T, count: B * KV), group)
+}
+
+/// dst_CR[c, r] = src[r · srcStride + c] for r < rows, c < cols: dst is row-major [cols, rows].
+@inline(__always)
+func transpose(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, srcStride: Int) {
+    for c in 0..<cols {
+        let d = dst + c * rows
+        for r in 0..<rows { d[r] = src[r * srcStride + c] }
+    }
 }
 
 /// Backward of `attention_forward`: WRITES dq, dk, dv (no zeroing pass first). `scratch_BHTT` holds B·H·T·T floats.
@@ -75,6 +92,14 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
         let K = k_BTKd + b * T * ks + g * hd
         let dV = dv_BTKd + b * T * ks + g * hd
         let dK = dk_BTKd + b * T * ks + g * hd
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: hd * T) { buffer in
+            let Vt_dT = buffer.baseAddress!   // Vᵀ of the kv head, so every GEMM takes B untransposed
+            transpose(Vt_dT, Vp, rows: T, cols: hd, srcStride: ks)
+            gradients(b: b, g: g, Vt_dT: Vt_dT, K: K, dV: dV, dK: dK)
+        }
+    }
+    func gradients(b: Int, g: Int, Vt_dT: UnsafePointer<Float>, K: UnsafePointer<Float>, dV: UnsafeMutablePointer<Float>,
+                   dK: UnsafeMutablePointer<Float>) {
         // 1. dP = dO · Vᵀ ; dV = Σ Pᵀ · dO over the group's heads and row blocks (causal blocks)
         for h in (g * rep)..<((g + 1) * rep) {
             let dO = dout_BTHd + b * T * qs + h * hd
@@ -82,8 +107,8 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
             let dS = scratch_BHTT + (b * H + h) * T * T
             for r0 in blockStarts {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemmSerial(transA: false, transB: true, M: rn, N: kn, K: hd, alpha: 1, A: dO + r0 * qs, lda: qs,
-                           B: Vp, ldb: ks, beta: 0, C: dS + r0 * T, ldc: T)
+                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: kn, K: hd, alpha: 1, A: dO + r0 * qs, lda: qs,
+                           B: Vt_dT, ldb: T, beta: 0, C: dS + r0 * T, ldc: T)
                 let first = h == g * rep && kn == T
                 BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: 1, A: P + r0 * T, lda: T,
                            B: dO + r0 * qs, ldb: qs, beta: first ? 0 : 1, C: dV, ldc: ks)

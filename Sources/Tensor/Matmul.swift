@@ -1,14 +1,17 @@
-// Matrix multiplies (row-major sgemm), on two BLAS libraries routed by shape:
+// Matrix multiplies (row-major sgemm), routed by shape (`BLAS.library`):
 //   - BLIS (its typed API) for large GEMMs. BLIS picks kernels by CPU model, and Debian 12's BLIS 0.9 predates Zen 5:
 //     there it falls back to its generic C kernels (~42 GFLOP/s), so we pick its AVX-512 "skx" kernels (see
 //     `GEMMLibraries`). On this class of machine they run large sgemms at ~1.8x OpenBLAS's AVX2 "Haswell" kernels
 //     (which OPENBLAS_CORETYPE=Haswell pins). Where BLIS would not run AVX-512 kernels next to OpenBLAS's AVX2 ones,
-//     OpenBLAS runs every GEMM.
-//   - OpenBLAS (cblas) for small or skinny ones (attention blocks, experts that received few tokens), where BLIS's
-//     packing costs more than its kernel gains (e.g. 64x64x32: BLIS 56, OpenBLAS 104 GFLOP/s).
-// Both run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself. Which library runs
-// a GEMM depends on its shape only, so a run is bitwise reproducible for a given thread count (see Threads.swift).
+//     OpenBLAS takes them.
+//   - Our AVX-512 kernel (Sources/CKernels) for GEMMs whose B is untransposed and fits in L2 with room to spare
+//     (attention's blocks, weight gradients over few tokens): it skips packing and runs 64x32x256 at ~265 GFLOP/s,
+//     where BLIS runs 96 and OpenBLAS 114.
+//   - OpenBLAS (cblas) for the rest: small GEMMs with B transposed, or any small GEMM on a CPU without AVX-512.
+// All run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself. Which code runs a
+// GEMM depends on its shape only, so a run is bitwise reproducible for a given thread count (see Threads.swift).
 import CBLIS
+import CKernels
 import CLinux
 import COpenBLAS
 import Foundation
@@ -42,12 +45,15 @@ public enum BLAS {
     /// OpenBLAS 86).
     static let blisMinWork = 1 << 20, blisMinSide = 32
 
-    /// What runs the GEMMs, e.g. "BLIS 0.9.0 skx (large GEMMs) + OpenBLAS Haswell (small)".
+    /// What runs the GEMMs, e.g. "BLIS 0.9.0 skx (large) + AVX-512 kernel (small, B untransposed) + OpenBLAS Haswell
+    /// (the rest)".
     public static var description: String {
         let setup = GEMMLibraries.setup
-        let openBLAS = "OpenBLAS \(openBLASCoreName)"
-        return setup.largeOnBLIS ? "BLIS \(GEMMLibraries.version) \(setup.blisKernels) (large GEMMs) + \(openBLAS) (small)"
-                                 : openBLAS
+        var parts: [String] = []
+        if setup.largeOnBLIS { parts.append("BLIS \(GEMMLibraries.version) \(setup.blisKernels) (large)") }
+        if setup.smallKernel { parts.append("AVX-512 kernel (small, B untransposed)") }
+        parts.append("OpenBLAS \(openBLASCoreName)" + (parts.isEmpty ? "" : " (the rest)"))
+        return parts.joined(separator: " + ")
     }
 
     /// The BLIS kernels in use, e.g. "skx" ("generic": BLIS's portable C kernels).
@@ -58,6 +64,8 @@ public enum BLAS {
     public static var pickedSKX: Bool { GEMMLibraries.setup.pickedSKX }
     /// Whether large GEMMs go to BLIS (else every GEMM runs on OpenBLAS).
     public static var largeGEMMsOnBLIS: Bool { GEMMLibraries.setup.largeOnBLIS }
+    /// Whether this CPU runs our AVX-512 small-GEMM kernel.
+    public static var hasSmallKernel: Bool { GEMMLibraries.setup.smallKernel }
     /// The library file `cblas_sgemm` (the small GEMMs) resolves to.
     public static var cblasLibrary: String { GEMMLibraries.setup.cblasLibrary }
     /// Whether BLIS 0.9 needs skx picked on a CPU like this (AVX-512 AMD newer than its CPU table).
@@ -116,11 +124,28 @@ public enum BLAS {
             for i in 0..<M { for j in 0..<N { C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j] } }
             return
         }
-        sgemm(on: runsOnBLIS(M: M, N: N, K: K) ? .blis : .openBLAS, transA: transA, transB: transB, M: M, N: N, K: K,
+        sgemm(on: library(M: M, N: N, K: K, transB: transB), transA: transA, transB: transB, M: M, N: N, K: K,
               alpha: alpha, A: A, lda: lda, B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
     }
 
-    public enum Library: String, Sendable { case blis = "BLIS", openBLAS = "OpenBLAS" }
+    public enum Library: String, Sendable {
+        case blis = "BLIS", openBLAS = "OpenBLAS"
+        /// Our AVX-512 kernel for small GEMMs (Sources/CKernels): no packing, B untransposed only.
+        case smallAVX512 = "AVX-512 small"
+    }
+
+    /// Where `sgemmSerial` runs a GEMM: our AVX-512 kernel where the CPU has it, B is untransposed and at most
+    /// `smallKernelMaxB` floats (it streams B from L2 once per 8 rows of C, unpacked); else BLIS for large GEMMs
+    /// (`runsOnBLIS`), OpenBLAS for the rest.
+    @inline(__always)
+    public static func library(M: Int, N: Int, K: Int, transB: Bool) -> Library {
+        if !transB && K * N <= smallKernelMaxB && GEMMLibraries.setup.smallKernel { return .smallAVX512 }
+        return runsOnBLIS(M: M, N: N, K: K) ? .blis : .openBLAS
+    }
+
+    /// B (K × N) up to 256 KB goes to our kernel: there it ran 209-268 GFLOP/s in every shape measured on this CPU
+    /// (L2 1 MB), ahead of BLIS; with B of 1-2 MB it fell to 130-210 (`titan bench-gemm --compare-libraries`).
+    static let smallKernelMaxB = 64 * 1024
 
     /// One GEMM (M, N, K > 0) on the given library, unsplit (`titan bench-gemm --compare-libraries` times both).
     @inline(__always)
@@ -137,6 +162,10 @@ public enum BLAS {
                       A, Int64(transA ? 1 : lda), Int64(transA ? lda : 1),
                       B, Int64(transB ? 1 : ldb), Int64(transB ? ldb : 1),
                       &beta, C, Int64(ldc), 1)
+        case .smallAVX512:
+            precondition(!transB && GEMMLibraries.setup.smallKernel, "BLAS: the AVX-512 kernel takes B untransposed, on AVX-512 CPUs")
+            titan_small_sgemm(Int64(M), Int64(N), Int64(K), alpha, A, Int64(transA ? 1 : lda), Int64(transA ? lda : 1),
+                              B, Int64(ldb), beta, C, Int64(ldc))
         case .openBLAS:
             cblas_sgemm(CblasRowMajor,
                         transA ? CblasTrans : CblasNoTrans,
@@ -161,6 +190,8 @@ enum GEMMLibraries {
         let largeOnBLIS: Bool
         /// The file `cblas_sgemm` resolves to (both libraries export it; the link order decides).
         let cblasLibrary: String
+        /// The CPU runs our AVX-512 small-GEMM kernel.
+        let smallKernel: Bool
     }
 
     /// skx's index in BLIS 0.9's arch_t enum, which is what it reads from BLIS_ARCH_TYPE.
@@ -181,7 +212,7 @@ enum GEMMLibraries {
         let library = titan_symbol_library("cblas_sgemm").map { String(cString: $0) } ?? "?"
         return Setup(archFromEnvironment: fromEnvironment, pickedSKX: picked, blisKernels: kernels,
                      largeOnBLIS: largeOnBLIS(blisKernels: kernels, openBLASCore: BLAS.openBLASCoreName),
-                     cblasLibrary: library)
+                     cblasLibrary: library, smallKernel: titan_small_sgemm_available() != 0)
     }()
 
     static var version: String { String(cString: bli_info_get_version_str()) }

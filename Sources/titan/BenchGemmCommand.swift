@@ -27,7 +27,7 @@ struct BenchGemm: ParsableCommand {
     var flavor: String = "bench_moe"
     @Option(help: "Sequence length for the attention FLOPs.")
     var seqLen: Int = 256
-    @Flag(help: "Instead: time each GEMM library on one thread over the shapes that set BLAS's routing, and print a table.")
+    @Flag(help: "Instead: time each GEMM implementation on one thread over the shapes that set BLAS's routing; print a table.")
     var compareLibraries = false
 
     static func activeParams(_ a: Qwen3ModelArgs) -> Int {
@@ -84,16 +84,18 @@ struct BenchGemm: ParsableCommand {
         (16, 768, 256, false, true), (32, 768, 256, false, true), (64, 256, 64, false, false),
         (128, 128, 128, false, false), (512, 256, 8, true, false), (512, 256, 32, true, false),
         (256, 768, 256, false, true), (2048, 256, 256, false, false), (2048, 768, 256, false, true),
+        (512, 512, 256, false, false), (1024, 256, 1024, false, false), (768, 256, 2048, true, false),
     ]
 
-    /// GFLOP/s of each library per shape (best of 5 runs of ≥ 0.1 s each, beta 1), and where `BLAS` routes the shape.
+    /// GFLOP/s of each implementation per shape (best of 5 runs of ≥ 0.1 s each, beta 1; our AVX-512 kernel only where
+    /// B is untransposed), and where `BLAS` routes the shape.
     static func compareLibraries() {
         func cell(_ s: String, _ width: Int) -> String {
             s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
         }
         print("GEMM libraries, one thread each: \(BLAS.description)")
         print("M x N x K".padding(toLength: 18, withPad: " ", startingAt: 0) + cell("op", 6) + cell("BLIS", 10)
-              + cell("OpenBLAS", 10) + cell("routed", 10) + "   (GFLOP/s)")
+              + cell("OpenBLAS", 10) + cell("AVX-512", 10) + cell("routed", 15) + "   (GFLOP/s)")
         var json: [String] = []
         var rng = SplitMix64(seed: 3)
         for (M, N, K, transA, transB) in comparedShapes {
@@ -101,7 +103,8 @@ struct BenchGemm: ParsableCommand {
             rng.fillNormal(a.data, a.count); rng.fillNormal(b.data, b.count)
             let lda = transA ? M : K, ldb = transB ? K : N
             var gflops: [BLAS.Library: Double] = [:]
-            for library in [BLAS.Library.blis, .openBLAS] {
+            let libraries: [BLAS.Library] = [.blis, .openBLAS] + (BLAS.hasSmallKernel && !transB ? [.smallAVX512] : [])
+            for library in libraries {
                 func gemm() {
                     BLAS.sgemm(on: library, transA: transA, transB: transB, M: M, N: N, K: K, alpha: 1, A: a.ptr,
                                lda: lda, B: b.ptr, ldb: ldb, beta: 1, C: c.data, ldc: N)
@@ -120,13 +123,15 @@ struct BenchGemm: ParsableCommand {
                 gflops[library] = best
             }
             let op = (transA ? "Aᵀ" : "A") + "·" + (transB ? "Bᵀ" : "B")
-            let routed = BLAS.runsOnBLIS(M: M, N: N, K: K) ? BLAS.Library.blis : .openBLAS
+            let routed = BLAS.library(M: M, N: N, K: K, transB: transB)
+            let small = gflops[.smallAVX512].map { String(format: "%.1f", $0) }
             print("\(M) x \(N) x \(K)".padding(toLength: 18, withPad: " ", startingAt: 0) + cell(op, 6)
                   + cell(String(format: "%.1f", gflops[.blis]!), 10) + cell(String(format: "%.1f", gflops[.openBLAS]!), 10)
-                  + cell(routed.rawValue, 10))
+                  + cell(small ?? "-", 10) + cell(routed.rawValue, 15))
             json.append("{\"name\": \"sgemm_library\", \"m\": \(M), \"n\": \(N), \"k\": \(K), \"op\": \"\(op)\", "
                   + "\"blis_gflops\": \(String(format: "%.1f", gflops[.blis]!)), "
-                  + "\"openblas_gflops\": \(String(format: "%.1f", gflops[.openBLAS]!)), \"routed\": \"\(routed.rawValue)\"}")
+                  + "\"openblas_gflops\": \(String(format: "%.1f", gflops[.openBLAS]!)), "
+                  + "\"avx512_small_gflops\": \(small ?? "null"), \"routed\": \"\(routed.rawValue)\"}")
         }
         json.forEach { print($0) }
     }

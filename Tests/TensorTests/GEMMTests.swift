@@ -2,20 +2,21 @@ import XCTest
 import Foundation
 import Tensor
 
-/// Both GEMM libraries (BLIS for large GEMMs, OpenBLAS for small ones), each on small and large shapes, and
-/// `BLAS.sgemmSerial`'s routing: every transpose, padded leading dimensions, alpha and beta, against a float64 reference.
+/// Every GEMM implementation (BLIS, OpenBLAS, our AVX-512 kernel where the CPU has it), each on small and large shapes,
+/// and `BLAS.sgemmSerial`'s routing: every transpose, padded leading dimensions, alpha and beta, against a float64 reference.
 final class GEMMTests: XCTestCase {
     func testBothLibrariesMatchReference() {
         var rng = SplitMix64(seed: 21)
         // (M, N, K, expected library): small ones go to OpenBLAS, large ones to BLIS.
-        let shapes: [(Int, Int, Int, Bool)] = [(20, 30, 40, false), (16, 96, 1024, false),
+        let shapes: [(Int, Int, Int, Bool)] = [(20, 30, 40, false), (9, 47, 5, false), (16, 96, 1024, false),
                                                (96, 80, 160, true), (130, 33, 300, true)]
         for (M, N, K, onBLIS) in shapes {
             XCTAssertEqual(BLAS.runsOnBLIS(M: M, N: N, K: K), onBLIS && BLAS.largeGEMMsOnBLIS,
                            "M \(M) N \(N) K \(K): routed to the other library")
-            let cases = [nil, BLAS.Library.blis, .openBLAS].flatMap { library in   // nil: as routed
+            let libraries: [BLAS.Library?] = [nil, .blis, .openBLAS] + (BLAS.hasSmallKernel ? [.smallAVX512] : [])
+            let cases = libraries.flatMap { library in   // nil: as routed
                 [(false, false), (false, true), (true, false), (true, true)].map { (library, $0.0, $0.1) }
-            }
+            }.filter { $0.0 != .smallAVX512 || !$0.2 }   // the AVX-512 kernel takes B untransposed
             for (library, transA, transB) in cases {
                 // Leading dimensions padded by 3 columns: strides, not shapes, must decide addressing.
                 let lda = (transA ? M : K) + 3, ldb = (transB ? K : N) + 3, ldc = N + 3
@@ -56,7 +57,8 @@ final class GEMMTests: XCTestCase {
     }
 
     /// Where BLIS 0.9 would fall back to its generic kernels on an AVX-512 CPU, it runs its skx kernels, and large GEMMs
-    /// go to it; small ones run on OpenBLAS (both libraries export `cblas_sgemm`: the link order must pick OpenBLAS's).
+    /// go to it; our AVX-512 kernel runs where the CPU has AVX-512; the rest runs on OpenBLAS (both BLAS libraries
+    /// export `cblas_sgemm`: the link order must pick OpenBLAS's).
     func testLibraryChoice() throws {
         let avx512: Set<String> = ["avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"]
         XCTAssertTrue(BLAS.needsSKXPick(CPUInfo(vendor: "AuthenticAMD", family: 0x1A, flags: avx512)))
@@ -71,6 +73,7 @@ final class GEMMTests: XCTestCase {
 
         XCTAssertTrue(BLAS.cblasLibrary.contains("openblas"), "cblas_sgemm resolves to \(BLAS.cblasLibrary)")
         let cpu = CPUInfo.read()
+        XCTAssertEqual(BLAS.hasSmallKernel, cpu.flags.contains("avx512f"), "the AVX-512 kernel's CPU check")
         guard !BLAS.blisArchFromEnvironment else { throw XCTSkip("BLIS_ARCH_TYPE was set outside: BLIS uses it") }
         if ["avx512f", "avx512dq", "avx512bw", "avx512vl"].allSatisfy(cpu.flags.contains) {
             XCTAssertNotEqual(BLAS.blisKernels, "generic", "BLIS runs its portable C kernels on an AVX-512 CPU")
