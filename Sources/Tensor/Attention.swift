@@ -18,46 +18,47 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
     let rep = H / KV
     let scale = 1 / Float(hd).squareRoot()
     let qs = H * hd, ks = KV * hd
-    // One (batch, kv head) at a time: Kᵀ of the kv head once (so every GEMM takes B untransposed), then per query
-    // head of the group its score GEMMs, the causal softmax of its rows, its value GEMMs. Groups are independent, so
-    // they run concurrently on the kernel threads with single-threaded GEMMs (many small ones).
+    // One (batch, kv head) at a time, as in backward: Kᵀ of the kv head once, where it stays in cache (so every GEMM
+    // takes B untransposed), then per query head of the group its score GEMMs, the causal softmax of its rows, its
+    // value GEMMs. Groups are independent, so they run concurrently on the kernel threads with single-threaded GEMMs
+    // (many small ones); B · KV groups keep the threads busy where that is at least the thread count. (Measured
+    // against Kᵀ formed per head, or for all groups up front: 1-2% faster, within noise.)
     func group(_ bg: Int) {
         let b = bg / KV, g = bg % KV
         let K = k_BTKd + b * T * ks + g * hd
         let Vp = v_BTKd + b * T * ks + g * hd
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: hd * T) { buffer in
-            let Kt_dT = buffer.baseAddress!
-            transpose(Kt_dT, K, rows: T, cols: hd, srcStride: ks)
-            for h in (g * rep)..<((g + 1) * rep) {
-                let Q = q_BTHd + b * T * qs + h * hd
-                let O = out_BTHd + b * T * qs + h * hd
-                let P = att_BHTT + (b * H + h) * T * T
-                // 1. S = scale · Q · Kᵀ (causal blocks)
-                var r0 = 0
-                while r0 < T {
-                    let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                    BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs,
-                                     lda: qs, B: Kt_dT, ldb: T, beta: 0, C: P + r0 * T, ldc: T)
-                    r0 = kn
-                }
-                // 2. causal softmax of every row; zeros after the diagonal up to the end of the row's block (the value
-                //    GEMM reads them; nothing reads past the block)
-                for t in 0..<T {
-                    let row = P + t * T
-                    let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
-                    let mx = vmax(row, t + 1)
-                    let sum = exp_shifted(row, row, t + 1, minus: mx)
-                    vscale(row, t + 1, 1 / sum)
-                    if t + 1 < kn { (row + t + 1).update(repeating: 0, count: kn - t - 1) }
-                }
-                // 3. O = P · V
-                r0 = 0
-                while r0 < T {
-                    let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                    BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
-                                     B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
-                    r0 = kn
-                }
+        let Kt_dT = UnsafeMutablePointer<Float>.allocate(capacity: hd * T)
+        defer { Kt_dT.deallocate() }
+        transpose(Kt_dT, K, rows: T, cols: hd, srcStride: ks)
+        for h in (g * rep)..<((g + 1) * rep) {
+            let Q = q_BTHd + b * T * qs + h * hd
+            let O = out_BTHd + b * T * qs + h * hd
+            let P = att_BHTT + (b * H + h) * T * T
+            // 1. S = scale · Q · Kᵀ (causal blocks)
+            var r0 = 0
+            while r0 < T {
+                let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
+                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: kn, K: hd, alpha: scale, A: Q + r0 * qs,
+                                 lda: qs, B: Kt_dT, ldb: T, beta: 0, C: P + r0 * T, ldc: T)
+                r0 = kn
+            }
+            // 2. causal softmax of every row; zeros after the diagonal up to the end of the row's block (the value
+            //    GEMM reads them; nothing reads past the block)
+            for t in 0..<T {
+                let row = P + t * T
+                let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
+                let mx = vmax(row, t + 1)
+                let sum = exp_shifted(row, row, t + 1, minus: mx)
+                vscale(row, t + 1, 1 / sum)
+                if t + 1 < kn { (row + t + 1).update(repeating: 0, count: kn - t - 1) }
+            }
+            // 3. O = P · V
+            r0 = 0
+            while r0 < T {
+                let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
+                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
+                                 B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
+                r0 = kn
             }
         }
     }
@@ -92,14 +93,13 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
         let K = k_BTKd + b * T * ks + g * hd
         let dV = dv_BTKd + b * T * ks + g * hd
         let dK = dk_BTKd + b * T * ks + g * hd
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: hd * T) { buffer in
-            let Vt_dT = buffer.baseAddress!   // Vᵀ of the kv head, so every GEMM takes B untransposed
-            transpose(Vt_dT, Vp, rows: T, cols: hd, srcStride: ks)
-            gradients(b: b, g: g, Vt_dT: Vt_dT, K: K, dV: dV, dK: dK)
-        }
+        let Vt_dT = UnsafeMutablePointer<Float>.allocate(capacity: hd * T)   // Vᵀ: every GEMM takes B untransposed
+        defer { Vt_dT.deallocate() }
+        transpose(Vt_dT, Vp, rows: T, cols: hd, srcStride: ks)
+        gradients(b: b, g: g, Vt_dT: Vt_dT, K: K, dV: dV, dK: dK)
     }
-    func gradients(b: Int, g: Int, Vt_dT: UnsafePointer<Float>, K: UnsafePointer<Float>, dV: UnsafeMutablePointer<Float>,
-                   dK: UnsafeMutablePointer<Float>) {
+    func gradients(b: Int, g: Int, Vt_dT: UnsafePointer<Float>, K: UnsafePointer<Float>,
+                   dV: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>) {
         // 1. dP = dO · Vᵀ ; dV = Σ Pᵀ · dO over the group's heads and row blocks (causal blocks)
         for h in (g * rep)..<((g + 1) * rep) {
             let dO = dout_BTHd + b * T * qs + h * hd

@@ -9,7 +9,8 @@
 //     where BLIS runs 96 and OpenBLAS 114.
 //   - OpenBLAS (cblas) for the rest: small GEMMs with B transposed, or any small GEMM on a CPU without AVX-512.
 // All run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself. Which code runs a
-// GEMM depends on its shape only, so a run is bitwise reproducible for a given thread count (see Threads.swift).
+// GEMM depends on its shape and transB only (on a given CPU), so a run is bitwise reproducible for a given thread
+// count (see Threads.swift).
 import CBLIS
 import CKernels
 import CLinux
@@ -40,9 +41,9 @@ public enum BLAS {
         splitThreads = KernelThreads.count > 1 ? KernelThreads.count : 0
     }
 
-    /// GEMMs at least this large in every sense go to BLIS, the rest to OpenBLAS: measured crossover on a Zen 5 core
-    /// (BLIS skx against OpenBLAS Haswell; at 64x256x64 BLIS 146, OpenBLAS 122 GFLOP/s; at 16x768x256 BLIS 61,
-    /// OpenBLAS 86).
+    /// GEMMs at least this large in every sense are BLIS's, unless our kernel takes them first (`library`); smaller
+    /// ones OpenBLAS's: measured crossover on a Zen 5 core (BLIS skx against OpenBLAS Haswell; at 64x256x64 BLIS 146,
+    /// OpenBLAS 122 GFLOP/s; at 16x768x256 BLIS 61, OpenBLAS 86).
     static let blisMinWork = 1 << 20, blisMinSide = 32
 
     /// What runs the GEMMs, e.g. "BLIS 0.9.0 skx (large) + AVX-512 kernel (small, B untransposed) + OpenBLAS Haswell
@@ -66,7 +67,7 @@ public enum BLAS {
     public static var largeGEMMsOnBLIS: Bool { GEMMLibraries.setup.largeOnBLIS }
     /// Whether this CPU runs our AVX-512 small-GEMM kernel.
     public static var hasSmallKernel: Bool { GEMMLibraries.setup.smallKernel }
-    /// The library file `cblas_sgemm` (the small GEMMs) resolves to.
+    /// The library file `cblas_sgemm` (OpenBLAS's GEMMs) resolves to.
     public static var cblasLibrary: String { GEMMLibraries.setup.cblasLibrary }
     /// Whether BLIS 0.9 needs skx picked on a CPU like this (AVX-512 AMD newer than its CPU table).
     public static func needsSKXPick(_ cpu: CPUInfo) -> Bool { GEMMLibraries.needsSKXPick(cpu) }
@@ -74,7 +75,8 @@ public enum BLAS {
     public static func largeGEMMsOnBLIS(blisKernels: String, openBLASCore: String) -> Bool {
         GEMMLibraries.largeOnBLIS(blisKernels: blisKernels, openBLASCore: openBLASCore)
     }
-    /// Whether `sgemmSerial` runs a GEMM of this shape on BLIS (else OpenBLAS).
+    /// Whether a GEMM of this shape is large enough for BLIS (where BLIS takes large GEMMs); `library` lets our kernel
+    /// take those with a small untransposed B first.
     @inline(__always)
     public static func runsOnBLIS(M: Int, N: Int, K: Int) -> Bool {
         GEMMLibraries.setup.largeOnBLIS && M * N * K >= blisMinWork && min(M, N) >= blisMinSide
@@ -144,10 +146,11 @@ public enum BLAS {
     }
 
     /// B (K × N) up to 256 KB goes to our kernel: there it ran 209-268 GFLOP/s in every shape measured on this CPU
-    /// (L2 1 MB), ahead of BLIS; with B of 1-2 MB it fell to 130-210 (`titan bench-gemm --compare-libraries`).
+    /// (L2 1 MB), ahead of BLIS; at 512 KB level with it (266 against 258), with B of 1-2 MB behind (219-240 against
+    /// 243-247; `titan bench-gemm --compare-libraries`). So the bound is on the safe side.
     static let smallKernelMaxB = 64 * 1024
 
-    /// One GEMM (M, N, K > 0) on the given library, unsplit (`titan bench-gemm --compare-libraries` times both).
+    /// One GEMM (M, N, K > 0) on the given library, unsplit (`titan bench-gemm --compare-libraries` times each).
     @inline(__always)
     public static func sgemm(on library: Library, transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
                              alpha: Float, A: UnsafePointer<Float>, lda: Int,
@@ -163,7 +166,8 @@ public enum BLAS {
                       B, Int64(transB ? 1 : ldb), Int64(transB ? ldb : 1),
                       &beta, C, Int64(ldc), 1)
         case .smallAVX512:
-            precondition(!transB && GEMMLibraries.setup.smallKernel, "BLAS: the AVX-512 kernel takes B untransposed, on AVX-512 CPUs")
+            precondition(!transB && GEMMLibraries.setup.smallKernel,
+                         "BLAS: the AVX-512 kernel takes B untransposed, on AVX-512 CPUs")
             titan_small_sgemm(Int64(M), Int64(N), Int64(K), alpha, A, Int64(transA ? 1 : lda), Int64(transA ? lda : 1),
                               B, Int64(ldb), beta, C, Int64(ldc))
         case .openBLAS:

@@ -7,12 +7,12 @@ import Tensor
 final class GEMMTests: XCTestCase {
     func testBothLibrariesMatchReference() {
         var rng = SplitMix64(seed: 21)
-        // (M, N, K, expected library): small ones go to OpenBLAS, large ones to BLIS.
+        // (M, N, K, large enough for BLIS): small ones are OpenBLAS's, large ones BLIS's unless our kernel takes them.
         let shapes: [(Int, Int, Int, Bool)] = [(20, 30, 40, false), (9, 47, 5, false), (16, 96, 1024, false),
                                                (96, 80, 160, true), (130, 33, 300, true)]
         for (M, N, K, onBLIS) in shapes {
             XCTAssertEqual(BLAS.runsOnBLIS(M: M, N: N, K: K), onBLIS && BLAS.largeGEMMsOnBLIS,
-                           "M \(M) N \(N) K \(K): routed to the other library")
+                           "M \(M) N \(N) K \(K): not as large as expected for BLIS")
             let libraries: [BLAS.Library?] = [nil, .blis, .openBLAS] + (BLAS.hasSmallKernel ? [.smallAVX512] : [])
             let cases = libraries.flatMap { library in   // nil: as routed
                 [(false, false), (false, true), (true, false), (true, true)].map { (library, $0.0, $0.1) }
@@ -53,6 +53,40 @@ final class GEMMTests: XCTestCase {
                 }
                 XCTAssertEqual(failures, 0, "\(what): \(failures) elements off the float64 reference")
             }
+        }
+    }
+
+    /// Our kernel takes GEMMs with B untransposed and at most 64Ki floats (where the CPU has AVX-512), BLIS large
+    /// ones, OpenBLAS the rest.
+    func testRouting() {
+        let small: BLAS.Library = BLAS.hasSmallKernel ? .smallAVX512 : .openBLAS
+        let large: BLAS.Library = BLAS.largeGEMMsOnBLIS ? .blis : .openBLAS
+        XCTAssertEqual(BLAS.library(M: 64, N: 256, K: 256, transB: false), BLAS.hasSmallKernel ? .smallAVX512 : large)
+        XCTAssertEqual(BLAS.library(M: 64, N: 257, K: 256, transB: false), large)   // B one column over 64Ki floats
+        XCTAssertEqual(BLAS.library(M: 64, N: 256, K: 256, transB: true), large)    // the kernel takes no Bᵀ
+        XCTAssertEqual(BLAS.library(M: 64, N: 64, K: 32, transB: false), small)
+        XCTAssertEqual(BLAS.library(M: 64, N: 64, K: 32, transB: true), .openBLAS)
+        XCTAssertEqual(BLAS.library(M: 16, N: 768, K: 256, transB: true), .openBLAS)   // M under 32
+    }
+
+    /// beta 0 writes C without reading it (C may hold anything, NaN included), in every implementation.
+    func testBetaZeroIgnoresC() {
+        var rng = SplitMix64(seed: 5)
+        let (M, N, K) = (37, 41, 29)
+        let a = Tensor(shape: [M * K]), b = Tensor(shape: [K * N])
+        rng.fillNormal(a.data, a.count); rng.fillNormal(b.data, b.count)
+        for library in [BLAS.Library.blis, .openBLAS] + (BLAS.hasSmallKernel ? [.smallAVX512] : []) {
+            let c = Tensor(shape: [M * N])
+            c.fill(.nan)
+            BLAS.sgemm(on: library, transA: false, transB: false, M: M, N: N, K: K, alpha: 1, A: a.ptr, lda: K,
+                       B: b.ptr, ldb: N, beta: 0, C: c.data, ldc: N)
+            var failures = 0
+            for i in 0..<M { for j in 0..<N {
+                var ref = 0.0, mag = 0.0
+                for k in 0..<K { let x = Double(a[i * K + k]) * Double(b[k * N + j]); ref += x; mag += abs(x) }
+                if !(abs(Double(c[i * N + j]) - ref) <= 1e-6 * mag) { failures += 1 }
+            } }
+            XCTAssertEqual(failures, 0, "\(library.rawValue): \(failures) elements wrong with beta 0 over a NaN C")
         }
     }
 
