@@ -234,7 +234,7 @@ enum GEMMLibraries {
 
 /// What /proc/cpuinfo says about the first CPU (empty where there is none).
 public struct CPUInfo: Sendable {
-    public var vendor = "", family = -1, flags: Set<String> = []
+    public var vendor: String, family: Int, flags: Set<String>
 
     public init(vendor: String, family: Int, flags: Set<String>) {
         self.vendor = vendor; self.family = family; self.flags = flags
@@ -245,7 +245,7 @@ public struct CPUInfo: Sendable {
         guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return cpu }
         for line in text.split(separator: "\n") {
             let kv = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-            guard kv.count == 2 else { if line.isEmpty { break } else { continue } }
+            guard kv.count == 2 else { continue }
             switch kv[0] {
             case "vendor_id" where cpu.vendor.isEmpty: cpu.vendor = kv[1]
             case "cpu family" where cpu.family < 0: cpu.family = Int(kv[1]) ?? -1

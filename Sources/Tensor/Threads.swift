@@ -1,9 +1,8 @@
 // Multi-threading of the non-BLAS kernels. Work is split into a FIXED number of row ranges per call and every row is
 // computed by the same code, so their results are bit-identical for any thread count (no cross-row reductions are
 // split). GEMMs are not: a BLAS library rounds rows near the ends of its internal partitions differently, and the
-// blocks of a split GEMM may go to the other library (see Matmul.swift), so a GEMM split over threads by `BLAS.sgemm`
-// can differ in the last bits from the unsplit one. A run is
-// bitwise reproducible for a given thread count.
+// blocks of a split GEMM may go to another implementation (see Matmul.swift), so a GEMM split over threads by
+// `BLAS.sgemm` can differ in the last bits from the unsplit one. A run is bitwise reproducible for a given thread count.
 // Regions nest safely: a kernel called from inside a kernel-thread region (one range of a `parallelFor`, one item of
 // `parallelForEach`) runs serially on that thread, and its GEMMs are not split again.
 import Dispatch

@@ -153,7 +153,7 @@ public final class Trainer {
         _ = titan_mallopt(-3 /* M_MMAP_THRESHOLD */, 256 << 20)
         _ = titan_mallopt(-1 /* M_TRIM_THRESHOLD */, 512 << 20)
 
-        // With several kernel threads, large GEMMs are split over them (both BLAS libraries run single-threaded).
+        // With several kernel threads, large GEMMs are split over them (every GEMM implementation runs single-threaded).
         BLAS.splitOnKernelThreads()
 
         var summary = Summary(losses: [], gradNorms: [])
