@@ -3,7 +3,7 @@
 # with resharding off and 8 ranks left unbound by the launcher (--cpu-bind none; the other rows use its default,
 # block); same global batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows).
 # Prints a table and one JSON line per row:
-#   {"name", "ranks", "tokens_per_sec", "mfu", "comm_wait_frac", "max_rss_mb"}
+#   {"name", "ranks", "tokens_per_sec", "mfu", "comm_wait_frac", "comm_mb", "max_rss_mb"}
 #
 #   scripts/bench.sh                 # 3 warm-up + 10 timed steps per row
 #   STEPS=20 WARMUP=3 scripts/bench.sh
@@ -14,6 +14,7 @@
 #      with the machine's cores (OPENBLAS_NUM_THREADS=2 here). Model FLOPs per token (torchtitan's formula):
 #      6 × active params per token + 12 × n_layers × n_heads × head_dim × seq_len (see Sources/titan/BenchGemmCommand.swift).
 # comm_wait_frac: share of the step rank 0's training thread spends blocked in Work.wait() (every blocking collective).
+# comm_mb: payload MiB each rank sent per timed step (metrics.jsonl's comm_sent_mb: the mean over ranks; 0 on 1 rank).
 # max_rss_mb: peak RSS of rank 0's process.
 # Single rank runs with OPENBLAS_NUM_THREADS=2; each of the 8 ranks with 1 (the launcher sets it).
 set -euo pipefail
@@ -75,6 +76,7 @@ row() {  # name ranks metrics.jsonl
            tokens_per_sec: (($tps * 10 | round) / 10),
            mfu: (($tps * $fpt / ($peak * 1e9) * 10000 | round) / 10000),
            comm_wait_frac: ((($s | map(.comm_wait_s) | add) / $t * 10000 | round) / 10000),
+           comm_mb: ((($s | map(.comm_sent_mb // 0) | add) / ($s | length) * 10 | round) / 10),
            max_rss_mb: ($s | map(.max_rss_mb) | max)}' "$3"
 }
 rows=("$(row "bench_moe 1 rank" 1 "$OUT/single/metrics.jsonl")")
@@ -85,11 +87,11 @@ for i in "${!runs[@]}"; do
 done
 
 echo "bench_moe, global batch 16 x 256 tokens, $STEPS timed steps after $WARMUP warm-up; sgemm peak $peak GFLOP/s ($CORES threads); $(printf '%.4g' "$fpt") FLOPs/token"
-printf '%-50s %6s %14s %7s %15s %11s %9s\n' name ranks tokens/s MFU comm_wait_frac max_rss_mb vs_1rank
+printf '%-50s %6s %14s %7s %15s %8s %11s %9s\n' name ranks tokens/s MFU comm_wait_frac comm_mb max_rss_mb vs_1rank
 s1=$(jq .tokens_per_sec <<<"${rows[0]}")
 for j in "${rows[@]}"; do
-    jq -r '[.name, .ranks, .tokens_per_sec, .mfu, .comm_wait_frac, .max_rss_mb] | @tsv' <<<"$j" |
-        awk -F'\t' -v s1="$s1" '{ printf "%-50s %6d %14.0f %6.1f%% %15.3f %11.0f %9.2f\n", $1, $2, $3, $4 * 100, $5, $6, $3 / s1 }'
+    jq -r '[.name, .ranks, .tokens_per_sec, .mfu, .comm_wait_frac, .comm_mb, .max_rss_mb] | @tsv' <<<"$j" |
+        awk -F'\t' -v s1="$s1" '{ printf "%-50s %6d %14.0f %6.1f%% %15.3f %8.1f %11.0f %9.2f\n", $1, $2, $3, $4 * 100, $5, $6, $7, $3 / s1 }'
 done
 echo "(runs in $OUT)"
 printf '%s\n' "${rows[@]}"

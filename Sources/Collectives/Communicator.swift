@@ -13,6 +13,10 @@ public final class Communicator: @unchecked Sendable {
     private let context: ZMQContext
     private var groups: [ProcessGroup] = []
     private var nextSlot = 0
+    private let trafficCounter = TrafficCounter()
+
+    /// Everything this rank's groups have sent and received so far (subtract two snapshots for a window).
+    public var traffic: Traffic { trafficCounter.snapshot }
 
     /// `context`: pass one shared context to run several ranks as threads of one process (inproc).
     public init(spec: ClusterSpec, rank: Int, context: ZMQContext? = nil) throws {
@@ -54,7 +58,8 @@ public final class Communicator: @unchecked Sendable {
         let slot = nextSlot
         nextSlot += 1
         guard let members = partition.first(where: { $0.contains(rank) }) else { return nil }
-        let g = ProcessGroup(spec: spec, context: context, members: members, rank: members.firstIndex(of: rank)!, slot: slot)
+        let g = ProcessGroup(spec: spec, context: context, members: members, rank: members.firstIndex(of: rank)!, slot: slot,
+                             traffic: trafficCounter)
         groups.append(g)
         return g
     }

@@ -21,14 +21,14 @@ public final class ProcessGroup: @unchecked Sendable {
     private let lock = NSLock()
     private var nextSequence: UInt64 = 0
 
-    init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int) {
+    init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int, traffic: TrafficCounter) {
         self.members = members
         self.rank = rank
         self.slot = slot
         self.timeoutSeconds = spec.timeoutSeconds
         worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
         worker.submit { [self] in
-            do { channel = try GroupChannel(spec: spec, context: context, members: members, me: rank, slot: slot) }
+            do { channel = try GroupChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic) }
             catch { broken = error }
         }
     }
@@ -63,7 +63,9 @@ public final class ProcessGroup: @unchecked Sendable {
                 let t0 = Trace.enabled ? Trace.now() : 0
                 try body(channel)
                 try channel.waitForSends()
-                if Trace.enabled { Trace.record(kind.traceName, arg: slot, pid: me, tid: 1 + slot, start: t0, end: Trace.now()) }
+                if Trace.enabled {
+                    Trace.record(kind.traceName, arg: slot, bytesSent: channel.bytesSent, pid: me, tid: 1 + slot, start: t0, end: Trace.now())
+                }
                 work.finish(nil)
             } catch {
                 channel.abort()

@@ -139,6 +139,8 @@ public enum Trace {
     public struct Event {
         public var name: StaticString
         public var arg: Int32
+        /// Payload bytes a collective's span sent (-1: not a collective).
+        public var bytesSent: Int64
         public var pid: Int32
         public var tid: Int32
         public var start: UInt64
@@ -171,11 +173,12 @@ public enum Trace {
 
     /// Records a span [start, end) in nanoseconds of `now()`.
     @inline(__always)
-    public static func record(_ name: StaticString, arg: Int = -1, pid: Int, tid: Int, start: UInt64, end: UInt64) {
+    public static func record(_ name: StaticString, arg: Int = -1, bytesSent: Int = -1, pid: Int, tid: Int, start: UInt64, end: UInt64) {
         guard enabled else { return }
         pthread_mutex_lock(&lock)
         if count < capacity {
-            events[count] = Event(name: name, arg: Int32(truncatingIfNeeded: arg), pid: Int32(truncatingIfNeeded: pid),
+            events[count] = Event(name: name, arg: Int32(truncatingIfNeeded: arg), bytesSent: Int64(bytesSent),
+                                  pid: Int32(truncatingIfNeeded: pid),
                                   tid: Int32(truncatingIfNeeded: tid), start: start, end: end)
             count += 1
         } else {
@@ -208,7 +211,10 @@ public enum Trace {
             out += ",\n{\"name\": \"\(e.name)\", \"ph\": \"X\", \"pid\": \(pid), \"tid\": \(e.tid), "
                 + "\"ts\": \(String(format: "%.3f", ts)), \"dur\": \(String(format: "%.3f", dur))"
             let key = e.name.description == "step" ? "step" : "group"   // parameter group, or process group slot
-            out += e.arg >= 0 ? ", \"args\": {\"\(key)\": \(e.arg)}}" : "}"
+            var args: [String] = []
+            if e.arg >= 0 { args.append("\"\(key)\": \(e.arg)") }
+            if e.bytesSent >= 0 { args.append("\"bytes_sent\": \(e.bytesSent)") }
+            out += args.isEmpty ? "}" : ", \"args\": {\(args.joined(separator: ", "))}}"
         }
         out += "\n]}\n"
         let url = URL(fileURLWithPath: path)

@@ -160,6 +160,7 @@ public final class Trainer {
         for step in stride(from: lastStep + 1, through: totalSteps, by: 1) {
             let start = Trace.now()
             CommWait.reset()
+            let trafficBefore = comm.traffic
             let batch = loader.batch(step: step)
             fsdp.zeroGrad()
             let result = model.forwardBackward(inputs: batch.inputs_BL.map { Int32($0) }, labels: batch.labels_BL.map { Int32($0) },
@@ -185,8 +186,13 @@ public final class Trainer {
             }
             if Trace.enabled { Trace.record("optimizer", pid: me, tid: 0, start: optStart, end: Trace.now()) }
 
-            // Loss over the global batch; expert load and dispatch traffic summed over every rank.
-            let sums = try comm.world.allReduce([result.lossSum, Double(ExpertParallel.dispatchBytes(of: model))], op: .sum)
+            // Loss over the global batch; expert load and traffic summed over every rank (the step's collectives, up to
+            // here: these bookkeeping all-reduces are not counted).
+            let traffic = comm.traffic - trafficBefore
+            let sentKinds: [CollectiveKind] = [.allGather, .reduceScatter, .allReduce, .allToAll]
+            let sums = try comm.world.allReduce([result.lossSum, Double(ExpertParallel.dispatchBytes(of: model)),
+                                                 Double(traffic.totalSent.bytes)] + sentKinds.map { Double(traffic.sent($0).bytes) },
+                                                op: .sum)
             let lossSum = sums[0]
             let tokensPerExpert = try comm.world.allReduce(result.tokensPerExpert.flatMap { $0.map(Int64.init) }, op: .sum)
             var perLayer: [[Int]] = []
@@ -208,6 +214,13 @@ public final class Trainer {
                 var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes()), ("comm_wait_s", commWait),
                                                              ("current_rss_mb", currentRSSMegabytes())]
                 if mesh.ep != nil { extra.append(("ep_dispatch_bytes", sums[1])) }
+                if comm.worldSize > 1 {
+                    // Payload MiB each rank handed to its sockets in this step, the mean over ranks: in total and per kind.
+                    let ranks = Double(comm.worldSize)
+                    let perRank = { (bytes: Double) in bytes / ranks / 1_048_576 }
+                    extra.append(("comm_sent_mb", perRank(sums[2])))
+                    for (i, kind) in sentKinds.enumerated() { extra.append(("comm_sent_mb_\(kind)", perRank(sums[3 + i]))) }
+                }
                 for (layer, counts) in perLayer.enumerated() where !counts.isEmpty {
                     let mean = Double(counts.reduce(0, +)) / Double(counts.count)
                     let variance = counts.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(counts.count)

@@ -16,6 +16,13 @@ final class TrainCommandTests: XCTestCase {
         for key in ["step", "loss", "grad_norm", "lr", "tokens_per_sec", "step_time_s", "max_rss_mb"] {
             XCTAssertNotNil(first[key], "metrics.jsonl lacks \(key)")
         }
+        // Traffic per rank and step, in total and per kind: FSDP gathers and reduces, the gradient norm is all-reduced,
+        // expert parallelism dispatches tokens.
+        let kinds = ["all_gather", "reduce_scatter", "all_reduce", "all_to_all"]
+        let total = try XCTUnwrap(first["comm_sent_mb"] as? Double, "metrics.jsonl lacks comm_sent_mb")
+        let parts = try kinds.map { try XCTUnwrap(first["comm_sent_mb_\($0)"] as? Double, "metrics.jsonl lacks comm_sent_mb_\($0)") }
+        for (kind, mb) in zip(kinds, parts) { XCTAssertGreaterThan(mb, 0, kind) }
+        XCTAssertEqual(total, parts.reduce(0, +), accuracy: total * 1e-9)
         for k in 0..<8 { XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dump)/logs/rank-\(k).log"), "rank \(k) log") }
         XCTAssertTrue(r.stdout.contains("[rank 0] step    4"), String(r.stdout.suffix(2000)))
     }
@@ -40,6 +47,11 @@ final class TrainCommandTests: XCTestCase {
             for want in ["step", "forward", "backward", "optimizer", "wait", "all_gather", "reduce_scatter", "all_to_all", "all_reduce"] {
                 XCTAssertTrue(names.contains(want), "rank \(rank) trace lacks \(want): \(names.sorted())")
             }
+            // Every collective span says how many payload bytes it sent; FSDP's gathers send some.
+            let collectives = spans.filter { ["all_gather", "reduce_scatter", "all_to_all", "all_reduce"].contains($0["name"] as? String ?? "") }
+            let sent = collectives.map { (($0["args"] as? [String: Any])?["bytes_sent"] as? NSNumber)?.intValue ?? -1 }
+            XCTAssertTrue(sent.allSatisfy { $0 >= 0 }, "rank \(rank): a collective span without bytes_sent")
+            XCTAssertGreaterThan(zip(collectives, sent).filter { $0.0["name"] as? String == "all_gather" }.map(\.1).reduce(0, +), 0)
             // Per (pid, tid) track, sorted by start: each span lies within the enclosing one or after it.
             var tracks: [String: [(Double, Double)]] = [:]
             for e in spans {

@@ -57,6 +57,7 @@ private struct RunResult {
     var memory: MemoryReport?
     var parameterShardCount = 0
     var scratchBytes: [Int] = []        // pool bytes after each step (must not grow after step 1)
+    var stepTraffic: [Traffic] = []     // what rank 0 sent and received in each step's forward, backward and reductions
 }
 
 private func tokensOfBatch(_ labels: [Int32]) -> Int { labels.filter { $0 >= 0 }.count }
@@ -108,6 +109,7 @@ private func runDistributed(_ c: RunConfig, file: StaticString = #filePath, line
         for step in 1...c.steps {
             let (inp, lab) = globalBatch(step: step, rows: c.rows, T: c.T, vocab: c.args.vocab_size)
             let scale = 1 / Float(tokensOfBatch(lab))
+            let trafficBefore = comm.traffic
             fsdp.zeroGrad()
             var lossSum = 0.0
             for m in 0..<c.microBatches {
@@ -116,6 +118,7 @@ private func runDistributed(_ c: RunConfig, file: StaticString = #filePath, line
                 lossSum += res.lossSum
             }
             try fsdp.finishBackward()
+            r.stepTraffic.append(comm.traffic - trafficBefore)
             r.losses.append(try comm.world.allReduce([lossSum])[0])
             let normSq = try fsdp.gradNormSquared()
             if step == 1 {
@@ -233,6 +236,49 @@ final class FSDPTests: XCTestCase {
             XCTAssertEqual(a.firstGrads, b.firstGrads)
             XCTAssertEqual(a.losses, b.losses)
             XCTAssertEqual(a.firstNormSq, b.firstNormSq)
+        }
+    }
+
+    /// Every step sends exactly what the sharding plan moves, worked out here from the model's parameter groups (not
+    /// through FSDP): per flat buffer of n padded shards, a ring all-gather sends n-1 shards and a ring reduce-scatter
+    /// n-1 gradient shards. A group is gathered again for backward when forward freed it, which torchtitan's default
+    /// does to every group but the last block and the final one, and `never` to none. Expert parameters (this rank's
+    /// experts after EP) form their own buffer over the expert-shard group (shard / ep ranks).
+    func testStepTrafficIsTheShardingPlan() throws {
+        for (dims, moe, reshard) in [(ParallelDims(shard: 4), false, true), (ParallelDims(shard: 4), false, false),
+                                     (ParallelDims(shard: 4, ep: 2), true, true), (ParallelDims(shard: 3), true, true)] {
+            var c = RunConfig(args: fsdpTinyArgs(moe: moe), dims: dims)
+            c.rows = 12; c.steps = 2; c.reshardAfterForward = reshard; c.evalEachStep = false
+            let got = try runDistributed(c)
+
+            let model = try Qwen3Model(args: c.args, seed: 7)
+            let experts = Set(model.moeModules.flatMap { $0.routedExpertParameters }.map(ObjectIdentifier.init))
+            let groups = model.parameterGroups
+            var allGather = 0, reduceScatter = 0
+            for (g, params) in groups.enumerated() {
+                let gathers = reshard && g < groups.count - 2 ? 2 : 1
+                var buffers: [(elements: Int, ranks: Int)] = []
+                if dims.ep > 1 {
+                    let dense = params.filter { !experts.contains(ObjectIdentifier($0)) }.reduce(0) { $0 + $1.count }
+                    let local = params.filter { experts.contains(ObjectIdentifier($0)) }.reduce(0) { $0 + $1.count / dims.ep }
+                    buffers = [(dense, dims.shard), (local, dims.shard / dims.ep)]
+                } else {
+                    buffers = [(params.reduce(0) { $0 + $1.count }, dims.shard)]
+                }
+                for (elements, n) in buffers where elements > 0 {
+                    let shardBytes = (elements + n - 1) / n * 4
+                    allGather += gathers * (n - 1) * shardBytes
+                    reduceScatter += (n - 1) * shardBytes
+                }
+            }
+            for (step, t) in got.stepTraffic.enumerated() {
+                let what = "\(dims) reshard \(reshard), step \(step + 1)"
+                XCTAssertEqual(t.sent(.allGather).bytes, allGather, "all-gather bytes sent, \(what)")
+                XCTAssertEqual(t.received(.allGather).bytes, allGather, "all-gather bytes received, \(what)")
+                XCTAssertEqual(t.sent(.reduceScatter).bytes, reduceScatter, "reduce-scatter bytes sent, \(what)")
+                XCTAssertEqual(t.received(.reduceScatter).bytes, reduceScatter, "reduce-scatter bytes received, \(what)")
+                XCTAssertEqual(t.sent(.allToAll).bytes > 0, dims.ep > 1, "all-to-all only with EP, \(what)")
+            }
         }
     }
 

@@ -2,7 +2,9 @@ import Foundation
 
 /// The collective correctness suite (`titan collectives`): every collective × sizes × groups × ops,
 /// each result checked on every rank against a reference computed locally from the distinct data
-/// every rank is known to contribute. One line per case, then "N passed, N failed".
+/// every rank is known to contribute, and the bytes this rank sent and received against what its algorithm
+/// moves (ring all-gather and reduce-scatter (n-1)/n of the buffer, ring all-reduce 2(n-1)/n, all-to-all the
+/// off-rank splits, the chain broadcast the buffer once per link). One line per case, then "N passed, N failed".
 public final class CollectiveSuite {
     let comm: Communicator
     let print: (String) -> Void
@@ -77,6 +79,21 @@ public final class CollectiveSuite {
         }
     }
 
+    /// Runs one collective and compares the payload bytes this rank sent and received for `kind` meanwhile with the
+    /// algorithm's; "" when they match.
+    private func traffic(_ kind: CollectiveKind, sent: Int, received: Int, _ body: () throws -> Void) rethrows -> String {
+        let before = comm.traffic
+        try body()
+        let d = comm.traffic - before
+        let got = (d.sent(kind).bytes, d.received(kind).bytes)
+        return got == (sent, received) ? "" : "sent \(got.0) / received \(got.1) bytes, the algorithm moves \(sent) / \(received); "
+    }
+
+    /// Sum of `sizes` except the entry at `skipped`.
+    private static func sum(_ sizes: [Int], skipping skipped: Int) -> Int {
+        sizes.enumerated().reduce(0) { $0 + ($1.offset == skipped ? 0 : $1.element) }
+    }
+
     private func firstMismatch(_ got: [Float], _ want: [Float]) -> String {
         guard got.count == want.count else { return "length \(got.count), expected \(want.count)" }
         for i in 0..<got.count where got[i].bitPattern != want[i].bitPattern {
@@ -89,25 +106,36 @@ public final class CollectiveSuite {
 
     private func allGather(_ g: ProcessGroup, _ gname: String, _ count: Int) throws {
         let input = Self.data(rank: comm.rank, count: count, salt: 1)
-        let got = try g.allGather(input)
+        var got: [Float] = []
+        let bytes = (g.size - 1) * count * 4
+        let wire = try traffic(.allGather, sent: bytes, received: bytes) { got = try g.allGather(input) }
         let want = g.members.flatMap { Self.data(rank: $0, count: count, salt: 1) }
-        try record("all_gather \(gname) n=\(g.size) count=\(count)", got == want, firstMismatch(got, want))
+        try record("all_gather \(gname) n=\(g.size) count=\(count)", got == want && wire.isEmpty, wire + firstMismatch(got, want))
     }
 
     private func allGatherUneven(_ g: ProcessGroup, _ gname: String, _ count: Int) throws {
         // Member i contributes count + i elements, and member 0 nothing when count is 0.
         let counts = (0..<g.size).map { count == 0 && $0 == 0 ? 0 : count + $0 }
         let input = Self.data(rank: comm.rank, count: counts[g.rank], salt: 2)
-        let got = try g.allGatherVariable(input).flatMap { $0 }
+        var got: [Float] = []
+        // The counts first (one Int64 each), then every chunk but the next member's is sent, every chunk but its own received.
+        let n = g.size, sizes = counts.map { $0 * 4 }
+        let wire = try traffic(.allGather, sent: (n - 1) * 8 + Self.sum(sizes, skipping: (g.rank + 1) % n),
+                               received: (n - 1) * 8 + Self.sum(sizes, skipping: g.rank)) {
+            got = try g.allGatherVariable(input).flatMap { $0 }
+        }
         let want = g.members.enumerated().flatMap { Self.data(rank: $1, count: counts[$0], salt: 2) }
-        try record("all_gather_v \(gname) n=\(g.size) count=\(count)+i", got == want, firstMismatch(got, want))
+        try record("all_gather_v \(gname) n=\(g.size) count=\(count)+i", got == want && wire.isEmpty, wire + firstMismatch(got, want))
     }
 
     private func reduceScatter(_ g: ProcessGroup, _ gname: String, _ count: Int, _ op: ReduceOp) throws {
         let input = Self.data(rank: comm.rank, count: count * g.size, salt: 3)
         var got = [Float](repeating: .nan, count: count)
-        try input.withUnsafeBufferPointer { i in
-            try got.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o, op: op) }
+        let bytes = (g.size - 1) * count * 4
+        let wire = try traffic(.reduceScatter, sent: bytes, received: bytes) {
+            try input.withUnsafeBufferPointer { i in
+                try got.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o, op: op) }
+            }
         }
         var want = [Float](repeating: 0, count: count)
         for m in g.members {
@@ -116,19 +144,26 @@ public final class CollectiveSuite {
         }
         if op == .avg { want = want.map { $0 / Float(g.size) } }
         let inputIntact = input == Self.data(rank: comm.rank, count: count * g.size, salt: 3)
-        try record("reduce_scatter \(op) \(gname) n=\(g.size) count=\(count)", got == want && inputIntact,
-                   inputIntact ? firstMismatch(got, want) : "the input buffer was modified")
+        try record("reduce_scatter \(op) \(gname) n=\(g.size) count=\(count)", got == want && inputIntact && wire.isEmpty,
+                   wire + (inputIntact ? firstMismatch(got, want) : "the input buffer was modified"))
     }
 
     private func allReduce(_ g: ProcessGroup, _ gname: String, _ count: Int, _ op: ReduceOp) throws {
-        let got = try g.allReduce(Self.data(rank: comm.rank, count: count, salt: 4), op: op)
+        // Reduce-scatter then all-gather of n near-equal chunks: every chunk but one crosses each link twice.
+        let n = g.size, me = g.rank
+        let sizes = ChunkLayout.even(count: count, parts: n, elementSize: 4).sizes
+        var got: [Float] = []
+        let wire = try traffic(.allReduce, sent: Self.sum(sizes, skipping: me) + Self.sum(sizes, skipping: (me + 1) % n),
+                               received: Self.sum(sizes, skipping: (me + n - 1) % n) + Self.sum(sizes, skipping: me)) {
+            got = try g.allReduce(Self.data(rank: comm.rank, count: count, salt: 4), op: op)
+        }
         let all = g.members.map { Self.data(rank: $0, count: count, salt: 4) }
         var want = all[0]
         for d in all.dropFirst() {
             for j in 0..<count { want[j] = op == .max ? Swift.max(want[j], d[j]) : want[j] + d[j] }
         }
         if op == .avg { want = want.map { $0 / Float(g.size) } }
-        try record("all_reduce \(op) \(gname) n=\(g.size) count=\(count)", got == want, firstMismatch(got, want))
+        try record("all_reduce \(op) \(gname) n=\(g.size) count=\(count)", got == want && wire.isEmpty, wire + firstMismatch(got, want))
     }
 
     private func allReduceInt(_ g: ProcessGroup, _ gname: String) throws {
@@ -154,20 +189,27 @@ public final class CollectiveSuite {
         // The block for destination j is data(rank, salt: 5 + j) truncated to its split.
         let send = (0..<n).flatMap { j in Self.data(rank: comm.rank, count: sendCounts[j], salt: 5 + j) }
         var got = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
-        try send.withUnsafeBufferPointer { s in
-            try got.withUnsafeMutableBufferPointer { r in
-                try g.allToAll(s, sendCounts: sendCounts, into: r, receiveCounts: receiveCounts)
+        let wire = try traffic(.allToAll, sent: Self.sum(sendCounts.map { $0 * 4 }, skipping: me),
+                               received: Self.sum(receiveCounts.map { $0 * 4 }, skipping: me)) {
+            try send.withUnsafeBufferPointer { s in
+                try got.withUnsafeMutableBufferPointer { r in
+                    try g.allToAll(s, sendCounts: sendCounts, into: r, receiveCounts: receiveCounts)
+                }
             }
         }
         let want = (0..<n).flatMap { i in Self.data(rank: g.members[i], count: receiveCounts[i], salt: 5 + me) }
-        try record("all_to_all_v \(gname) n=\(n) count~\(count)", got == want, firstMismatch(got, want))
+        try record("all_to_all_v \(gname) n=\(n) count~\(count)", got == want && wire.isEmpty, wire + firstMismatch(got, want))
     }
 
     private func broadcast(_ g: ProcessGroup, _ gname: String, _ count: Int, root: Int) throws {
         var buffer = g.rank == root ? Self.data(rank: comm.rank, count: count, salt: 6) : [Float](repeating: .nan, count: count)
-        try buffer.withUnsafeMutableBufferPointer { try g.broadcast($0, root: root) }
+        // Along the chain from the root: every member but the last sends the buffer once, every one but the root receives it.
+        let position = (g.rank + g.size - root) % g.size
+        let wire = try traffic(.broadcast, sent: position < g.size - 1 ? count * 4 : 0, received: position > 0 ? count * 4 : 0) {
+            try buffer.withUnsafeMutableBufferPointer { try g.broadcast($0, root: root) }
+        }
         let want = Self.data(rank: g.members[root], count: count, salt: 6)
-        try record("broadcast root=\(root) \(gname) n=\(g.size) count=\(count)", buffer == want, firstMismatch(buffer, want))
+        try record("broadcast root=\(root) \(gname) n=\(g.size) count=\(count)", buffer == want && wire.isEmpty, wire + firstMismatch(buffer, want))
     }
 
     private func allGatherBytes(_ g: ProcessGroup, _ gname: String) throws {

@@ -20,6 +20,7 @@ final class GroupChannel {
     private var push: [ZMQSocket?]
     private var stash: [[(FrameHeader, ZMQMessage)]]
     private let tracker = SendTracker()
+    private let traffic: TrafficCounter
     private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
 
     // State of the collective in progress.
@@ -27,13 +28,17 @@ final class GroupChannel {
     private var sendIndex: [UInt32]
     private var receiveIndex: [UInt32]
     private var deadline = Date.distantFuture
+    /// Payload bytes the collective in progress has sent so far.
+    private(set) var bytesSent = 0
 
     var size: Int { members.count }
     var timeout: Double { spec.timeoutSeconds }
 
     /// `endpointJobID` (tests only) names another job's endpoints, to check that its frames are refused.
-    init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int, endpointJobID: String? = nil) throws {
+    init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int, traffic: TrafficCounter = TrafficCounter(),
+         endpointJobID: String? = nil) throws {
         self.spec = spec
+        self.traffic = traffic
         self.context = context
         self.members = members
         self.me = me
@@ -93,6 +98,7 @@ final class GroupChannel {
         info.kind = kind
         info.sequence = sequence
         for i in 0..<members.count { sendIndex[i] = 0; receiveIndex[i] = 0 }
+        bytesSent = 0
         deadline = Date().addingTimeInterval(spec.timeoutSeconds)
     }
 
@@ -132,9 +138,12 @@ final class GroupChannel {
         do {
             header.encode(into: headerScratch)
             let sent = try socket.sendCopy(headerScratch, count: FrameHeader.size, more: true)
+            let bytes = payload.count
             guard sent, try socket.send(payload, more: false) else {
                 throw CollectiveError.sendTimeout(info, peer: members[peer], seconds: spec.timeoutSeconds)
             }
+            traffic.sent(info.kind, bytes: bytes)
+            bytesSent += bytes
         } catch let e as ZMQCallError {
             throw CollectiveError.transport(info, "sending to rank \(members[peer]): \(e)")
         }
@@ -150,6 +159,7 @@ final class GroupChannel {
         let (header, payload) = stash[peer].removeFirst()
         try validate(header, payload: payload, peer: peer, expectedBytes: expectedBytes)
         receiveIndex[peer] += 1
+        traffic.received(info.kind, bytes: payload.count)
         return payload
     }
 
