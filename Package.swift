@@ -33,13 +33,14 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CBLIS", providers: [.apt(["libblis-dev"])]),
-        // Linux calls the Glibc module does not declare (CPU affinity, mallopt, which library defines a symbol).
+        // Linux calls the Glibc module does not declare (CPU affinity, mallopt, which library defines a symbol), and the
+        // board and helper thread of idle-CPU lending (shared memory and thread affinity).
         .target(name: "CLinux"),
         // Small GEMMs with AVX-512 (attention's blocks), compiled per function for AVX-512 and used where the CPU has it.
         .target(name: "CKernels"),
 
         // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
-        .target(name: "Collectives", dependencies: ["CZeroMQ"], swiftSettings: kernelSettings),
+        .target(name: "Collectives", dependencies: ["CZeroMQ", "CLinux"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit", "CLinux"]),
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels"], swiftSettings: kernelSettings),
         .target(name: "Config"),
@@ -53,7 +54,7 @@ let package = Package(
 
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Cluster"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collectives"]),
-        .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CLinux"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"]),

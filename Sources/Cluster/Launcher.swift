@@ -82,6 +82,9 @@ public struct Launcher {
     public var extraEnvironment: [String: String]
     /// Where the started ranks run on this machine's CPUs: each rank is spawned bound to its block (`CPUBinding`).
     public var cpuBinding: CPUBindPolicy = .block
+    /// Where binding puts several ranks on one CPU, let a computing rank use a CPU whose ranks all wait in collectives
+    /// (Sources/Tensor/IdleCPUs.swift).
+    public var lendIdleCPUs = true
     /// After the first failure: SIGTERM to the others, SIGKILL after this many seconds.
     public var graceSeconds: Double = 3
     /// Stop the whole job (exit status 124) when it runs longer than this.
@@ -166,8 +169,11 @@ public struct Launcher {
                                   cpus: allowedCPUs)
         }
         var binding = ""
+        // Ranks sharing a CPU lend it while they all wait: a board file in the job's IPC folder says who waits.
+        let board = lendIdleCPUs && machineRanks.count > allowedCPUs.count ? ipcDirectory + "/cpu-board" : nil
         if placement.contains(where: { $0 != nil }) {
             binding = "; \(machineRanks.count) rank(s) on this machine bound to CPUs \(CPUBinding.formatList(allowedCPUs)) in blocks"
+                + (board != nil ? ", idle CPUs lent" : "")
         } else if cpuBinding == .block && allowedCPUs.isEmpty {
             binding = "; ranks unbound: this process's CPU affinity is unknown"
         }
@@ -186,6 +192,7 @@ public struct Launcher {
                 topologyPath: topologyPath, localRanks: topologyPath == nil ? topology.worldSize : nil,
                 ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
             var environment = baseEnvironment.merging(identity.environment) { $1 }
+            environment[RankEnvironment.cpuBoard] = placement[index]?.count == 1 ? board : nil
             if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
                 // Ranks on this machine share the CPUs this launcher may use; a kernel thread per CPU each would
                 // oversubscribe. A bound rank gets one kernel thread per CPU of its block.

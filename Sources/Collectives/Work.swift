@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// Handle of a collective in flight (torch's `Work`). The buffers passed to the collective must stay
@@ -39,7 +40,9 @@ public final class Work: @unchecked Sendable {
     /// back buffers that the collective may still read or write.
     public func wait() throws {
         let t0 = Trace.now()
+        titan_cpu_board_mark_waiting(1)   // this rank's CPU may be lent meanwhile (see Sources/Tensor/IdleCPUs.swift)
         defer {
+            titan_cpu_board_mark_waiting(0)
             let t1 = Trace.now()
             CommWait.add(t1 &- t0)
             if Trace.enabled { Trace.record("wait", pid: tracePid, tid: 0, start: t0, end: t1) }

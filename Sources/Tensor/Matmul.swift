@@ -110,6 +110,22 @@ public enum BLAS {
             }
             return
         }
+        if t == 0 && IdleCPUs.enabled && M * N * K >= IdleCPUs.minGEMMWork && max(M, N) >= 64 && !KernelThreads.insideRegion {
+            // Two fixed halves of the larger of M and N, the second on an idle CPU when there is one (see IdleCPUs).
+            let alongM = M >= N
+            let lo = ((alongM ? M : N) / 2) & ~15
+            let a = alongM ? (transA ? A + lo : A + lo * lda) : A
+            let b = alongM ? B : (transB ? B + lo * ldb : B + lo)
+            IdleCPUs.run({
+                sgemmSerial(transA: transA, transB: transB, M: alongM ? lo : M, N: alongM ? N : lo, K: K,
+                            alpha: alpha, A: A, lda: lda, B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
+            }, {
+                sgemmSerial(transA: transA, transB: transB, M: alongM ? M - lo : M, N: alongM ? N : N - lo, K: K,
+                            alpha: alpha, A: a, lda: lda, B: b, ldb: ldb, beta: beta,
+                            C: alongM ? C + lo * ldc : C + lo, ldc: ldc)
+            }, lendingTo: IdleCPUs.idleCPU)
+            return
+        }
         sgemmSerial(transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: A, lda: lda, B: B, ldb: ldb,
                     beta: beta, C: C, ldc: ldc)
     }

@@ -48,7 +48,11 @@ public enum KernelThreads {
 @inline(__always)
 public func parallelFor(_ n: Int, costPerItem: Int = 1, _ body: (Range<Int>) -> Void) {
     guard n >= 2, KernelThreads.shouldSplit(work: n * costPerItem) else {
-        if n > 0 { body(0..<n) }
+        if n >= 2, n * costPerItem >= IdleCPUs.minLoopWork, !KernelThreads.insideRegion, let cpu = IdleCPUs.idleCPU {
+            IdleCPUs.run({ body(0..<(n / 2)) }, { body((n / 2)..<n) }, lendingTo: cpu)
+        } else if n > 0 {
+            body(0..<n)
+        }
         return
     }
     let chunks = min(KernelThreads.count, n)

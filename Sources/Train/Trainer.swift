@@ -133,7 +133,8 @@ public final class Trainer {
             log("model \(job.model.name)/\(job.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
             log("mesh: world \(comm.worldSize) = replicate \(dims.replicate) × shard \(dims.shard), expert parallel \(dims.ep); global batch \(B * mesh.dataParallelDegree) × \(L) tokens")
-            log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on \(BLAS.description)")
+            log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on \(BLAS.description)"
+                + (IdleCPUs.enabled ? "; idle CPUs lent (GEMMs of >= 2^24 multiply-adds run in two halves)" : ""))
         }
         log("memory per rank: \(fsdp.memoryReport)")
 
@@ -249,6 +250,7 @@ public final class Trainer {
             }
             try comm.world.barrier()
         }
+        if IdleCPUs.enabled { log("idle CPUs: \(IdleCPUs.lentTasks) GEMM or loop half(s) of this rank ran on another rank's idle CPU") }
         if isLogger { log("metrics: \(job.job.dump_folder)/metrics.jsonl") }
         if tracing {
             let path = job.job.dump_folder + "/trace/rank-\(me).json"

@@ -24,6 +24,8 @@ struct Launch: ParsableCommand {
     var jobID: String?
     @Option(help: "Rank placement on this machine's CPUs: block (consecutive ranks share a CPU, or each gets its own CPUs) or none. Not used with --single-process.")
     var cpuBind: CPUBindPolicy = .block
+    @Flag(name: .customLong("lend-idle-cpus"), inversion: .prefixedNo, help: "With more ranks than CPUs, let a rank still computing run half of a large GEMM or loop on a CPU whose ranks all wait in collectives.")
+    var lendIdleCPUs = true
     @Argument(parsing: .captureForPassthrough, help: "The rank program and its arguments.")
     var program: [String] = []
 
@@ -57,6 +59,7 @@ struct Launch: ParsableCommand {
                                 arguments: args, dumpFolder: dump, jobID: jobID)
         launcher.graceSeconds = 3
         launcher.cpuBinding = cpuBind
+        launcher.lendIdleCPUs = lendIdleCPUs
         let result = try launcher.run()
         if result.succeeded {
             FileHandle.standardError.write(Data("titan: all \(result.statuses.count) rank(s) finished; logs in \(dump)/logs\n".utf8))

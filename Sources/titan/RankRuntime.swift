@@ -61,6 +61,15 @@ enum RankRuntime {
                 } else if identity.cpus != nil {
                     // Every thread's mask, read back after the communicator started its threads.
                     output.print("bound to CPU(s) \(CPUBinding.formatList(CPUBinding.processCPUs()))")
+                    if let board = ProcessInfo.processInfo.environment[RankEnvironment.cpuBoard], let cpus = identity.cpus,
+                       cpus.count == 1, KernelThreads.count == 1 {
+                        do {
+                            try IdleCPUs.join(boardPath: board, ranks: identity.worldSize, rank: identity.rank, cpu: cpus[0])
+                            output.print("idle CPUs: on the board \(board)")
+                        } catch {
+                            output.error("warning: not lending idle CPUs: \(error)")
+                        }
+                    }
                 }
             } else {
                 comm = try Communicator(spec: ClusterSpec(jobID: "single", worldSize: 1, transport: .ipc,

@@ -13,3 +13,29 @@ int titan_mallopt(int param, int value);
 /// The file of the loaded object that defines `symbol` as the program's calls resolve it (dlsym(RTLD_DEFAULT) +
 /// dladdr), or NULL.
 const char *titan_symbol_library(const char *symbol);
+
+// Idle-CPU lending between the rank processes of one machine (see Sources/Tensor/IdleCPUs.swift).
+
+/// The board: a shared file, one slot per rank: the CPU it is bound to and whether it waits in a collective.
+typedef struct titan_cpu_board titan_cpu_board;
+/// Maps the board at `path` (created if missing) as rank `rank` of `ranks`, bound to `cpu`. NULL with errno.
+titan_cpu_board *titan_cpu_board_open(const char *path, int ranks, int rank, int cpu);
+/// Takes this rank off the board and unmaps it.
+void titan_cpu_board_close(titan_cpu_board *board);
+void titan_cpu_board_set_waiting(titan_cpu_board *board, int waiting);
+/// A CPU other than this rank's whose every rank on the board waits, or -1.
+int titan_cpu_board_idle_cpu(const titan_cpu_board *board);
+/// The board `titan_cpu_board_mark_waiting` writes to (NULL: none).
+void titan_cpu_board_install(titan_cpu_board *board);
+/// Marks this process's rank as waiting (1) or not (0) on the installed board; no-op without one.
+void titan_cpu_board_mark_waiting(int waiting);
+
+/// A task for the helper: `fn(ctx)`.
+typedef void (*titan_task_fn)(void *ctx);
+/// The helper: a thread that runs one posted task at a time on the CPU it is posted to.
+typedef struct titan_helper titan_helper;
+titan_helper *titan_helper_start(void);
+/// Offers a task to run on `cpu`; call `titan_helper_finish` before the next post.
+void titan_helper_post(titan_helper *helper, int cpu, titan_task_fn fn, void *ctx);
+/// 1 when the helper had not started the task (the caller runs it now); 0 once the helper has run it.
+int titan_helper_finish(titan_helper *helper);

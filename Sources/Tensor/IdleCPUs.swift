@@ -1,0 +1,94 @@
+// Idle-CPU lending. With more ranks than CPUs, the launcher binds several ranks to each CPU, one kernel thread each.
+// When a rank computes while every rank bound to another CPU waits in a collective (an MoE rank that got a hot expert,
+// whose EP peers wait in the all-to-all for its output), that CPU would idle. Each such rank process marks on a
+// shared board whether its training thread is blocked in a collective (`Work.wait`); a rank about to run a large GEMM
+// or loop checks the board and, when another CPU's ranks all wait, runs half of it on a helper thread bound to that
+// CPU. GEMMs this large are always computed as the same two halves, whoever runs the second, so results do not
+// depend on timing; loop rows never depended on the split (see Threads.swift).
+import CLinux
+import Foundation
+
+public enum IdleCPUs {
+    /// GEMMs with at least this many multiply-adds are computed as two fixed halves on a lending rank.
+    public static let minGEMMWork = 1 << 24
+    /// Loops touching at least this many floats are split when a CPU is idle.
+    public static let minLoopWork = 1 << 18
+
+    private static var board: OpaquePointer?
+    private static var helper: OpaquePointer?
+    private static let lentCount = Counter()
+
+    /// Whether this process lends: on a board, with one kernel thread.
+    public static var enabled: Bool { board != nil && KernelThreads.count == 1 }
+    /// Tasks the helper ran so far (for tests and logs).
+    public static var lentTasks: Int { lentCount.value }
+
+    /// Puts this rank on the board at `path` (`ranks` slots; this rank bound to `cpu`) and starts the helper.
+    /// Call before the kernels run, once.
+    public static func join(boardPath: String, ranks: Int, rank: Int, cpu: Int) throws {
+        precondition(board == nil, "IdleCPUs.join called twice")
+        guard let b = titan_cpu_board_open(boardPath, Int32(ranks), Int32(rank), Int32(cpu)) else {
+            throw IdleCPUError.board(path: boardPath, String(cString: strerror(errno)))
+        }
+        guard let h = titan_helper_start() else {
+            titan_cpu_board_close(b)
+            throw IdleCPUError.board(path: boardPath, "cannot start the helper thread")
+        }
+        helper = h
+        board = b
+        titan_cpu_board_install(b)
+    }
+
+    /// Takes this rank off the board (the helper thread stays, idle). For tests.
+    public static func leave() {
+        guard let b = board else { return }
+        titan_cpu_board_install(nil)
+        board = nil
+        titan_cpu_board_close(b)
+    }
+
+    /// A CPU whose ranks all wait right now, if any.
+    static var idleCPU: Int32? {
+        guard let board, KernelThreads.count == 1 else { return nil }
+        let c = titan_cpu_board_idle_cpu(board)
+        return c >= 0 ? c : nil
+    }
+
+    /// Runs `first` on this thread and `second` on the helper bound to `cpu` (both as kernel-region parts), or both
+    /// here, one after the other, when `cpu` is nil. Returns when both ran.
+    static func run(_ first: () -> Void, _ second: () -> Void, lendingTo cpu: Int32?) {
+        guard let cpu, let helper else {
+            KernelThreads.asRegionPart(first)
+            KernelThreads.asRegionPart(second)
+            return
+        }
+        withoutActuallyEscaping(second) { task in
+            var task = task
+            withUnsafeMutablePointer(to: &task) { p in
+                titan_helper_post(helper, cpu, { ctx in
+                    KernelThreads.asRegionPart(ctx!.assumingMemoryBound(to: (() -> Void).self).pointee)
+                }, p)
+                KernelThreads.asRegionPart(first)
+                if titan_helper_finish(helper) != 0 {
+                    KernelThreads.asRegionPart(p.pointee)
+                } else {
+                    lentCount.add()
+                }
+            }
+        }
+    }
+
+    private final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var n = 0
+        var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+        func add() { lock.lock(); n += 1; lock.unlock() }
+    }
+}
+
+public enum IdleCPUError: Error, CustomStringConvertible {
+    case board(path: String, String)
+    public var description: String {
+        switch self { case .board(let path, let why): return "idle-CPU board \(path): \(why)" }
+    }
+}
