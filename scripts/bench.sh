@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Training throughput benchmark: bench_moe on 1 rank and on 2, 4 and 8 ranks (shard N × ep min(N, 4)), plus 8 ranks
-# with resharding off and 8 ranks left unbound by the launcher (--cpu-bind none; the other rows use its default,
-# block); same global batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows).
+# Training throughput benchmark: bench_moe on 1 rank and on 2, 4 and 8 ranks (shard N × ep N: each expert on one rank,
+# the best split here), plus at 8 ranks: ep 4, resharding off, no idle-CPU lending (--no-lend-idle-cpus) and ranks left
+# unbound by the launcher (--cpu-bind none; the other rows use its default, block, which lends idle CPUs when ranks
+# outnumber them); same global batch of 16 sequences × 256 tokens (RANKS="8" limits the multi-rank rows).
 # Prints a table and one JSON line per row:
 #   {"name", "ranks", "tokens_per_sec", "mfu", "comm_wait_frac", "comm_mb", "max_rss_mb"}
 #
@@ -46,20 +47,21 @@ OPENBLAS_NUM_THREADS=$CORES "$TITAN" train --config bench_moe --training.steps "
 RANKS=${RANKS:-"2 4 8"}
 # Multi-rank rows: "ranks|launcher flags|train flags|label". shard n x ep min(n, 4), local batch 16 / n: the same
 # global batch.
-# At 8 ranks a second row keeps the gathered parameters between forward and backward (ZeRO-2 style: no second
-# all-gather per block; 31 MiB of gathered parameters per rank held from forward to backward); the plain rows use
-# torchtitan's default resharding.
+# Multi-rank rows: "ranks|ep|launcher flags|train flags|label". At 8 ranks, ep 4 shards each expert over two ranks
+# (expert FSDP: twice the bytes per step); "reshard never" keeps the gathered parameters between forward and backward
+# (ZeRO-2 style: no second all-gather per block); the plain rows use torchtitan's default resharding.
 runs=()
 for n in $RANKS; do
-    runs+=("$n|||")
+    runs+=("$n|$n|||")
     if [ "$n" -eq 8 ]; then
-        runs+=("8||--parallelism.fsdp_reshard_after_forward never|, reshard never")
-        runs+=("8|--cpu-bind none||, unbound")
+        runs+=("8|4|||")
+        runs+=("8|8||--parallelism.fsdp_reshard_after_forward never|, reshard never")
+        runs+=("8|8|--no-lend-idle-cpus||, no lending")
+        runs+=("8|8|--cpu-bind none||, unbound")
     fi
 done
 for i in "${!runs[@]}"; do
-    IFS='|' read -r n launch_flags extra _ <<<"${runs[$i]}"
-    ep=$(( n < 4 ? n : 4 ))
+    IFS='|' read -r n ep launch_flags extra _ <<<"${runs[$i]}"
     # shellcheck disable=SC2086  # $launch_flags and $extra are lists of flags
     "$TITAN" launch --ranks "$n" $launch_flags -- train --config bench_moe --training.steps "$total" --training.local_batch_size $(( 16 / n )) \
         --parallelism.data_parallel_shard_degree "$n" --parallelism.expert_parallel_degree "$ep" $extra \
@@ -81,8 +83,7 @@ row() {  # name ranks metrics.jsonl
 }
 rows=("$(row "bench_moe 1 rank" 1 "$OUT/single/metrics.jsonl")")
 for i in "${!runs[@]}"; do
-    IFS='|' read -r n _ _ label <<<"${runs[$i]}"
-    ep=$(( n < 4 ? n : 4 ))
+    IFS='|' read -r n ep _ _ label <<<"${runs[$i]}"
     rows+=("$(row "bench_moe $n ranks (shard $n x ep $ep$label)" "$n" "$OUT/run$i/metrics.jsonl")")
 done
 

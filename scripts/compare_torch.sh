@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Same-sitting comparison with PyTorch on bench_moe: ROUNDS interleaved rounds of
-#   titan, 8 ranks (shard 8 x ep 4)   vs  torch FSDP2 over gloo, 8 processes  (anchors/torch_train_tps.py fsdp 8)
+#   titan, 8 ranks (shard 8 x ep 8)   vs  torch FSDP2 over gloo, 8 processes  (anchors/torch_train_tps.py fsdp 8)
 #   titan, 1 rank                     vs  torch eager, 1 process, 2 threads   (anchors/torch_train_tps.py single)
 # Each of our runs goes just before the torch run it is compared with, and every torch job is followed by a pause
 # (a run started right after torch's 8-process job measured 5-10% slower). Prints one line per round, the median
@@ -68,7 +68,7 @@ printf '%-6s %9s %11s %6s %9s %11s %6s %12s\n' round ours_8 torch_fsdp2 ratio ou
 r8s="" r1s="" scs="" lines=()
 for r in $(seq "$ROUNDS"); do
     o8=$(ours "r$r-8ranks" "$TITAN" launch --ranks 8 -- train --config bench_moe --training.steps 13 \
-        --training.local_batch_size 2 --parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 4)
+        --training.local_batch_size 2 --parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 8)
     f8=$(torch_tps "$OUT/r$r-torch-fsdp.log" "$PYTHON_FSDP" fsdp 8); sleep "$PAUSE"
     o1=$(OPENBLAS_NUM_THREADS=2 ours "r$r-1rank" "$TITAN" train --config bench_moe --training.steps 13)
     e1=$(torch_tps "$OUT/r$r-torch-eager.log" "$PYTHON" single); sleep "$PAUSE"
