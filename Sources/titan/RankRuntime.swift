@@ -58,18 +58,19 @@ enum RankRuntime {
                 output = RankOutput(rank: identity.rank, prefixed: false, logPath: nil)
                 if let bindingFailure {
                     output.error("warning: running unbound: \(bindingFailure)")
-                } else if identity.cpus != nil {
-                    // Every thread's mask, read back after the communicator started its threads.
-                    output.print("bound to CPU(s) \(CPUBinding.formatList(CPUBinding.processCPUs()))")
-                    if let board = ProcessInfo.processInfo.environment[RankEnvironment.cpuBoard], let cpus = identity.cpus,
-                       cpus.count == 1, KernelThreads.count == 1 {
+                } else if let cpus = identity.cpus {
+                    var lending = ""
+                    if let board = ProcessInfo.processInfo.environment[RankEnvironment.cpuBoard], cpus.count == 1,
+                       KernelThreads.count == 1 {
                         do {
                             try IdleCPUs.join(boardPath: board, ranks: identity.worldSize, rank: identity.rank, cpu: cpus[0])
-                            output.print("idle CPUs: on the board \(board)")
+                            lending = ", lending idle CPUs through \(board)"
                         } catch {
                             output.error("warning: not lending idle CPUs: \(error)")
                         }
                     }
+                    // Every thread's mask, read back after the communicator (and the lending helper) started their threads.
+                    output.print("bound to CPU(s) \(CPUBinding.formatList(CPUBinding.processCPUs()))\(lending)")
                 }
             } else {
                 comm = try Communicator(spec: ClusterSpec(jobID: "single", worldSize: 1, transport: .ipc,

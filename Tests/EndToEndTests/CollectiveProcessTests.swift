@@ -47,7 +47,9 @@ final class CollectiveProcessTests: XCTestCase {
                 }
                 let m = cpus.count
                 let expected = n >= m ? [cpus[rank * m / n]] : Array(cpus[(rank * m / n)..<((rank + 1) * m / n)])
+                // "bound to CPU(s) LIST" and, with idle-CPU lending, ", lending idle CPUs through PATH" (a list has no spaces).
                 let reported = try XCTUnwrap(line, "rank \(rank): \(log.prefix(500))").dropFirst("bound to CPU(s) ".count)
+                    .split(separator: " ").first.map { $0.hasSuffix(",") ? $0.dropLast() : $0 } ?? ""
                 XCTAssertEqual(parse(reported), expected, "rank \(rank)")
             }
         }

@@ -22,7 +22,7 @@ final class IdleCPULendingTests: XCTestCase {
         for rank in 0..<8 {
             let log = (try? String(contentsOfFile: "\(dump)/logs/rank-\(rank).log", encoding: .utf8)) ?? ""
             for line in log.split(separator: "\n") {
-                if line.hasPrefix("idle CPUs: on the board ") { onBoard += 1 }
+                if line.hasPrefix("bound to CPU(s) "), line.contains(", lending idle CPUs through ") { onBoard += 1 }
                 if line.hasPrefix("idle CPUs: "), let n = line.split(separator: " ").dropFirst(2).first.flatMap({ Int($0) }) { lent += n }
             }
         }
