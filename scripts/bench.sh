@@ -45,11 +45,10 @@ fpt=$(jq -r .flops_per_token <<<"$gemm_json")
 OPENBLAS_NUM_THREADS=$CORES "$TITAN" train --config bench_moe --training.steps "$total" \
     --job.dump_folder "$OUT/single" >"$OUT/single.log" 2>&1 || { cat "$OUT/single.log" >&2; exit 1; }
 RANKS=${RANKS:-"2 4 8"}
-# Multi-rank rows: "ranks|launcher flags|train flags|label". shard n x ep min(n, 4), local batch 16 / n: the same
-# global batch.
-# Multi-rank rows: "ranks|ep|launcher flags|train flags|label". At 8 ranks, ep 4 shards each expert over two ranks
-# (expert FSDP: twice the bytes per step); "reshard never" keeps the gathered parameters between forward and backward
-# (ZeRO-2 style: no second all-gather per block); the plain rows use torchtitan's default resharding.
+# Multi-rank rows: "ranks|ep|launcher flags|train flags|label", local batch 16 / n: the same global batch. At 8 ranks,
+# ep 4 shards each expert over two ranks (expert FSDP: twice the bytes per step); "reshard never" keeps the gathered
+# parameters between forward and backward (ZeRO-2 style: no second all-gather per block); the plain rows use
+# torchtitan's default resharding.
 runs=()
 for n in $RANKS; do
     runs+=("$n|$n|||")

@@ -81,7 +81,7 @@ static titan_cpu_board *_Atomic installed;
 void titan_cpu_board_install(titan_cpu_board *b) { atomic_store(&installed, b); }
 
 void titan_cpu_board_mark_waiting(int waiting) {
-    titan_cpu_board *b = atomic_load_explicit(&installed, memory_order_relaxed);
+    titan_cpu_board *b = atomic_load_explicit(&installed, memory_order_acquire);
     if (b) titan_cpu_board_set_waiting(b, waiting);
 }
 
@@ -89,6 +89,7 @@ void titan_cpu_board_mark_waiting(int waiting) {
 enum { FREE = 0, POSTED = 1, RUNNING = 2, DONE = 3 };
 
 struct titan_helper {
+    _Atomic int claimed;  // 1 from a post until its finish: one poster at a time
     _Atomic int state;
     titan_task_fn fn;
     void *ctx;
@@ -137,25 +138,35 @@ titan_helper *titan_helper_start(void) {
     return h;
 }
 
-void titan_helper_post(titan_helper *h, int cpu, titan_task_fn fn, void *ctx) {
+int titan_helper_post(titan_helper *h, int cpu, titan_task_fn fn, void *ctx) {
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&h->claimed, &expected, 1)) return 0;  // another thread's task is out
     if (cpu != h->cpu) {
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET(cpu, &set);
-        // A CPU outside this process's cgroup fails: the helper then runs wherever the scheduler puts it.
+        // A CPU outside this process's cgroup fails: the helper then keeps its previous CPU.
         if (sched_setaffinity(h->tid, sizeof set, &set) == 0) h->cpu = cpu;
     }
     h->fn = fn;
     h->ctx = ctx;
     atomic_store(&h->state, POSTED);
     sem_post(&h->wake);
+    return 1;
+}
+
+void titan_helper_wait_started(titan_helper *h) {
+    while (atomic_load(&h->state) == POSTED) sched_yield();
 }
 
 int titan_helper_finish(titan_helper *h) {
-    int expected = POSTED;
-    if (atomic_compare_exchange_strong(&h->state, &expected, FREE)) return 1;
-    // Started: it reads the caller's buffers, so the caller waits for it.
-    while (sem_wait(&h->done) != 0) {}
-    atomic_store(&h->state, FREE);
-    return 0;
+    int expected = POSTED, ranHere = 1;
+    if (!atomic_compare_exchange_strong(&h->state, &expected, FREE)) {
+        // Started: it reads the caller's buffers, so the caller waits for it.
+        while (sem_wait(&h->done) != 0) {}
+        atomic_store(&h->state, FREE);
+        ranHere = 0;
+    }
+    atomic_store(&h->claimed, 0);
+    return ranHere;
 }

@@ -3,8 +3,9 @@
 // whose EP peers wait in the all-to-all for its output), that CPU would idle. Each such rank process marks on a
 // shared board whether its training thread is blocked in a collective (`Work.wait`); a rank about to run a large GEMM
 // or loop checks the board and, when another CPU's ranks all wait, runs half of it on a helper thread bound to that
-// CPU. GEMMs this large are always computed as the same two halves, whoever runs the second, so results do not
-// depend on timing; loop rows never depended on the split (see Threads.swift).
+// CPU. GEMMs this large, and loops this large, are always computed as the same two halves, whoever runs the second, so
+// results do not depend on timing (loop rows never depended on the split; nested kernels always see a region, see
+// Threads.swift). A run is bitwise reproducible for a given thread count and lending setting.
 import CLinux
 import Foundation
 
@@ -17,6 +18,8 @@ public enum IdleCPUs {
     private static var board: OpaquePointer?
     private static var helper: OpaquePointer?
     private static let lentCount = Counter()
+    /// Tests: wait for the helper to take each posted half, so that it always runs it.
+    public static var helperAlwaysTakes = false
 
     /// Whether this process lends: on a board, with one kernel thread.
     public static var enabled: Bool { board != nil && KernelThreads.count == 1 }
@@ -27,14 +30,13 @@ public enum IdleCPUs {
     /// Call before the kernels run, once.
     public static func join(boardPath: String, ranks: Int, rank: Int, cpu: Int) throws {
         precondition(board == nil, "IdleCPUs.join called twice")
+        if helper == nil {   // one helper per process, kept after `leave`
+            guard let h = titan_helper_start() else { throw IdleCPUError.board(path: boardPath, "cannot start the helper thread") }
+            helper = h
+        }
         guard let b = titan_cpu_board_open(boardPath, Int32(ranks), Int32(rank), Int32(cpu)) else {
             throw IdleCPUError.board(path: boardPath, String(cString: strerror(errno)))
         }
-        guard let h = titan_helper_start() else {
-            titan_cpu_board_close(b)
-            throw IdleCPUError.board(path: boardPath, "cannot start the helper thread")
-        }
-        helper = h
         board = b
         titan_cpu_board_install(b)
     }
@@ -55,19 +57,22 @@ public enum IdleCPUs {
     }
 
     /// Runs `first` on this thread and `second` on the helper bound to `cpu` (both as kernel-region parts), or both
-    /// here, one after the other, when `cpu` is nil. Returns when both ran.
+    /// here, one after the other, when `cpu` is nil or the helper is busy with another thread's half. Returns when
+    /// both ran.
     static func run(_ first: () -> Void, _ second: () -> Void, lendingTo cpu: Int32?) {
-        guard let cpu, let helper else {
+        func here() {
             KernelThreads.asRegionPart(first)
             KernelThreads.asRegionPart(second)
-            return
         }
+        guard let cpu, let helper else { return here() }
         withoutActuallyEscaping(second) { task in
             var task = task
             withUnsafeMutablePointer(to: &task) { p in
-                titan_helper_post(helper, cpu, { ctx in
+                let posted = titan_helper_post(helper, cpu, { ctx in
                     KernelThreads.asRegionPart(ctx!.assumingMemoryBound(to: (() -> Void).self).pointee)
                 }, p)
+                guard posted != 0 else { return here() }
+                if helperAlwaysTakes { titan_helper_wait_started(helper) }
                 KernelThreads.asRegionPart(first)
                 if titan_helper_finish(helper) != 0 {
                     KernelThreads.asRegionPart(p.pointee)

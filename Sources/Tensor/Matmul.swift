@@ -8,9 +8,9 @@
 //     (attention's blocks, weight gradients over few tokens): it skips packing and runs 64x32x256 at ~265 GFLOP/s,
 //     where BLIS runs 96 and OpenBLAS 114.
 //   - OpenBLAS (cblas) for the rest: small GEMMs with B transposed, or any small GEMM on a CPU without AVX-512.
-// All run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself. Which code runs a
-// GEMM depends on its shape and transB only (on a given CPU), so a run is bitwise reproducible for a given thread
-// count (see Threads.swift).
+// All run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself (or, on a rank that
+// lends idle CPUs, into two fixed halves: IdleCPUs.swift). Which code runs a GEMM depends on its shape and transB only
+// (on a given CPU), so a run is bitwise reproducible for a given thread count and lending setting (see Threads.swift).
 import CBLIS
 import CKernels
 import CLinux

@@ -2,7 +2,8 @@
 // computed by the same code, so their results are bit-identical for any thread count (no cross-row reductions are
 // split). GEMMs are not: a BLAS library rounds rows near the ends of its internal partitions differently, and the
 // blocks of a split GEMM may go to another implementation (see Matmul.swift), so a GEMM split over threads by
-// `BLAS.sgemm` can differ in the last bits from the unsplit one. A run is bitwise reproducible for a given thread count.
+// `BLAS.sgemm` can differ in the last bits from the unsplit one. A run is bitwise reproducible for a given thread count
+// and idle-CPU lending setting (IdleCPUs.swift: a lending rank computes large GEMMs as two fixed halves).
 // Regions nest safely: a kernel called from inside a kernel-thread region (one range of a `parallelFor`, one item of
 // `parallelForEach`) runs serially on that thread, and its GEMMs are not split again.
 import Dispatch
@@ -48,8 +49,9 @@ public enum KernelThreads {
 @inline(__always)
 public func parallelFor(_ n: Int, costPerItem: Int = 1, _ body: (Range<Int>) -> Void) {
     guard n >= 2, KernelThreads.shouldSplit(work: n * costPerItem) else {
-        if n >= 2, n * costPerItem >= IdleCPUs.minLoopWork, !KernelThreads.insideRegion, let cpu = IdleCPUs.idleCPU {
-            IdleCPUs.run({ body(0..<(n / 2)) }, { body((n / 2)..<n) }, lendingTo: cpu)
+        if n >= 2, n * costPerItem >= IdleCPUs.minLoopWork, IdleCPUs.enabled, !KernelThreads.insideRegion {
+            // Always the same halves as region parts, lent or not: a kernel nested in `body` runs the same way either way.
+            IdleCPUs.run({ body(0..<(n / 2)) }, { body((n / 2)..<n) }, lendingTo: IdleCPUs.idleCPU)
         } else if n > 0 {
             body(0..<n)
         }

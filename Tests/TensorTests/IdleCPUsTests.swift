@@ -38,9 +38,14 @@ final class IdleCPUsTests: XCTestCase {
     func testLentHalvesGiveTheUnlentBits() throws {
         let path = boardPath()
         defer { unlink(path) }
-        let threads = KernelThreads.count
+        let threads = KernelThreads.count, split = BLAS.splitThreads
         BLAS.setThreads(1)   // lending is for ranks with one kernel thread
-        defer { BLAS.setThreads(threads); BLAS.splitOnKernelThreads() }
+        IdleCPUs.helperAlwaysTakes = true   // no race: every half offered to the helper runs there
+        defer {
+            IdleCPUs.helperAlwaysTakes = false
+            BLAS.setThreads(threads)
+            if split > 0 { BLAS.splitOnKernelThreads() }
+        }
         // This process is rank 0 on CPU 0; "rank 1" on CPU 1 is another handle on the same board.
         try IdleCPUs.join(boardPath: path, ranks: 2, rank: 0, cpu: 0)
         defer { IdleCPUs.leave() }
@@ -63,13 +68,12 @@ final class IdleCPUsTests: XCTestCase {
                                B: b.ptr, ldb: transB ? K : N, beta: 1, C: c.data, ldc: N)
                     return c.toArray()
                 }
-                let here = gemm(otherWaits: false)
-                // The helper may lose the race for its half to this thread; it wins within a few tries.
                 let lentBefore = IdleCPUs.lentTasks
-                var lent: [Float] = []
-                for _ in 0..<20 where IdleCPUs.lentTasks == lentBefore { lent = gemm(otherWaits: true) }
+                let here = gemm(otherWaits: false)
                 let what = "M \(M) N \(N) K \(K) transA \(transA) transB \(transB)"
-                XCTAssertGreaterThan(IdleCPUs.lentTasks, lentBefore, "\(what): the helper never ran a half")
+                XCTAssertEqual(IdleCPUs.lentTasks, lentBefore, "\(what): lent with no CPU idle")
+                let lent = gemm(otherWaits: true)
+                XCTAssertEqual(IdleCPUs.lentTasks, lentBefore + 1, "\(what): the second half did not run on the helper")
                 let differing = zip(lent, here).filter { $0.bitPattern != $1.bitPattern }.count
                 XCTAssertEqual(lent.count, here.count)
                 XCTAssertEqual(differing, 0, "\(what): lent and unlent halves differ in \(differing) elements")
@@ -93,13 +97,12 @@ final class IdleCPUsTests: XCTestCase {
         let x = Tensor(shape: [n]), y = Tensor(shape: [n]), z = Tensor(shape: [n])
         rng.fillNormal(x.data, n)
         titan_cpu_board_set_waiting(other, 0)
-        parallelFor(n) { r in for i in r { y.data[i] = x.data[i] * 3 + 1 } }
         let lentBefore = IdleCPUs.lentTasks
+        parallelFor(n) { r in for i in r { y.data[i] = x.data[i] * 3 + 1 } }
+        XCTAssertEqual(IdleCPUs.lentTasks, lentBefore, "loop lent with no CPU idle")
         titan_cpu_board_set_waiting(other, 1)
-        for _ in 0..<20 where IdleCPUs.lentTasks == lentBefore {
-            parallelFor(n) { r in for i in r { z.data[i] = x.data[i] * 3 + 1 } }
-        }
-        XCTAssertGreaterThan(IdleCPUs.lentTasks, lentBefore, "the helper never ran a loop half")
+        parallelFor(n) { r in for i in r { z.data[i] = x.data[i] * 3 + 1 } }
+        XCTAssertEqual(IdleCPUs.lentTasks, lentBefore + 1, "the loop's second half did not run on the helper")
         XCTAssertEqual(zip(z.toArray(), y.toArray()).filter { $0 != $1 }.count, 0, "lent loop half differs")
     }
 }

@@ -35,7 +35,10 @@ typedef void (*titan_task_fn)(void *ctx);
 /// The helper: a thread that runs one posted task at a time on the CPU it is posted to.
 typedef struct titan_helper titan_helper;
 titan_helper *titan_helper_start(void);
-/// Offers a task to run on `cpu`; call `titan_helper_finish` before the next post.
-void titan_helper_post(titan_helper *helper, int cpu, titan_task_fn fn, void *ctx);
+/// Offers a task to run on `cpu`, then `titan_helper_finish` must follow. 0 (nothing posted) while another thread's
+/// task is out: one poster at a time.
+int titan_helper_post(titan_helper *helper, int cpu, titan_task_fn fn, void *ctx);
+/// Returns once the helper has taken the posted task (tests: makes it run there).
+void titan_helper_wait_started(titan_helper *helper);
 /// 1 when the helper had not started the task (the caller runs it now); 0 once the helper has run it.
 int titan_helper_finish(titan_helper *helper);

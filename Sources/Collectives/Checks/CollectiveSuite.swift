@@ -79,19 +79,27 @@ public final class CollectiveSuite {
         }
     }
 
-    /// Runs one collective and compares the payload bytes this rank sent and received for `kind` meanwhile with the
-    /// algorithm's; "" when they match.
-    private func traffic(_ kind: CollectiveKind, sent: Int, received: Int, _ body: () throws -> Void) rethrows -> String {
+    /// Runs one collective and compares the payload bytes and messages this rank sent and received for `kind`
+    /// meanwhile with the algorithm's: `sent` and `received` list the chunks (bytes, element size) it moves, each in
+    /// `Segments` (an empty chunk is one empty message: every pair exchanges one). "" when they match.
+    private func traffic(_ kind: CollectiveKind, sent: [(Int, Int)], received: [(Int, Int)],
+                         _ body: () throws -> Void) rethrows -> String {
+        func count(_ chunks: [(Int, Int)]) -> Traffic.Count {
+            Traffic.Count(bytes: chunks.reduce(0) { $0 + $1.0 },
+                          messages: chunks.reduce(0) { $0 + Segments.of($1.0, elementSize: $1.1).count })
+        }
         let before = comm.traffic
         try body()
         let d = comm.traffic - before
-        let got = (d.sent(kind).bytes, d.received(kind).bytes)
-        return got == (sent, received) ? "" : "sent \(got.0) / received \(got.1) bytes, the algorithm moves \(sent) / \(received); "
+        let got = (d.sent(kind), d.received(kind)), want = (count(sent), count(received))
+        guard got != want else { return "" }
+        return "sent \(got.0.bytes) bytes in \(got.0.messages) messages, received \(got.1.bytes) in \(got.1.messages); "
+            + "the algorithm sends \(want.0.bytes) in \(want.0.messages), receives \(want.1.bytes) in \(want.1.messages); "
     }
 
-    /// Sum of `sizes` except the entry at `skipped`.
-    private static func sum(_ sizes: [Int], skipping skipped: Int) -> Int {
-        sizes.enumerated().reduce(0) { $0 + ($1.offset == skipped ? 0 : $1.element) }
+    /// The chunks of `sizes` (bytes) but the one at `skipped`, as (bytes, element size).
+    private static func chunks(_ sizes: [Int], skipping skipped: Int, elementSize: Int = 4) -> [(Int, Int)] {
+        sizes.enumerated().filter { $0.offset != skipped }.map { ($0.element, elementSize) }
     }
 
     private func firstMismatch(_ got: [Float], _ want: [Float]) -> String {
@@ -107,8 +115,9 @@ public final class CollectiveSuite {
     private func allGather(_ g: ProcessGroup, _ gname: String, _ count: Int) throws {
         let input = Self.data(rank: comm.rank, count: count, salt: 1)
         var got: [Float] = []
-        let bytes = (g.size - 1) * count * 4
-        let wire = try traffic(.allGather, sent: bytes, received: bytes) { got = try g.allGather(input) }
+        let each = Array(repeating: count * 4, count: g.size)
+        let wire = try traffic(.allGather, sent: Self.chunks(each, skipping: (g.rank + 1) % g.size),
+                               received: Self.chunks(each, skipping: g.rank)) { got = try g.allGather(input) }
         let want = g.members.flatMap { Self.data(rank: $0, count: count, salt: 1) }
         try record("all_gather \(gname) n=\(g.size) count=\(count)", got == want && wire.isEmpty, wire + firstMismatch(got, want))
     }
@@ -120,8 +129,10 @@ public final class CollectiveSuite {
         var got: [Float] = []
         // The counts first (one Int64 each), then every chunk but the next member's is sent, every chunk but its own received.
         let n = g.size, sizes = counts.map { $0 * 4 }
-        let wire = try traffic(.allGather, sent: (n - 1) * 8 + Self.sum(sizes, skipping: (g.rank + 1) % n),
-                               received: (n - 1) * 8 + Self.sum(sizes, skipping: g.rank)) {
+        let counts8 = Array(repeating: 8, count: n)
+        let wire = try traffic(.allGather,
+                               sent: Self.chunks(counts8, skipping: (g.rank + 1) % n, elementSize: 8) + Self.chunks(sizes, skipping: (g.rank + 1) % n),
+                               received: Self.chunks(counts8, skipping: g.rank, elementSize: 8) + Self.chunks(sizes, skipping: g.rank)) {
             got = try g.allGatherVariable(input).flatMap { $0 }
         }
         let want = g.members.enumerated().flatMap { Self.data(rank: $1, count: counts[$0], salt: 2) }
@@ -131,8 +142,10 @@ public final class CollectiveSuite {
     private func reduceScatter(_ g: ProcessGroup, _ gname: String, _ count: Int, _ op: ReduceOp) throws {
         let input = Self.data(rank: comm.rank, count: count * g.size, salt: 3)
         var got = [Float](repeating: .nan, count: count)
-        let bytes = (g.size - 1) * count * 4
-        let wire = try traffic(.reduceScatter, sent: bytes, received: bytes) {
+        // Every chunk but its own is sent (its partial sum), every chunk but the previous member's received.
+        let each = Array(repeating: count * 4, count: g.size)
+        let wire = try traffic(.reduceScatter, sent: Self.chunks(each, skipping: g.rank),
+                               received: Self.chunks(each, skipping: (g.rank + g.size - 1) % g.size)) {
             try input.withUnsafeBufferPointer { i in
                 try got.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o, op: op) }
             }
@@ -153,8 +166,8 @@ public final class CollectiveSuite {
         let n = g.size, me = g.rank
         let sizes = ChunkLayout.even(count: count, parts: n, elementSize: 4).sizes
         var got: [Float] = []
-        let wire = try traffic(.allReduce, sent: Self.sum(sizes, skipping: me) + Self.sum(sizes, skipping: (me + 1) % n),
-                               received: Self.sum(sizes, skipping: (me + n - 1) % n) + Self.sum(sizes, skipping: me)) {
+        let wire = try traffic(.allReduce, sent: Self.chunks(sizes, skipping: me) + Self.chunks(sizes, skipping: (me + 1) % n),
+                               received: Self.chunks(sizes, skipping: (me + n - 1) % n) + Self.chunks(sizes, skipping: me)) {
             got = try g.allReduce(Self.data(rank: comm.rank, count: count, salt: 4), op: op)
         }
         let all = g.members.map { Self.data(rank: $0, count: count, salt: 4) }
@@ -189,8 +202,8 @@ public final class CollectiveSuite {
         // The block for destination j is data(rank, salt: 5 + j) truncated to its split.
         let send = (0..<n).flatMap { j in Self.data(rank: comm.rank, count: sendCounts[j], salt: 5 + j) }
         var got = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
-        let wire = try traffic(.allToAll, sent: Self.sum(sendCounts.map { $0 * 4 }, skipping: me),
-                               received: Self.sum(receiveCounts.map { $0 * 4 }, skipping: me)) {
+        let wire = try traffic(.allToAll, sent: Self.chunks(sendCounts.map { $0 * 4 }, skipping: me),
+                               received: Self.chunks(receiveCounts.map { $0 * 4 }, skipping: me)) {
             try send.withUnsafeBufferPointer { s in
                 try got.withUnsafeMutableBufferPointer { r in
                     try g.allToAll(s, sendCounts: sendCounts, into: r, receiveCounts: receiveCounts)
@@ -205,7 +218,8 @@ public final class CollectiveSuite {
         var buffer = g.rank == root ? Self.data(rank: comm.rank, count: count, salt: 6) : [Float](repeating: .nan, count: count)
         // Along the chain from the root: every member but the last sends the buffer once, every one but the root receives it.
         let position = (g.rank + g.size - root) % g.size
-        let wire = try traffic(.broadcast, sent: position < g.size - 1 ? count * 4 : 0, received: position > 0 ? count * 4 : 0) {
+        let wire = try traffic(.broadcast, sent: position < g.size - 1 ? [(count * 4, 4)] : [],
+                               received: position > 0 ? [(count * 4, 4)] : []) {
             try buffer.withUnsafeMutableBufferPointer { try g.broadcast($0, root: root) }
         }
         let want = Self.data(rank: g.members[root], count: count, salt: 6)
