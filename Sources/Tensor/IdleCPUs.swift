@@ -12,7 +12,7 @@ import Foundation
 public enum IdleCPUs {
     /// GEMMs with at least this many multiply-adds are computed as two fixed halves on a lending rank.
     public static let minGEMMWork = 1 << 24
-    /// Loops touching at least this many floats are split when a CPU is idle.
+    /// Loops touching at least this many floats run as two halves on a lending rank (the second lent when a CPU idles).
     public static let minLoopWork = 1 << 18
 
     private static var board: OpaquePointer?
