@@ -24,7 +24,7 @@ public struct Traffic: Sendable, Equatable {
 
     public static func - (after: Traffic, before: Traffic) -> Traffic {
         func difference(_ a: [CollectiveKind: Count], _ b: [CollectiveKind: Count]) -> [CollectiveKind: Count] {
-            a.mapValues { $0 }.merging(b.mapValues { Count(bytes: -$0.bytes, messages: -$0.messages) }) {
+            a.merging(b.mapValues { Count(bytes: -$0.bytes, messages: -$0.messages) }) {
                 Count(bytes: $0.bytes + $1.bytes, messages: $0.messages + $1.messages)
             }.filter { $0.value != Count() }
         }
