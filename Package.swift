@@ -39,23 +39,25 @@ let package = Package(
         // Small GEMMs with AVX-512 (attention's blocks), compiled per function for AVX-512 and used where the CPU has it.
         .target(name: "CKernels"),
 
-        // Layers, bottom up: transport/collectives, tensors, model, parallelism, training.
-        .target(name: "Collectives", dependencies: ["CZeroMQ", "CLinux"], swiftSettings: kernelSettings),
+        // Layers, bottom up: the runtime (kernel threads, idle-CPU lending, observers of collectives: blocked time, trace),
+        // transport/collectives, tensors, model, parallelism, training.
+        .target(name: "Runtime", dependencies: ["CLinux"], swiftSettings: kernelSettings),
+        .target(name: "Collectives", dependencies: ["CZeroMQ", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit", "CLinux"]),
-        .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels"], swiftSettings: kernelSettings),
+        .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Config"),
-        .target(name: "Model", dependencies: ["Tensor"], swiftSettings: kernelSettings),
-        .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model"], swiftSettings: kernelSettings),
-        .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config", "CLinux"], swiftSettings: kernelSettings),
+        .target(name: "Model", dependencies: ["Tensor", "Runtime"], swiftSettings: kernelSettings),
+        .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model", "Runtime"], swiftSettings: kernelSettings),
+        .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config", "CLinux", "Runtime"], swiftSettings: kernelSettings),
         .executableTarget(name: "titan", dependencies: [
-            "Collectives", "Cluster", "Tensor", "Model", "Parallel", "Train", "Config",
+            "Collectives", "Cluster", "Tensor", "Model", "Parallel", "Train", "Config", "Runtime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Cluster"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collectives"]),
-        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CLinux"]),
-        .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor"],
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CLinux", "Runtime"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor", "Runtime"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Collectives", "Model", "Tensor"]),

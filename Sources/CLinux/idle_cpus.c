@@ -1,5 +1,5 @@
 // Idle-CPU lending between the rank processes of one machine: the board where ranks say whether they wait, and the
-// helper thread that runs half of a rank's work on a CPU whose ranks all wait (see Sources/Tensor/IdleCPUs.swift).
+// helper thread that runs half of a rank's work on a CPU whose ranks all wait (see Sources/Runtime/IdleCPUs.swift).
 #define _GNU_SOURCE
 #include "CLinux.h"
 #include <errno.h>

@@ -83,7 +83,7 @@ public struct Launcher {
     /// Where the started ranks run on this machine's CPUs: each rank is spawned bound to its block (`CPUBinding`).
     public var cpuBinding: CPUBindPolicy = .block
     /// Where binding puts several ranks on one CPU, let a computing rank use a CPU whose ranks all wait in collectives
-    /// (Sources/Tensor/IdleCPUs.swift).
+    /// (Sources/Runtime/IdleCPUs.swift).
     public var lendIdleCPUs = true
     /// After the first failure: SIGTERM to the others, SIGKILL after this many seconds.
     public var graceSeconds: Double = 3

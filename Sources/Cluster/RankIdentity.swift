@@ -28,7 +28,7 @@ public enum RankEnvironment {
     /// binds itself to them. Unset: unbound.
     public static let cpus = "TITAN_CPUS"
     public static let openBLASThreads = "OPENBLAS_NUM_THREADS"
-    /// The board file of idle-CPU lending (Sources/Tensor/IdleCPUs.swift): set by the launcher for ranks it binds to a
+    /// The board file of idle-CPU lending (Sources/Runtime/IdleCPUs.swift): set by the launcher for ranks it binds to a
     /// CPU they share with other ranks, unless lending is off.
     public static let cpuBoard = "TITAN_CPU_BOARD"
 }

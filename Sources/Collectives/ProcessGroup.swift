@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 
 /// A set of ranks that run collectives together (torch's ProcessGroup). Created collectively through
 /// a `Communicator`; each group has its own sockets and worker thread.
@@ -16,7 +17,7 @@ public final class ProcessGroup: @unchecked Sendable {
     public let timeoutSeconds: Double
 
     private let worker: GroupWorker
-    private var channel: GroupChannel?
+    private var channel: ZMQChannel?
     private var broken: Error?         // touched only on the worker thread
     private let lock = NSLock()
     private var nextSequence: UInt64 = 0
@@ -28,7 +29,7 @@ public final class ProcessGroup: @unchecked Sendable {
         self.timeoutSeconds = spec.timeoutSeconds
         worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
         worker.submit { [self] in
-            do { channel = try GroupChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic) }
+            do { channel = try ZMQChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic) }
             catch { broken = error }
         }
     }
@@ -41,31 +42,25 @@ public final class ProcessGroup: @unchecked Sendable {
 
     public var description: String { "group \(slot) \(members)" }
 
-    /// Names this group's worker thread in the trace of this rank.
-    public func nameTraceThread() { Trace.nameThread(pid: members[rank], tid: 1 + slot, "collectives: group \(slot) \(members)") }
-
     /// Queues `body` on the group's worker with the next sequence number; a failure poisons the group,
     /// since its members no longer agree on where they are.
-    private func submit(_ kind: CollectiveKind, _ body: @escaping (GroupChannel) throws -> Void) -> Work {
+    private func submit(_ kind: CollectiveKind, _ body: @escaping (ZMQChannel) throws -> Void) -> Work {
         lock.lock()
         nextSequence += 1
         let sequence = nextSequence
         lock.unlock()
-        let work = Work(limitSeconds: timeoutSeconds * 2 + 30)
         let me = members[rank]
-        work.tracePid = me
+        let work = Work(rank: me, limitSeconds: timeoutSeconds * 2 + 30)
         worker.submit { [self] in
             if let broken { work.finish(broken); return }
             guard let channel else { work.finish(CollectiveError.groupClosed("group \(slot) has no channel")); return }
             work.markStarted()
             channel.begin(kind, sequence: sequence)
             do {
-                let t0 = Trace.enabled ? Trace.now() : 0
+                let start = Runtime.now()
                 try body(channel)
                 try channel.waitForSends()
-                if Trace.enabled {
-                    Trace.record(kind.traceName, arg: slot, bytesSent: channel.bytesSent, pid: me, tid: 1 + slot, start: t0, end: Trace.now())
-                }
+                Runtime.collectiveRan(kind.name, rank: me, group: slot, bytesSent: channel.bytesSent, start: start)
                 work.finish(nil)
             } catch {
                 channel.abort()

@@ -1,3 +1,4 @@
+import Runtime
 import Tensor
 
 /// Routed-expert computation, replaceable from outside (expert parallelism swaps in a dispatcher).

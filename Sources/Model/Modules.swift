@@ -1,3 +1,4 @@
+import Runtime
 import Tensor
 
 /// Backward scratch shared by all layers (grows to the largest need; backward of one layer at a time).

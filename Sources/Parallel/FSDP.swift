@@ -1,6 +1,7 @@
 import Foundation
 import Collectives
 import Model
+import Runtime
 import Tensor
 
 /// This rank's slice of one parameter: what the optimizer, clipping and checkpointing touch.
@@ -384,7 +385,7 @@ public final class FullyShardedModel {
             spanStart += [UInt64](repeating: 0, count: g + 1 - spanStart.count)
             spanTid += [Int](repeating: 0, count: g + 1 - spanTid.count)
         }
-        spanStart[g] = Trace.now()
+        spanStart[g] = Runtime.now()
         spanTid[g] = openOnTrainingTrack > 0 ? Self.nestedSpanTid : 0
         if spanTid[g] == 0 { openOnTrainingTrack += 1 }
     }
@@ -392,7 +393,7 @@ public final class FullyShardedModel {
     @inline(__always) private func spanEnd(_ name: StaticString, _ g: Int) {
         guard Trace.enabled, g < spanStart.count else { return }
         if spanTid[g] == 0 { openOnTrainingTrack -= 1 }
-        Trace.record(name, arg: g, pid: mesh.rank, tid: spanTid[g], start: spanStart[g], end: Trace.now())
+        Trace.record(name, arg: g, pid: mesh.rank, tid: spanTid[g], start: spanStart[g], end: Runtime.now())
     }
 
     func willForward(group g: Int) {

@@ -8,6 +8,8 @@
 //             entries past the block are not written), saved for backward.
 // Query head h uses kv head h / (H / KV). Scale 1/sqrt(hd). Softmax in fp32.
 
+import Runtime
+
 /// Query rows per block.
 public let attentionBlockRows = 64
 

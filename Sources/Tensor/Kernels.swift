@@ -1,6 +1,8 @@
 // Element-wise and normalisation kernels, forward and backward.
 // Conventions: shape-suffixed names; backward kernels ACCUMULATE (+=) into gradient buffers.
 
+import Runtime
+
 // MARK: - vector helpers
 
 /// y_N = 0, split over the kernel threads when large.

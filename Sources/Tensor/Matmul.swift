@@ -9,13 +9,14 @@
 //     where BLIS runs 96 and OpenBLAS 114.
 //   - OpenBLAS (cblas) for the rest: small GEMMs with B transposed, or any small GEMM on a CPU without AVX-512.
 // All run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself (or, on a rank that
-// lends idle CPUs, into two fixed halves: IdleCPUs.swift). Which code runs a GEMM depends on its shape and transB only
-// (on a given CPU), so a run is bitwise reproducible for a given thread count and lending setting (see Threads.swift).
+// lends idle CPUs, into two fixed halves: Runtime/IdleCPUs.swift). Which code runs a GEMM depends on its shape and transB only
+// (on a given CPU), so a run is bitwise reproducible for a given thread count and lending setting (see KernelThreads.swift).
 import CBLIS
 import CKernels
 import CLinux
 import COpenBLAS
 import Foundation
+import Runtime
 
 public enum BLAS {
     /// Kernel threads for the element-wise kernels and for splitting GEMMs (see `splitOnKernelThreads()`).
@@ -36,7 +37,7 @@ public enum BLAS {
 
     /// Splits every large GEMM into `KernelThreads.count` fixed blocks of rows (or columns) run on the kernel threads.
     /// Deterministic for a given thread count (the blocks depend on the shape and the thread count only); not the same
-    /// bits as the unsplit GEMM (see Threads.swift).
+    /// bits as the unsplit GEMM (see KernelThreads.swift).
     public static func splitOnKernelThreads() {
         splitThreads = KernelThreads.count > 1 ? KernelThreads.count : 0
     }

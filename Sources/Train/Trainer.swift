@@ -7,6 +7,7 @@ import Glibc
 #endif
 import Model
 import Parallel
+import Runtime
 import Tensor
 
 /// The training loop (torchtitan's Trainer): builds the model, applies expert parallelism and FSDP
@@ -146,7 +147,9 @@ public final class Trainer {
             Trace.nameThread(pid: me, tid: 0, "train")
             var named = Set<Int>()
             for g in [mesh.world, mesh.dpShard, mesh.dpReplicate, mesh.ep, mesh.expertShard].compactMap({ $0 })
-            where named.insert(g.slot).inserted { g.nameTraceThread() }
+            where named.insert(g.slot).inserted {
+                Trace.nameThread(pid: me, tid: Trace.collectiveTrack(group: g.slot), "collectives: group \(g.slot) \(g.members)")
+            }
         }
 
         // Large scratch (collective messages, gathered parameters) is reused from the heap instead of being mmapped and
@@ -157,10 +160,11 @@ public final class Trainer {
         // With several kernel threads, large GEMMs are split over them (every GEMM implementation runs single-threaded).
         BLAS.splitOnKernelThreads()
 
+        Runtime.install(BlockedTime.observer)
         var summary = Summary(losses: [], gradNorms: [])
         for step in stride(from: lastStep + 1, through: totalSteps, by: 1) {
-            let start = Trace.now()
-            CommWait.reset()
+            let start = Runtime.now()
+            BlockedTime.reset()
             let trafficBefore = comm.traffic
             let batch = loader.batch(step: step)
             fsdp.zeroGrad()
@@ -173,7 +177,7 @@ public final class Trainer {
             let gradNorm = try fsdp.gradNormSquared().squareRoot()
             let coefficient = GradClip.coefficient(totalNorm: Float(gradNorm), maxNorm: Float(job.training.max_norm))
             let lr = schedule.lr(step: step)
-            let optStart = Trace.enabled ? Trace.now() : 0
+            let optStart = Trace.enabled ? Runtime.now() : 0
             // Clipping and AdamW fused and vectorised (bit-identical to GradClip.scale + AdamW.step), split into
             // element ranges on the kernel threads (same result for any split).
             let scalars = AdamWScalars(lr: lr, beta1: adamw.beta1, beta2: adamw.beta2, eps: adamw.eps,
@@ -185,7 +189,7 @@ public final class Trainer {
                     adamw_update(param: shard.param + o, grad: shard.grad + o, expAvg: m + o, expAvgSq: v + o, count: r.count, scalars)
                 }
             }
-            if Trace.enabled { Trace.record("optimizer", pid: me, tid: 0, start: optStart, end: Trace.now()) }
+            if Trace.enabled { Trace.record("optimizer", pid: me, tid: 0, start: optStart, end: Runtime.now()) }
 
             // Loss over the global batch; expert load and traffic summed over every rank (the step's collectives, up to
             // here: these bookkeeping all-reduces are not counted).
@@ -204,10 +208,10 @@ public final class Trainer {
             }
             if args.moe_enabled, args.moe.load_balance_coeff > 0 { model.updateExpertBias(tokensPerExpert: perLayer) }
 
-            let end = Trace.now()
+            let end = Runtime.now()
             let seconds = Double(end - start) / 1e9
-            let commWait = Double(CommWait.nanoseconds) / 1e9
-            if Trace.enabled { Trace.record("step", arg: step, pid: me, tid: 0, start: start, end: end) }
+            let commWait = Double(BlockedTime.nanoseconds) / 1e9
+            if Trace.enabled { Trace.record("step", arg: step, argName: "step", pid: me, tid: 0, start: start, end: end) }
             let loss = lossSum / Double(globalTokens)
             summary.losses.append(loss)
             summary.gradNorms.append(gradNorm)

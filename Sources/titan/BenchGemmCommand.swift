@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Model
+import Runtime
 import Tensor
 
 /// `titan bench-gemm`: the sgemm peak of this machine (`BLAS.sgemm` as the trainer runs it: split over the kernel

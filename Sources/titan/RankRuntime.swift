@@ -1,6 +1,7 @@
 import Cluster
 import Collectives
 import Foundation
+import Runtime
 import Tensor
 
 /// How a rank program prints: plain lines in its own process (the launcher prefixes them and writes

@@ -52,10 +52,10 @@ final class HeaderAndErrorTests: XCTestCase {
     func testFrameFromAnotherJobIsRejected() throws {
         // Rank 0 of job "b" sends into the sockets of job "a"'s rank 1 (same inproc endpoints).
         let context = ZMQContext()
-        let receiver = try GroupChannel(spec: ClusterSpec(jobID: "shared", worldSize: 2, transport: .inproc, timeoutSeconds: 5),
+        let receiver = try ZMQChannel(spec: ClusterSpec(jobID: "shared", worldSize: 2, transport: .inproc, timeoutSeconds: 5),
                                         context: context, members: [0, 1], me: 1, slot: 0)
         // Job "intruder" connecting to job "shared"'s endpoints.
-        let sender = try GroupChannel(spec: ClusterSpec(jobID: "intruder", worldSize: 2, transport: .inproc, timeoutSeconds: 5),
+        let sender = try ZMQChannel(spec: ClusterSpec(jobID: "intruder", worldSize: 2, transport: .inproc, timeoutSeconds: 5),
                                       context: context, members: [0, 1], me: 0, slot: 0, endpointJobID: "shared")
         sender.begin(.allReduce, sequence: 1)
         var payload: [Float] = [1, 2, 3]

@@ -1,3 +1,4 @@
+import Runtime
 import XCTest
 import Model
 import Tensor

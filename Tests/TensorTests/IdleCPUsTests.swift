@@ -1,5 +1,6 @@
 import CLinux
 import Foundation
+import Runtime
 import Tensor
 import XCTest
 

@@ -1,3 +1,4 @@
+import Runtime
 import XCTest
 import Foundation
 import Tensor

@@ -14,7 +14,7 @@ int titan_mallopt(int param, int value);
 /// dladdr), or NULL.
 const char *titan_symbol_library(const char *symbol);
 
-// Idle-CPU lending between the rank processes of one machine (see Sources/Tensor/IdleCPUs.swift).
+// Idle-CPU lending between the rank processes of one machine (see Sources/Runtime/IdleCPUs.swift).
 
 /// The board: a shared file, one slot per rank: the CPU it is bound to and whether it waits in a collective.
 typedef struct titan_cpu_board titan_cpu_board;

@@ -2,7 +2,7 @@ import Foundation
 
 /// Broadcast along a pipelined chain root → root+1 → ... → root-1: with the buffer cut into segments,
 /// every link carries the buffer once and all links work at the same time (bandwidth-optimal).
-func chainBroadcast(_ ch: GroupChannel, buffer: UnsafeMutableRawPointer, bytes: Int, root: Int, elementSize: Int) throws {
+func chainBroadcast<C: Channel>(_ ch: C, buffer: UnsafeMutableRawPointer, bytes: Int, root: Int, elementSize: Int) throws {
     let n = ch.size, r = ch.me
     guard n > 1 else { return }
     let position = (r + n - root) % n

@@ -1,6 +1,6 @@
 /// Dissemination barrier: in round k every rank signals (r + 2^k) mod n and waits for (r - 2^k) mod n;
 /// after ceil(log2 n) rounds every rank has transitively heard from every other.
-func disseminationBarrier(_ ch: GroupChannel) throws {
+func disseminationBarrier<C: Channel>(_ ch: C) throws {
     let n = ch.size, r = ch.me
     var token: UInt8 = 0
     var distance = 1

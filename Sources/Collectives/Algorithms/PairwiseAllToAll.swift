@@ -3,7 +3,7 @@ import Foundation
 /// All-to-all-v by pairwise exchange: at step k a rank sends to (r+k) mod n and receives from
 /// (r-k) mod n, so no rank is hammered by everyone at once. Sends are zero-copy, posted at most one step ahead;
 /// receives are taken in step order. Every pair exchanges a message even when its split is empty.
-func pairwiseAllToAll(_ ch: GroupChannel, send: UnsafeRawPointer, sendLayout: ChunkLayout,
+func pairwiseAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, sendLayout: ChunkLayout,
                       receive: UnsafeMutableRawPointer, receiveLayout: ChunkLayout, elementSize: Int) throws {
     let n = ch.size, r = ch.me
     if sendLayout.sizes[r] > 0 {

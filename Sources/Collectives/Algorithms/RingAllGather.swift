@@ -5,7 +5,7 @@ import Foundation
 /// `output` holds every member's chunk at `layout`; this rank's own chunk must already be in place.
 /// Step s (0 ..< n-1): receive chunk (r-s-1) mod n from the previous rank, forward it to the next
 /// (unless the next rank owns it) and copy it into place. Chunk sizes may differ (all-gather-v).
-func ringAllGather(_ ch: GroupChannel, output: UnsafeMutableRawPointer, layout: ChunkLayout, elementSize: Int) throws {
+func ringAllGather<C: Channel>(_ ch: C, output: UnsafeMutableRawPointer, layout: ChunkLayout, elementSize: Int) throws {
     let n = ch.size, r = ch.me
     guard n > 1 else { return }
     let next = (r + 1) % n, prev = (r + n - 1) % n

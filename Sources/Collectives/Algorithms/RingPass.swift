@@ -4,7 +4,7 @@ import Foundation
 /// sends `count` bytes to the next member as one zero-copy message and takes one from the previous member, `repeats`
 /// times, without copying or reducing what it receives (like ../shared/anchors/zmq_ring_ceiling.py, with this
 /// transport's framing and checks).
-func ringPass(_ ch: GroupChannel, bytes: UnsafeRawPointer, count: Int, repeats: Int) throws {
+func ringPass<C: Channel>(_ ch: C, bytes: UnsafeRawPointer, count: Int, repeats: Int) throws {
     let n = ch.size, r = ch.me
     guard n > 1 else { return }
     for _ in 0..<repeats {

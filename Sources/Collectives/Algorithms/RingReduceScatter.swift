@@ -8,7 +8,7 @@ import Foundation
 /// received buffer: over inproc it is the sender's own memory); at the last
 /// step it receives chunk r and writes received + own into `output`. Chunk c is therefore always summed
 /// in the same order (ranks c+1, c+2, ..., c), so results are deterministic run to run.
-func ringReduceScatter(_ ch: GroupChannel, input: UnsafeRawPointer, output: UnsafeMutableRawPointer,
+func ringReduceScatter<C: Channel>(_ ch: C, input: UnsafeRawPointer, output: UnsafeMutableRawPointer,
                        layout: ChunkLayout, reduction: ByteReduction) throws {
     let n = ch.size, r = ch.me
     let es = reduction.elementSize

@@ -18,10 +18,10 @@ public enum CollectiveKind: UInt16, Sendable, CustomStringConvertible {
     /// The benchmark's transport ceiling: one message to the next member, one from the previous (`RingPass`).
     case ringPass
 
-    public var description: String { "\(traceName)" }
+    public var description: String { "\(name)" }
 
-    /// torch.distributed's name, also the span name in traces.
-    var traceName: StaticString {
+    /// torch.distributed's name (also what observers are told).
+    public var name: StaticString {
         switch self {
         case .allGather: return "all_gather"
         case .reduceScatter: return "reduce_scatter"

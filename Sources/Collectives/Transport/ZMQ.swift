@@ -31,7 +31,7 @@ public final class ZMQContext: @unchecked Sendable {
 }
 
 /// An owning zmq_msg_t. Heap-allocated: libzmq keeps small payloads inside the struct, so it must not move.
-final class ZMQMessage {
+final class ZMQMessage: ChannelMessage {
     let msg: UnsafeMutablePointer<zmq_msg_t>
 
     init() {

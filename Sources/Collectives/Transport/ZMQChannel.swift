@@ -1,14 +1,14 @@
 import CZeroMQ
 import Foundation
 
-/// The sockets of one member of one process group, and the framing of its messages.
+/// The ZeroMQ channel of one member of one process group: its sockets and the framing of its messages.
 ///
 /// Each member binds one PULL socket and connects one PUSH socket to every other member, all on the
 /// group's own endpoints (`ClusterSpec.bindAddress(rank:groupSlot:)`), so groups never share a socket
 /// and progress independently. Per sender, ZeroMQ delivers in order; frames that arrive before this
 /// member asks for them (from a faster peer or a later collective) wait in a per-peer stash.
 /// Used by one thread only: the group's worker.
-final class GroupChannel {
+final class ZMQChannel: Channel {
     let spec: ClusterSpec
     let members: [Int]
     let me: Int           // index of this rank in `members`

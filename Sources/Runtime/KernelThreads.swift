@@ -32,7 +32,7 @@ public enum KernelThreads {
 
     /// Runs `body` marked as one part of a kernel-thread region (nested kernels stay serial).
     @inline(__always)
-    static func asRegionPart(_ body: () -> Void) {
+    public static func asRegionPart(_ body: () -> Void) {
         let outer = pthread_getspecific(regionKey)
         pthread_setspecific(regionKey, UnsafeRawPointer(bitPattern: 1))
         body()

@@ -1,11 +1,11 @@
 // Idle-CPU lending. With more ranks than CPUs, the launcher binds several ranks to each CPU, one kernel thread each.
 // When a rank computes while every rank bound to another CPU waits in a collective (an MoE rank that got a hot expert,
 // whose EP peers wait in the all-to-all for its output), that CPU would idle. Each such rank process marks on a
-// shared board whether its training thread is blocked in a collective (`Work.wait`); a rank about to run a large GEMM
+// shared board whether its training thread is blocked in a collective (a collective observer); a rank about to run a large GEMM
 // or loop checks the board and, when another CPU's ranks all wait, runs half of it on a helper thread bound to that
 // CPU. GEMMs this large, and loops this large, are always computed as the same two halves, whoever runs the second, so
 // results do not depend on timing (loop rows never depended on the split; nested kernels always see a region, see
-// Threads.swift). A run is bitwise reproducible for a given thread count and lending setting.
+// KernelThreads.swift). A run is bitwise reproducible for a given thread count and lending setting.
 import CLinux
 import Foundation
 
@@ -39,18 +39,27 @@ public enum IdleCPUs {
         }
         board = b
         titan_cpu_board_install(b)
+        Runtime.install(boardMarker)
     }
 
     /// Takes this rank off the board (the helper thread stays, idle). For tests.
     public static func leave() {
         guard let b = board else { return }
+        Runtime.uninstall(boardMarker)
         titan_cpu_board_install(nil)
         board = nil
         titan_cpu_board_close(b)
     }
 
+    /// Marks this rank's slot while its training thread blocks in a collective.
+    private final class BoardMarker: CollectiveObserver {
+        func waitBegan() { titan_cpu_board_mark_waiting(1) }
+        func waitEnded(rank: Int, start: UInt64, end: UInt64) { titan_cpu_board_mark_waiting(0) }
+    }
+    private static let boardMarker = BoardMarker()
+
     /// A CPU whose ranks all wait right now, if any.
-    static var idleCPU: Int32? {
+    public static var idleCPU: Int32? {
         guard let board, KernelThreads.count == 1 else { return nil }
         let c = titan_cpu_board_idle_cpu(board)
         return c >= 0 ? c : nil
@@ -59,7 +68,7 @@ public enum IdleCPUs {
     /// Runs `first` on this thread and `second` on the helper bound to `cpu` (both as kernel-region parts), or both
     /// here, one after the other, when `cpu` is nil or the helper is busy with another thread's half. Returns when
     /// both ran.
-    static func run(_ first: () -> Void, _ second: () -> Void, lendingTo cpu: Int32?) {
+    public static func run(_ first: () -> Void, _ second: () -> Void, lendingTo cpu: Int32?) {
         func here() {
             KernelThreads.asRegionPart(first)
             KernelThreads.asRegionPart(second)

@@ -1,0 +1,106 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Chrome / Perfetto trace events ("X" complete events), off by default. Events go into one preallocated array
+/// (a short critical section per event; nothing is allocated while recording); when it is full, further events
+/// are counted and dropped. `pid` is the global rank; `tid` 0 is the training thread, `collectiveTrack(group)` a
+/// process group's worker. Enabling it also records every collective wait and every collective (as an observer).
+public enum Trace {
+    public struct Event {
+        public var name: StaticString
+        public var arg: Int32
+        public var argName: StaticString
+        /// Payload bytes a collective's span sent (-1: not a collective).
+        public var bytesSent: Int64
+        public var pid: Int32
+        public var tid: Int32
+        public var start: UInt64
+        public var end: UInt64
+    }
+
+    public private(set) static var enabled = false
+    private static var events = UnsafeMutablePointer<Event>.allocate(capacity: 1)
+    private static var capacity = 0
+    private static var count = 0
+    public private(set) static var dropped = 0
+    private static var lock = pthread_mutex_t()
+    private static var threadNames: [Int32: [Int32: String]] = [:]   // pid -> tid -> name
+
+    /// The track of a process group's worker thread.
+    public static func collectiveTrack(group: Int) -> Int { 1 + group }
+
+    private final class Observer: CollectiveObserver {
+        func waitEnded(rank: Int, start: UInt64, end: UInt64) {
+            Trace.record("wait", pid: rank, tid: 0, start: start, end: end)
+        }
+        func collectiveRan(_ name: StaticString, rank: Int, group: Int, bytesSent: Int, start: UInt64, end: UInt64) {
+            Trace.record(name, arg: group, bytesSent: bytesSent, pid: rank, tid: Trace.collectiveTrack(group: group), start: start, end: end)
+        }
+    }
+    private static let observer = Observer()
+
+    /// Starts recording into a buffer of `capacity` events (idempotent; keeps what was recorded).
+    public static func enable(capacity n: Int = 1 << 18) {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        if enabled { return }
+        events = UnsafeMutablePointer<Event>.allocate(capacity: n)
+        capacity = n
+        count = 0
+        enabled = true
+        Runtime.install(observer)
+    }
+
+    /// Records a span [start, end) in nanoseconds of `Runtime.now()`; `arg` (when >= 0) is shown as `argName`.
+    @inline(__always)
+    public static func record(_ name: StaticString, arg: Int = -1, argName: StaticString = "group", bytesSent: Int = -1,
+                              pid: Int, tid: Int, start: UInt64, end: UInt64) {
+        guard enabled else { return }
+        pthread_mutex_lock(&lock)
+        if count < capacity {
+            events[count] = Event(name: name, arg: Int32(truncatingIfNeeded: arg), argName: argName, bytesSent: Int64(bytesSent),
+                                  pid: Int32(truncatingIfNeeded: pid), tid: Int32(truncatingIfNeeded: tid), start: start, end: end)
+            count += 1
+        } else {
+            dropped += 1
+        }
+        pthread_mutex_unlock(&lock)
+    }
+
+    /// Names a thread of a rank in the trace (e.g. "train", "collectives: group 1 [0, 1, 2, 3]").
+    public static func nameThread(pid: Int, tid: Int, _ name: String) {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        threadNames[Int32(pid), default: [:]][Int32(tid)] = name
+    }
+
+    /// Writes the events of rank `pid` as Chrome trace JSON (`{"traceEvents": [...]}`, microseconds).
+    public static func write(path: String, pid: Int) throws {
+        pthread_mutex_lock(&lock)
+        let n = count
+        let names = threadNames[Int32(pid)] ?? [:]
+        pthread_mutex_unlock(&lock)
+        var out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n"
+        out += "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": \(pid), \"tid\": 0, \"args\": {\"name\": \"rank \(pid)\"}}"
+        for (tid, name) in names.sorted(by: { $0.key < $1.key }) {
+            out += ",\n{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": \(pid), \"tid\": \(tid), \"args\": {\"name\": \"\(name)\"}}"
+            out += ",\n{\"name\": \"thread_sort_index\", \"ph\": \"M\", \"pid\": \(pid), \"tid\": \(tid), \"args\": {\"sort_index\": \(tid)}}"
+        }
+        for i in 0..<n where events[i].pid == Int32(pid) {
+            let e = events[i]
+            let ts = Double(e.start) / 1000, dur = Double(e.end &- e.start) / 1000
+            out += ",\n{\"name\": \"\(e.name)\", \"ph\": \"X\", \"pid\": \(pid), \"tid\": \(e.tid), "
+                + "\"ts\": \(String(format: "%.3f", ts)), \"dur\": \(String(format: "%.3f", dur))"
+            var args: [String] = []
+            if e.arg >= 0 { args.append("\"\(e.argName)\": \(e.arg)") }
+            if e.bytesSent >= 0 { args.append("\"bytes_sent\": \(e.bytesSent)") }
+            out += args.isEmpty ? "}" : ", \"args\": {\(args.joined(separator: ", "))}}"
+        }
+        out += "\n]}\n"
+        let url = URL(fileURLWithPath: path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try out.write(to: url, atomically: true, encoding: .utf8)
+    }
+}
