@@ -34,12 +34,12 @@ final class HFNumericsTests: XCTestCase {
         throw XCTSkip("unsupported npy dtype: \(header)")
     }
 
-    func doubles(_ j: HFJSON?) -> [Double] { (j?.array ?? []).compactMap { $0.double } }
+    func doubles(_ j: Any?) -> [Double] { (j as? [Any] ?? []).compactMap { ($0 as? NSNumber)?.doubleValue } }
 
     func runFixture(_ name: String) throws {
         let folder = try fixture(name)
-        let expected = try XCTUnwrap(HFJSON.parse(try XCTUnwrap(FileManager.default.contents(atPath: folder + "/expected.json"))).object)
-        let debug = try XCTUnwrap(expected["debug"]?.object)
+        let expected = try XCTUnwrap(JSONSerialization.jsonObject(with: XCTUnwrap(FileManager.default.contents(atPath: folder + "/expected.json"))) as? [String: Any])
+        let debug = try XCTUnwrap(expected["debug"] as? [String: Any])
         let (args, sd) = try HFCheckpoint.load(folder: folder, includeExpertBias: false)
         let model = try Qwen3Model(args: args, seed: 0)
         try model.load(stateDict: sd, allowMissingBuffers: true)
@@ -59,7 +59,7 @@ final class HFNumericsTests: XCTestCase {
         // logits
         let logits = model.logits(inputs: x1, B: G, T: L)
         let sum = logits.reduce(0.0) { $0 + Double($1) }, abs = logits.reduce(0.0) { $0 + Double(Swift.abs($1)) }
-        let eSum = try XCTUnwrap(debug["step1_logits_sum"]?.double), eAbs = try XCTUnwrap(debug["step1_logits_abs_sum"]?.double)
+        let eSum = try XCTUnwrap((debug["step1_logits_sum"] as? NSNumber)?.doubleValue), eAbs = try XCTUnwrap((debug["step1_logits_abs_sum"] as? NSNumber)?.doubleValue)
         XCTAssertEqual(abs, eAbs, accuracy: 1e-5 * eAbs, "\(name): Σ|logits|")
         XCTAssertEqual(sum, eSum, accuracy: 1e-5 * eAbs, "\(name): Σ logits")
         for (i, v) in doubles(debug["step1_logits_b0_t0_first8"]).enumerated() {
@@ -85,17 +85,17 @@ final class HFNumericsTests: XCTestCase {
             let norm = params.reduce(0.0) { $0 + $1.grad.sumOfSquares() }.squareRoot()
             XCTAssertEqual(norm, gradNorms[step - 1], accuracy: 2e-5 * gradNorms[step - 1], "\(name): grad norm at step \(step)")
             if step == 1 {
-                if let tpe = debug["step1_tokens_per_expert"]?.array {
-                    XCTAssertEqual(r.tokensPerExpert.filter { !$0.isEmpty }, tpe.map { ($0.array ?? []).compactMap { $0.int } }, "\(name): tokens per expert")
+                if let tpe = debug["step1_tokens_per_expert"] as? [Any] {
+                    XCTAssertEqual(r.tokensPerExpert.filter { !$0.isEmpty }, tpe.map { ($0 as? [Any] ?? []).compactMap { $0 as? Int } }, "\(name): tokens per expert")
                 }
                 // per-parameter gradient norms in HF names
                 var gsd: StateDict = [:]
                 for p in params { gsd[p.fqn] = HostTensor(shape: p.shape, values: p.grad.toArray()) }
                 let hf = try Qwen3StateDictAdapter(args: args).toHF(gsd)
-                let want = try XCTUnwrap(debug["step1_param_grad_norms_hf"]?.object)
+                let want = try XCTUnwrap(debug["step1_param_grad_norms_hf"] as? [String: Any])
                 XCTAssertEqual(Set(hf.keys), Set(want.keys), "\(name): HF parameter names")
                 for (k, w) in want {
-                    guard let g = hf[k], let wv = w.double else { continue }
+                    guard let g = hf[k], let wv = (w as? NSNumber)?.doubleValue else { continue }
                     let n = g.values.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
                     XCTAssertEqual(n, wv, accuracy: 1e-4 * wv + 1e-7, "\(name): grad norm of \(k)")
                 }

@@ -26,10 +26,13 @@ final class HFTests: XCTestCase {
         return dir
     }
 
-    func expectedJSON(_ name: String) throws -> [String: HFJSON] {
-        let path = (try fixture(name) as NSString).appendingPathComponent("expected.json")
-        let data = try XCTUnwrap(FileManager.default.contents(atPath: path))
-        return try XCTUnwrap(HFJSON.parse(data).object)
+    func readJSON(_ path: String) throws -> [String: Any] {
+        let data = try XCTUnwrap(FileManager.default.contents(atPath: path), path)
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any], path)
+    }
+
+    func expectedJSON(_ name: String) throws -> [String: Any] {
+        try readJSON((try fixture(name) as NSString).appendingPathComponent("expected.json"))
     }
 
     /// Raw safetensors bytes: length prefix + header text + data.
@@ -85,12 +88,12 @@ final class HFTests: XCTestCase {
             }
             // The sums torch computed over the same weights (float64 accumulation).
             let expected = try expectedJSON(name)
-            let sums = try XCTUnwrap(expected["debug"]?.object?["initial_param_sums_hf"]?.object)
+            let sums = try XCTUnwrap((expected["debug"] as? [String: Any])?["initial_param_sums_hf"] as? [String: Any])
             XCTAssertEqual(Set(sums.keys), Set(reader.names), name)
             for (n, s) in sums {
                 let t = try reader.tensor(n)
                 let mine = t.values.reduce(0.0) { $0 + Double($1) }
-                let ref = try XCTUnwrap(s.double)
+                let ref = try XCTUnwrap(JSONValue.double(s))
                 XCTAssertEqual(mine, ref, accuracy: 1e-9 * max(1, abs(ref)) + 1e-9, "\(name) \(n)")
             }
         }
@@ -106,27 +109,28 @@ final class HFTests: XCTestCase {
         let nTokens = (npy.count - 10 - headerLen) / 4
         for name in Self.fixtureNames {
             let e = try expectedJSON(name)
-            let recipe = try XCTUnwrap(e["recipe"]?.object)
-            let steps = try XCTUnwrap(recipe["training"]?.object?["steps"]?.int)
-            let G = try XCTUnwrap(recipe["training"]?.object?["local_batch_size"]?.int)
-            let L = try XCTUnwrap(recipe["training"]?.object?["seq_len"]?.int)
+            let recipe = try XCTUnwrap(e["recipe"] as? [String: Any])
+            func field(_ section: String, _ key: String) -> Any? { (recipe[section] as? [String: Any])?[key] }
+            let steps = try XCTUnwrap(field("training", "steps").flatMap(JSONValue.int))
+            let G = try XCTUnwrap(field("training", "local_batch_size").flatMap(JSONValue.int))
+            let L = try XCTUnwrap(field("training", "seq_len").flatMap(JSONValue.int))
             XCTAssertEqual(steps, 10)
             XCTAssertGreaterThanOrEqual(nTokens, steps * G * (L + 1))
-            XCTAssertEqual(recipe["optimizer"]?.object?["weight_decay"]?.double, 0.1)
-            XCTAssertEqual(recipe["lr_scheduler"]?.object?["warmup_steps"]?.int, 0)
+            XCTAssertEqual(field("optimizer", "weight_decay").flatMap(JSONValue.double), 0.1)
+            XCTAssertEqual(field("lr_scheduler", "warmup_steps").flatMap(JSONValue.int), 0)
             for key in ["losses", "grad_norms", "losses_fp64", "grad_norms_fp64"] {
-                let v = try XCTUnwrap(e[key]?.array, key)
+                let v = try XCTUnwrap(e[key] as? [Any], key)
                 XCTAssertEqual(v.count, steps, key)
-                XCTAssertTrue(v.allSatisfy { ($0.double ?? .nan).isFinite }, key)
+                XCTAssertTrue(v.allSatisfy { (JSONValue.double($0) ?? .nan).isFinite }, key)
             }
-            let l32 = e["losses"]!.array!.map { $0.double! }, l64 = e["losses_fp64"]!.array!.map { $0.double! }
+            let l32 = (e["losses"] as! [Any]).map { JSONValue.double($0)! }, l64 = (e["losses_fp64"] as! [Any]).map { JSONValue.double($0)! }
             for (a, b) in zip(l32, l64) { XCTAssertEqual(a, b, accuracy: 1e-4) }
             XCTAssertLessThan(l32.last!, l32.first!, "training should lower the loss")
         }
         let moe = try expectedJSON("qwen3_moe")
-        let tpe = try XCTUnwrap(moe["debug"]?.object?["step1_tokens_per_expert"]?.array)
+        let tpe = try XCTUnwrap((moe["debug"] as? [String: Any])?["step1_tokens_per_expert"] as? [Any])
         XCTAssertEqual(tpe.count, 2)
-        for layer in tpe { XCTAssertEqual(layer.array!.reduce(0) { $0 + $1.int! }, 8 * 16 * 2) }
+        for layer in tpe { XCTAssertEqual((layer as! [Any]).reduce(0) { $0 + JSONValue.int($1)! }, 8 * 16 * 2) }
     }
 
     // MARK: config.json
@@ -168,22 +172,26 @@ final class HFTests: XCTestCase {
     func testConfigExportRoundTrip() throws {
         for name in Self.fixtureNames {
             let path = (try fixture(name) as NSString).appendingPathComponent("config.json")
-            let original = try XCTUnwrap(HFJSON.parse(XCTUnwrap(FileManager.default.contents(atPath: path))).object)
+            let original = try readJSON(path)
             let args = try HFConfig.load(path: path)
             let exported = try HFConfig.export(args)
             XCTAssertEqual(try HFConfig.parse(object: exported), args, name)
             XCTAssertEqual(try HFConfig.parse(HFConfig.exportJSON(args)), args, name)
-            // Every field the mapping covers has the value the HF file had.
+            // Every field the mapping covers has the value the HF file had, in the exported object and in the
+            // written text (so floats from Float are written as 1e-06, not 9.999999974752427e-07).
+            let written = try XCTUnwrap(JSONSerialization.jsonObject(with: HFConfig.exportJSON(args)) as? [String: Any])
             for key in ["architectures", "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                         "num_key_value_heads", "head_dim", "intermediate_size", "rms_norm_eps", "rope_theta",
                         "max_position_embeddings", "tie_word_embeddings", "initializer_range", "hidden_act",
                         "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                         "decoder_sparse_step", "mlp_only_layers"] where original[key] != nil {
-                let a = original[key]!, b = exported[key]
-                if let x = a.double, let y = b?.double {
-                    XCTAssertEqual(x, y, "\(name) \(key)")
-                } else {
-                    XCTAssertEqual(a, b, "\(name) \(key)")
+                for (what, out) in [("exported", exported), ("written", written)] {
+                    let a = original[key]!, b = out[key]
+                    if let x = JSONValue.double(a), let y = b.flatMap(JSONValue.double) {
+                        XCTAssertEqual(x, y, "\(name) \(key) \(what)")
+                    } else {
+                        XCTAssertEqual(JSONValue.describe(a), b.map(JSONValue.describe), "\(name) \(key) \(what)")
+                    }
                 }
             }
         }
@@ -191,35 +199,47 @@ final class HFTests: XCTestCase {
 
     func testConfigErrors() throws {
         let path = (try fixture("qwen3_moe") as NSString).appendingPathComponent("config.json")
-        let base = try XCTUnwrap(HFJSON.parse(XCTUnwrap(FileManager.default.contents(atPath: path))).object)
-        func expectError(_ edit: (inout [String: HFJSON]) -> Void, key: String, _ line: UInt = #line) {
+        let base = try readJSON(path)
+        // Each edit is checked on the object and on its JSON text, whose numbers and booleans JSONSerialization
+        // returns as NSNumber.
+        func expectError(_ edit: (inout [String: Any]) -> Void, key: String, _ line: UInt = #line) throws {
             var o = base
             edit(&o)
-            XCTAssertThrowsError(try HFConfig.parse(object: o, source: "test.json"), line: line) { error in
-                guard let e = error as? HFConfigError else { return XCTFail("\(error)", line: line) }
-                XCTAssertEqual(e.key, key, "\(e)", line: line)
-                XCTAssertTrue(e.description.contains("test.json"), "\(e)", line: line)
+            let text = try JSONSerialization.data(withJSONObject: o)
+            for parse in [{ try HFConfig.parse(object: o, source: "test.json") }, { try HFConfig.parse(text, source: "test.json") }] {
+                XCTAssertThrowsError(try parse(), line: line) { error in
+                    guard let e = error as? HFConfigError else { return XCTFail("\(error)", line: line) }
+                    XCTAssertEqual(e.key, key, "\(e)", line: line)
+                    XCTAssertTrue(e.description.contains("test.json"), "\(e)", line: line)
+                }
             }
         }
-        expectError({ $0["architectures"] = .array([.string("LlamaForCausalLM")]) }, key: "architectures")
-        expectError({ $0["architectures"] = nil; $0["model_type"] = .string("llama") }, key: "model_type")
-        expectError({ $0["model_type"] = .string("qwen3") }, key: "model_type")
-        expectError({ $0["mlp_only_layers"] = .array([.int(0)]) }, key: "mlp_only_layers")
-        expectError({ $0["hidden_act"] = .string("gelu") }, key: "hidden_act")
-        expectError({ $0["attention_bias"] = .bool(true) }, key: "attention_bias")
-        expectError({ $0["use_sliding_window"] = .bool(true) }, key: "use_sliding_window")
-        expectError({ $0["rope_scaling"] = .object(["rope_type": .string("yarn"), "factor": .double(4)]) }, key: "rope_scaling")
-        expectError({ $0["vocab_size"] = nil }, key: "vocab_size")
-        expectError({ $0["hidden_size"] = .string("32") }, key: "hidden_size")
-        expectError({ $0["hidden_size"] = .double(32.5) }, key: "hidden_size")
-        expectError({ $0["norm_topk_prob"] = .int(1) }, key: "norm_topk_prob")
-        expectError({ $0["num_experts_per_tok"] = .int(9) }, key: "num_experts_per_tok")
-        expectError({ $0["num_local_experts"] = .int(4) }, key: "num_local_experts")   // disagrees with num_experts 8
-        expectError({ $0["num_experts"] = nil; $0["num_local_experts"] = .int(0) }, key: "num_local_experts")
-        expectError({ $0["rope_parameters"] = .object(["rope_type": .string("yarn"), "factor": .double(4)]) }, key: "rope_parameters.rope_type")
-        expectError({ $0["num_key_value_heads"] = .int(3) }, key: "num_key_value_heads")
-        XCTAssertThrowsError(try HFConfig.parse(Data("[1]".utf8)))
-        XCTAssertThrowsError(try HFConfig.parse(Data("{\"a\":".utf8)))
+        try expectError({ $0["architectures"] = ["LlamaForCausalLM"] }, key: "architectures")
+        try expectError({ $0["architectures"] = nil; $0["model_type"] = "llama" }, key: "model_type")
+        try expectError({ $0["model_type"] = "qwen3" }, key: "model_type")
+        try expectError({ $0["mlp_only_layers"] = [0] }, key: "mlp_only_layers")
+        try expectError({ $0["hidden_act"] = "gelu" }, key: "hidden_act")
+        try expectError({ $0["attention_bias"] = true }, key: "attention_bias")
+        try expectError({ $0["use_sliding_window"] = true }, key: "use_sliding_window")
+        try expectError({ $0["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0] as [String: Any] }, key: "rope_scaling")
+        try expectError({ $0["vocab_size"] = nil }, key: "vocab_size")
+        try expectError({ $0["hidden_size"] = "32" }, key: "hidden_size")
+        try expectError({ $0["hidden_size"] = 32.5 }, key: "hidden_size")
+        try expectError({ $0["hidden_size"] = true }, key: "hidden_size")
+        try expectError({ $0["norm_topk_prob"] = 1 }, key: "norm_topk_prob")
+        try expectError({ $0["num_experts_per_tok"] = 9 }, key: "num_experts_per_tok")
+        try expectError({ $0["num_local_experts"] = 4 }, key: "num_local_experts")   // disagrees with num_experts 8
+        try expectError({ $0["num_experts"] = nil; $0["num_local_experts"] = 0 }, key: "num_local_experts")
+        try expectError({ $0["rope_parameters"] = ["rope_type": "yarn", "factor": 4.0] as [String: Any] }, key: "rope_parameters.rope_type")
+        try expectError({ $0["num_key_value_heads"] = 3 }, key: "num_key_value_heads")
+        // An integral float is an integer.
+        XCTAssertEqual(try HFConfig.parse(Data(#"{"model_type":"qwen3","vocab_size":10.0,"hidden_size":64,"num_hidden_layers":1,"num_attention_heads":4}"#.utf8)).vocab_size, 10)
+        // Not JSON, or not an object: the error names the file.
+        for bad in ["[1]", "{\"a\":"] {
+            XCTAssertThrowsError(try HFConfig.parse(Data(bad.utf8), source: "bad.json")) { error in
+                XCTAssertTrue("\(error)".contains("bad.json"), "\(error)")
+            }
+        }
 
         // Options HF cannot express are export errors.
         var a = try HFConfig.parse(object: base)
@@ -500,11 +520,11 @@ final class HFTests: XCTestCase {
         let dir = try tempDir("badindex")
         try HFCheckpoint.save(args: args, stateDict: titan, folder: dir, maxShardBytes: 40_000)
         let indexPath = (dir as NSString).appendingPathComponent(HFCheckpoint.indexFileName)
-        var index = try XCTUnwrap(HFJSON.parse(XCTUnwrap(FileManager.default.contents(atPath: indexPath))).object)
-        var wm = index["weight_map"]!.object!
-        wm["model.norm.weight"] = .string("model-00009-of-00009.safetensors")
-        index["weight_map"] = .object(wm)
-        try Data(HFJSON.object(index).serialized().utf8).write(to: URL(fileURLWithPath: indexPath))
+        var index = try readJSON(indexPath)
+        var wm = try XCTUnwrap(index["weight_map"] as? [String: Any])
+        wm["model.norm.weight"] = "model-00009-of-00009.safetensors"
+        index["weight_map"] = wm
+        try JSONSerialization.data(withJSONObject: index).write(to: URL(fileURLWithPath: indexPath))
         XCTAssertThrowsError(try HFCheckpoint.load(folder: dir)) { error in
             XCTAssertEqual((error as? SafeTensorsError)?.kind, .io, "\(error)")
             XCTAssertTrue("\(error)".contains("model-00009-of-00009.safetensors"), "\(error)")
@@ -521,15 +541,18 @@ final class HFTests: XCTestCase {
             "scalar": HostTensor(shape: [], values: [42]),
             "empty": HostTensor(shape: [0, 4], values: []),
             "special \"name\"": HostTensor(shape: [2], values: [.infinity, -0.0]),
+            "dir/w": HostTensor(shape: [1], values: [1]),
         ]
         let bytes = try SafeTensors.encode(sd, metadata: ["format": "pt", "note": "x"])
-        // Header: 8-byte aligned data start, names in sorted order.
+        // Header: 8-byte aligned data start, names readable, data in name order.
         var n = 0
         for i in 0..<8 { n |= Int(bytes[i]) << (8 * i) }
         XCTAssertEqual((8 + n) % 8, 0)
         let header = String(decoding: bytes[8..<(8 + n)], as: UTF8.self)
-        let positions = sd.keys.sorted().map { header.range(of: HFJSON.quote($0))!.lowerBound }
-        XCTAssertEqual(positions, positions.sorted())
+        XCTAssertTrue(header.contains(#""dir/w""#) && header.contains(#""special \"name\"""#), header)
+        let parsed = try SafeTensorsHeader.parse(json: Array(bytes[8..<(8 + n)]), dataLength: bytes.count - 8 - n, file: "rt")
+        let offsets = sd.keys.sorted().map { parsed.tensors[$0]!.dataOffsets.lowerBound }
+        XCTAssertEqual(offsets, offsets.sorted())
         let decoded = try SafeTensors.decode(bytes)
         XCTAssertEqual(decoded.tensors, sd)
         XCTAssertEqual(decoded.metadata, ["format": "pt", "note": "x"])
@@ -570,20 +593,20 @@ final class HFTests: XCTestCase {
     /// F32 / F16 / BF16 / 0-d / empty tensors written by the Python safetensors library.
     func testDtypeFixtureFromSafetensorsLibrary() throws {
         let dir = (try fixturesDir() as NSString).appendingPathComponent("dtypes")
-        let expected = try XCTUnwrap(HFJSON.parse(XCTUnwrap(FileManager.default.contents(
-            atPath: (dir as NSString).appendingPathComponent("expected.json")))).object)
+        let expected = try readJSON((dir as NSString).appendingPathComponent("expected.json"))
         let reader = try SafeTensorsReader(path: (dir as NSString).appendingPathComponent("dtypes.safetensors"))
         XCTAssertEqual(Set(reader.names), Set(expected.keys))
         XCTAssertEqual(try reader.info("values.f16").dtype, .F16)
         XCTAssertEqual(try reader.info("values.bf16").dtype, .BF16)
-        for (name, e) in expected {
+        for (name, entry) in expected {
             let t = try reader.tensor(name)
-            XCTAssertEqual(t.shape, e.object!["shape"]!.array!.map { $0.int! }, name)
-            let want: [Float] = e.object!["values"]!.array!.map { v in
-                switch v.string {
+            let e = try XCTUnwrap(entry as? [String: Any], name)
+            XCTAssertEqual(t.shape, (e["shape"] as! [Any]).map { JSONValue.int($0)! }, name)
+            let want: [Float] = (e["values"] as! [Any]).map { v in
+                switch v as? String {
                 case "inf": return .infinity
                 case "-inf": return -.infinity
-                default: return Float(v.double!)
+                default: return Float(JSONValue.double(v)!)
                 }
             }
             XCTAssertEqual(t.values.count, want.count, name)
@@ -619,7 +642,9 @@ final class HFTests: XCTestCase {
         // Header not JSON / not an object / bad entries.
         try assertCorrupt(craft("{\"a\":{\"dtype\":\"F32\",", d28), .headerJSON)
         try assertCorrupt(craft("[1,2]", []), .headerJSON)
-        try assertCorrupt(craft(#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"a":{"dtype":"F32","shape":[3],"data_offsets":[16,28]}}"#, d28), .headerJSON)
+        // A duplicate name: JSONSerialization keeps the last entry (as Python's json and the safetensors package
+        // do), so the bytes of the first are not covered.
+        try assertCorrupt(craft(#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"a":{"dtype":"F32","shape":[3],"data_offsets":[16,28]}}"#, d28), .gap, tensor: "a")
         try assertCorrupt(craft(#"{"a":{"dtype":"F32","data_offsets":[0,28]}}"#, d28), .badEntry, tensor: "a")
         try assertCorrupt(craft(#"{"a":{"dtype":"F32","shape":[-7],"data_offsets":[0,28]}}"#, d28), .badEntry, tensor: "a")
         try assertCorrupt(craft(#"{"a":{"dtype":"F32","shape":[7],"data_offsets":[0]}}"#, d28), .badEntry, tensor: "a")
@@ -649,23 +674,23 @@ final class HFTests: XCTestCase {
         }
     }
 
-    func testJSONParser() throws {
-        let v = try HFJSON.parse(Data(#" {"a": [1, 2.5, -3e2, true, null, "x\"\u00e9\ud83d\ude00"], "b": {"c": 9007199254740993}} "#.utf8))
-        let a = v.object!["a"]!.array!
-        XCTAssertEqual(a[0], .int(1))
-        XCTAssertEqual(a[1], .double(2.5))
-        XCTAssertEqual(a[2], .double(-300))
-        XCTAssertEqual(a[2].int, -300)
-        XCTAssertEqual(a[3], .bool(true))
-        XCTAssertNil(a[3].int)
-        XCTAssertEqual(a[4], .null)
-        XCTAssertEqual(a[5], .string("x\"é😀"))
-        XCTAssertEqual(v.object!["b"]!.object!["c"], .int(9007199254740993))
-        for bad in ["", "{", "[1,]", "{\"a\" 1}", "01", "\"abc", "{\"a\":1,\"a\":2}", "tru", "[1] x"] {
-            XCTAssertThrowsError(try HFJSON.parse(Data(bad.utf8)), bad)
+    /// The typing rules the HF readers rely on, on values as JSONSerialization returns them: booleans are not
+    /// numbers, integers may be written as integral floats, and integers parse exactly (offsets past 4 GB).
+    func testJSONValues() throws {
+        let v = try XCTUnwrap(JSONValue.parse(Data(#"[1, 4.0, 1e2, 4.5, true, false, null, "7", 9007199254740993, 18446744073709551615, 1e16, [], {}]"#.utf8)) as? [Any])
+        XCTAssertEqual(v.map(JSONValue.int), [1, 4, 100, nil, nil, nil, nil, nil, 9007199254740993, nil, nil, nil, nil])
+        XCTAssertEqual(v.map(JSONValue.bool), [nil, nil, nil, nil, true, false, nil, nil, nil, nil, nil, nil, nil])
+        XCTAssertEqual(v.map(JSONValue.typeName), ["integer", "number", "number", "number", "bool", "bool", "null", "string",
+                                                   "integer", "integer", "number", "array", "object"])
+        XCTAssertEqual(JSONValue.describe(v[7]), #"string "7""#)
+        XCTAssertEqual(JSONValue.describe(["a/b": [1, 2.5]]), #"object {"a/b":[1,2.5]}"#)
+        XCTAssertNil(JSONValue.bool(1))
+        XCTAssertNil(JSONValue.int(true))
+        for bad in ["", "{", "{\"a\" 1}", "01", "\"abc", "tru", "[1] x", "[NaN]"] {
+            XCTAssertThrowsError(try JSONValue.parse(Data(bad.utf8)), bad)
         }
-        XCTAssertEqual(try HFJSON.parse(Data(v.serialized(pretty: true).utf8)), v)
-        XCTAssertEqual(HFJSON.formatDouble(1e-6), "1e-06")
-        XCTAssertEqual(HFJSON.formatDouble(1_000_000), "1000000.0")
+        let big = #"{"a":{"dtype":"F32","shape":[1250000000],"data_offsets":[0,5000000000]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[5000000000,5000000004]}}"#
+        let header = try SafeTensorsHeader.parse(json: Array(big.utf8), dataLength: 5_000_000_004, file: "big")
+        XCTAssertEqual(header.tensors["b"]?.dataOffsets, 5_000_000_000..<5_000_000_004)
     }
 }

@@ -78,24 +78,24 @@ public enum HFConfig {
     }
 
     /// Which architecture a config describes (`architectures[0]`, else `model_type`).
-    public static func architecture(of obj: [String: HFJSON], source: String) throws -> HFArchitecture {
-        if let archs = obj["architectures"], !archs.isNull {
-            guard let list = archs.array, !list.isEmpty, let first = list[0].string else {
+    public static func architecture(of obj: [String: Any], source: String) throws -> HFArchitecture {
+        if let archs = obj["architectures"], !(archs is NSNull) {
+            guard let list = archs as? [Any], let first = list.first as? String else {
                 throw HFConfigError(source: source, key: "architectures", "expected a non-empty array of strings")
             }
             guard list.count == 1 else {
-                throw HFConfigError(source: source, key: "architectures", "expected exactly one architecture, got \(list.compactMap { $0.string })")
+                throw HFConfigError(source: source, key: "architectures", "expected exactly one architecture, got \(list.compactMap { $0 as? String })")
             }
             guard let a = HFArchitecture(rawValue: first) else {
                 throw HFConfigError(source: source, key: "architectures",
                                     "unsupported architecture \"\(first)\"; supported: \(HFArchitecture.allCases.map { $0.rawValue }.joined(separator: ", "))")
             }
-            if let mt = obj["model_type"]?.string, HFArchitecture(modelType: mt) != a {
+            if let mt = obj["model_type"] as? String, HFArchitecture(modelType: mt) != a {
                 throw HFConfigError(source: source, key: "model_type", "\"\(mt)\" does not match architecture \(a.rawValue) (expected \"\(a.modelType)\")")
             }
             return a
         }
-        guard let mt = obj["model_type"]?.string else {
+        guard let mt = obj["model_type"] as? String else {
             throw HFConfigError(source: source, key: "architectures", "missing; neither architectures nor model_type says which model this is")
         }
         guard let a = HFArchitecture(modelType: mt) else {
@@ -106,19 +106,19 @@ public enum HFConfig {
 
     /// Parses config.json text into model args.
     public static func parse(_ data: Data, source: String = "config.json") throws -> Qwen3ModelArgs {
-        let root: HFJSON
+        let root: Any
         do {
-            root = try HFJSON.parse(data)
+            root = try JSONValue.parse(data)
         } catch {
             throw HFConfigError(source: source, key: nil, "not valid JSON: \(error)")
         }
-        guard let obj = root.object else {
-            throw HFConfigError(source: source, key: nil, "top level is a JSON \(root.typeName), expected an object")
+        guard let obj = root as? [String: Any] else {
+            throw HFConfigError(source: source, key: nil, "top level is a JSON \(JSONValue.typeName(root)), expected an object")
         }
         return try parse(object: obj, source: source)
     }
 
-    public static func parse(object obj: [String: HFJSON], source: String = "config.json") throws -> Qwen3ModelArgs {
+    public static func parse(object obj: [String: Any], source: String = "config.json") throws -> Qwen3ModelArgs {
         let arch = try architecture(of: obj, source: source)
         let moe = arch == .qwen3Moe
         let r = Reader(obj: obj, source: source)
@@ -143,19 +143,20 @@ public enum HFConfig {
 
         // RoPE: plain rotate-half with rope_theta; no scaling variants.
         var theta = try r.optionalDouble("rope_theta")
-        if let rp = obj["rope_parameters"], !rp.isNull {  // transformers 5 layout
-            guard let o = rp.object else { throw HFConfigError(source: source, key: "rope_parameters", "expected an object") }
-            if let t = o["rope_type"]?.string, t != "default" {
+        if let rp = r.present("rope_parameters") {  // transformers 5 layout
+            guard let o = rp as? [String: Any] else { throw HFConfigError(source: source, key: "rope_parameters", "expected an object") }
+            if let t = o["rope_type"] as? String, t != "default" {
                 throw HFConfigError(source: source, key: "rope_parameters.rope_type", "\"\(t)\" is not supported (only \"default\")")
             }
-            if theta == nil, let t = o["rope_theta"]?.double { theta = t }
+            if theta == nil, let t = o["rope_theta"].flatMap(JSONValue.double) { theta = t }
         }
         a.rope_theta = Float(theta ?? 10000.0)
-        if let rs = obj["rope_scaling"], !rs.isNull {
-            let type = rs.object?["rope_type"]?.string ?? rs.object?["type"]?.string
+        if let rs = r.present("rope_scaling") {
+            let o = rs as? [String: Any]
+            let type = o?["rope_type"] as? String ?? o?["type"] as? String
             if type != "default" {
                 throw HFConfigError(source: source, key: "rope_scaling",
-                                    "rope scaling \(rs.serialized()) is not supported; only null or rope_type \"default\"")
+                                    "rope scaling \(JSONValue.text(rs)) is not supported; only null or rope_type \"default\"")
             }
         }
 
@@ -170,10 +171,10 @@ public enum HFConfig {
         if try r.bool("use_sliding_window", default: false) {
             throw HFConfigError(source: source, key: "use_sliding_window", "true is not supported (full causal attention only)")
         }
-        if let lt = obj["layer_types"], !lt.isNull {
-            guard let list = lt.array else { throw HFConfigError(source: source, key: "layer_types", "expected an array") }
-            for (i, t) in list.enumerated() where t.string != "full_attention" {
-                throw HFConfigError(source: source, key: "layer_types", "layer \(i) is \(t.serialized()); only \"full_attention\" is supported")
+        if let lt = r.present("layer_types") {
+            guard let list = lt as? [Any] else { throw HFConfigError(source: source, key: "layer_types", "expected an array") }
+            for (i, t) in list.enumerated() where t as? String != "full_attention" {
+                throw HFConfigError(source: source, key: "layer_types", "layer \(i) is \(JSONValue.text(t)); only \"full_attention\" is supported")
             }
         }
 
@@ -197,14 +198,14 @@ public enum HFConfig {
             m.num_shared_experts = 0
             a.moe = m
             a.decoder_sparse_step = try r.int("decoder_sparse_step", min: 1, default: 1)
-            if let mlo = obj["mlp_only_layers"], !mlo.isNull {
-                guard let list = mlo.array else { throw HFConfigError(source: source, key: "mlp_only_layers", "expected an array of layer indices") }
+            if let mlo = r.present("mlp_only_layers") {
+                guard let list = mlo as? [Any] else { throw HFConfigError(source: source, key: "mlp_only_layers", "expected an array of layer indices") }
                 if !list.isEmpty {
                     throw HFConfigError(source: source, key: "mlp_only_layers",
-                                        "\(mlo.serialized()) is not supported: only an empty list (the dense/MoE layer pattern is given by decoder_sparse_step)")
+                                        "\(JSONValue.text(mlo)) is not supported: only an empty list (the dense/MoE layer pattern is given by decoder_sparse_step)")
                 }
             }
-            if let n = obj["shared_expert_intermediate_size"]?.int, n > 0 {
+            if let n = obj["shared_expert_intermediate_size"].flatMap(JSONValue.int), n > 0 {
                 throw HFConfigError(source: source, key: "shared_expert_intermediate_size", "shared experts are not part of Qwen3-MoE")
             }
         } else {
@@ -217,31 +218,32 @@ public enum HFConfig {
     /// HF config.json contents for these args. Throws when the args use options HF's Qwen3 /
     /// Qwen3-MoE cannot express (sigmoid routing, route_scale != 1, shared experts).
     /// `load_balance_coeff` is not exported (the expert bias has no HF counterpart).
-    public static func export(_ a: Qwen3ModelArgs) throws -> [String: HFJSON] {
+    public static func export(_ a: Qwen3ModelArgs) throws -> [String: Any] {
         let src = "export"
-        func d(_ f: Float) -> HFJSON { .double(Double("\(f)") ?? Double(f)) }
-        var o: [String: HFJSON] = [
-            "vocab_size": .int(a.vocab_size),
-            "hidden_size": .int(a.dim),
-            "num_hidden_layers": .int(a.n_layers),
-            "num_attention_heads": .int(a.n_heads),
-            "num_key_value_heads": .int(a.n_kv_heads),
-            "head_dim": .int(a.head_dim),
-            "intermediate_size": .int(a.hidden_dim),
-            "hidden_act": .string("silu"),
+        // Through the Float's shortest text: 1e-06, not Double(Float(1e-6)) = 9.999999974752427e-07.
+        func d(_ f: Float) -> Double { Double("\(f)") ?? Double(f) }
+        var o: [String: Any] = [
+            "vocab_size": a.vocab_size,
+            "hidden_size": a.dim,
+            "num_hidden_layers": a.n_layers,
+            "num_attention_heads": a.n_heads,
+            "num_key_value_heads": a.n_kv_heads,
+            "head_dim": a.head_dim,
+            "intermediate_size": a.hidden_dim,
+            "hidden_act": "silu",
             "rms_norm_eps": d(a.norm_eps),
             "rope_theta": d(a.rope_theta),
-            "rope_scaling": .null,
-            "max_position_embeddings": .int(a.max_seq_len),
-            "tie_word_embeddings": .bool(a.enable_weight_tying),
+            "rope_scaling": NSNull(),
+            "max_position_embeddings": a.max_seq_len,
+            "tie_word_embeddings": a.enable_weight_tying,
             "initializer_range": d(a.init_std),
-            "attention_bias": .bool(false),
-            "attention_dropout": .double(0),
-            "use_sliding_window": .bool(false),
-            "sliding_window": .null,
-            "max_window_layers": .int(a.n_layers),
-            "use_cache": .bool(true),
-            "torch_dtype": .string("float32"),
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "use_sliding_window": false,
+            "sliding_window": NSNull(),
+            "max_window_layers": a.n_layers,
+            "use_cache": true,
+            "torch_dtype": "float32",
         ]
         if a.moe_enabled {
             let m = a.moe
@@ -254,27 +256,27 @@ public enum HFConfig {
             guard m.num_shared_experts == 0 else {
                 throw HFConfigError(source: src, key: "moe.num_shared_experts", "shared experts have no Qwen3MoeForCausalLM equivalent")
             }
-            o["architectures"] = .array([.string(HFArchitecture.qwen3Moe.rawValue)])
-            o["model_type"] = .string(HFArchitecture.qwen3Moe.modelType)
-            o["num_experts"] = .int(m.num_experts)
-            o["num_experts_per_tok"] = .int(m.top_k)
-            o["moe_intermediate_size"] = .int(m.hidden_dim)
-            o["norm_topk_prob"] = .bool(m.route_norm)
-            o["decoder_sparse_step"] = .int(max(a.decoder_sparse_step, 1))
-            o["mlp_only_layers"] = .array([])
-            o["output_router_logits"] = .bool(false)
-            o["router_aux_loss_coef"] = .double(0.001)
+            o["architectures"] = [HFArchitecture.qwen3Moe.rawValue]
+            o["model_type"] = HFArchitecture.qwen3Moe.modelType
+            o["num_experts"] = m.num_experts
+            o["num_experts_per_tok"] = m.top_k
+            o["moe_intermediate_size"] = m.hidden_dim
+            o["norm_topk_prob"] = m.route_norm
+            o["decoder_sparse_step"] = max(a.decoder_sparse_step, 1)
+            o["mlp_only_layers"] = [Int]()
+            o["output_router_logits"] = false
+            o["router_aux_loss_coef"] = 0.001
         } else {
-            o["architectures"] = .array([.string(HFArchitecture.qwen3.rawValue)])
-            o["model_type"] = .string(HFArchitecture.qwen3.modelType)
-            o["layer_types"] = .array(Array(repeating: .string("full_attention"), count: a.n_layers))
+            o["architectures"] = [HFArchitecture.qwen3.rawValue]
+            o["model_type"] = HFArchitecture.qwen3.modelType
+            o["layer_types"] = Array(repeating: "full_attention", count: a.n_layers)
         }
         return o
     }
 
     /// Pretty-printed config.json text (keys sorted), ending with a newline.
     public static func exportJSON(_ a: Qwen3ModelArgs) throws -> Data {
-        Data((HFJSON.object(try export(a)).serialized(pretty: true) + "\n").utf8)
+        try JSONValue.prettyData(export(a))
     }
 
     /// Writes `config.json` into `folder` (created if needed).
@@ -291,11 +293,11 @@ public enum HFConfig {
 
     /// Typed field access with errors naming the key.
     struct Reader {
-        let obj: [String: HFJSON]
+        let obj: [String: Any]
         let source: String
 
-        func present(_ key: String) -> HFJSON? {
-            guard let v = obj[key], !v.isNull else { return nil }
+        func present(_ key: String) -> Any? {
+            guard let v = obj[key], !(v is NSNull) else { return nil }
             return v
         }
 
@@ -304,8 +306,8 @@ public enum HFConfig {
                 if let d = def { return d }
                 throw HFConfigError(source: source, key: key, "missing (required)")
             }
-            guard let i = v.int else {
-                throw HFConfigError(source: source, key: key, "expected an integer, got \(v.typeName) \(v.serialized())")
+            guard let i = JSONValue.int(v) else {
+                throw HFConfigError(source: source, key: key, "expected an integer, got \(JSONValue.describe(v))")
             }
             guard i >= min else { throw HFConfigError(source: source, key: key, "\(i) is out of range (must be >= \(min))") }
             return i
@@ -318,8 +320,8 @@ public enum HFConfig {
 
         func optionalDouble(_ key: String) throws -> Double? {
             guard let v = present(key) else { return nil }
-            guard let d = v.double, d.isFinite else {
-                throw HFConfigError(source: source, key: key, "expected a number, got \(v.typeName) \(v.serialized())")
+            guard let d = JSONValue.double(v), d.isFinite else {
+                throw HFConfigError(source: source, key: key, "expected a number, got \(JSONValue.describe(v))")
             }
             return d
         }
@@ -330,16 +332,16 @@ public enum HFConfig {
 
         func bool(_ key: String, default def: Bool) throws -> Bool {
             guard let v = present(key) else { return def }
-            guard let b = v.bool else {
-                throw HFConfigError(source: source, key: key, "expected true or false, got \(v.typeName) \(v.serialized())")
+            guard let b = JSONValue.bool(v) else {
+                throw HFConfigError(source: source, key: key, "expected true or false, got \(JSONValue.describe(v))")
             }
             return b
         }
 
         func string(_ key: String, default def: String) throws -> String {
             guard let v = present(key) else { return def }
-            guard let s = v.string else {
-                throw HFConfigError(source: source, key: key, "expected a string, got \(v.typeName) \(v.serialized())")
+            guard let s = v as? String else {
+                throw HFConfigError(source: source, key: key, "expected a string, got \(JSONValue.describe(v))")
             }
             return s
         }

@@ -107,34 +107,34 @@ public struct SafeTensorsHeader: Sendable {
 
     /// Parses and validates the JSON header bytes. `dataLength` = file size - 8 - N.
     public static func parse(json: [UInt8], dataLength: Int, file: String) throws -> SafeTensorsHeader {
-        let root: HFJSON
+        let root: Any
         do {
-            root = try HFJSON.parse(json)
+            root = try JSONValue.parse(Data(json))
         } catch {
             throw SafeTensorsError(.headerJSON, file: file, "header is not valid JSON: \(error)")
         }
-        guard let obj = root.object else {
-            throw SafeTensorsError(.headerJSON, file: file, "header is a JSON \(root.typeName), expected an object")
+        guard let obj = root as? [String: Any] else {
+            throw SafeTensorsError(.headerJSON, file: file, "header is a JSON \(JSONValue.typeName(root)), expected an object")
         }
         var metadata: [String: String] = [:]
         var tensors: [String: SafeTensorInfo] = [:]
         for (name, entry) in obj {
             if name == "__metadata__" {
-                guard let m = entry.object else {
+                guard let m = entry as? [String: Any] else {
                     throw SafeTensorsError(.headerJSON, file: file, "__metadata__ must be an object of strings")
                 }
                 for (k, v) in m {
-                    guard let s = v.string else {
-                        throw SafeTensorsError(.headerJSON, file: file, "__metadata__[\(k)] is a \(v.typeName), expected a string")
+                    guard let s = v as? String else {
+                        throw SafeTensorsError(.headerJSON, file: file, "__metadata__[\(k)] is a \(JSONValue.typeName(v)), expected a string")
                     }
                     metadata[k] = s
                 }
                 continue
             }
-            guard let e = entry.object else {
-                throw SafeTensorsError(.badEntry, file: file, tensor: name, "entry is a JSON \(entry.typeName), expected an object")
+            guard let e = entry as? [String: Any] else {
+                throw SafeTensorsError(.badEntry, file: file, tensor: name, "entry is a JSON \(JSONValue.typeName(entry)), expected an object")
             }
-            guard let dt = e["dtype"]?.string else {
+            guard let dt = e["dtype"] as? String else {
                 throw SafeTensorsError(.badEntry, file: file, tensor: name, "missing or non-string \"dtype\"")
             }
             guard let dtype = SafeTensorsDType(rawValue: dt) else {
@@ -145,22 +145,22 @@ public struct SafeTensorsHeader: Sendable {
                 throw SafeTensorsError(.unsupportedDType, file: file, tensor: name,
                                        "unknown dtype \"\(dt)\" (supported: F32, F16, BF16)")
             }
-            guard let shapeJSON = e["shape"]?.array else {
+            guard let shapeJSON = e["shape"] as? [Any] else {
                 throw SafeTensorsError(.badEntry, file: file, tensor: name, "missing or non-array \"shape\"")
             }
             var shape: [Int] = []
             var elements = 1
             for d in shapeJSON {
-                guard let v = d.int, v >= 0 else {
-                    throw SafeTensorsError(.badEntry, file: file, tensor: name, "shape \(shapeJSON.map { $0.serialized() }) has a non-integer or negative dimension")
+                guard let v = JSONValue.int(d), v >= 0 else {
+                    throw SafeTensorsError(.badEntry, file: file, tensor: name, "shape \(JSONValue.text(shapeJSON)) has a non-integer or negative dimension")
                 }
                 shape.append(v)
                 let (m, overflow) = elements.multipliedReportingOverflow(by: v)
                 guard !overflow else { throw SafeTensorsError(.badEntry, file: file, tensor: name, "shape \(shape) overflows") }
                 elements = m
             }
-            guard let offs = e["data_offsets"]?.array, offs.count == 2,
-                  let begin = offs[0].int, let end = offs[1].int else {
+            guard let offs = e["data_offsets"] as? [Any], offs.count == 2,
+                  let begin = JSONValue.int(offs[0]), let end = JSONValue.int(offs[1]) else {
                 throw SafeTensorsError(.badEntry, file: file, tensor: name, "missing or malformed \"data_offsets\" (expected [begin, end])")
             }
             guard begin >= 0, begin <= end else {
@@ -392,12 +392,8 @@ public enum SafeTensors {
             throw SafeTensorsError(.unsupportedDType, file: file, "the writer writes F32 or BF16, not \(dtype.rawValue)")
         }
         let names = tensors.keys.sorted()
-        var json = "{"
-        var first = true
-        if !metadata.isEmpty {
-            json += HFJSON.quote("__metadata__") + ":" + HFJSON.object(metadata.mapValues { .string($0) }).serialized()
-            first = false
-        }
+        var entries: [String: Any] = [:]
+        if !metadata.isEmpty { entries["__metadata__"] = metadata }
         var offset = 0
         for name in names {
             guard !name.isEmpty, name != "__metadata__" else {
@@ -408,14 +404,12 @@ public enum SafeTensors {
                 throw SafeTensorsError(.invalidTensor, file: file, tensor: name, "shape \(t.shape) does not match \(t.values.count) values")
             }
             let end = offset + t.values.count * dtype.byteSize
-            if !first { json += "," }
-            first = false
-            json += HFJSON.quote(name) + ":{\"dtype\":\"\(dtype.rawValue)\",\"shape\":["
-                + t.shape.map(String.init).joined(separator: ",") + "],\"data_offsets\":[\(offset),\(end)]}"
+            entries[name] = ["dtype": dtype.rawValue, "shape": t.shape, "data_offsets": [offset, end]] as [String: Any]
             offset = end
         }
-        json += "}"
-        var body = Array(json.utf8)
+        // Sorted keys make the bytes reproducible. Foundation sorts them its own way ("layers.2" before
+        // "layers.10"), not in data order; readers order tensors by data_offsets, not by key.
+        var body = [UInt8](try JSONSerialization.data(withJSONObject: entries, options: [.sortedKeys, .withoutEscapingSlashes]))
         while (8 + body.count) % 8 != 0 { body.append(0x20) }
         var out = [UInt8]()
         out.reserveCapacity(8 + body.count)

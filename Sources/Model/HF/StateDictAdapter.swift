@@ -396,17 +396,17 @@ public enum HFCheckpoint {
         }
         if fm.fileExists(atPath: index) {
             guard let data = fm.contents(atPath: index) else { throw HFCheckpointError(path: index, "cannot read") }
-            let root: HFJSON
-            do { root = try HFJSON.parse(data) } catch {
+            let root: Any
+            do { root = try JSONValue.parse(data) } catch {
                 throw HFCheckpointError(path: index, "not valid JSON: \(error)")
             }
-            guard let wm = root.object?["weight_map"]?.object else {
+            guard let wm = (root as? [String: Any])?["weight_map"] as? [String: Any] else {
                 throw HFCheckpointError(path: index, "missing \"weight_map\" object")
             }
             var out: [String: String] = [:]
             for (name, file) in wm {
-                guard let f = file.string, !f.isEmpty, !f.contains("/"), !f.contains("\\") else {
-                    throw HFCheckpointError(path: index, "weight_map[\(name)] must be a plain file name in the folder, got \(file.serialized())")
+                guard let f = file as? String, !f.isEmpty, !f.contains("/"), !f.contains("\\") else {
+                    throw HFCheckpointError(path: index, "weight_map[\(name)] must be a plain file name in the folder, got \(JSONValue.text(file))")
                 }
                 out[name] = (folder as NSString).appendingPathComponent(f)
             }
@@ -484,16 +484,16 @@ public enum HFCheckpoint {
             shards[shards.count - 1].append(n)
             size += b
         }
-        var weightMap: [String: HFJSON] = [:]
+        var weightMap: [String: String] = [:]
         for (k, shard) in shards.enumerated() {
             let file = String(format: "model-%05d-of-%05d.safetensors", k + 1, shards.count)
             var part: StateDict = [:]
-            for n in shard { part[n] = hf[n]!; weightMap[n] = .string(file) }
+            for n in shard { part[n] = hf[n]!; weightMap[n] = file }
             try SafeTensors.write(part, to: (folder as NSString).appendingPathComponent(file), metadata: meta)
         }
-        let idx = HFJSON.object(["metadata": .object(["total_size": .int(total)]), "weight_map": .object(weightMap)])
+        let idx: [String: Any] = ["metadata": ["total_size": total], "weight_map": weightMap]
         do {
-            try Data((idx.serialized(pretty: true) + "\n").utf8).write(to: URL(fileURLWithPath: index), options: .atomic)
+            try JSONValue.prettyData(idx).write(to: URL(fileURLWithPath: index), options: .atomic)
         } catch {
             throw HFCheckpointError(path: index, "cannot write: \(error)")
         }
