@@ -43,11 +43,11 @@ let package = Package(
         // transport/collectives, tensors, model, parallelism, training.
         .target(name: "Runtime", dependencies: ["CLinux"], swiftSettings: kernelSettings),
         .target(name: "Collectives", dependencies: ["CZeroMQ", "Runtime"], swiftSettings: kernelSettings),
-        .target(name: "Cluster", dependencies: ["Collectives", "Config", "TOMLKit", "CLinux"]),
+        .target(name: "Cluster", dependencies: ["Collectives", "Config", "Parallel", "TOMLKit", "CLinux"]),
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Config"),
-        .target(name: "Model", dependencies: ["Tensor", "Runtime"], swiftSettings: kernelSettings),
-        .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model", "Runtime"], swiftSettings: kernelSettings),
+        .target(name: "Model", dependencies: ["Tensor", "Runtime", "Config"], swiftSettings: kernelSettings),
+        .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model", "Runtime", "Config"], swiftSettings: kernelSettings),
         .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config", "CLinux", "Runtime"], swiftSettings: kernelSettings),
         .executableTarget(name: "titan", dependencies: [
             "Collectives", "Cluster", "Tensor", "Model", "Parallel", "Train", "Config", "Runtime",
@@ -55,7 +55,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Cluster"]),
-        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collectives"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collectives", "Parallel"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "CLinux", "Runtime"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor", "Runtime"],
                     resources: [.copy("Fixtures")]),

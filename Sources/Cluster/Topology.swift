@@ -24,6 +24,7 @@
 import Config
 import Foundation
 import Collectives
+import Parallel
 import TOMLKit
 
 public struct Topology: Sendable, Equatable {
@@ -41,87 +42,21 @@ public struct Topology: Sendable, Equatable {
         }
     }
 
-    /// Default parallelism degrees (torchtitan names). As written in the file: the shard degree
-    /// may be -1 ("fill the rest of the world"); `resolved(worldSize:)` turns it into a number.
-    public struct Parallelism: Sendable, Equatable {
-        public var dataParallelReplicateDegree: Int
-        public var dataParallelShardDegree: Int
-        public var expertParallelDegree: Int
-
-        public init(dataParallelReplicateDegree: Int = 1, dataParallelShardDegree: Int = -1,
-                    expertParallelDegree: Int = 1) {
-            self.dataParallelReplicateDegree = dataParallelReplicateDegree
-            self.dataParallelShardDegree = dataParallelShardDegree
-            self.expertParallelDegree = expertParallelDegree
-        }
-
-        /// The degrees with -1 resolved, checked against the world size:
-        /// replicate × shard == world, and ep divides shard (EP groups live inside a shard group).
-        public func resolved(worldSize: Int) throws -> Parallelism {
-            if let problem = problems(worldSize: worldSize).first {
-                throw ParallelismError(key: problem.key, reason: problem.reason)
-            }
-            var result = self
-            if result.dataParallelShardDegree == -1 {
-                result.dataParallelShardDegree = worldSize / dataParallelReplicateDegree
-            }
-            return result
-        }
-
-        /// Each problem names the field (without the "parallelism." prefix).
-        func problems(worldSize: Int) -> [(key: String, reason: String)] {
-            let replicate = dataParallelReplicateDegree
-            let ep = expertParallelDegree
-            var shard = dataParallelShardDegree
-            var found: [(key: String, reason: String)] = []
-            if replicate < 1 {
-                found.append(("data_parallel_replicate_degree", "must be at least 1 (got \(replicate))"))
-            }
-            if shard < 1 && shard != -1 {
-                found.append(("data_parallel_shard_degree",
-                              "must be at least 1, or -1 to fill the rest of the world (got \(shard))"))
-            }
-            if ep < 1 {
-                found.append(("expert_parallel_degree", "must be at least 1 (got \(ep))"))
-            }
-            guard found.isEmpty else { return found }
-
-            if shard == -1 {
-                guard worldSize % replicate == 0 else {
-                    return [("data_parallel_replicate_degree",
-                             "\(replicate) does not divide the world size \(worldSize), "
-                             + "so data_parallel_shard_degree = -1 cannot fill the rest")]
-                }
-                shard = worldSize / replicate
-            }
-            if replicate * shard != worldSize {
-                return [("data_parallel_shard_degree",
-                         "data_parallel_replicate_degree (\(replicate)) × data_parallel_shard_degree "
-                         + "(\(shard)) = \(replicate * shard), but the world size is \(worldSize); "
-                         + "set data_parallel_shard_degree = -1 to fill the world")]
-            }
-            if shard % ep != 0 {
-                return [("expert_parallel_degree",
-                         "\(ep) does not divide data_parallel_shard_degree (\(shard)); "
-                         + "expert-parallel groups are carved out of the shard group")]
-            }
-            return []
-        }
-    }
-
     public var name: String
     /// .ipc or .tcp (.inproc belongs to the single-process runner, never to a file).
     public var transport: TransportKind
     /// Default first port for hosts that do not set their own.
     public var basePort: Int?
     public var hosts: [Host]
-    public var parallelism: Parallelism
+    /// Default parallelism degrees (torchtitan names), as written in the file (the shard degree may be -1, "fill the
+    /// rest of the world"); `titan train` resolves and checks them with the model (`ParallelismConfig.dims`).
+    public var parallelism: ParallelismConfig
     /// Absolute path of the file this topology was loaded from; nil when parsed from a string
     /// or built in code (e.g. `Topology.local`).
     public var sourcePath: String?
 
     public init(name: String, transport: TransportKind = .ipc, basePort: Int? = nil,
-                hosts: [Host], parallelism: Parallelism = Parallelism(), sourcePath: String? = nil) {
+                hosts: [Host], parallelism: ParallelismConfig = ParallelismConfig(), sourcePath: String? = nil) {
         self.name = name
         self.transport = transport
         self.basePort = basePort
@@ -154,11 +89,6 @@ public struct Topology: Sendable, Equatable {
     /// The first port of `host` (its own base_port, else the topology's); nil when neither is set.
     public func basePort(ofHost host: Int) -> Int? { hosts[host].basePort ?? basePort }
 
-    /// The parallelism defaults with -1 resolved (the topology has been validated, so this holds).
-    public var resolvedParallelism: Parallelism {
-        (try? parallelism.resolved(worldSize: worldSize)) ?? parallelism
-    }
-
     /// What the transport needs: tcp gets every rank's host and first port
     /// (host base_port + local_rank × ClusterSpec.maxGroupsPerRank); ipc only needs the folder,
     /// so its portOfRank stays empty.
@@ -186,12 +116,11 @@ public struct Topology: Sendable, Equatable {
     /// in play on 8 ranks: all-to-all inside an EP group and FSDP across EP groups.
     public static func local(ranks: Int) -> Topology {
         precondition(ranks >= 1, "a local topology needs at least one rank")
-        let ep = [4, 2, 1].first { ranks % $0 == 0 }!
-        return Topology(name: "local-\(ranks)", transport: .ipc,
-                        hosts: [Host(address: "127.0.0.1", ranks: ranks)],
-                        parallelism: Parallelism(dataParallelReplicateDegree: 1,
-                                                 dataParallelShardDegree: ranks,
-                                                 expertParallelDegree: ep))
+        var parallelism = ParallelismConfig()
+        parallelism.data_parallel_shard_degree = ranks
+        parallelism.expert_parallel_degree = [4, 2, 1].first { ranks % $0 == 0 }!
+        return Topology(name: "local-\(ranks)", transport: .ipc, hosts: [Host(address: "127.0.0.1", ranks: ranks)],
+                        parallelism: parallelism)
     }
 
     // MARK: - Loading
@@ -272,8 +201,11 @@ public struct Topology: Sendable, Equatable {
         found += portProblems()
         guard found.isEmpty else { return found }
 
-        for problem in parallelism.problems(worldSize: worldSize) {
-            found.append(.init(kind: .degrees, key: "parallelism.\(problem.key)", reason: problem.reason))
+        // The degrees' own rules (the model is not known here: its experts are checked when a job starts).
+        do { _ = try parallelism.dims(worldSize: worldSize, numExperts: nil) } catch let ParallelError.invalidDegrees(key, reason) {
+            found.append(.init(kind: .degrees, key: key, reason: reason))
+        } catch {
+            found.append(.init(kind: .degrees, key: "parallelism", reason: "\(error)"))
         }
         return found
     }
@@ -362,20 +294,12 @@ public struct Topology: Sendable, Equatable {
         }
         root["hosts"] = hostTables
         let degrees = TOMLTable()
-        degrees["data_parallel_replicate_degree"] = parallelism.dataParallelReplicateDegree
-        degrees["data_parallel_shard_degree"] = parallelism.dataParallelShardDegree
-        degrees["expert_parallel_degree"] = parallelism.expertParallelDegree
+        degrees["data_parallel_replicate_degree"] = parallelism.data_parallel_replicate_degree
+        degrees["data_parallel_shard_degree"] = parallelism.data_parallel_shard_degree
+        degrees["expert_parallel_degree"] = parallelism.expert_parallel_degree
         root["parallelism"] = degrees
         return root.convert(to: .toml) + "\n"
     }
-}
-
-/// A degree problem outside a file (e.g. after --parallelism.* overrides). `key` is the field
-/// name under [parallelism].
-public struct ParallelismError: Error, CustomStringConvertible, Equatable {
-    public var key: String
-    public var reason: String
-    public var description: String { "parallelism.\(key): \(reason)" }
 }
 
 /// Everything wrong with one topology file, each problem with its key and reason.
@@ -462,20 +386,20 @@ private struct TableReader {
                                   reason: "needs at least one [[hosts]] table with `ranks`"))
         }
 
-        var parallelism = Topology.Parallelism()
+        var parallelism = ParallelismConfig()
         if let value = root["parallelism"] {
             if let table = value.table {
                 checkKeys(table, allowed: Self.parallelismKeys, prefix: "parallelism.")
                 if let degree = int(table, "data_parallel_replicate_degree",
                                     path: "parallelism.data_parallel_replicate_degree") {
-                    parallelism.dataParallelReplicateDegree = degree
+                    parallelism.data_parallel_replicate_degree = degree
                 }
                 if let degree = int(table, "data_parallel_shard_degree",
                                     path: "parallelism.data_parallel_shard_degree") {
-                    parallelism.dataParallelShardDegree = degree
+                    parallelism.data_parallel_shard_degree = degree
                 }
                 if let degree = int(table, "expert_parallel_degree", path: "parallelism.expert_parallel_degree") {
-                    parallelism.expertParallelDegree = degree
+                    parallelism.expert_parallel_degree = degree
                 }
             } else {
                 problems.append(.init(kind: .wrongType, key: "parallelism",

@@ -44,7 +44,7 @@ public struct ConfigField<Root> {
     /// Booleans may be given bare (`--checkpoint.enable` means true).
     public let isBool: Bool
     let describe: (Root) -> String
-    let toJSON: (Root) -> String
+    let toJSON: (Root) -> Any
     /// Returns false when the string does not parse as this field's type.
     let assign: (inout Root, String) -> Bool
     /// Type check without a root, so the command line is checked before any config is built.
@@ -72,7 +72,7 @@ public struct ConfigField<Root> {
         self.doc = doc
         self.isBool = false
         self.describe = { $0[keyPath: path]?.configDescription ?? "none" }
-        self.toJSON = { $0[keyPath: path]?.configJSON ?? "null" }
+        self.toJSON = { $0[keyPath: path]?.configJSON ?? NSNull() }
         self.assign = { root, s in
             let t = s.trimmingCharacters(in: .whitespaces).lowercased()
             if t == "none" || t == "null" { root[keyPath: path] = nil; return true }
@@ -87,7 +87,7 @@ public struct ConfigField<Root> {
     }
 
     init(key: String, typeName: String, doc: String, isBool: Bool,
-         describe: @escaping (Root) -> String, toJSON: @escaping (Root) -> String,
+         describe: @escaping (Root) -> String, toJSON: @escaping (Root) -> Any,
          assign: @escaping (inout Root, String) -> Bool, accepts: @escaping (String) -> Bool) {
         self.key = key; self.typeName = typeName; self.doc = doc; self.isBool = isBool
         self.describe = describe; self.toJSON = toJSON; self.assign = assign; self.accepts = accepts
@@ -105,7 +105,6 @@ public struct ConfigField<Root> {
     }
 
     public func value(in root: Root) -> String { describe(root) }
-    public func jsonValue(in root: Root) -> String { toJSON(root) }
 }
 
 /// One `--key value` pair from the command line, in order of appearance.
@@ -125,8 +124,10 @@ public struct ConfigCommandLine: Equatable {
 
 public struct ConfigSchema<Root> {
     public var fields: [ConfigField<Root>]
-    /// Optional one-line description per section (first key component), shown by --help.
+    /// Optional one-line description per section (all key components but the last), shown by --help.
     public var sectionDocs: [String: String]
+    /// Each section's own checks (`ConfigSection.validate`), run by `validate(_:)`.
+    var validators: [(Root) throws -> Void] = []
 
     public init(_ fields: [ConfigField<Root>], sectionDocs: [String: String] = [:]) {
         self.fields = fields
@@ -135,17 +136,32 @@ public struct ConfigSchema<Root> {
         for f in fields { precondition(seen.insert(f.key).inserted, "ConfigSchema: duplicate key \(f.key)") }
     }
 
+    /// The schema of a config made of sections (torchtitan's JobConfig): each section's fields under its name, in
+    /// the order given (the order of --help).
+    public init(sections: [ConfigSchema<Root>]) {
+        self.init(sections.flatMap(\.fields), sectionDocs: sections.reduce(into: [:]) { $0.merge($1.sectionDocs) { a, _ in a } })
+        validators = sections.flatMap(\.validators)
+    }
+
+    /// Section `name` of the root, held at `path`: its fields keyed "name.field", its docs and checks.
+    public static func section<S: ConfigSection>(_ name: String, _ path: WritableKeyPath<Root, S>) -> ConfigSchema<Root> {
+        var docs = [name: S.doc]
+        for (k, v) in S.subsectionDocs { docs[name + "." + k] = v }
+        var schema = ConfigSchema(S.fields.map { $0.lifted(path, keyPrefix: name + ".") }, sectionDocs: docs)
+        schema.validators = [{ root in
+            do { try root[keyPath: path].validate() } catch let ConfigError.invalid(key, reason) {
+                throw ConfigError.invalid(key: name + "." + key, reason: reason)
+            }
+        }]
+        return schema
+    }
+
+    /// Runs every section's own checks; errors name the full key.
+    public func validate(_ root: Root) throws {
+        for v in validators { try v(root) }
+    }
+
     public func field(_ key: String) -> ConfigField<Root>? { fields.first { $0.key == key } }
-
-    public func lifted<Outer>(_ path: WritableKeyPath<Outer, Root>, keyPrefix: String = "") -> ConfigSchema<Outer> {
-        var docs: [String: String] = [:]
-        for (k, v) in sectionDocs { docs[keyPrefix + k] = v }
-        return ConfigSchema<Outer>(fields.map { $0.lifted(path, keyPrefix: keyPrefix) }, sectionDocs: docs)
-    }
-
-    public static func + (a: ConfigSchema, b: ConfigSchema) -> ConfigSchema {
-        ConfigSchema(a.fields + b.fields, sectionDocs: a.sectionDocs.merging(b.sectionDocs) { x, _ in x })
-    }
 
     // MARK: setting values
 
@@ -257,45 +273,20 @@ public struct ConfigSchema<Root> {
 
     // MARK: JSON
 
-    /// Resolved config as pretty JSON, nested by key components, in field-table order
-    /// (stable, so two dumps of the same config are byte-identical).
-    public func json(of root: Root) -> String {
-        let top = JSONTreeNode()
-        for f in fields {
-            var node = top
-            let parts = f.key.split(separator: ".").map(String.init)
-            for p in parts.dropLast() {
-                if let c = node.children[p] { node = c } else {
-                    let c = JSONTreeNode(); node.children[p] = c; node.order.append(p); node = c
-                }
-            }
-            let leaf = parts.last!
-            if node.leaves[leaf] == nil { node.order.append(leaf) }
-            node.leaves[leaf] = f.toJSON(root)
+    /// Resolved config as pretty JSON, nested by key components, keys sorted (two dumps of the same config are
+    /// byte-identical).
+    public func json(of root: Root) throws -> String {
+        var top: [String: Any] = [:]
+        func insert(_ parts: ArraySlice<String>, _ value: Any, into node: inout [String: Any]) {
+            guard parts.count > 1 else { node[parts.first!] = value; return }
+            var child = node[parts.first!] as? [String: Any] ?? [:]
+            insert(parts.dropFirst(), value, into: &child)
+            node[parts.first!] = child
         }
-        func render(_ n: JSONTreeNode, _ indent: String) -> String {
-            if n.order.isEmpty { return "{}" }
-            let inner = indent + "  "
-            let items = n.order.map { k -> String in
-                let v = n.leaves[k] ?? render(n.children[k]!, inner)
-                return inner + jsonString(k) + ": " + v
-            }
-            return "{\n" + items.joined(separator: ",\n") + "\n" + indent + "}"
-        }
-        return render(top, "") + "\n"
+        for f in fields { insert(ArraySlice(f.key.split(separator: ".").map(String.init)), f.toJSON(root), into: &top) }
+        let data = try JSONSerialization.data(withJSONObject: top, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        return String(decoding: data, as: UTF8.self) + "\n"
     }
-
-    /// Flat key → JSON literal, handy for logging and tests.
-    public func flatJSONValues(of root: Root) -> [(key: String, json: String)] {
-        fields.map { ($0.key, $0.toJSON(root)) }
-    }
-}
-
-/// Ordered tree used to nest dotted keys when rendering JSON.
-final class JSONTreeNode {
-    var order: [String] = []
-    var children: [String: JSONTreeNode] = [:]
-    var leaves: [String: String] = [:]
 }
 
 /// Levenshtein distance (insert/delete/substitute, each cost 1).

@@ -10,15 +10,15 @@ public protocol ConfigValue {
     init?(configString: String)
     /// Human-readable value for `--help`.
     var configDescription: String { get }
-    /// JSON literal for DUMP/config.json.
-    var configJSON: String { get }
+    /// The value for DUMP/config.json, as JSONSerialization takes it.
+    var configJSON: Any { get }
 }
 
 extension Int: ConfigValue {
     public static var configTypeName: String { "int" }
     public init?(configString: String) { self.init(configString.trimmingCharacters(in: .whitespaces)) }
     public var configDescription: String { String(self) }
-    public var configJSON: String { String(self) }
+    public var configJSON: Any { self }
 }
 
 extension Double: ConfigValue {
@@ -28,7 +28,7 @@ extension Double: ConfigValue {
         self = v
     }
     public var configDescription: String { "\(self)" }
-    public var configJSON: String { jsonNumber(self) }
+    public var configJSON: Any { isFinite ? self : NSNull() }   // JSON has no infinity
 }
 
 extension Float: ConfigValue {
@@ -38,7 +38,8 @@ extension Float: ConfigValue {
         self = v
     }
     public var configDescription: String { "\(self)" }
-    public var configJSON: String { isFinite ? "\(self)" : jsonNumber(Double(self)) }
+    /// Through the shortest decimal form, so 1e-06 stays 1e-06 instead of becoming 9.999999974752427e-07.
+    public var configJSON: Any { isFinite ? Double("\(self)")! : NSNull() }
 }
 
 extension Bool: ConfigValue {
@@ -51,14 +52,14 @@ extension Bool: ConfigValue {
         }
     }
     public var configDescription: String { self ? "true" : "false" }
-    public var configJSON: String { configDescription }
+    public var configJSON: Any { self }
 }
 
 extension String: ConfigValue {
     public static var configTypeName: String { "string" }
     public init?(configString: String) { self = configString }
     public var configDescription: String { self.isEmpty ? "\"\"" : self }
-    public var configJSON: String { jsonString(self) }
+    public var configJSON: Any { self }
 }
 
 /// String-backed enums (decay_type, dataset, ...): the type name lists the choices.
@@ -68,35 +69,5 @@ extension ConfigEnum {
     public static var configTypeName: String { allCases.map { $0.rawValue }.joined(separator: "|") }
     public init?(configString: String) { self.init(rawValue: configString.trimmingCharacters(in: .whitespaces)) }
     public var configDescription: String { rawValue }
-    public var configJSON: String { jsonString(rawValue) }
-}
-
-// MARK: - JSON literals (shared with the metrics writer)
-
-/// JSON string literal with the escapes RFC 8259 requires.
-public func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 {
-                out += String(format: "\\u%04x", u.value)
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out + "\""
-}
-
-/// JSON number literal; JSON has no NaN/Infinity, so those become null
-/// (a reader then sees "no value" instead of failing to parse the whole line).
-public func jsonNumber(_ v: Double) -> String {
-    guard v.isFinite else { return "null" }
-    return "\(v)"   // Swift prints the shortest round-tripping form: 1.0, 0.0003, 1e-08, 1e+20
+    public var configJSON: Any { rawValue }
 }

@@ -8,9 +8,6 @@ import Tensor
 // `experts` is replaced by `ExpertParallelExperts`, which ships token rows to the experts' owners and back.
 
 public enum ExpertParallel {
-    /// The config key errors about the EP degree name.
-    public static let degreeKey = "parallelism.expert_parallel_degree"
-
     /// The experts EP rank `epRank` owns: `epRank·E/ep ..< (epRank+1)·E/ep`.
     public static func localExpertRange(numExperts: Int, epDegree: Int, epRank: Int) -> Range<Int> {
         let el = numExperts / epDegree
@@ -30,17 +27,12 @@ public enum ExpertParallel {
     public static func apply(to model: ParallelizableModel, epGroup: ProcessGroup) throws {
         let ep = epGroup.size
         let moes = model.moeModules
-        guard let first = moes.first else {
-            if ep == 1 { return }
-            throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) needs an MoE model (moe_enabled with at least one MoE layer)")
-        }
+        try ParallelDims.validateExperts(ep: ep, numExperts: moes.first?.args.num_experts ?? 0)
+        guard let first = moes.first else { return }
         guard model.hooks is NoModelHooks else {
             throw ParallelError.invalidParameter(fqn: first.w1.fqn, "the model already has hooks installed; apply expert parallelism before FSDP")
         }
         let E = first.args.num_experts
-        guard ep >= 1, ep <= E, E % ep == 0 else {
-            throw ParallelError.invalidDegrees(key: degreeKey, "expert parallel degree \(ep) must divide moe.num_experts \(E); pick a divisor of \(E)")
-        }
         let el = E / ep
         let range = localExpertRange(numExperts: E, epDegree: ep, epRank: epGroup.rank)
         // Check everything before changing anything.

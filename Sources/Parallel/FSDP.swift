@@ -4,26 +4,23 @@ import Model
 import Runtime
 import Tensor
 
-/// This rank's slice of one parameter: what the optimizer, clipping and checkpointing touch.
-/// `param` / `grad` point into the rank's flat shard storage (valid for the wrapper's lifetime). Padding is never
-/// part of a `ParameterShard`.
-public struct ParameterShard {
-    public let fqn: String
+/// This rank's slice of one parameter: what the optimizer, clipping and checkpointing touch. One object per
+/// (parameter, rank) for the wrapper's life: the optimizer keys its state by it and the checkpointer saves it at
+/// `offset`. `param` / `grad` point into the rank's flat shard storage; padding is never part of a shard.
+public final class ParameterShard {
+    public let parameter: Parameter
     public let param: UnsafeMutablePointer<Float>
     public let grad: UnsafeMutablePointer<Float>
     /// Elements in this slice.
     public let count: Int
-    /// First element of the slice within the parameter's LOCAL tensor (the EP-narrowed tensor for experts).
-    public let offset: Int
     /// First element of the slice within the FULL (unsharded, all experts) parameter, row-major.
-    public let offsetInFull: Int
-    /// Elements and shape of the parameter's local tensor (before FSDP sharding).
-    public let localCount: Int
-    public let localShape: [Int]
-    /// Full logical shape (Parameter.shape).
-    public let fullShape: [Int]
-    /// Expert parameter sharded over `DeviceMesh.expertShard` (else over `dpShard`).
-    public let isExpert: Bool
+    public let offset: Int
+
+    init(parameter: Parameter, param: UnsafeMutablePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int, offset: Int) {
+        self.parameter = parameter; self.param = param; self.grad = grad; self.count = count; self.offset = offset
+    }
+
+    public var fqn: String { parameter.fqn }
 }
 
 /// Bytes per rank held by the sharded model (Float32).
@@ -32,8 +29,6 @@ public struct MemoryReport: Equatable, CustomStringConvertible {
     public var paramBytes: Int
     /// Gradient shard storage, including padding.
     public var gradBytes: Int
-    /// AdamW state (exp_avg + exp_avg_sq) over this rank's ParameterShards: 2 × shard floats.
-    public var optimizerBytes: Int
     /// Largest parameter group when gathered (its unsharded parameters; its gradients take as much again in backward).
     public var largestUnshardedGroupBytes: Int
     /// Padding elements in this rank's shards, in bytes (included in paramBytes and gradBytes once each).
@@ -41,13 +36,12 @@ public struct MemoryReport: Equatable, CustomStringConvertible {
     /// What this rank's parameters (its local, EP-narrowed tensors) take without FSDP.
     public var unshardedParamBytes: Int
 
-    public var totalBytes: Int { paramBytes + gradBytes + optimizerBytes }
-
     public var description: String {
-        func mb(_ b: Int) -> String { String(format: "%.2f MiB", Double(b) / 1_048_576) }
-        return "params \(mb(paramBytes)), grads \(mb(gradBytes)), optimizer \(mb(optimizerBytes)), "
-            + "largest gathered group \(mb(largestUnshardedGroupBytes)) (unsharded params \(mb(unshardedParamBytes)))"
+        "params \(Self.mebibytes(paramBytes)), grads \(Self.mebibytes(gradBytes)), "
+            + "largest gathered group \(Self.mebibytes(largestUnshardedGroupBytes)) (unsharded params \(Self.mebibytes(unshardedParamBytes)))"
     }
+
+    public static func mebibytes(_ bytes: Int) -> String { String(format: "%.2f MiB", Double(bytes) / 1_048_576) }
 }
 
 /// One flat buffer: the parameters of one model group that shard over the same process group, concatenated in
@@ -295,12 +289,9 @@ public final class FullyShardedModel {
                 for (k, p) in f.params.enumerated() {
                     let lo = max(f.offsets[k], f.shardOffset), hi = min(f.offsets[k] + f.counts[k], f.shardOffset + f.shardSize)
                     guard hi > lo else { continue }
-                    let inLocal = lo - f.offsets[k]
-                    r.append(ParameterShard(fqn: p.fqn, param: f.paramShard.data + (lo - f.shardOffset),
+                    r.append(ParameterShard(parameter: p, param: f.paramShard.data + (lo - f.shardOffset),
                                             grad: f.gradShard.data + (lo - f.shardOffset), count: hi - lo,
-                                            offset: inLocal, offsetInFull: f.offsetsInFull[k] + inLocal,
-                                            localCount: f.counts[k], localShape: f.shapes[k], fullShape: p.shape,
-                                            isExpert: isExpert(p)))
+                                            offset: f.offsetsInFull[k] + lo - f.offsets[k]))
                 }
             }
         }
@@ -372,32 +363,7 @@ public final class FullyShardedModel {
 
     // MARK: hooks
 
-    private var spanStart: [UInt64] = [], spanTid: [Int] = []
-    private var openOnTrainingTrack = 0
-    /// Trace track of a group's span that begins while another group's is open (the tied embedding used by the output
-    /// projection): its backward outlives the enclosing span, which a single track cannot draw. Process-group
-    /// workers use tracks 1...16.
-    static let nestedSpanTid = 64
-
-    @inline(__always) private func spanBegin(_ g: Int) {
-        guard Trace.enabled else { return }
-        if spanStart.count <= g {
-            spanStart += [UInt64](repeating: 0, count: g + 1 - spanStart.count)
-            spanTid += [Int](repeating: 0, count: g + 1 - spanTid.count)
-        }
-        spanStart[g] = Runtime.now()
-        spanTid[g] = openOnTrainingTrack > 0 ? Self.nestedSpanTid : 0
-        if spanTid[g] == 0 { openOnTrainingTrack += 1 }
-    }
-
-    @inline(__always) private func spanEnd(_ name: StaticString, _ g: Int) {
-        guard Trace.enabled, g < spanStart.count else { return }
-        if spanTid[g] == 0 { openOnTrainingTrack -= 1 }
-        Trace.record(name, arg: g, pid: mesh.rank, tid: spanTid[g], start: spanStart[g], end: Runtime.now())
-    }
-
     func willForward(group g: Int) {
-        spanBegin(g)
         if g == 0 && !inLastGroup {
             // A new forward pass: shards may have changed (optimizer step, load) since anything was gathered.
             reshard()
@@ -408,7 +374,6 @@ public final class FullyShardedModel {
     }
 
     func didForward(group g: Int) {
-        defer { spanEnd("forward", g) }
         // Backward needs them right away (the last block's backward follows the final group's at once).
         let keep = g == lastGroup || (g == 0 && inLastGroup) || (keepLastBlockGathered && g == lastGroup - 1)
         if g == lastGroup { inLastGroup = false }
@@ -416,7 +381,6 @@ public final class FullyShardedModel {
     }
 
     func willBackward(group g: Int) {
-        spanBegin(g)
         if g == lastGroup { inLastGroup = true }
         ensureGathered(g)
         if g >= 1 { startGather(g - 1) }   // prefetch the group whose backward comes next
@@ -430,7 +394,6 @@ public final class FullyShardedModel {
     }
 
     func didBackward(group g: Int) {
-        defer { spanEnd("backward", g) }
         if g == lastGroup { inLastGroup = false }
         for f in groups[g] {
             guard let grad = f.fullGrad else { continue }
@@ -562,7 +525,7 @@ public final class FullyShardedModel {
     public func fullStateDict(root: Int? = nil) throws -> StateDict {
         var sd = try gatherFull(grads: false, keep: root.map { $0 == mesh.rank } ?? true)
         if root.map({ $0 == mesh.rank }) ?? true {
-            for (n, t) in model.buffers { sd[n] = HostTensor(shape: t.shape, values: t.toArray()) }
+            for b in model.buffers { sd[b.fqn] = HostTensor(shape: b.tensor.shape, values: b.tensor.toArray()) }
         }
         return sd
     }
@@ -613,13 +576,7 @@ public final class FullyShardedModel {
                 }
             }
         }
-        for (n, t) in model.buffers {
-            if let h = sd[n] {
-                h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
-            } else {
-                t.zero()
-            }
-        }
+        model.spec.loadBuffers { sd[$0] }
     }
 
     // MARK: memory
@@ -637,8 +594,7 @@ public final class FullyShardedModel {
             }
             largest = max(largest, g)
         }
-        let optimizerFloats = 2 * shards.reduce(0) { $0 + $1.count }
-        return MemoryReport(paramBytes: shardFloats * fl, gradBytes: shardFloats * fl, optimizerBytes: optimizerFloats * fl,
+        return MemoryReport(paramBytes: shardFloats * fl, gradBytes: shardFloats * fl,
                             largestUnshardedGroupBytes: largest * fl, paddingBytes: padding * fl, unshardedParamBytes: local * fl)
     }
 

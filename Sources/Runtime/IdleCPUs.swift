@@ -21,8 +21,11 @@ public enum IdleCPUs {
     /// Tests: wait for the helper to take each posted half, so that it always runs it.
     public static var helperAlwaysTakes = false
 
+    /// Off: this rank never computes a GEMM or loop in halves (`--debug.deterministic`); it still marks its waits, so
+    /// other ranks may lend to its CPU.
+    public static var lendsWork = true
     /// Whether this process lends: on a board, with one kernel thread.
-    public static var enabled: Bool { board != nil && KernelThreads.count == 1 }
+    public static var enabled: Bool { lendsWork && board != nil && KernelThreads.count == 1 }
     /// Tasks the helper ran so far (for tests and logs).
     public static var lentTasks: Int { lentCount.value }
 

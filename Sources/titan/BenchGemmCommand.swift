@@ -5,14 +5,8 @@ import Runtime
 import Tensor
 
 /// `titan bench-gemm`: the sgemm peak of this machine (`BLAS.sgemm` as the trainer runs it: split over the kernel
-/// threads) and the model FLOPs per token of a flavor, so a benchmark can report model FLOP utilisation (MFU) against a
-/// peak measured in the same run.
-///
-/// Model FLOPs per training token (torchtitan's `get_num_flop_per_token`):
-///   6 · N_active + 12 · n_layers · n_heads · head_dim · seq_len
-/// N_active = parameters a token multiplies by: attention projections (wq, wk, wv, wo), the router, top_k routed experts
-/// (+ shared experts) or the dense FFN per layer, and the output projection (embedding lookups and norms excluded).
-/// The attention term counts QKᵀ and PV forward (4·H·hd·T per token per layer) and backward (×2), non-causal as torchtitan.
+/// threads) and the model FLOPs per token of a flavor (`Qwen3ModelArgs.flopsPerToken`), so a benchmark can report model
+/// FLOP utilisation (MFU) against a peak measured in the same run.
 struct BenchGemm: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gemm",
@@ -30,24 +24,6 @@ struct BenchGemm: ParsableCommand {
     var seqLen: Int = 256
     @Flag(help: "Instead: time each GEMM implementation on one thread over the shapes behind BLAS's routing.")
     var compareLibraries = false
-
-    static func activeParams(_ a: Qwen3ModelArgs) -> Int {
-        var n = 0
-        for l in 0..<a.n_layers {
-            n += a.dim * a.n_heads * a.head_dim * 2 + a.dim * a.n_kv_heads * a.head_dim * 2
-            if a.isMoELayer(l) {
-                n += a.moe.num_experts * a.dim
-                n += (a.moe.top_k + a.moe.num_shared_experts) * 3 * a.dim * a.moe.hidden_dim
-            } else {
-                n += 3 * a.dim * a.hidden_dim
-            }
-        }
-        return n + a.vocab_size * a.dim
-    }
-
-    static func flopsPerToken(_ a: Qwen3ModelArgs, seqLen: Int) -> Double {
-        6 * Double(activeParams(a)) + 12 * Double(a.n_layers * a.n_heads * a.head_dim * seqLen)
-    }
 
     func run() throws {
         BLAS.prepare()
@@ -69,13 +45,15 @@ struct BenchGemm: ParsableCommand {
         }
         let flop = 2 * Double(n) * Double(n) * Double(n)
         let peak = flop / best / 1e9, mean = flop / (total / Double(max(reps, 1))) / 1e9
-        let args = try ModelFlavors.named(flavor)
-        let fpt = Self.flopsPerToken(args, seqLen: seqLen)
+        guard let args = Qwen3Flavors.all[flavor] else {
+            throw ValidationError("no flavor '\(flavor)' (available: \(Qwen3Flavors.all.keys.sorted().joined(separator: ", ")))")
+        }
+        let fpt = args.flopsPerToken(seqLen: seqLen)
         print("sgemm \(n)x\(n)x\(n), \(KernelThreads.count) thread(s), \(BLAS.description): best \(String(format: "%.1f", peak)) GFLOP/s, mean \(String(format: "%.1f", mean)) GFLOP/s")
-        print("\(flavor): \(Self.activeParams(args)) active params/token, \(String(format: "%.4g", fpt)) model FLOPs/token at seq_len \(seqLen)")
-        print("{\"name\": \"sgemm\", \"size\": \(n), \"threads\": \(KernelThreads.count), \"peak_gflops\": \(String(format: "%.2f", peak)), "
-              + "\"mean_gflops\": \(String(format: "%.2f", mean)), \"flavor\": \"\(flavor)\", \"active_params\": \(Self.activeParams(args)), "
-              + "\"flops_per_token\": \(String(format: "%.6g", fpt))}")
+        print("\(flavor): \(args.activeParameters) active params/token, \(String(format: "%.4g", fpt)) model FLOPs/token at seq_len \(seqLen)")
+        print(jsonLine(["name": "sgemm", "size": n, "threads": KernelThreads.count, "peak_gflops": rounded(peak, places: 2),
+                        "mean_gflops": rounded(mean, places: 2), "flavor": flavor, "active_params": args.activeParameters,
+                        "flops_per_token": fpt]))
     }
 
     /// (M, N, K, transA, transB): attention's blocks (scores A·B with K = head dim 32 after K is transposed, values
@@ -131,10 +109,10 @@ struct BenchGemm: ParsableCommand {
                   + cell(String(format: "%.1f", gflops[.blis]!), 10)
                   + cell(String(format: "%.1f", gflops[.openBLAS]!), 10)
                   + cell(small ?? "-", 10) + cell(routed.rawValue, 15))
-            json.append("{\"name\": \"sgemm_library\", \"m\": \(M), \"n\": \(N), \"k\": \(K), \"op\": \"\(op)\", "
-                  + "\"blis_gflops\": \(String(format: "%.1f", gflops[.blis]!)), "
-                  + "\"openblas_gflops\": \(String(format: "%.1f", gflops[.openBLAS]!)), "
-                  + "\"avx512_small_gflops\": \(small ?? "null"), \"routed\": \"\(routed.rawValue)\"}")
+            json.append(jsonLine(["name": "sgemm_library", "m": M, "n": N, "k": K, "op": op,
+                                  "blis_gflops": rounded(gflops[.blis]!, places: 1), "openblas_gflops": rounded(gflops[.openBLAS]!, places: 1),
+                                  "avx512_small_gflops": gflops[.smallAVX512].map { rounded($0, places: 1) } ?? NSNull(),
+                                  "routed": routed.rawValue]))
         }
         json.forEach { print($0) }
     }

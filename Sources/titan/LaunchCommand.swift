@@ -42,9 +42,9 @@ struct Launch: ParsableCommand {
         }
 
         // A train config is parsed here first, so a bad key fails once, before any rank starts.
-        var trainRequest: TrainerConfigRequest?
+        var trainRequest: JobConfigRequest?
         if name == "train" {
-            do { trainRequest = try TrainCommand.resolve(topology: topo.resolvedParallelism, arguments: Array(args.dropFirst())) }
+            do { trainRequest = try TrainCommand.resolve(topology: topo, arguments: Array(args.dropFirst())) }
             catch {
                 FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
                 throw ExitCode(2)
@@ -79,7 +79,7 @@ struct Launch: ParsableCommand {
         }
     }
 
-    private func runAsThreads(topology: Topology, args: [String], trainRequest: TrainerConfigRequest?, dump: String) throws -> Int32 {
+    private func runAsThreads(topology: Topology, args: [String], trainRequest: JobConfigRequest?, dump: String) throws -> Int32 {
         let rankProgram: RankProgram
         switch args[0] {
         case "collectives":
@@ -91,7 +91,7 @@ struct Launch: ParsableCommand {
         default:
             guard let request = trainRequest, let (program, config) = TrainCommand.program(request) else { return 0 }
             return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump,
-                                            timeoutSeconds: config.job.comm.timeout_seconds, program)
+                                            timeoutSeconds: config.comm.timeout_seconds, program)
         }
         let timeout = Double(Self.value(of: "--comm.timeout_seconds", in: args) ?? "") ?? 300
         return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, rankProgram)

@@ -14,29 +14,21 @@ struct TrainCommand: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "Config selection and overrides, torchtitan style.")
     var arguments: [String] = []
 
-    /// Resolves the config with the topology's parallelism degrees as defaults placed before the user's
-    /// overrides (which win). The topology's expert-parallel degree applies only to models with routed
-    /// experts, so a dense model runs on any topology.
-    static func resolve(topology p: Topology.Parallelism?, arguments: [String]) throws -> TrainerConfigRequest {
-        let plain = try TrainerConfig.resolve(arguments: arguments)
-        guard let p, case .run(let config) = plain else { return plain }
-        var defaults = ["--parallelism.data_parallel_replicate_degree", String(p.dataParallelReplicateDegree),
-                        "--parallelism.data_parallel_shard_degree", String(p.dataParallelShardDegree)]
-        if config.model_args.moe_enabled {
-            defaults += ["--parallelism.expert_parallel_degree", String(p.expertParallelDegree)]
-        }
-        return try TrainerConfig.resolve(arguments: defaults + arguments)
+    /// Resolves the config for a job on `topology` (nil: one process on its own): its degrees are the defaults
+    /// the command line overrides, checked against its world size before any rank starts.
+    static func resolve(topology: Topology?, arguments: [String]) throws -> JobConfigRequest {
+        try JobConfig.resolve(arguments: arguments, topology: topology?.parallelism, worldSize: topology?.worldSize ?? 1)
     }
 
     /// The rank program for a resolved config, with its collective timeout; nil after printing --help.
-    static func program(_ request: TrainerConfigRequest) -> (RankProgram, TrainerConfig)? {
+    static func program(_ request: JobConfigRequest) -> (RankProgram, JobConfig)? {
         switch request {
         case .help(let text):
             print(text)
             return nil
         case .run(let config):
             let program: RankProgram = { comm, out in
-                try Trainer(config: config, comm: comm, log: { out.print($0) }).run()
+                try Trainer(config: config, comm: comm, log: { out.print($0) }).train()
                 return 0
             }
             return (program, config)
@@ -46,11 +38,11 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         do {
             let identity = try RankIdentity.fromEnvironment()
-            let request = try Self.resolve(topology: try identity?.loadTopology().resolvedParallelism, arguments: arguments)
+            let request = try Self.resolve(topology: try identity?.loadTopology(), arguments: arguments)
             guard let (program, config) = Self.program(request) else { return }
             // Under the launcher it writes the rank logs; alone, this process keeps its own.
-            let logFolder = identity == nil ? config.job.job.dump_folder + "/logs" : nil
-            RankRuntime.runThisProcess(timeoutSeconds: config.job.comm.timeout_seconds, logFolder: logFolder, program)
+            let logFolder = identity == nil ? config.job.dump_folder + "/logs" : nil
+            RankRuntime.runThisProcess(timeoutSeconds: config.comm.timeout_seconds, logFolder: logFolder, program)
         } catch {
             FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
             throw ExitCode(2)

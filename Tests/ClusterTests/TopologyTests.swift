@@ -1,3 +1,4 @@
+import Parallel
 import XCTest
 import Collectives
 @testable import Cluster
@@ -63,9 +64,8 @@ final class TopologyTests: XCTestCase {
         XCTAssertTrue(topology.location(ofRank: 3) == (host: 1, localRank: 1))
         XCTAssertEqual(topology.basePort(ofHost: 0), 20000)
         XCTAssertEqual(topology.basePort(ofHost: 1), 21000)
-        XCTAssertEqual(topology.parallelism.dataParallelShardDegree, -1)
-        XCTAssertEqual(topology.resolvedParallelism,
-                       .init(dataParallelReplicateDegree: 1, dataParallelShardDegree: 5, expertParallelDegree: 1))
+        XCTAssertEqual(topology.parallelism.data_parallel_shard_degree, -1)
+        XCTAssertEqual(try topology.parallelism.dims(worldSize: topology.worldSize, numExperts: nil), ParallelDims(replicate: 1, shard: 5, ep: 1))
     }
 
     func testNameDefaultsToFileStemAndTransportToIPC() throws {
@@ -88,7 +88,7 @@ final class TopologyTests: XCTestCase {
         XCTAssertEqual(twoHosts.transport, .tcp)
         XCTAssertEqual(twoHosts.worldSize, 8)
         XCTAssertEqual(twoHosts.hosts.map(\.address), ["127.0.0.1", "127.0.0.2"])
-        XCTAssertEqual(twoHosts.resolvedParallelism.expertParallelDegree, 4)
+        XCTAssertEqual(twoHosts.parallelism.expert_parallel_degree, 4)
     }
 
     func testEveryShippedFileParses() throws {
@@ -106,9 +106,8 @@ final class TopologyTests: XCTestCase {
             let topology = Topology.local(ranks: ranks)
             XCTAssertEqual(topology.worldSize, ranks)
             XCTAssertEqual(topology.transport, .ipc)
-            XCTAssertEqual(topology.parallelism,
-                           .init(dataParallelReplicateDegree: 1, dataParallelShardDegree: ranks,
-                                 expertParallelDegree: ep))
+            XCTAssertEqual([topology.parallelism.data_parallel_replicate_degree, topology.parallelism.data_parallel_shard_degree,
+                            topology.parallelism.expert_parallel_degree], [1, ranks, ep])
             XCTAssertNoThrow(try topology.validate())
         }
     }
@@ -257,12 +256,13 @@ final class TopologyTests: XCTestCase {
             data_parallel_replicate_degree = 2
             expert_parallel_degree = 2
             """, file: "t.toml")
-        XCTAssertEqual(topology.resolvedParallelism.dataParallelShardDegree, 4)
-        // Overrides (e.g. --parallelism.*) are checked the same way, outside a file.
+        XCTAssertEqual(try topology.parallelism.dims(worldSize: 8, numExperts: nil).shard, 4)
+        // Overrides (e.g. --parallelism.*) are checked by the same rules, outside a file.
         var overridden = topology.parallelism
-        overridden.expertParallelDegree = 8
-        XCTAssertThrowsError(try overridden.resolved(worldSize: 8)) { error in
-            XCTAssertEqual((error as? ParallelismError)?.key, "expert_parallel_degree")
+        overridden.expert_parallel_degree = 8
+        XCTAssertThrowsError(try overridden.dims(worldSize: 8, numExperts: nil)) { error in
+            guard case ParallelError.invalidDegrees(let key, _)? = error as? ParallelError else { return XCTFail("\(error)") }
+            XCTAssertEqual(key, "parallelism.expert_parallel_degree")
         }
     }
 

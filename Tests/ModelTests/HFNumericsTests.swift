@@ -40,7 +40,7 @@ final class HFNumericsTests: XCTestCase {
         let folder = try fixture(name)
         let expected = try XCTUnwrap(JSONSerialization.jsonObject(with: XCTUnwrap(FileManager.default.contents(atPath: folder + "/expected.json"))) as? [String: Any])
         let debug = try XCTUnwrap(expected["debug"] as? [String: Any])
-        let (args, sd) = try HFCheckpoint.load(folder: folder, includeExpertBias: false)
+        let (args, sd) = try HFCheckpoint.load(folder: folder)
         let model = try Qwen3Model(args: args, seed: 0)
         try model.load(stateDict: sd, allowMissingBuffers: true)
         let tokens = try readNpyTokens(try fixture("tokens.npy"))
@@ -91,7 +91,7 @@ final class HFNumericsTests: XCTestCase {
                 // per-parameter gradient norms in HF names
                 var gsd: StateDict = [:]
                 for p in params { gsd[p.fqn] = HostTensor(shape: p.shape, values: p.grad.toArray()) }
-                let hf = try Qwen3StateDictAdapter(args: args).toHF(gsd)
+                let hf = try StateDictAdapter(qwen3: args).toHF(gsd)
                 let want = try XCTUnwrap(debug["step1_param_grad_norms_hf"] as? [String: Any])
                 XCTAssertEqual(Set(hf.keys), Set(want.keys), "\(name): HF parameter names")
                 for (k, w) in want {

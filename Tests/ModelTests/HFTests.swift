@@ -79,7 +79,7 @@ final class HFTests: XCTestCase {
             let args = try HFConfig.load(path: dir)
             let reader = try SafeTensorsReader(path: (dir as NSString).appendingPathComponent("model.safetensors"))
             XCTAssertEqual(reader.metadata["format"], "pt")
-            let shapes = Qwen3StateDictAdapter(args: args).hfShapes()
+            let shapes = try StateDictAdapter(qwen3: args).hfShapes
             XCTAssertEqual(Set(reader.names), Set(shapes.keys), name)
             for n in reader.names {
                 let info = try reader.info(n)
@@ -271,9 +271,9 @@ final class HFTests: XCTestCase {
             let dir = try fixture(name)
             let args = try HFConfig.load(path: dir)
             let hf = try SafeTensors.read(path: (dir as NSString).appendingPathComponent("model.safetensors"))
-            let adapter = Qwen3StateDictAdapter(args: args)
+            let adapter = try StateDictAdapter(qwen3: args)
             let titan = try adapter.fromHF(hf)
-            let shapes = adapter.titanShapes()
+            let shapes = adapter.spec.stateDictShapes
             XCTAssertEqual(Set(titan.keys), Set(shapes.keys), name)
             for (k, t) in titan { XCTAssertEqual(t.shape, shapes[k], "\(name) \(k)") }
             XCTAssertEqual(try adapter.toHF(titan), hf, "\(name): HF -> torchtitan -> HF must be identical")
@@ -322,7 +322,7 @@ final class HFTests: XCTestCase {
             XCTAssertEqual(w2.shape, [E, D, Fe])
             XCTAssertEqual(w3.shape, [E, Fe, D])
             XCTAssertEqual(titan["layers.\(layer).moe.router.gate.weight"], hf["model.layers.\(layer).mlp.gate.weight"])
-            XCTAssertEqual(titan["layers.\(layer).moe.expert_bias"], HostTensor(shape: [E], values: .init(repeating: 0, count: E)))
+            XCTAssertNil(titan["layers.\(layer).moe.expert_bias"], "no load balancing in these args: no expert bias")
             for e in [0, 3, E - 1] {
                 let p = "model.layers.\(layer).mlp.experts.\(e)."
                 let gate = hf[p + "gate_proj.weight"]!, up = hf[p + "up_proj.weight"]!, down = hf[p + "down_proj.weight"]!
@@ -334,15 +334,18 @@ final class HFTests: XCTestCase {
             }
         }
         XCTAssertNil(titan["layers.0.feed_forward.w1.weight"])
-        let noBias = try Qwen3StateDictAdapter(args: args).fromHF(hf, includeExpertBias: false)
-        XCTAssertNil(noBias["layers.0.moe.expert_bias"])
+        // With load balancing the model has an expert bias, which HF lacks: it starts at zero.
+        var balanced = args
+        balanced.moe.load_balance_coeff = 1e-3
+        let withBias = try StateDictAdapter(qwen3: balanced).fromHF(hf)
+        XCTAssertEqual(withBias["layers.1.moe.expert_bias"], HostTensor(shape: [E], values: .init(repeating: 0, count: E)))
     }
 
     func testAdapterErrors() throws {
         let dir = try fixture("qwen3_moe")
         let args = try HFConfig.load(path: dir)
         let hf = try SafeTensors.read(path: (dir as NSString).appendingPathComponent("model.safetensors"))
-        let adapter = Qwen3StateDictAdapter(args: args)
+        let adapter = try StateDictAdapter(qwen3: args)
         func expect(_ sd: StateDict, _ kind: StateDictAdapterError.Kind, _ tensor: String, toHF: Bool = false, line: UInt = #line) {
             XCTAssertThrowsError(toHF ? try adapter.toHF(sd) : try adapter.fromHF(sd), line: line) { error in
                 guard let e = error as? StateDictAdapterError else { return XCTFail("\(error)", line: line) }
@@ -374,17 +377,20 @@ final class HFTests: XCTestCase {
         t = titan
         t["norm.weight"] = nil
         expect(t, .missing, "norm.weight", toHF: true)
-        // expert_bias and tokens_per_expert are dropped on export.
+        // A model without load balancing has no expert_bias; one with it drops it on export (HF has none).
         t = titan
         t["layers.0.moe.expert_bias"] = HostTensor(shape: [8], values: .init(repeating: 0.5, count: 8))
-        t["layers.0.moe.tokens_per_expert"] = HostTensor(shape: [8], values: .init(repeating: 3, count: 8))
-        XCTAssertEqual(try adapter.toHF(t), hf)
+        expect(t, .unexpected, "layers.0.moe.expert_bias", toHF: true)
+        var balanced = args
+        balanced.moe.load_balance_coeff = 1e-3
+        t["layers.1.moe.expert_bias"] = HostTensor(shape: [8], values: .init(repeating: 0.5, count: 8))
+        XCTAssertEqual(try StateDictAdapter(qwen3: balanced).toHF(t), hf)
 
         // Tied: an lm_head equal to the embedding is tolerated, a different one is an error.
         let tdir = try fixture("qwen3_tied")
         let targs = try HFConfig.load(path: tdir)
         let thf = try SafeTensors.read(path: (tdir as NSString).appendingPathComponent("model.safetensors"))
-        let tadapter = Qwen3StateDictAdapter(args: targs)
+        let tadapter = try StateDictAdapter(qwen3: targs)
         var withHead = thf
         withHead["lm_head.weight"] = thf["model.embed_tokens.weight"]
         XCTAssertEqual(try tadapter.fromHF(withHead), try tadapter.fromHF(thf))
@@ -399,7 +405,7 @@ final class HFTests: XCTestCase {
         let ddir = try fixture("qwen3_dense")
         var dhf = try SafeTensors.read(path: (ddir as NSString).appendingPathComponent("model.safetensors"))
         dhf["lm_head.weight"] = nil
-        XCTAssertThrowsError(try Qwen3StateDictAdapter(args: HFConfig.load(path: ddir)).fromHF(dhf)) {
+        XCTAssertThrowsError(try StateDictAdapter(qwen3: HFConfig.load(path: ddir)).fromHF(dhf)) {
             XCTAssertEqual(($0 as? StateDictAdapterError)?.tensor, "lm_head.weight")
         }
     }
@@ -452,8 +458,8 @@ final class HFTests: XCTestCase {
         folders.append(sharded)
         var rng = SplitMix64(seed: 4)
         for dir in folders {
-            let (args, titan) = try HFCheckpoint.load(folder: dir, includeExpertBias: false)
-            let w = try HFInitialWeights(folder: dir, args: args)
+            let (args, titan) = try HFCheckpoint.load(folder: dir)
+            let w = try HFInitialWeights(folder: dir, adapter: try StateDictAdapter(qwen3: args))
             XCTAssertEqual(w.parameterShapes, titan.mapValues(\.shape), dir)
             XCTAssertNil(w.buffer("layers.0.moe.expert_bias"))
             for (fqn, t) in titan.sorted(by: { $0.key < $1.key }) {
@@ -495,7 +501,7 @@ final class HFTests: XCTestCase {
             return (dir, args)
         }
         func expect(_ f: (String, Qwen3ModelArgs), _ kind: StateDictAdapterError.Kind, _ tensor: String, line: UInt = #line) {
-            XCTAssertThrowsError(try HFInitialWeights(folder: f.0, args: f.1), line: line) { error in
+            XCTAssertThrowsError(try HFInitialWeights(folder: f.0, adapter: try StateDictAdapter(qwen3: f.1)), line: line) { error in
                 guard let e = error as? StateDictAdapterError else { return XCTFail("\(error)", line: line) }
                 XCTAssertEqual(e.kind, kind, "\(e)", line: line)
                 XCTAssertEqual(e.tensor, tensor, "\(e)", line: line)
@@ -507,7 +513,7 @@ final class HFTests: XCTestCase {
         expect(try folder("qwen3_moe") { $0["model.layers.0.mlp.experts.8.up_proj.weight"] = HostTensor(shape: [16, 32], values: .init(repeating: 0, count: 512)) },
                .unexpected, "model.layers.0.mlp.experts.8.up_proj.weight")
         let same = try folder("qwen3_tied") { $0["lm_head.weight"] = $0["model.embed_tokens.weight"] }
-        XCTAssertNoThrow(try HFInitialWeights(folder: same.0, args: same.1))
+        XCTAssertNoThrow(try HFInitialWeights(folder: same.0, adapter: try StateDictAdapter(qwen3: same.1)))
         expect(try folder("qwen3_tied") { hf in var e = hf["model.embed_tokens.weight"]!; e.values[e.values.count - 1] += 1; hf["lm_head.weight"] = e },
                .tiedMismatch, "lm_head.weight")
     }

@@ -39,7 +39,9 @@ final class ExpertPathTests: XCTestCase {
         let counts = [3, 0, 4, 0, 1]
         let S = counts.reduce(0, +)
         var rng = SplitMix64(seed: 3)
-        let w1 = Parameter(fqn: "w1", shape: [E, F, D]), w2 = Parameter(fqn: "w2", shape: [E, D, F]), w3 = Parameter(fqn: "w3", shape: [E, F, D])
+        let experts = GroupedExperts(ModelSpec(materialize: true).newGroup(), numExperts: E, dim: D, hiddenDim: F, initStd: 0.5,
+                                   useGroupedMM: true)
+        let w1 = experts.w1, w2 = experts.w2, w3 = experts.w3
         for p in [w1, w2, w3] { rng.fillNormal(p.value.data, p.count, std: 0.5) }
         let x = Tensor(shape: [S, D]); rng.fillNormal(x.data, x.count)
         let dy = Tensor(shape: [S, D]); rng.fillNormal(dy.data, dy.count)
@@ -47,10 +49,10 @@ final class ExpertPathTests: XCTestCase {
         var grads: [[[Float]]] = []
         for grouped in [true, false] {
             for p in [w1, w2, w3] { p.grad.zero() }
-            let ex = GroupedExperts(w1: w1, w2: w2, w3: w3, dim: D, hiddenDim: F, useGroupedMM: grouped)
+            experts.useGroupedMM = grouped
             let y = Tensor(shape: [S, D]), dx = Tensor(shape: [S, D])
-            ex.forward(x_SD: x.ptr, counts_E: counts, y_SD: y.data)
-            ex.backward(x_SD: x.ptr, dy_SD: dy.ptr, counts_E: counts, dx_SD: dx.data)
+            experts.forward(x_SD: x.ptr, counts_E: counts, y_SD: y.data)
+            experts.backward(x_SD: x.ptr, dy_SD: dy.ptr, counts_E: counts, dx_SD: dx.data)
             results.append(y.toArray() + dx.toArray())
             grads.append([w1.grad.toArray(), w2.grad.toArray(), w3.grad.toArray()])
             // reference forward
@@ -81,10 +83,10 @@ final class ExpertPathTests: XCTestCase {
         XCTAssertEqual(results[0], results[1])
         XCTAssertEqual(grads[0], grads[1])
         // zero tokens in total
-        let ex = GroupedExperts(w1: w1, w2: w2, w3: w3, dim: D, hiddenDim: F, useGroupedMM: true)
+        experts.useGroupedMM = true
         let none = Tensor(shape: [1, D])
-        ex.forward(x_SD: none.ptr, counts_E: [0, 0, 0, 0, 0], y_SD: none.data)
-        ex.backward(x_SD: none.ptr, dy_SD: none.ptr, counts_E: [0, 0, 0, 0, 0], dx_SD: none.data)
+        experts.forward(x_SD: none.ptr, counts_E: [0, 0, 0, 0, 0], y_SD: none.data)
+        experts.backward(x_SD: none.ptr, dy_SD: none.ptr, counts_E: [0, 0, 0, 0, 0], dx_SD: none.data)
     }
 
     func testModelWithExpertsThatGetNoTokens() throws {
@@ -163,6 +165,33 @@ final class ModelStateTests: XCTestCase {
         XCTAssertNil(tied.stateDict()["output.weight"])
     }
 
+    /// The spec is the one table: every parameter's group, initialisation and HF layout as the modules declared them,
+    /// and for `Qwen3Model.spec` no storage at all.
+    func testSpecDeclaresGroupsInitAndHFLayouts() throws {
+        let a = tinyArgs(moe: true, shared: 1, lbCoeff: 1e-3)
+        let spec = try Qwen3Model.spec(a)
+        XCTAssertTrue(spec.parameters.allSatisfy { $0.value == nil && $0.awaitsInitialization })
+        for (g, group) in spec.groups.enumerated() { XCTAssertTrue(group.allSatisfy { $0.group == g }) }
+        let p = Dictionary(uniqueKeysWithValues: spec.parameters.map { ($0.fqn, $0) })
+        XCTAssertEqual(p["layers.1.attention.wq.weight"]?.hf, .tensor("model.layers.1.self_attn.q_proj.weight"))
+        XCTAssertEqual(p["layers.0.ffn_norm.weight"]?.hf, .tensor("model.layers.0.post_attention_layernorm.weight"))
+        XCTAssertEqual(p["layers.0.moe.router.gate.weight"]?.hf, .tensor("model.layers.0.mlp.gate.weight"))
+        XCTAssertEqual(p["layers.0.moe.experts.w2"]?.hf, .perExpert((0..<4).map { "model.layers.0.mlp.experts.\($0).down_proj.weight" }))
+        XCTAssertEqual(p["layers.0.moe.shared_experts.w1.weight"]?.hf, HFLayout.none, "Qwen3-MoE has no shared experts in HF")
+        XCTAssertEqual(p["output.weight"]?.hf, .tensor("lm_head.weight"))
+        XCTAssertEqual(p["layers.0.attention.q_norm.weight"]?.initialization, .ones)
+        XCTAssertEqual(p["norm.weight"]?.initialization, .ones)
+        XCTAssertEqual(p["layers.0.moe.experts.w1"]?.initialization, .normal(std: a.init_std))
+        XCTAssertEqual(spec.buffers.map(\.fqn), ["layers.0.moe.expert_bias", "layers.1.moe.expert_bias"])
+        XCTAssertTrue(spec.buffers.allSatisfy { $0.hf == nil })
+        XCTAssertEqual(spec.hfArchitecture, "Qwen3MoeForCausalLM")
+        let tied = try Qwen3Model.spec(tinyArgs(moe: false, tied: true))
+        XCTAssertEqual(tied.hfTied, ["lm_head.weight": "model.embed_tokens.weight"])
+        XCTAssertEqual(tied.hfArchitecture, "Qwen3ForCausalLM")
+        XCTAssertNil(tied.parameterShapes["output.weight"])
+        XCTAssertEqual(tied.parameterShapes["layers.0.feed_forward.w2.weight"], [a.dim, a.hidden_dim])
+    }
+
     func testStateDictRoundTripAndErrors() throws {
         let a = tinyArgs(moe: true, shared: 1, lbCoeff: 1e-3)
         let src = try Qwen3Model(args: a, seed: 1)
@@ -195,19 +224,18 @@ final class ModelStateTests: XCTestCase {
     }
 
     func testFlavors() throws {
-        XCTAssertTrue(Set(["debugmodel", "debugmodel_moe", "bench_moe"]).isSubset(of: Set(ModelFlavors.names)))
-        let b = try ModelFlavors.named("bench_moe")
+        XCTAssertTrue(Set(["debugmodel", "debugmodel_moe", "bench_moe"]).isSubset(of: Set(Qwen3Flavors.all.keys)))
+        let b = try XCTUnwrap(Qwen3Flavors.all["bench_moe"])
         XCTAssertEqual([b.vocab_size, b.dim, b.n_layers, b.n_heads, b.n_kv_heads, b.head_dim, b.hidden_dim], [2048, 256, 4, 8, 4, 32, 1024])
         XCTAssertEqual([b.moe.num_experts, b.moe.top_k, b.moe.hidden_dim], [16, 2, 512])
         XCTAssertTrue((0..<4).allSatisfy { b.isMoELayer($0) })
-        for n in ModelFlavors.names { XCTAssertNoThrow(try ModelFlavors.named(n).validate()) }
-        XCTAssertThrowsError(try ModelFlavors.named("nope")) { XCTAssertTrue("\($0)".contains("debugmodel_moe")) }
+        for (n, a) in Qwen3Flavors.all { XCTAssertNoThrow(try a.validate(), n) }
         var bad = Qwen3ModelArgs(); bad.n_kv_heads = 3
         XCTAssertThrowsError(try Qwen3Model(args: bad)) { XCTAssertTrue("\($0)".contains("n_kv_heads")) }
     }
 
     func testDebugMoEInitialLossAndTrainingReducesLoss() throws {
-        let m = try Qwen3Model(flavor: "debugmodel_moe", seed: 0)
+        let m = try Qwen3Model(args: Qwen3Flavors.all["debugmodel_moe"]!, seed: 0)
         let B = 2, T = 32, V = m.args.vocab_size
         // a learnable stream: token i+1 follows token i
         let stream = (0..<(B * (T + 1))).map { Int32(($0 * 7) % 97) }

@@ -56,6 +56,7 @@ private struct RunResult {
     var final: StateDict = [:]
     var memory: MemoryReport?
     var parameterShardCount = 0
+    var shardElements = 0               // elements in this rank's parameter shards
     var scratchBytes: [Int] = []        // pool bytes after each step (must not grow after step 1)
     var stepTraffic: [Traffic] = []     // what rank 0 sent and received in each step's forward, backward and reductions
 }
@@ -104,6 +105,7 @@ private func runDistributed(_ c: RunConfig, file: StaticString = #filePath, line
         var r = RunResult()
         r.memory = fsdp.memoryReport
         r.parameterShardCount = fsdp.shards.count
+        r.shardElements = fsdp.shards.reduce(0) { $0 + $1.count }
         let local = c.rows / world, micro = local / c.microBatches
         let d = mesh.dataParallelRank
         for step in 1...c.steps {
@@ -296,7 +298,8 @@ final class FSDPTests: XCTestCase {
             XCTAssertLessThanOrEqual(m.paramBytes * n, fullBytes + groups * (n - 1) * 4, "padding is < n elements per group")
             XCTAssertLessThanOrEqual(m.paramBytes, fullBytes / n + groups * 4)
             XCTAssertEqual(m.gradBytes, m.paramBytes)
-            XCTAssertLessThanOrEqual(m.optimizerBytes, 2 * m.paramBytes)
+            XCTAssertLessThanOrEqual(r.shardElements * 4, m.paramBytes, "the parameter shards are the storage without its padding")
+            XCTAssertGreaterThan(r.shardElements * 4, m.paramBytes - groups * n * 4)
             XCTAssertEqual(m.unshardedParamBytes, fullBytes)
             XCTAssertGreaterThanOrEqual(m.largestUnshardedGroupBytes, largest * 4)
             XCTAssertLessThan(m.largestUnshardedGroupBytes, largest * 4 + n * 4)
@@ -312,8 +315,8 @@ final class FSDPTests: XCTestCase {
             let fsdp = try FullyShardedModel(model: try Qwen3Model(args: args, seed: 0), mesh: mesh)
             var cover: [String: [Int]] = [:]
             for s in fsdp.shards {
-                var c = cover[s.fqn] ?? [Int](repeating: 0, count: s.fullShape.reduce(1, *))
-                for i in 0..<s.count { c[s.offsetInFull + i] += 1 }
+                var c = cover[s.fqn] ?? [Int](repeating: 0, count: s.parameter.count)
+                for i in 0..<s.count { c[s.offset + i] += 1 }
                 cover[s.fqn] = c
             }
             counts.set(comm.rank, cover)
@@ -466,7 +469,8 @@ final class FSDPTests: XCTestCase {
         XCTAssertTrue(message(ParallelDims(replicate: 1, shard: 3, ep: 1), world: 4, experts: nil).contains("parallelism.data_parallel_shard_degree"))
         XCTAssertTrue(message(ParallelDims(replicate: 1, shard: 4, ep: 3), world: 4, experts: 6).contains("parallelism.expert_parallel_degree"))
         XCTAssertTrue(message(ParallelDims(replicate: 1, shard: 4, ep: 4), world: 4, experts: 6).contains("number of experts"))
-        XCTAssertTrue(message(ParallelDims(replicate: 1, shard: 2, ep: 2), world: 2, experts: nil).contains("no routed experts"))
+        XCTAssertTrue(message(ParallelDims(replicate: 1, shard: 2, ep: 2), world: 2, experts: 0).contains("no routed experts"))
+        XCTAssertEqual(message(ParallelDims(replicate: 1, shard: 2, ep: 2), world: 2, experts: nil), "", "experts not known yet: not checked")
         XCTAssertTrue(message(ParallelDims(replicate: 0, shard: 2, ep: 1), world: 2, experts: nil).contains("parallelism.data_parallel_replicate_degree"))
         XCTAssertEqual(ParallelDims(replicate: 2, shard: 3, ep: 1).world, 6)
     }

@@ -37,11 +37,10 @@ final class CheckpointUnitTests: XCTestCase {
     }
 
     func testFolderIsRelativeToDumpFolderUnlessAbsolute() {
-        var job = JobConfig()
-        job.job.dump_folder = "/runs/a"
-        XCTAssertEqual(Checkpoint.folder(job), "/runs/a/checkpoint")
-        job.checkpoint.folder = "/elsewhere/ck"
-        XCTAssertEqual(Checkpoint.folder(job), "/elsewhere/ck")
+        var c = CheckpointConfig()
+        XCTAssertEqual(c.folder(dumpFolder: "/runs/a"), "/runs/a/checkpoint")
+        c.folder = "/elsewhere/ck"
+        XCTAssertEqual(c.folder(dumpFolder: "/runs/a"), "/elsewhere/ck")
     }
 
     func testLatestStepFolder() throws {
@@ -83,10 +82,19 @@ final class CheckpointUnitTests: XCTestCase {
 
     func testModelMismatchIsAClearError() {
         let m = meta([(0, 10)], numel: 10)
-        XCTAssertThrowsError(try Checkpoint.validateModel(m, parameterShapes: ["w": [2, 5]], bufferShapes: [:], args: Self.args, path: "x/metadata.json")) { e in
+        XCTAssertThrowsError(try Checkpoint.validateModel(m, expected: ["model/w": [2, 5]], bufferShapes: [:], args: Self.args, path: "x/metadata.json")) { e in
             let s = "\(e)"
             XCTAssertTrue(s.contains("x/metadata.json") && s.contains("does not match the model") && s.contains("'model/w' has shape [10]"), s)
         }
+    }
+
+    /// A checkpointer saving into `folder` (absolute, so the run folder does not matter).
+    func checkpointer(_ folder: String, _ comm: Communicator) -> Checkpointer {
+        var c = CheckpointConfig()
+        c.enable = true
+        c.folder = folder
+        c.keep_latest_k = 0
+        return Checkpointer(c, dumpFolder: "/unused", comm: comm, log: { _ in })
     }
 
     /// Save on 4 ranks (shard 4 × ep 2), load on 2 ranks (shard 2, no EP) and 3 ranks (uneven shards):
@@ -98,18 +106,16 @@ final class CheckpointUnitTests: XCTestCase {
         let failures = InProcessCluster.run(worldSize: 4, timeoutSeconds: 30) { comm in
             let mesh = try DeviceMesh(comm: comm, dims: ParallelDims(replicate: 1, shard: 4, ep: 2), numExperts: args.moe.num_experts)
             let model = try Qwen3Model(args: args, seed: 3)
-            for (n, t) in model.buffers { t.data.update(repeating: Float(n.count), count: t.count) }
-            try ExpertParallel.apply(to: model, epGroup: mesh.ep!)
-            let fsdp = try FullyShardedModel(model: model, mesh: mesh)
-            let expAvg = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
-            let expAvgSq = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
-            for (i, s) in fsdp.shards.enumerated() {
-                for j in 0..<s.count {
-                    expAvg[i].data[j] = Self.marker(s.fqn, s.offsetInFull + j, 1)
-                    expAvgSq[i].data[j] = Self.marker(s.fqn, s.offsetInFull + j, 2)
+            for b in model.buffers { b.tensor.data.update(repeating: Float(b.fqn.count), count: b.tensor.count) }
+            let fsdp = try parallelize(model, mesh: mesh, reshardAfterForward: .default)
+            let optimizer = OptimizerConfig().build(shards: fsdp.shards)
+            for st in optimizer.states {
+                for j in 0..<st.shard.count {
+                    st.expAvg.data[j] = Self.marker(st.shard.fqn, st.shard.offset + j, 1)
+                    st.expAvgSq.data[j] = Self.marker(st.shard.fqn, st.shard.offset + j, 2)
                 }
             }
-            try Checkpoint.save(folder: ckpt, step: 7, fsdp: fsdp, modelArgs: args, expAvg: expAvg, expAvgSq: expAvgSq, keepLatestK: 0, log: { _ in })
+            try self.checkpointer(ckpt, comm).saveIfDue(step: 7, lastStep: 7, model: fsdp, optimizer: optimizer, modelArgs: args)
         }
         XCTAssertTrue(failures.allSatisfy { $0 == nil }, "\(failures)")
         XCTAssertEqual(try String(contentsOfFile: ckpt + "/latest", encoding: .utf8), "step-7\n")
@@ -126,16 +132,17 @@ final class CheckpointUnitTests: XCTestCase {
             let failures = InProcessCluster.run(worldSize: dims.world, timeoutSeconds: 30) { comm in
                 let mesh = try DeviceMesh(comm: comm, dims: dims, numExperts: args.moe.num_experts)
                 let model = try Qwen3Model(args: args, seed: 99)   // different weights: the checkpoint must overwrite them
-                let fsdp = try FullyShardedModel(model: model, mesh: mesh)
-                let expAvg = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
-                let expAvgSq = fsdp.shards.map { Tensor(shape: [max($0.count, 1)]) }
-                let loaded = try Checkpoint.load(stepFolder: ckpt + "/step-7", fsdp: fsdp, modelArgs: args, expAvg: expAvg, expAvgSq: expAvgSq)
-                XCTAssertEqual(loaded.step, 7)
-                for (i, s) in fsdp.shards.enumerated() {
+                let fsdp = try parallelize(model, mesh: mesh, reshardAfterForward: .default)
+                let optimizer = OptimizerConfig().build(shards: fsdp.shards)
+                let checkpointer = self.checkpointer(ckpt, comm)
+                let step = try checkpointer.load(resumeFolder: try checkpointer.resumeFolder(), model: fsdp, optimizer: optimizer, modelArgs: args)
+                XCTAssertEqual(step, 7)
+                for st in optimizer.states {
+                    let s = st.shard
                     for j in 0..<s.count {
-                        XCTAssertEqual(expAvg[i].data[j], Self.marker(s.fqn, s.offsetInFull + j, 1), "\(dims) \(s.fqn)[\(s.offsetInFull + j)]")
-                        XCTAssertEqual(expAvgSq[i].data[j], Self.marker(s.fqn, s.offsetInFull + j, 2))
-                        if expAvg[i].data[j] != Self.marker(s.fqn, s.offsetInFull + j, 1) { return }
+                        XCTAssertEqual(st.expAvg.data[j], Self.marker(s.fqn, s.offset + j, 1), "\(dims) \(s.fqn)[\(s.offset + j)]")
+                        XCTAssertEqual(st.expAvgSq.data[j], Self.marker(s.fqn, s.offset + j, 2))
+                        if st.expAvg.data[j] != Self.marker(s.fqn, s.offset + j, 1) { return }
                     }
                 }
                 let sd = try fsdp.fullStateDict()

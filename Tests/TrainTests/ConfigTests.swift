@@ -1,26 +1,27 @@
 import Config
 import Foundation
 import Model
+import Parallel
 @testable import Train
 import XCTest
 
 final class ConfigTests: XCTestCase {
-    func run(_ args: [String]) throws -> TrainerConfig {
-        guard case .run(let c) = try TrainerConfig.resolve(arguments: args) else {
+    func run(_ args: [String]) throws -> JobConfig {
+        guard case .run(let c) = try JobConfig.resolve(arguments: args) else {
             XCTFail("expected a config, got help"); throw ConfigError.unexpectedArgument("help")
         }
         return c
     }
 
     func error(_ args: [String]) -> ConfigError? {
-        do { _ = try TrainerConfig.resolve(arguments: args); return nil } catch let e as ConfigError { return e } catch {
+        do { _ = try JobConfig.resolve(arguments: args); return nil } catch let e as ConfigError { return e } catch {
             XCTFail("unexpected error \(error)"); return nil
         }
     }
 
     /// Every key DESIGN.md's Configuration section promises, spelled exactly.
     func testDesignKeysExist() {
-        let keys = Set(TrainerConfig.schema.fields.map(\.key))
+        let keys = Set(JobConfig.schema.fields.map(\.key))
         for k in ["training.steps", "training.local_batch_size", "training.seq_len", "training.seed", "training.max_norm",
                   "optimizer.lr", "optimizer.beta1", "optimizer.beta2", "optimizer.eps", "optimizer.weight_decay",
                   "lr_scheduler.warmup_steps", "lr_scheduler.decay_ratio", "lr_scheduler.decay_type", "lr_scheduler.min_lr_factor",
@@ -45,56 +46,56 @@ final class ConfigTests: XCTestCase {
                          "--training.max_norm", "-1", "--job.dump_folder", "/tmp/x y",
                          "--model.dim", "128", "--model.moe.num_experts", "16", "--model.moe.score_func", "sigmoid",
                          "--model.norm_eps", "1e-5", "--checkpoint.initial_load_path", "/ckpt"])
-        XCTAssertEqual(c.job.training.steps, 7)
-        XCTAssertEqual(c.job.optimizer.lr, 1e-3)
-        XCTAssertTrue(c.job.checkpoint.enable)
-        XCTAssertFalse(c.job.debug.deterministic)
-        XCTAssertTrue(c.job.profiling.enable_trace)
-        XCTAssertEqual(c.job.lr_scheduler.decay_type, .cosine)
-        XCTAssertNil(c.job.lr_scheduler.decay_ratio)
-        XCTAssertEqual(c.job.training.max_norm, -1)
-        XCTAssertEqual(c.job.job.dump_folder, "/tmp/x y")
-        XCTAssertEqual(c.model_args.dim, 128)
-        XCTAssertEqual(c.model_args.moe.num_experts, 16)
-        XCTAssertEqual(c.model_args.moe.score_func, .sigmoid)
-        XCTAssertEqual(c.model_args.norm_eps, 1e-5)
-        XCTAssertEqual(c.job.checkpoint.initial_load_path, "/ckpt")
+        XCTAssertEqual(c.training.steps, 7)
+        XCTAssertEqual(c.optimizer.lr, 1e-3)
+        XCTAssertTrue(c.checkpoint.enable)
+        XCTAssertFalse(c.debug.deterministic)
+        XCTAssertTrue(c.profiling.enable_trace)
+        XCTAssertEqual(c.lr_scheduler.decay_type, .cosine)
+        XCTAssertNil(c.lr_scheduler.decay_ratio)
+        XCTAssertEqual(c.training.max_norm, -1)
+        XCTAssertEqual(c.job.dump_folder, "/tmp/x y")
+        XCTAssertEqual(c.model.args.dim, 128)
+        XCTAssertEqual(c.model.args.moe.num_experts, 16)
+        XCTAssertEqual(c.model.args.moe.score_func, .sigmoid)
+        XCTAssertEqual(c.model.args.norm_eps, 1e-5)
+        XCTAssertEqual(c.checkpoint.initial_load_path, "/ckpt")
         // untouched fields keep the named config's values
-        XCTAssertEqual(c.job.training.seq_len, 64)
-        XCTAssertTrue(c.model_args.moe_enabled)
+        XCTAssertEqual(c.training.seq_len, 64)
+        XCTAssertTrue(c.model.args.moe_enabled)
     }
 
     func testBareBoolAtEndAndBeforeFlag() throws {
         let a = try run(["--checkpoint.enable"])
-        XCTAssertTrue(a.job.checkpoint.enable)
+        XCTAssertTrue(a.checkpoint.enable)
         let b = try run(["--checkpoint.enable", "--checkpoint.last_save_in_hf", "--training.steps", "3"])
-        XCTAssertTrue(b.job.checkpoint.enable)
-        XCTAssertTrue(b.job.checkpoint.last_save_in_hf)
-        XCTAssertEqual(b.job.training.steps, 3)
+        XCTAssertTrue(b.checkpoint.enable)
+        XCTAssertTrue(b.checkpoint.last_save_in_hf)
+        XCTAssertEqual(b.training.steps, 3)
         let c = try run(["--checkpoint.enable", "true", "--checkpoint.enable", "FALSE"])
-        XCTAssertFalse(c.job.checkpoint.enable)
+        XCTAssertFalse(c.checkpoint.enable)
     }
 
     func testRegistryAndNamedDefaults() throws {
         let bench = try run(["--config", "bench_moe"])
-        XCTAssertEqual(bench.job.training.seq_len, 256)
-        XCTAssertEqual(bench.job.training.local_batch_size, 16)
-        XCTAssertEqual(bench.job.model.flavor, "bench_moe")
-        XCTAssertTrue(bench.model_args.moe_enabled)
+        XCTAssertEqual(bench.training.seq_len, 256)
+        XCTAssertEqual(bench.training.local_batch_size, 16)
+        XCTAssertEqual(bench.model.flavor, "bench_moe")
+        XCTAssertTrue(bench.model.args.moe_enabled)
         let dense = try run(["--config", "debugmodel"])
-        XCTAssertFalse(dense.model_args.moe_enabled)
+        XCTAssertFalse(dense.model.args.moe_enabled)
         let dflt = try run([])
-        XCTAssertEqual(dflt.job.model.flavor, "debugmodel_moe")
-        XCTAssertEqual(dflt.job.dataloader.dataset, .synthetic)
+        XCTAssertEqual(dflt.model.flavor, "debugmodel_moe")
+        XCTAssertEqual(dflt.dataloader.dataset, .synthetic)
     }
 
     func testFlavorOverrideReloadsArchitectureThenAppliesModelFields() throws {
         // --model.flavor is applied first regardless of position; model fields go on top.
         for args in [["--model.flavor", "debugmodel", "--model.dim", "32"], ["--model.dim", "32", "--model.flavor", "debugmodel"]] {
             let c = try run(["--config", "debugmodel_moe"] + args)
-            XCTAssertFalse(c.model_args.moe_enabled)
-            XCTAssertEqual(c.model_args.dim, 32)
-            XCTAssertEqual(c.job.model.flavor, "debugmodel")
+            XCTAssertFalse(c.model.args.moe_enabled)
+            XCTAssertEqual(c.model.args.dim, 32)
+            XCTAssertEqual(c.model.flavor, "debugmodel")
         }
         guard case .invalid(let key, let reason)? = error(["--model.flavor", "debugmodel_mo"]) else { return XCTFail() }
         XCTAssertEqual(key, "model.flavor")
@@ -144,11 +145,38 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(k2, "parallelism.expert_parallel_degree")
     }
 
+    /// A topology's degrees reach the config as values: defaults the command line overrides, its expert-parallel
+    /// degree only for a model with experts, all checked against the world size with errors naming the key.
+    func testTopologyDegreesAreDefaultsCheckedAgainstTheWorld() throws {
+        var topology = ParallelismConfig()
+        topology.data_parallel_replicate_degree = 2
+        topology.data_parallel_shard_degree = -1
+        topology.expert_parallel_degree = 4
+        func resolve(_ args: [String], world: Int = 8) throws -> JobConfig {
+            guard case .run(let c) = try JobConfig.resolve(arguments: args, topology: topology, worldSize: world) else { throw ConfigError.unexpectedArgument("help") }
+            return c
+        }
+        let c = try resolve([])
+        XCTAssertEqual([c.parallelism.data_parallel_replicate_degree, c.parallelism.data_parallel_shard_degree,
+                        c.parallelism.expert_parallel_degree], [2, 4, 4], "-1 is written as the shard degree it stands for")
+        XCTAssertEqual(try resolve(["--parallelism.expert_parallel_degree", "2"]).parallelism.expert_parallel_degree, 2)
+        XCTAssertEqual(try resolve(["--config", "debugmodel"]).parallelism.expert_parallel_degree, 1, "a dense model ignores the topology's EP")
+        func key(_ args: [String], world: Int = 8) -> String? {
+            do { _ = try resolve(args, world: world); return nil } catch let ConfigError.invalid(key, _) { return key } catch { return "\(error)" }
+        }
+        XCTAssertEqual(key(["--parallelism.data_parallel_replicate_degree", "3"]), "parallelism.data_parallel_replicate_degree")
+        XCTAssertEqual(key(["--parallelism.data_parallel_shard_degree", "3"]), "parallelism.data_parallel_shard_degree")
+        XCTAssertEqual(key(["--parallelism.data_parallel_replicate_degree", "1"], world: 6), "parallelism.expert_parallel_degree",
+                       "ep 4 does not divide the shard degree 6")
+        XCTAssertEqual(key(["--parallelism.expert_parallel_degree", "4", "--model.moe.num_experts", "6"]), "parallelism.expert_parallel_degree",
+                       "ep 4 does not divide 6 experts")
+    }
+
     func testHelpListsEveryFieldWithTypeAndDefault() throws {
-        guard case .help(let text) = try TrainerConfig.resolve(arguments: ["--config", "bench_moe", "--training.steps", "99", "--help"]) else {
+        guard case .help(let text) = try JobConfig.resolve(arguments: ["--config", "bench_moe", "--training.steps", "99", "--help"]) else {
             return XCTFail("expected help")
         }
-        for f in TrainerConfig.schema.fields {
+        for f in JobConfig.schema.fields {
             XCTAssertTrue(text.contains("--\(f.key) "), "help misses \(f.key)")
         }
         let line = { (key: String) in text.split(separator: "\n").first { $0.contains("--\(key) ") }.map(String.init) ?? "" }
@@ -162,10 +190,9 @@ final class ConfigTests: XCTestCase {
 
     func testJSONDumpIsNestedStableAndComplete() throws {
         let c = try run(["--model.moe.num_experts", "4", "--lr_scheduler.decay_ratio", "none", "--job.description", "a \"quoted\"\nline"])
-        let text = c.json
+        let text = try c.json()
         XCTAssertEqual(text, try run(["--model.moe.num_experts", "4", "--lr_scheduler.decay_ratio", "none",
-                                      "--job.description", "a \"quoted\"\nline"]).json)
-        XCTAssertTrue(text.hasPrefix("{\n  \"job\": {\n    \"dump_folder\": "), text)
+                                      "--job.description", "a \"quoted\"\nline"]).json())
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
         let model = try XCTUnwrap(obj["model"] as? [String: Any])
         XCTAssertEqual(model["flavor"] as? String, "debugmodel_moe")
@@ -180,11 +207,11 @@ final class ConfigTests: XCTestCase {
         var count = 0
         func walk(_ o: Any) { if let d = o as? [String: Any] { d.values.forEach(walk) } else { count += 1 } }
         walk(obj)
-        XCTAssertEqual(count, TrainerConfig.schema.fields.count)
-        // top-level section order follows the field table
-        let order = ["\"job\"", "\"model\"", "\"training\"", "\"optimizer\"", "\"lr_scheduler\"", "\"parallelism\"",
-                     "\"checkpoint\"", "\"dataloader\"", "\"debug\"", "\"profiling\"", "\"comm\"", "\"metrics\""]
-        let positions = order.map { text.range(of: "\n  \($0): ")!.lowerBound }
+        XCTAssertEqual(count, JobConfig.schema.fields.count)
+        // keys come out sorted, at every level
+        let order = ["checkpoint", "comm", "dataloader", "debug", "job", "lr_scheduler", "metrics", "model", "optimizer",
+                     "parallelism", "profiling", "training"]
+        let positions = order.map { text.range(of: "\n  \"\($0)\" : ")!.lowerBound }
         XCTAssertEqual(positions, positions.sorted())
     }
 
@@ -193,7 +220,7 @@ final class ConfigTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let c = try run(["--job.dump_folder", dir])
         try writeConfigJSON(c, dumpFolder: dir)
-        XCTAssertEqual(try String(contentsOfFile: dir + "/config.json", encoding: .utf8), c.json)
+        XCTAssertEqual(try String(contentsOfFile: dir + "/config.json", encoding: .utf8), try c.json())
     }
 
     func testEditDistance() {

@@ -121,14 +121,12 @@ final class DataLoaderTests: XCTestCase {
         XCTAssertEqual(dl[0].batch(step: 2).labels_BL, [31, 32, 33, 34, 1, 2, 3, 4])
     }
 
-    func testNextAndResumeState() {
-        var a = DataLoader(tokens: iota(200), seqLen: 4, localBatchSize: 3)
-        let first = (0..<3).map { _ in a.next() }
-        XCTAssertEqual(a.stateStep, 4)
-        var b = DataLoader(tokens: iota(200), seqLen: 4, localBatchSize: 3)
-        b.stateStep = 3
-        XCTAssertEqual(b.next(), first[2])
-        XCTAssertEqual(a.next(), b.next())
+    /// A batch is a function of the step alone: a loader built later (a resumed run) serves the same batch.
+    func testBatchesArePureFunctionsOfTheStep() {
+        let a = DataLoader(tokens: iota(200), seqLen: 4, localBatchSize: 3)
+        let first = (1...3).map { a.batch(step: $0) }
+        XCTAssertEqual(DataLoader(tokens: iota(200), seqLen: 4, localBatchSize: 3).batch(step: 3), first[2])
+        XCTAssertNotEqual(first[1], first[2])
     }
 
     func testSyntheticDeterministicPrefixStableAndInVocab() {
@@ -162,9 +160,8 @@ final class DataLoaderTests: XCTestCase {
     }
 
     func testLoadTokenStreamSources() throws {
-        var job = JobConfig()
-        job.training.steps = 3; job.training.local_batch_size = 2; job.training.seq_len = 7
-        let syn = try loadTokenStream(job, vocabSize: 100, dataParallelDegree: 2)
+        var c = DataLoaderConfig()
+        let syn = try c.loadTokens(seqLen: 7, globalBatch: 4, steps: 3, seed: 0, vocabSize: 100)
         XCTAssertEqual(syn.count, 3 * 4 * 8)
 
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("data-\(UUID().uuidString)")
@@ -172,17 +169,16 @@ final class DataLoaderTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: dir) }
         let npy = dir.appendingPathComponent("t.npy").path
         try Npy.writeTokens(iota(50), dtype: .int32, path: npy)
-        job.dataloader.dataset = .tokens; job.dataloader.dataset_path = npy
-        XCTAssertEqual(try loadTokenStream(job, vocabSize: 100, dataParallelDegree: 1), iota(50))
-        XCTAssertThrowsError(try loadTokenStream(job, vocabSize: 40, dataParallelDegree: 1)) { e in
+        c.dataset = .tokens; c.dataset_path = npy
+        XCTAssertEqual(try c.loadTokens(seqLen: 7, globalBatch: 2, steps: 3, seed: 0, vocabSize: 100), iota(50))
+        XCTAssertThrowsError(try c.loadTokens(seqLen: 7, globalBatch: 2, steps: 3, seed: 0, vocabSize: 40)) { e in
             XCTAssertTrue("\(e)".contains("vocab_size 40"), "\(e)")
         }
-        job.training.seq_len = 60
-        XCTAssertThrowsError(try loadTokenStream(job, vocabSize: 100, dataParallelDegree: 1))
+        XCTAssertThrowsError(try c.loadTokens(seqLen: 60, globalBatch: 2, steps: 3, seed: 0, vocabSize: 100))
 
         let txt = dir.appendingPathComponent("t.txt").path
         try "hello, world".write(toFile: txt, atomically: true, encoding: .utf8)
-        job.dataloader.dataset = .text; job.dataloader.dataset_path = txt; job.training.seq_len = 4
-        XCTAssertEqual(try loadTokenStream(job, vocabSize: 256, dataParallelDegree: 1), "hello, world".utf8.map { Int32($0) })
+        c.dataset = .text; c.dataset_path = txt
+        XCTAssertEqual(try c.loadTokens(seqLen: 4, globalBatch: 2, steps: 3, seed: 0, vocabSize: 256), "hello, world".utf8.map { Int32($0) })
     }
 }

@@ -1,7 +1,29 @@
 import Config
 import Foundation
+import Tensor
 @testable import Train
 import XCTest
+
+/// One AdamW step through the trainer's kernel (`adamw_update`), on arrays.
+func adamwStep(_ p: inout [Float], _ g: [Float], _ m: inout [Float], _ v: inout [Float], step: Int, lr: Double,
+               _ c: OptimizerConfig, clip: Float = 1, range: Range<Int>? = nil) {
+    var grad = g
+    let r = range ?? 0..<p.count
+    let s = AdamWScalars(lr: lr, beta1: Float(c.beta1), beta2: Float(c.beta2), eps: Float(c.eps), weightDecay: Float(c.weight_decay),
+                         step: step, clip: clip)
+    p.withUnsafeMutableBufferPointer { pp in grad.withUnsafeMutableBufferPointer { gg in
+        m.withUnsafeMutableBufferPointer { mm in v.withUnsafeMutableBufferPointer { vv in
+            adamw_update(param: pp.baseAddress! + r.lowerBound, grad: gg.baseAddress! + r.lowerBound, expAvg: mm.baseAddress! + r.lowerBound,
+                         expAvgSq: vv.baseAddress! + r.lowerBound, count: r.count, s)
+        } }
+    } }
+}
+
+func optimizerConfig(lr: Double, beta1: Double = 0.9, beta2: Double = 0.95, eps: Double = 1e-8, weightDecay: Double = 0.1) -> OptimizerConfig {
+    var c = OptimizerConfig()
+    c.lr = lr; c.beta1 = beta1; c.beta2 = beta2; c.eps = eps; c.weight_decay = weightDecay
+    return c
+}
 
 final class AdamWTests: XCTestCase {
     /// Two steps computed by hand (double precision) from torch.optim.AdamW's update rule:
@@ -10,14 +32,14 @@ final class AdamWTests: XCTestCase {
     ///   step 2: p = 0.899000002*0.999 - (0.1/0.19) * 0.02 / (sqrt(0.00031225/0.001999) + 1e-8)
     ///             = 0.8714672987
     func testTwoStepsAgainstHandComputed() {
-        let cfg = AdamWConfig(lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01)
+        let cfg = optimizerConfig(lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01)
         var p: [Float] = [1.0, 2.0], m: [Float] = [0, 0], v: [Float] = [0, 0]
-        AdamW.step(param: &p, grad: [0.5, 0], expAvg: &m, expAvgSq: &v, step: 1, lr: 0.1, config: cfg)
+        adamwStep(&p, [0.5, 0], &m, &v, step: 1, lr: 0.1, cfg)
         XCTAssertEqual(p[0], 0.899000002, accuracy: 1e-6)
         XCTAssertEqual(m[0], 0.05, accuracy: 1e-7)
         XCTAssertEqual(v[0], 0.00025, accuracy: 1e-8)
         XCTAssertEqual(p[1], 2.0 * 0.999, accuracy: 1e-6)  // zero grad: only weight decay moves it
-        AdamW.step(param: &p, grad: [-0.25, 0], expAvg: &m, expAvgSq: &v, step: 2, lr: 0.1, config: cfg)
+        adamwStep(&p, [-0.25, 0], &m, &v, step: 2, lr: 0.1, cfg)
         XCTAssertEqual(p[0], 0.8714672987, accuracy: 1e-6)
         XCTAssertEqual(m[0], 0.02, accuracy: 1e-7)
         XCTAssertEqual(v[0], 0.00031225, accuracy: 1e-8)
@@ -26,57 +48,52 @@ final class AdamWTests: XCTestCase {
 
     /// The first step of Adam moves every parameter by about lr * sign(g), whatever |g|.
     func testFirstStepIsSignLike() {
-        let cfg = AdamWConfig(lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 0, weight_decay: 0)
+        let cfg = optimizerConfig(lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 0, weightDecay: 0)
         var p: [Float] = [0, 0, 0], m = [Float](repeating: 0, count: 3), v = m
-        AdamW.step(param: &p, grad: [1e-3, -5, 100], expAvg: &m, expAvgSq: &v, step: 1, lr: 0.01, config: cfg)
+        adamwStep(&p, [1e-3, -5, 100], &m, &v, step: 1, lr: 0.01, cfg)
         XCTAssertEqual(p[0], -0.01, accuracy: 1e-7)
         XCTAssertEqual(p[1], 0.01, accuracy: 1e-7)
         XCTAssertEqual(p[2], -0.01, accuracy: 1e-7)
     }
 
-    /// Sharding: updating two halves separately equals updating the whole, and the kernel
-    /// never writes outside the elements it is given.
+    /// Sharding: updating pieces separately (a vector body and a scalar tail each) equals updating the whole, bit for
+    /// bit, and the kernel never writes outside the elements it is given.
     func testShardsAndBounds() {
-        let cfg = AdamWConfig(lr: 1e-2)
-        let n = 10
+        let cfg = optimizerConfig(lr: 1e-2)
+        let n = 37
         let grad: [Float] = (0..<n).map { Float($0) * 0.1 - 0.3 }
         var whole: [Float] = (0..<n).map { Float($0) }, mW = [Float](repeating: 0, count: n), vW = mW
         var shard = whole, mS = mW, vS = vW
         for t in 1...3 {
-            AdamW.step(param: &whole, grad: grad, expAvg: &mW, expAvgSq: &vW, step: t, lr: 1e-2, config: cfg)
-            grad.withUnsafeBufferPointer { g in
-                shard.withUnsafeMutableBufferPointer { p in
-                    mS.withUnsafeMutableBufferPointer { m in
-                        vS.withUnsafeMutableBufferPointer { v in
-                            for (lo, hi) in [(0, 4), (4, 10)] {
-                                AdamW.step(param: p.baseAddress! + lo, grad: g.baseAddress! + lo, expAvg: m.baseAddress! + lo,
-                                           expAvgSq: v.baseAddress! + lo, count: hi - lo, step: t, lr: 1e-2, config: cfg)
-                            }
-                        }
-                    }
-                }
-            }
+            adamwStep(&whole, grad, &mW, &vW, step: t, lr: 1e-2, cfg)
+            for r in [0..<4, 4..<21, 21..<37] { adamwStep(&shard, grad, &mS, &vS, step: t, lr: 1e-2, cfg, range: r) }
         }
         XCTAssertEqual(whole, shard)
         XCTAssertEqual(mW, mS)
+        XCTAssertEqual(vW, vS)
 
         var buf: [Float] = [7, 7, 7, 7, 7], m2 = [Float](repeating: 9, count: 5), v2 = m2
-        let g2: [Float] = [1, 1, 1, 1, 1]
-        g2.withUnsafeBufferPointer { g in buf.withUnsafeMutableBufferPointer { p in m2.withUnsafeMutableBufferPointer { m in
-            v2.withUnsafeMutableBufferPointer { v in
-                AdamW.step(param: p.baseAddress! + 1, grad: g.baseAddress! + 1, expAvg: m.baseAddress! + 1,
-                           expAvgSq: v.baseAddress! + 1, count: 2, step: 1, lr: 0.1, config: cfg)
-            } } } }
+        adamwStep(&buf, [1, 1, 1, 1, 1], &m2, &v2, step: 1, lr: 0.1, cfg, range: 1..<3)
         XCTAssertEqual([buf[0], buf[3], buf[4]], [7, 7, 7])
         XCTAssertEqual([m2[0], m2[3], m2[4], v2[0], v2[4]], [9, 9, 9, 9, 9])
         XCTAssertNotEqual(buf[1], 7)
     }
 
-    func testConfigFromOptimizerSection() {
-        var s = OptimizerSection()
-        s.lr = 3e-4; s.beta2 = 0.99; s.weight_decay = 0
-        let c = AdamWConfig(s)
-        XCTAssertEqual(c.lr, 3e-4); XCTAssertEqual(c.beta2, 0.99); XCTAssertEqual(c.weight_decay, 0); XCTAssertEqual(c.eps, 1e-8)
+    /// Clipping in the same pass: the step with coefficient c equals the step on gradients multiplied by c first, and
+    /// the gradients are left scaled (as clip_grad_norm_ leaves them).
+    func testClipInThePassEqualsClippingFirst() {
+        let cfg = optimizerConfig(lr: 3e-3)
+        let g: [Float] = (0..<19).map { Float($0 % 7) - 2.5 }
+        let c: Float = 0.37
+        var p1: [Float] = (0..<19).map { Float($0) * 0.01 }, m1 = [Float](repeating: 0.1, count: 19), v1 = m1
+        var p2 = p1, m2 = m1, v2 = v1
+        adamwStep(&p1, g, &m1, &v1, step: 3, lr: 3e-3, cfg, clip: c)
+        adamwStep(&p2, g.map { $0 * c }, &m2, &v2, step: 3, lr: 3e-3, cfg)
+        XCTAssertEqual(p1, p2); XCTAssertEqual(m1, m2); XCTAssertEqual(v1, v2)
+        var grad = g, p = [Float](repeating: 0, count: 19), m = p, v = p
+        let s = AdamWScalars(lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, step: 1, clip: c)
+        adamw_update(param: &p, grad: &grad, expAvg: &m, expAvgSq: &v, count: 19, s)
+        XCTAssertEqual(grad, g.map { $0 * c })
     }
 }
 
@@ -122,29 +139,22 @@ final class LRScheduleTests: XCTestCase {
         XCTAssertEqual(o.decaySteps, 5); XCTAssertEqual(o.stableSteps, 1)
     }
 
-    func testFromJobConfig() {
-        var j = JobConfig()
-        j.training.steps = 10; j.optimizer.lr = 0.5
-        j.lr_scheduler.warmup_steps = 2; j.lr_scheduler.decay_ratio = 0.8; j.lr_scheduler.min_lr_factor = 0.1
-        XCTAssertEqual(LRSchedule(j).lr(step: 4), 0.5 * 0.8875, accuracy: 1e-12)
+    func testFromConfig() {
+        var c = LRSchedulerConfig()
+        c.warmup_steps = 2; c.decay_ratio = 0.8; c.min_lr_factor = 0.1
+        XCTAssertEqual(LRSchedule(c, baseLR: 0.5, trainingSteps: 10).lr(step: 4), 0.5 * 0.8875, accuracy: 1e-12)
     }
 }
 
 final class GradClipTests: XCTestCase {
+    /// torch's clip_grad_norm_ coefficient, in float32.
     func testClipping() {
-        var g: [Float] = [3, 4]   // norm 5
-        let norm = Float(GradClip.sumOfSquares(g).squareRoot())
-        XCTAssertEqual(norm, 5)
-        let coef = GradClip.coefficient(totalNorm: norm, maxNorm: 1)
+        let coef = clipCoefficient(totalNorm: 5, maxNorm: 1)
         XCTAssertEqual(coef, Float(1) / (Float(5) + Float(1e-6)))
-        GradClip.scale(&g, by: coef)
-        XCTAssertEqual(g[0], 3 * coef); XCTAssertEqual(g[1], 4 * coef)
-        XCTAssertEqual(Float(GradClip.sumOfSquares(g).squareRoot()), 1, accuracy: 1e-6)
-
-        XCTAssertEqual(GradClip.coefficient(totalNorm: 0.5, maxNorm: 1), 1)   // clamped: never scales up
-        XCTAssertEqual(GradClip.coefficient(totalNorm: 0, maxNorm: 1), 1)
-        XCTAssertEqual(GradClip.coefficient(totalNorm: 100, maxNorm: 0), 1)   // max_norm <= 0: off
-        XCTAssertTrue(GradClip.coefficient(totalNorm: .nan, maxNorm: 1).isNaN)
+        XCTAssertEqual(clipCoefficient(totalNorm: 0.5, maxNorm: 1), 1)   // clamped: never scales up
+        XCTAssertEqual(clipCoefficient(totalNorm: 0, maxNorm: 1), 1)
+        XCTAssertEqual(clipCoefficient(totalNorm: 100, maxNorm: 0), 1)   // max_norm <= 0: off
+        XCTAssertTrue(clipCoefficient(totalNorm: .nan, maxNorm: 1).isNaN)
     }
 }
 
@@ -153,22 +163,21 @@ final class GradClipTests: XCTestCase {
 final class BigramTrainingTests: XCTestCase {
     func testSyntheticBigramLossFalls() throws {
         let V = 64, L = 32, B = 4, steps = 100
-        var job = JobConfig()
-        job.training.steps = steps; job.training.local_batch_size = B; job.training.seq_len = L
-        job.optimizer.lr = 0.05; job.optimizer.weight_decay = 0
-        job.lr_scheduler.warmup_steps = 5; job.lr_scheduler.decay_ratio = 0.5
-        let tokens = try loadTokenStream(job, vocabSize: V, dataParallelDegree: 1)
-        var loader = DataLoader(tokens: tokens, seqLen: L, localBatchSize: B)
-        let schedule = LRSchedule(job)
-        let cfg = AdamWConfig(job.optimizer)
+        let cfg = optimizerConfig(lr: 0.05, weightDecay: 0)
+        var sched = LRSchedulerConfig()
+        sched.warmup_steps = 5; sched.decay_ratio = 0.5
+        let tokens = try DataLoaderConfig().loadTokens(seqLen: L, globalBatch: B, steps: steps, seed: 0, vocabSize: V)
+        let loader = DataLoader(tokens: tokens, seqLen: L, localBatchSize: B)
+        let schedule = LRSchedule(sched, baseLR: cfg.lr, trainingSteps: steps)
         var w = [Float](repeating: 0, count: V * V), m = w, v = w
         var losses: [Double] = []
         for step in 1...steps {
-            let batch = loader.next()
+            let batch = loader.batch(step: step)
             var grad = [Float](repeating: 0, count: V * V)
             var loss = 0.0
             let n = Float(batch.inputs_BL.count)
-            for (x, y) in zip(batch.inputs_BL, batch.labels_BL) {
+            for (x32, y32) in zip(batch.inputs_BL, batch.labels_BL) {
+                let x = Int(x32), y = Int(y32)
                 let row = Array(w[(x * V)..<(x * V + V)])
                 let mx = row.max()!
                 let e = row.map { exp($0 - mx) }
@@ -177,9 +186,8 @@ final class BigramTrainingTests: XCTestCase {
                 for j in 0..<V { grad[x * V + j] += (e[j] / z - (j == y ? 1 : 0)) / n }
             }
             losses.append(loss / Double(n))
-            let norm = Float(GradClip.sumOfSquares(grad).squareRoot())
-            GradClip.scale(&grad, by: GradClip.coefficient(totalNorm: norm, maxNorm: Float(job.training.max_norm)))
-            AdamW.step(param: &w, grad: grad, expAvg: &m, expAvgSq: &v, step: step, lr: schedule.lr(step: step), config: cfg)
+            let norm = Float(grad.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot())
+            adamwStep(&w, grad, &m, &v, step: step, lr: schedule.lr(step: step), cfg, clip: clipCoefficient(totalNorm: norm, maxNorm: 1))
         }
         XCTAssertEqual(losses[0], log(Double(V)), accuracy: 1e-5)
         let last10 = losses.suffix(10).reduce(0, +) / 10

@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 
 /// Collective bandwidth benchmark (`titan bench`), with nccl-tests' definitions:
 /// bytes = the whole buffer; algbw = bytes / time; busbw = algbw × (n-1)/n
@@ -17,8 +18,9 @@ public enum CollectiveBench {
         public var ofRing: Double
 
         public var json: String {
-            String(format: "{\"collective\": \"%@\", \"world\": %d, \"bytes\": %d, \"time_us\": %.1f, \"algbw_gbps\": %.4f, \"busbw_gbps\": %.4f, \"of_ring\": %.3f}",
-                   collective, world, bytes, timeMicroseconds, algbwGBps, busbwGBps, ofRing)
+            jsonLine(["collective": collective, "world": world, "bytes": bytes, "time_us": rounded(timeMicroseconds, places: 1),
+                      "algbw_gbps": rounded(algbwGBps, places: 4), "busbw_gbps": rounded(busbwGBps, places: 4),
+                      "of_ring": rounded(ofRing, places: 3)])
         }
     }
 
@@ -76,7 +78,7 @@ public enum CollectiveBench {
             }
         }
         if comm.rank == 0 {
-            print(String(format: "{\"transport_ring_gbps\": %.4f, \"world\": %d, \"message_bytes\": %d}", ceiling, n, ringMessageBytes))
+            print(jsonLine(["transport_ring_gbps": rounded(ceiling, places: 4), "world": n, "message_bytes": ringMessageBytes]))
             rows.forEach { print($0.json) }
         }
         return rows

@@ -37,15 +37,17 @@ final class Activations {
 /// Qwen3 / Qwen3-MoE decoder (HF Qwen3ForCausalLM / Qwen3MoeForCausalLM numerics, fp32), torchtitan FQNs.
 /// The model knows nothing about ranks: parallelism wraps it through `ParallelizableModel` (`parameterGroups`,
 /// `hooks`, `moeModules` and their replaceable `experts`).
+///   tok_embeddings.weight [V, D] (HF model.embed_tokens), layers.{i}.* (TransformerBlock), norm.weight [D]
+///   (HF model.norm), output.weight [V, D] (HF lm_head; absent when enable_weight_tying: the embedding is used)
 public final class Qwen3Model {
     public let args: Qwen3ModelArgs
+    /// Every parameter and buffer, as the modules declared them.
+    public let spec: ModelSpec
     public let tokEmbeddings: Parameter
     public let layers: [TransformerBlock]
     public let norm: Parameter
     /// nil when `enable_weight_tying` (the embedding weight is used).
     public let output: Parameter?
-    /// [embedding], [layer 0], ..., [layer n-1], [final norm (+ output)]: deterministic order.
-    public let parameterGroups: [[Parameter]]
     public var hooks: ModelHooks = NoModelHooks()
 
     private var acts: Activations?
@@ -57,79 +59,38 @@ public final class Qwen3Model {
     /// `materialize: false` allocates no parameter storage (torchtitan's meta-device init): a sharding wrapper then
     /// fills only its shards through `initialValues(of:elements:into:)`, with the same values a materialized model
     /// holds there, so no rank ever holds the whole model.
-    public init(args: Qwen3ModelArgs, seed: UInt64 = 0, materialize: Bool = true) throws {
-        try args.validate()
-        self.args = args
-        self.initSeed = seed
-        var groups: [[Parameter]] = []
-        for g in ParameterNames.groupedShapes(for: args) {
-            groups.append(g.map { Parameter(fqn: $0.fqn, shape: $0.shape, allocate: materialize) })
+    public init(args a: Qwen3ModelArgs, seed: UInt64 = 0, materialize: Bool = true) throws {
+        try a.validate()
+        args = a
+        let spec = ModelSpec(materialize: materialize)
+        spec.hfArchitecture = a.moe_enabled ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM"
+        spec.hfIgnoredSuffixes = ["rotary_emb.inv_freq"]
+        let normal = ParameterInit.normal(std: a.init_std)
+        // Parameter groups: [embedding], [layer 0], ..., [layer n-1], [final norm (+ output)].
+        tokEmbeddings = spec.newGroup().parameter("tok_embeddings.weight", [a.vocab_size, a.dim], init: normal,
+                                                  hf: "model.embed_tokens.weight")
+        layers = (0..<a.n_layers).map { i in
+            TransformerBlock(spec.newGroup().scope("layers.\(i).", hf: "model.layers.\(i)."), index: i, args: a)
         }
-        parameterGroups = groups
-        tokEmbeddings = groups[0][0]
-        layers = (0..<args.n_layers).map { TransformerBlock(index: $0, params: groups[$0 + 1], args: args) }
-        let last = groups[args.n_layers + 1]
-        norm = last[0]
-        output = args.enable_weight_tying ? nil : last[1]
-        initialize(seed: seed)
+        let last = spec.newGroup()
+        norm = last.parameter("norm.weight", [a.dim], init: .ones, hf: "model.norm.weight")
+        if a.enable_weight_tying {
+            output = nil
+            spec.hfTied["lm_head.weight"] = "model.embed_tokens.weight"   // HF may store the tied head: it must match
+        } else {
+            output = last.parameter("output.weight", [a.vocab_size, a.dim], init: normal, hf: "lm_head.weight")
+        }
+        self.spec = spec
+        spec.initialize(seed: seed)
     }
 
-    public convenience init(flavor: String, seed: UInt64 = 0) throws {
-        try self.init(args: try ModelFlavors.named(flavor), seed: seed)
+    /// The family's parameter table for `args`, without storage.
+    public static func spec(_ args: Qwen3ModelArgs) throws -> ModelSpec {
+        try Qwen3Model(args: args, materialize: false).spec
     }
-
-    public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
 
     /// The MoE modules, in layer order (dense layers have none).
     public var moeModules: [MoE] { layers.compactMap { $0.moe } }
-
-    /// Non-trainable state-dict buffers (expert_bias per MoE layer when load balancing is on), in layer order.
-    public var buffers: [(fqn: String, tensor: Tensor)] {
-        guard args.moe.load_balance_coeff > 0 else { return [] }
-        return layers.compactMap { l in l.moe.map { (ParameterNames.expertBias(layer: l.index), $0.expertBias) } }
-    }
-
-    /// The seed of the current initialisation.
-    public private(set) var initSeed: UInt64
-
-    /// Weights `initialValues` copies from instead of drawing random ones (see `setInitialWeights`).
-    private var initialWeights: InitialWeights?
-
-    /// Re-initialises all materialized parameters (and zeroes expert biases) deterministically from `seed`.
-    public func initialize(seed: UInt64) {
-        initSeed = seed
-        initialWeights = nil
-        for p in parameters where p.value != nil {
-            precondition(p.value.count == p.count, "initialize: \(p.fqn) holds a slice; initialise slices with initialValues")
-            randomInitialValues(of: p, elements: 0..<p.count, into: p.value.data)
-        }
-        for l in layers { l.moe?.expertBias.zero() }
-    }
-
-    /// Elements `elements` (flat, row-major, of the full shape) of `p`'s initial value, written to out[0..<elements.count]:
-    /// from the initial weights when set, else for `initSeed`: norm weights 1, everything else normal(0, init_std)
-    /// from the parameter's own stream.
-    public func initialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) throws {
-        precondition(elements.lowerBound >= 0 && elements.upperBound <= p.count, "initialValues: \(elements) outside \(p.fqn)")
-        if let w = initialWeights {
-            try w.read(p.fqn, elements: elements, into: out)
-        } else {
-            randomInitialValues(of: p, elements: elements, into: out)
-        }
-    }
-
-    private func randomInitialValues(of p: Parameter, elements: Range<Int>, into out: UnsafeMutablePointer<Float>) {
-        if ParameterNames.isNormWeight(p.fqn) {
-            out.update(repeating: 1, count: elements.count)
-        } else {
-            SplitMix64.fillNormal(seed: initSeed ^ fnv1a64(p.fqn), elements: elements, into: out, std: args.init_std)
-        }
-    }
-
-    /// Zeroes every gradient that is currently allocated.
-    public func zeroGrad() {
-        for p in parameters { p.grad?.zero() }
-    }
 
     /// Selects the local experts' path (grouped or loop) in every MoE layer.
     public func setUseGroupedMM(_ on: Bool) {
@@ -146,8 +107,6 @@ public final class Qwen3Model {
         return a
     }
 
-    /// Frees the cached activations (they are reallocated on the next call).
-    public func releaseActivations() { acts = nil }
 
     private var outputWeight: Parameter { output ?? tokEmbeddings }
 
@@ -254,88 +213,6 @@ public final class Qwen3Model {
             for e in 0..<delta.count { m.expertBias.data[e] += delta[e] }
         }
     }
-
-    // MARK: state dict
-
-    /// All parameters (requires their values to be present) and buffers as host tensors, by torchtitan FQN.
-    public func stateDict() -> StateDict {
-        var sd: StateDict = [:]
-        for p in parameters { sd[p.fqn] = HostTensor(shape: p.shape, values: p.value.toArray()) }
-        for (n, t) in buffers { sd[n] = HostTensor(shape: t.shape, values: t.toArray()) }
-        return sd
-    }
-
-    /// Expected names and shapes of `stateDict()`.
-    public var stateDictShapes: [String: [Int]] {
-        var r: [String: [Int]] = [:]
-        for p in parameters { r[p.fqn] = p.shape }
-        for (n, t) in buffers { r[n] = t.shape }
-        return r
-    }
-
-    /// Throws on missing or unexpected names and shape mismatches: the check every loader runs before it
-    /// changes anything. With `allowMissingBuffers`, absent expert_bias entries are fine.
-    public func validate(stateDict sd: StateDict, allowMissingBuffers: Bool = false) throws {
-        try Self.checkNamesAndShapes(expected: stateDictShapes, got: sd.mapValues(\.shape),
-                                     optional: allowMissingBuffers ? Set(buffers.map(\.fqn)) : [])
-    }
-
-    /// Missing (unless `optional`), unexpected and misshapen names, in that order, each reported sorted.
-    private static func checkNamesAndShapes(expected: [String: [Int]], got: [String: [Int]], optional: Set<String>) throws {
-        let missing = expected.keys.filter { got[$0] == nil && !optional.contains($0) }.sorted()
-        if !missing.isEmpty { throw ModelError.missingKeys(missing) }
-        let extra = got.keys.filter { expected[$0] == nil }.sorted()
-        if !extra.isEmpty { throw ModelError.unexpectedKeys(extra) }
-        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) {
-            if let g = got[name], g != shape { throw ModelError.shapeMismatch(fqn: name, expected: shape, got: g) }
-        }
-    }
-
-    /// Makes `sd` the initial weights of a model built without parameter storage (see the `InitialWeights` form).
-    /// Validated like `load`; absent expert_bias entries are zeroed with `allowMissingBuffers`.
-    public func setInitialWeights(_ sd: StateDict, allowMissingBuffers: Bool = false) throws {
-        try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
-        try setInitialWeights(StateDictWeights(sd, bufferNames: Set(buffers.map(\.fqn))))
-    }
-
-    /// Makes `w` the initial weights of a model built without parameter storage: `initialValues` reads from it, so a
-    /// sharding wrapper takes just its slices and the model never holds a full copy. Buffers are loaded at once (zero
-    /// where `w` has none). Throws unless `w` holds exactly the model's parameters with their shapes.
-    /// `clearInitialWeights()` drops the source once the wrapper has its shards.
-    public func setInitialWeights(_ w: InitialWeights) throws {
-        precondition(parameters.allSatisfy { $0.awaitsInitialization },
-                     "setInitialWeights: the model has parameter storage (or is sharded already); use load(stateDict:)")
-        try Self.checkNamesAndShapes(expected: Dictionary(uniqueKeysWithValues: parameters.map { ($0.fqn, $0.shape) }),
-                                     got: w.parameterShapes, optional: [])
-        for (n, t) in buffers {
-            if let h = w.buffer(n), h.shape != t.shape { throw ModelError.shapeMismatch(fqn: n, expected: t.shape, got: h.shape) }
-        }
-        loadBuffers(w.buffer)
-        initialWeights = w
-    }
-
-    public func clearInitialWeights() { initialWeights = nil }
-
-    /// Buffers from `source` (zero where it has none); shapes already checked.
-    private func loadBuffers(_ source: (String) -> HostTensor?) {
-        for (n, t) in buffers {
-            if let h = source(n) {
-                h.values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
-            } else {
-                t.zero()
-            }
-        }
-    }
-
-    /// Loads parameters and buffers. Throws (before changing anything) on missing or unexpected names or shape mismatches.
-    /// With `allowMissingBuffers`, absent expert_bias entries are set to zero (e.g. when importing an HF checkpoint).
-    public func load(stateDict sd: StateDict, allowMissingBuffers: Bool = false) throws {
-        try validate(stateDict: sd, allowMissingBuffers: allowMissingBuffers)
-        for p in parameters {
-            let t = sd[p.fqn]!
-            if p.value == nil { p.value = Tensor(shape: p.shape); p.grad = Tensor(shape: p.shape); p.awaitsInitialization = false }
-            t.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
-        }
-        loadBuffers { sd[$0] }
-    }
 }
+
+extension Qwen3Model: ParallelizableModel {}

@@ -14,13 +14,14 @@
 //   step-N-hf/                   HF export (config.json + model.safetensors) when checkpoint.last_save_in_hf
 //
 // State keys in metadata.json: "model/<fqn>", "optim/exp_avg/<fqn>", "optim/exp_avg_sq/<fqn>" (global shape of
-// the parameter), and buffers by "<fqn>".
+// the parameter), and buffers by "<fqn>". What this file saves and loads is generic: `StatePiece`s (a range of a
+// keyed tensor, as a parameter shard holds it) and the model's buffers; the Checkpointer names them.
 //
-// Save protocol: rank 0 (re)creates step-N.tmp-<jobid>/, world barrier, writers write (temp file, fsync, rename) their rank file,
-// world barrier, rank 0 reads every rank file's header, writes metadata.json (fsync), fsyncs the folder, renames
-// it to step-N, fsyncs the parent, then replaces `latest` (temp + fsync + rename), prunes (keep_latest_k) and
-// removes stale temp folders; a final world barrier. A rank killed anywhere in this sequence leaves `latest`
-// and the step folder it names untouched.
+// Save protocol: rank 0 (re)creates step-N.tmp-<jobid>/, world barrier, writers write (temp file, fsync, rename) their
+// rank file, then every rank's list of pieces goes to rank 0 (an all-gather), which writes metadata.json (fsync),
+// fsyncs the folder, renames it to step-N, fsyncs the parent, then replaces `latest` (temp + fsync + rename), prunes
+// (keep_latest_k) and removes stale temp folders; a final world barrier. A rank killed anywhere in this sequence
+// leaves `latest` and the step folder it names untouched.
 //
 // The trainer draws no random numbers after initialisation (no dropout), so there is no RNG state to keep; the
 // data loader's position is the step (DataLoader.batch(step:)) and the LR schedule is a function of the step.
@@ -103,13 +104,21 @@ public struct CheckpointMetadata: Codable, Equatable, Sendable {
     public var buffers: [String: CheckpointEntry]
 }
 
-/// Which state a key of `CheckpointMetadata.state` holds.
-public enum CheckpointState: String, CaseIterable, Sendable {
-    case model = "model"
-    case expAvg = "optim/exp_avg"
-    case expAvgSq = "optim/exp_avg_sq"
-    public func key(_ fqn: String) -> String { rawValue + "/" + fqn }
-    public func tensorName(_ fqn: String, offset: Int) -> String { rawValue + "/" + fqn + "@\(offset)" }
+/// A piece of checkpointed state this rank holds: elements [offset, offset + count) of the flattened tensor `key`
+/// of full shape `shape` (a parameter shard, or an optimizer moment of one).
+public struct StatePiece {
+    public let key: String
+    public let shape: [Int]
+    public let offset: Int
+    public let count: Int
+    public let values: UnsafeMutablePointer<Float>
+
+    public init(key: String, shape: [Int], offset: Int, count: Int, values: UnsafeMutablePointer<Float>) {
+        self.key = key; self.shape = shape; self.offset = offset; self.count = count; self.values = values
+    }
+
+    /// Its tensor's name in the rank file.
+    var tensorName: String { key + "@\(offset)" }
 }
 
 public enum Checkpoint {
@@ -119,12 +128,6 @@ public enum Checkpoint {
 
     public static func stepFolderName(_ step: Int) -> String { "step-\(step)" }
     public static func rankFileName(_ rank: Int) -> String { "rank-\(rank).safetensors" }
-
-    /// checkpoint.folder resolved against job.dump_folder (as torchtitan does) unless absolute.
-    public static func folder(_ job: JobConfig) -> String {
-        let f = job.checkpoint.folder
-        return f.hasPrefix("/") ? f : (job.job.dump_folder as NSString).appendingPathComponent(f)
-    }
 
     static func join(_ a: String, _ b: String) -> String { (a as NSString).appendingPathComponent(b) }
 
@@ -210,29 +213,22 @@ public enum Checkpoint {
         }
     }
 
-    /// Compares the checkpoint's parameter shapes and buffers with the model about to be trained.
-    public static func validateModel(_ meta: CheckpointMetadata, parameterShapes: [String: [Int]], bufferShapes: [String: [Int]],
+    /// Compares the checkpoint's state keys (`expected`: every key with its full shape) and buffers with the run's.
+    public static func validateModel(_ meta: CheckpointMetadata, expected: [String: [Int]], bufferShapes: [String: [Int]],
                                      args: Qwen3ModelArgs, path: String) throws {
-        func describe(_ a: Qwen3ModelArgs) -> String {
-            "dim \(a.dim), \(a.n_layers) layers, \(a.n_heads)/\(a.n_kv_heads) heads × \(a.head_dim), vocab \(a.vocab_size), "
-                + (a.moe_enabled ? "\(a.moe.num_experts) experts × \(a.moe.hidden_dim)" : "dense \(a.hidden_dim)")
-        }
         var problems: [String] = []
-        for state in CheckpointState.allCases {
-            for (fqn, shape) in parameterShapes.sorted(by: { $0.key < $1.key }) {
-                guard let e = meta.state[state.key(fqn)] else { problems.append("missing '\(state.key(fqn))'"); continue }
-                if e.shape != shape { problems.append("'\(state.key(fqn))' has shape \(e.shape), the model \(shape)") }
-                if e.dtype != "F32" { problems.append("'\(state.key(fqn))' has dtype \(e.dtype), expected F32") }
-            }
+        for (key, shape) in expected.sorted(by: { $0.key < $1.key }) {
+            guard let e = meta.state[key] else { problems.append("missing '\(key)'"); continue }
+            if e.shape != shape { problems.append("'\(key)' has shape \(e.shape), the model \(shape)") }
+            if e.dtype != "F32" { problems.append("'\(key)' has dtype \(e.dtype), expected F32") }
         }
-        let expectedKeys = Set(CheckpointState.allCases.flatMap { s in parameterShapes.keys.map { s.key($0) } })
-        for key in meta.state.keys.sorted() where !expectedKeys.contains(key) { problems.append("unexpected '\(key)'") }
+        for key in meta.state.keys.sorted() where expected[key] == nil { problems.append("unexpected '\(key)'") }
         for (fqn, shape) in bufferShapes.sorted(by: { $0.key < $1.key }) {
             if let e = meta.buffers[fqn], e.shape != shape { problems.append("buffer '\(fqn)' has shape \(e.shape), the model \(shape)") }
         }
         if !problems.isEmpty {
             let shown = problems.prefix(5).joined(separator: "; ") + (problems.count > 5 ? "; and \(problems.count - 5) more" : "")
-            throw CheckpointError(path: path, "does not match the model: saved for (\(describe(meta.model_args))), this run builds (\(describe(args))): \(shown)")
+            throw CheckpointError(path: path, "does not match the model: saved for (\(meta.model_args.summary)), this run builds (\(args.summary)): \(shown)")
         }
     }
 
@@ -349,19 +345,17 @@ public enum Checkpoint {
         String(s.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
     }
 
-    /// Saves this rank's part of the checkpoint of `step`. Collective over the world: every rank must call it.
-    /// Returns the step folder.
+    /// Saves this rank's part of the checkpoint of `step`: its `pieces` when it is a writer (one replica writes), and
+    /// on rank 0 the `buffers`. Collective over `world`: every rank must call it. Returns the step folder.
     @discardableResult
-    public static func save(folder: String, step: Int, fsdp: FullyShardedModel, modelArgs: Qwen3ModelArgs, expAvg: [Tensor], expAvgSq: [Tensor],
+    public static func save(folder: String, step: Int, pieces: [StatePiece], buffers: [ModelBuffer], isWriter: Bool,
+                            world: ProcessGroup, jobID: String, modelArgs: Qwen3ModelArgs, topology: CheckpointTopology,
                             keepLatestK: Int, log: (String) -> Void) throws -> String {
-        let mesh = fsdp.mesh
-        let comm = mesh.comm
+        let rank = world.members[world.rank]
         let fm = FileManager.default
-        let jobID = sanitized(comm.spec.jobID)
-        let tmp = join(folder, stepFolderName(step) + ".tmp-" + jobID)
+        let tmp = join(folder, stepFolderName(step) + ".tmp-" + sanitized(jobID))
         let final = join(folder, stepFolderName(step))
-        let isWriter = mesh.replicaIndex == 0
-        if comm.rank == 0 {
+        if rank == 0 {
             // A leftover of an earlier attempt with the same job id (e.g. single-process runs) must not leak files.
             if fm.fileExists(atPath: tmp) { try? fm.removeItem(atPath: tmp) }
             do {
@@ -370,55 +364,44 @@ public enum Checkpoint {
                 throw CheckpointError(path: tmp, "cannot create the temporary checkpoint folder: \(error)")
             }
         }
-        try mesh.world.barrier()
+        try world.barrier()
+        let file = rankFileName(rank)
+        var entries: [String: CheckpointEntry] = [:]   // this rank's pieces, by key
+        var bufferEntries: [String: CheckpointEntry] = [:]
         if isWriter {
             var sd: StateDict = [:]
-            for (i, s) in fsdp.shards.enumerated() where s.count > 0 {
-                sd[CheckpointState.model.tensorName(s.fqn, offset: s.offsetInFull)] =
-                    HostTensor(shape: [s.count], values: Array(UnsafeBufferPointer(start: s.param, count: s.count)))
-                sd[CheckpointState.expAvg.tensorName(s.fqn, offset: s.offsetInFull)] =
-                    HostTensor(shape: [s.count], values: Array(UnsafeBufferPointer(start: expAvg[i].data, count: s.count)))
-                sd[CheckpointState.expAvgSq.tensorName(s.fqn, offset: s.offsetInFull)] =
-                    HostTensor(shape: [s.count], values: Array(UnsafeBufferPointer(start: expAvgSq[i].data, count: s.count)))
+            for p in pieces {
+                sd[p.tensorName] = HostTensor(shape: [p.count], values: Array(UnsafeBufferPointer(start: p.values, count: p.count)))
+                entries[p.key, default: CheckpointEntry(shape: p.shape, pieces: [])].pieces
+                    .append(CheckpointPiece(file: file, tensor: p.tensorName, offset: p.offset, count: p.count))
             }
-            if comm.rank == 0 {
-                for (n, t) in fsdp.model.buffers { sd["buffer/" + n] = HostTensor(shape: t.shape, values: t.toArray()) }
+            if rank == 0 {
+                for b in buffers {
+                    let name = "buffer/" + b.fqn
+                    sd[name] = HostTensor(shape: b.tensor.shape, values: b.tensor.toArray())
+                    bufferEntries[b.fqn] = CheckpointEntry(shape: b.tensor.shape, pieces: [CheckpointPiece(file: file, tensor: name, offset: 0, count: b.tensor.count)])
+                }
             }
-            let path = join(tmp, rankFileName(comm.rank))
+            let path = join(tmp, file)
             do {
-                try SafeTensors.write(sd, to: path, metadata: ["format": "swifttitan-dcp", "step": String(step), "rank": String(comm.rank)])
+                try SafeTensors.write(sd, to: path, metadata: ["format": "swifttitan-dcp", "step": String(step), "rank": String(rank)])
             } catch {
                 throw CheckpointError(path: path, "cannot write: \(error)")
             }
         }
-        crashIfRequested(.rankFile, rank: comm.rank, step: step)
-        try mesh.world.barrier()
-        if comm.rank == 0 {
-            let writers = (0..<mesh.dims.shard).map { $0 }  // replica 0 = ranks 0..<shard
+        crashIfRequested(.rankFile, rank: rank, step: step)
+        // Rank 0 learns every writer's pieces (the all-gather also waits for every rank file).
+        let written = try world.allGatherBytes(isWriter ? Array(try JSONEncoder().encode(entries)) : [])
+        if rank == 0 {
             var meta = CheckpointMetadata(
                 format: CheckpointMetadata.formatName, format_version: CheckpointMetadata.currentFormatVersion,
                 step: step, dataloader_position: step, lr_scheduler_step: step,
                 rng: "none (training draws no random numbers after initialisation)",
-                model_args: modelArgs,
-                topology: CheckpointTopology(world_size: comm.worldSize, replicate: mesh.dims.replicate, shard: mesh.dims.shard, ep: mesh.dims.ep),
-                job_id: comm.spec.jobID, files: writers.map(rankFileName), state: [:], buffers: [:])
-            let fullShapes = Dictionary(fsdp.model.parameters.map { ($0.fqn, $0.shape) }, uniquingKeysWith: { a, _ in a })
-            for file in meta.files {
-                let reader = try SafeTensorsReader(path: join(tmp, file))
-                for (name, info) in reader.header.tensors {
-                    if name.hasPrefix("buffer/") {
-                        let fqn = String(name.dropFirst(7))
-                        meta.buffers[fqn] = CheckpointEntry(shape: info.shape, pieces: [CheckpointPiece(file: file, tensor: name, offset: 0, count: info.elementCount)])
-                        continue
-                    }
-                    guard let at = name.lastIndex(of: "@"), let offset = Int(name[name.index(after: at)...]),
-                          let state = CheckpointState.allCases.first(where: { name.hasPrefix($0.rawValue + "/") }) else {
-                        throw CheckpointError(path: reader.path, "unexpected tensor '\(name)'")
-                    }
-                    let fqn = String(name[name.index(name.startIndex, offsetBy: state.rawValue.count + 1)..<at])
-                    guard let shape = fullShapes[fqn] else { throw CheckpointError(path: reader.path, "unknown parameter '\(fqn)'") }
-                    meta.state[state.key(fqn), default: CheckpointEntry(shape: shape, pieces: [])].pieces
-                        .append(CheckpointPiece(file: file, tensor: name, offset: offset, count: info.elementCount))
+                model_args: modelArgs, topology: topology, job_id: jobID, files: [], state: [:], buffers: bufferEntries)
+            for (r, blob) in written.enumerated() where !blob.isEmpty {
+                meta.files.append(rankFileName(world.members[r]))
+                for (key, e) in try JSONDecoder().decode([String: CheckpointEntry].self, from: Data(blob)) {
+                    meta.state[key, default: CheckpointEntry(shape: e.shape, pieces: [])].pieces += e.pieces
                 }
             }
             for k in meta.state.keys { meta.state[k]!.pieces.sort { $0.offset < $1.offset } }
@@ -427,9 +410,9 @@ public enum Checkpoint {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try writeDurably(try encoder.encode(meta), to: join(tmp, metadataFileName))
             fsyncPath(tmp)
-            crashIfRequested(.metadata, rank: comm.rank, step: step)
+            crashIfRequested(.metadata, rank: rank, step: step)
             // A re-run of the same step: move the old folder aside first, so a good step-N exists at every moment.
-            let replaced = final + ".old-" + jobID
+            let replaced = final + ".old-" + sanitized(jobID)
             if fm.fileExists(atPath: final), rename(final, replaced) != 0 {
                 throw CheckpointError(path: final, "cannot move the previous save aside: \(String(cString: strerror(errno)))")
             }
@@ -438,13 +421,13 @@ public enum Checkpoint {
             }
             try? fm.removeItem(atPath: replaced)
             fsyncPath(folder)
-            crashIfRequested(.renamed, rank: comm.rank, step: step)
+            crashIfRequested(.renamed, rank: rank, step: step)
             try writeDurably(Data((stepFolderName(step) + "\n").utf8), to: join(folder, latestFileName))
             fsyncPath(folder)
             prune(folder: folder, keepLatestK: keepLatestK, current: step, log: log)
             log("checkpoint: saved step \(step) to \(final)")
         }
-        try mesh.world.barrier()
+        try world.barrier()
         return final
     }
 
@@ -480,54 +463,37 @@ public enum Checkpoint {
 
     // MARK: load
 
-    public struct Loaded {
-        public var step: Int
-        public var stepFolder: String
-        public var meta: CheckpointMetadata
-    }
-
-    /// Validates a checkpoint against the model (every rank; no collective) and fills this rank's shards with
-    /// the overlapping byte ranges of the saved pieces: parameters, and (unless modelOnly) AdamW state and buffers.
-    public static func load(stepFolder: String, fsdp: FullyShardedModel, modelArgs: Qwen3ModelArgs, expAvg: [Tensor], expAvgSq: [Tensor],
-                            modelOnly: Bool = false) throws -> Loaded {
+    /// Validates a checkpoint against the run (`expected`: every state key with its full shape) and fills each of
+    /// this rank's `pieces` with the overlapping byte ranges of the saved pieces, and `buffers` (zero where the
+    /// checkpoint has none; nil: buffers are not loaded). Every rank; no collective. A failure changes nothing.
+    public static func load(stepFolder: String, pieces: [StatePiece], buffers: [ModelBuffer]?, expected: [String: [Int]],
+                            modelArgs: Qwen3ModelArgs) throws -> CheckpointMetadata {
         let meta = try readMetadata(stepFolder: stepFolder)
         let metaPath = join(stepFolder, metadataFileName)
-        let model = fsdp.model
-        let paramShapes = Dictionary(model.parameters.map { ($0.fqn, $0.shape) }, uniquingKeysWith: { a, _ in a })
-        let bufferShapes = Dictionary(model.buffers.map { ($0.fqn, $0.tensor.shape) }, uniquingKeysWith: { a, _ in a })
-        try validateModel(meta, parameterShapes: paramShapes, bufferShapes: bufferShapes, args: modelArgs, path: metaPath)
+        let bufferShapes = Dictionary((buffers ?? []).map { ($0.fqn, $0.tensor.shape) }, uniquingKeysWith: { a, _ in a })
+        try validateModel(meta, expected: expected, bufferShapes: bufferShapes, args: modelArgs, path: metaPath)
         try validateCoverage(meta, path: metaPath)
         let reader = try PieceReader(stepFolder: stepFolder, meta: meta)
-        // Read everything first, then commit: a failure leaves the model untouched.
+        // Read everything first, then commit: a failure leaves the state untouched.
         var staged: [(dst: UnsafeMutablePointer<Float>, values: [Float])] = []
-        for (i, s) in fsdp.shards.enumerated() where s.count > 0 {
-            let targets: [(CheckpointState, UnsafeMutablePointer<Float>)] = modelOnly
-                ? [(.model, s.param)] : [(.model, s.param), (.expAvg, expAvg[i].data), (.expAvgSq, expAvgSq[i].data)]
-            for (state, dst) in targets {
-                let key = state.key(s.fqn)
-                var values = [Float](repeating: 0, count: s.count)
-                try values.withUnsafeMutableBufferPointer {
-                    try reader.readRange(meta.state[key]!, key: key, start: s.offsetInFull, count: s.count, into: $0.baseAddress!)
-                }
-                staged.append((dst, values))
+        for p in pieces {
+            var values = [Float](repeating: 0, count: p.count)
+            try values.withUnsafeMutableBufferPointer {
+                try reader.readRange(meta.state[p.key]!, key: p.key, start: p.offset, count: p.count, into: $0.baseAddress!)
             }
+            staged.append((p.values, values))
         }
-        var bufferValues: [(Tensor, [Float])] = []
-        if !modelOnly {
-            for (fqn, t) in model.buffers {
-                var values = [Float](repeating: 0, count: t.count)
-                if let e = meta.buffers[fqn] {
-                    try values.withUnsafeMutableBufferPointer {
-                        try reader.readRange(e, key: fqn, start: 0, count: t.count, into: $0.baseAddress!)
-                    }
+        for b in buffers ?? [] {
+            var values = [Float](repeating: 0, count: b.tensor.count)
+            if let e = meta.buffers[b.fqn] {
+                try values.withUnsafeMutableBufferPointer {
+                    try reader.readRange(e, key: b.fqn, start: 0, count: b.tensor.count, into: $0.baseAddress!)
                 }
-                bufferValues.append((t, values))
             }
+            staged.append((b.tensor.data, values))
         }
         for (dst, values) in staged { values.withUnsafeBufferPointer { dst.update(from: $0.baseAddress!, count: values.count) } }
-        for (t, values) in bufferValues { values.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) } }
-        fsdp.reshard()
-        return Loaded(step: modelOnly ? 0 : meta.step, stepFolder: stepFolder, meta: meta)
+        return meta
     }
 
     // MARK: one-process assembly (titan convert)
@@ -539,7 +505,7 @@ public enum Checkpoint {
         try validateCoverage(meta, path: metaPath)
         let reader = try PieceReader(stepFolder: stepFolder, meta: meta)
         var sd: StateDict = [:]
-        let prefix = CheckpointState.model.rawValue + "/"
+        let prefix = "model/"
         for (key, e) in meta.state where key.hasPrefix(prefix) {
             var values = [Float](repeating: 0, count: e.numel)
             try values.withUnsafeMutableBufferPointer {
@@ -555,7 +521,7 @@ public enum Checkpoint {
             sd[fqn] = HostTensor(shape: e.shape, values: values)
         }
         // The model's own check: every parameter present with the args' shapes.
-        let expected = Qwen3StateDictAdapter(args: meta.model_args).titanShapes(includeExpertBias: false)
+        let expected = try Qwen3Model.spec(meta.model_args).parameterShapes
         let missing = expected.keys.filter { sd[$0] == nil }.sorted()
         if !missing.isEmpty {
             throw CheckpointError(path: metaPath, "lacks parameters of its own model_args: \(missing.prefix(5).joined(separator: ", "))")

@@ -32,9 +32,13 @@ public final class GroupedExperts: MoEExperts {
     // backward scratch
     private let dh = GrowBuffer(), dh1 = GrowBuffer(), dh3 = GrowBuffer()
 
-    public init(w1: Parameter, w2: Parameter, w3: Parameter, dim: Int, hiddenDim: Int, useGroupedMM: Bool) {
-        self.w1 = w1; self.w2 = w2; self.w3 = w3
-        self.dim = dim; self.hiddenDim = hiddenDim; self.useGroupedMM = useGroupedMM
+    /// Declares w1 [E, F, D], w2 [E, D, F], w3 [E, F, D] (HF: experts.{e}.gate_proj / down_proj / up_proj).
+    public init(_ t: ParameterScope, numExperts E: Int, dim D: Int, hiddenDim F: Int, initStd: Float, useGroupedMM: Bool) {
+        let normal = ParameterInit.normal(std: initStd)
+        w1 = t.experts("w1", [E, F, D], init: normal) { "\($0).gate_proj.weight" }
+        w2 = t.experts("w2", [E, D, F], init: normal) { "\($0).down_proj.weight" }
+        w3 = t.experts("w3", [E, F, D], init: normal) { "\($0).up_proj.weight" }
+        dim = D; hiddenDim = F; self.useGroupedMM = useGroupedMM
     }
 
     /// Reserves the scratch for up to `rows` routed rows at once (see `GrowBuffer.reserve`).

@@ -1,6 +1,13 @@
-// Fused, vectorised AdamW update (torch.optim.AdamW single-tensor semantics), for the trainer's hot loop.
-// Element-wise with exactly the operations and operand order of `AdamW.step` (Train/Optim.swift) in 8 Float lanes:
-// IEEE add, mul, div and sqrt are correctly rounded lane by lane, so the result is bit-identical to the scalar loop.
+// Fused, vectorised AdamW update with torch.optim.AdamW's single-tensor semantics (decoupled weight decay, bias
+// correction), gradient clipping applied in the same pass:
+//   g  *= clip                                   (written back, as clip_grad_norm_ does, when clip < 1)
+//   p  *= 1 - lr·wd
+//   m   = lerp(m, g, 1-β1)                       (torch uses lerp_: same rounding, both of its branches)
+//   v   = v·β2 + ((1-β2)·g)·g                    (ATen's addcmul operand order)
+//   p  += (-lr / (1-β1^t))·m / (sqrt(v) / sqrt(1-β2^t) + eps)   (addcdiv)
+// Scalars are formed in Double (Python floats) and rounded to Float once, as torch does. The 8-lane loop and the
+// scalar tail run the same operations: IEEE add, mul, div and sqrt are correctly rounded lane by lane, so every element
+// gets the same bits whichever part computes it.
 
 /// Scalars of one AdamW step, formed once per step (in Double, rounded to Float once, as torch does).
 public struct AdamWScalars {

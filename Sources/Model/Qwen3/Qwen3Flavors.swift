@@ -1,12 +1,5 @@
-/// Named model configurations (torchtitan: qwen3_configs).
-public enum ModelFlavors {
-    public static var names: [String] { all.keys.sorted() }
-
-    public static func named(_ name: String) throws -> Qwen3ModelArgs {
-        guard let a = all[name] else { throw ModelError.unknownFlavor(name, available: names) }
-        return a
-    }
-
+/// Named Qwen3 architectures (torchtitan: qwen3_configs).
+public enum Qwen3Flavors {
     public static let all: [String: Qwen3ModelArgs] = {
         var r: [String: Qwen3ModelArgs] = [:]
 

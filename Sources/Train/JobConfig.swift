@@ -1,0 +1,234 @@
+// The job config of `titan train` (torchtitan's JobConfig): one section per component, each declared beside the
+// component it builds (model: Model/ModelConfig.swift, parallelism: Parallel/Parallelism.swift, optimizer,
+// lr_scheduler, checkpoint, dataloader, metrics, profiling: Train/Components/), plus the trainer's own sections below.
+// `JobConfig.resolve` turns a command line into a validated config.
+
+import Config
+import Model
+import Parallel
+
+/// [job]: run identity and folder.
+public struct JobSection: ConfigSection {
+    /// Run folder: config.json, metrics.jsonl, logs/, checkpoint/ live under it.
+    public var dump_folder = "./outputs"
+    public var description = "default job"
+    public init() {}
+
+    public static let doc = "run identity and folder"
+    public static let fields: [ConfigField<JobSection>] = [
+        ConfigField("dump_folder", \.dump_folder, "run folder: config.json, metrics.jsonl, logs/, checkpoint/"),
+        ConfigField("description", \.description, "free text describing the job"),
+    ]
+}
+
+/// [training]: steps, batch and sequence shape, seed, clipping.
+public struct TrainingConfig: ConfigSection {
+    public var steps = 10
+    /// Sequences per data-parallel rank per step.
+    public var local_batch_size = 8
+    public var seq_len = 2048
+    /// Seeds weight initialisation and the synthetic dataset.
+    public var seed = 0
+    /// Global gradient-norm clip (torch clip_grad_norm_); <= 0 disables clipping.
+    public var max_norm = 1.0
+    public init() {}
+
+    public static let doc = "steps, batch and sequence shape"
+    public static let fields: [ConfigField<TrainingConfig>] = [
+        ConfigField("steps", \.steps, "number of optimizer steps"),
+        ConfigField("local_batch_size", \.local_batch_size, "sequences per data-parallel rank per step"),
+        ConfigField("seq_len", \.seq_len, "tokens per sequence (L); windows are L+1 tokens"),
+        ConfigField("seed", \.seed, "seed for weight init and the synthetic dataset"),
+        ConfigField("max_norm", \.max_norm, "clip the global gradient norm to this (<= 0: no clipping)"),
+    ]
+
+    public func validate() throws {
+        if steps < 1 { throw ConfigError.invalid(key: "steps", reason: "must be >= 1, got \(steps)") }
+        if local_batch_size < 1 { throw ConfigError.invalid(key: "local_batch_size", reason: "must be >= 1, got \(local_batch_size)") }
+        if seq_len < 1 { throw ConfigError.invalid(key: "seq_len", reason: "must be >= 1, got \(seq_len)") }
+    }
+}
+
+/// [debug]
+public struct DebugConfig: ConfigSection {
+    public var deterministic = false
+    public init() {}
+
+    public static let doc = "reproducibility"
+    public static let fields: [ConfigField<DebugConfig>] = [
+        ConfigField("deterministic", \.deterministic,
+                    "the same bits for any number of kernel threads and with or without idle-CPU lending (GEMMs are never split: slower with several threads per rank)"),
+    ]
+}
+
+/// [comm]: collective timeouts.
+public struct CommConfig: ConfigSection {
+    public var timeout_seconds = 300.0
+    public init() {}
+
+    public static let doc = "collectives"
+    public static let fields: [ConfigField<CommConfig>] = [
+        ConfigField("timeout_seconds", \.timeout_seconds, "timeout of every collective receive"),
+    ]
+
+    public func validate() throws {
+        if timeout_seconds <= 0 { throw ConfigError.invalid(key: "timeout_seconds", reason: "must be > 0") }
+    }
+}
+
+public struct JobConfig: Equatable {
+    public var job = JobSection()
+    public var model = ModelConfig()
+    public var training = TrainingConfig()
+    public var optimizer = OptimizerConfig()
+    public var lr_scheduler = LRSchedulerConfig()
+    public var parallelism = ParallelismConfig()
+    public var checkpoint = CheckpointConfig()
+    public var dataloader = DataLoaderConfig()
+    public var debug = DebugConfig()
+    public var profiling = ProfilingConfig()
+    public var comm = CommConfig()
+    public var metrics = MetricsConfig()
+    public init() {}
+
+    /// Every overridable field, section by section: the order of --help.
+    public static let schema = ConfigSchema<JobConfig>(sections: [
+        .section("job", \.job),
+        .section("model", \.model),
+        .section("training", \.training),
+        .section("optimizer", \.optimizer),
+        .section("lr_scheduler", \.lr_scheduler),
+        .section("parallelism", \.parallelism),
+        .section("checkpoint", \.checkpoint),
+        .section("dataloader", \.dataloader),
+        .section("debug", \.debug),
+        .section("profiling", \.profiling),
+        .section("comm", \.comm),
+        .section("metrics", \.metrics),
+    ])
+
+    /// Every section's own rules, then the rules between sections (the degrees: `dims(worldSize:)`).
+    public func validate() throws {
+        try Self.schema.validate(self)
+        if training.seq_len > model.args.max_seq_len {
+            throw ConfigError.invalid(key: "training.seq_len", reason: "\(training.seq_len) exceeds model.max_seq_len \(model.args.max_seq_len)")
+        }
+    }
+
+    /// The parallelism degrees for `worldSize` ranks and this model, checked; errors name the parallelism key.
+    public func dims(worldSize: Int) throws -> ParallelDims {
+        do {
+            return try parallelism.dims(worldSize: worldSize, numExperts: model.args.moe_enabled ? model.args.moe.num_experts : 0)
+        } catch let ParallelError.invalidDegrees(key, reason) {
+            throw ConfigError.invalid(key: key, reason: reason)
+        }
+    }
+
+    /// Resolved config as JSON for DUMP/config.json.
+    public func json() throws -> String { try Self.schema.json(of: self) }
+}
+
+/// What the command line asked for.
+public enum JobConfigRequest {
+    case run(JobConfig)
+    /// `--help`: print this text and exit 0.
+    case help(String)
+}
+
+extension JobConfig {
+    public static let defaultModule = "qwen3"
+    public static let defaultConfigName = "debugmodel_moe"
+
+    /// Entry point for `titan train` arguments (everything after the subcommand):
+    ///   [--module M] [--config C] [--section.field value | --section.field=value | --bool_flag]... [--help]
+    /// 1. the registry function for (module, config) builds the base config;
+    /// 2. `--model.name` / `--model.flavor`, if given, are applied and the architecture is reloaded from that flavor
+    ///    (so `--model.flavor X --model.dim 8` means "X with dim 8");
+    /// 3. the topology's degrees, if any, replace the config's (its expert-parallel degree only for a model with
+    ///    routed experts, so a dense model runs on any topology);
+    /// 4. every other override is applied in command-line order; 5. validate, the degrees against `worldSize` ranks
+    ///    too, and write data_parallel_shard_degree -1 as the number it stands for.
+    public static func resolve(arguments: [String], topology: ParallelismConfig? = nil, worldSize: Int = 1,
+                               registry: ConfigRegistry<JobConfig> = jobConfigRegistry()) throws -> JobConfigRequest {
+        let cl = try schema.parseCommandLine(arguments)
+        let module = cl.module ?? defaultModule
+        let configName = cl.config ?? defaultConfigName
+        var cfg = try registry.make(module: module, name: configName)
+
+        let selectsModel: (ConfigAssignment) -> Bool = { $0.key == "model.name" || $0.key == "model.flavor" }
+        let modelSelection = cl.assignments.filter(selectsModel)
+        if !modelSelection.isEmpty {
+            try schema.apply(modelSelection, to: &cfg)
+            do { cfg.model = try cfg.model.withFlavorArgs() } catch let ConfigError.invalid(key, reason) {
+                throw ConfigError.invalid(key: "model." + key, reason: reason)
+            }
+        }
+        if let t = topology {
+            cfg.parallelism.data_parallel_replicate_degree = t.data_parallel_replicate_degree
+            cfg.parallelism.data_parallel_shard_degree = t.data_parallel_shard_degree
+            if cfg.model.args.moe_enabled { cfg.parallelism.expert_parallel_degree = t.expert_parallel_degree }
+        }
+        try schema.apply(cl.assignments.filter { !selectsModel($0) }, to: &cfg)
+
+        if cl.help {
+            let header = """
+            usage: titan train [--module M --config C] [--section.field value]...
+            Booleans may be given bare (--checkpoint.enable) or as true/false; optional values accept none.
+            Defaults below are those of --module \(module) --config \(configName) (with the overrides given).
+
+            registered configs:
+            \(registry.listing)
+            """
+            return .help(schema.helpText(defaults: cfg, header: header))
+        }
+        try cfg.validate()
+        cfg.parallelism.data_parallel_shard_degree = try cfg.dims(worldSize: worldSize).shard
+        return .run(cfg)
+    }
+}
+
+// MARK: - named configs (torchtitan's config functions)
+
+/// A config of `flavor` with the small-CPU training defaults shared by the debug configs.
+private func debugJobConfig(flavor: String) -> JobConfig {
+    var j = JobConfig()
+    j.job.description = "qwen3 \(flavor)"
+    j.model.name = "qwen3"
+    j.model.flavor = flavor
+    j.model.args = Qwen3Flavors.all[flavor]!
+    j.training.steps = 100  // enough for the synthetic corpus's loss to fall from ~7.6 to ~1.2
+    j.training.local_batch_size = 4
+    j.training.seq_len = 64
+    j.training.seed = 0
+    j.training.max_norm = 1.0
+    j.optimizer.lr = 3e-3
+    j.optimizer.weight_decay = 0.1
+    j.lr_scheduler.warmup_steps = 5
+    j.lr_scheduler.decay_ratio = 0.8
+    j.lr_scheduler.decay_type = .linear
+    j.lr_scheduler.min_lr_factor = 0.1
+    j.checkpoint.interval = 10
+    j.dataloader.dataset = .synthetic
+    return j
+}
+
+/// The registry `titan train` consults for `--module M --config C`.
+public func jobConfigRegistry() -> ConfigRegistry<JobConfig> {
+    var r = ConfigRegistry<JobConfig>()
+    r.register(module: "qwen3", name: "debugmodel", doc: "dense 2-layer D=64, seq 64, trains in seconds on CPU") {
+        debugJobConfig(flavor: "debugmodel")
+    }
+    r.register(module: "qwen3", name: "debugmodel_moe", doc: "MoE 2-layer D=64, 8 experts top-2, seq 64, trains in seconds on CPU") {
+        debugJobConfig(flavor: "debugmodel_moe")
+    }
+    r.register(module: "qwen3", name: "bench_moe", doc: "MoE 4-layer D=256, 16 experts top-2, seq 256, local batch 16") {
+        var c = debugJobConfig(flavor: "bench_moe")
+        c.job.description = "qwen3 bench_moe"
+        c.training.seq_len = 256
+        c.training.local_batch_size = 16
+        c.training.steps = 10
+        c.optimizer.lr = 8e-4
+        return c
+    }
+    return r
+}
