@@ -48,7 +48,6 @@ public struct MemoryReport: Equatable, CustomStringConvertible {
 /// group order, padded to a multiple of the group size; rank r owns elements [r·shardSize, (r+1)·shardSize).
 final class FlatParam {
     let pg: ProcessGroup
-    let isExpert: Bool
     let params: [Parameter]
     let shapes: [[Int]]          // local shapes
     let offsets: [Int]           // offset of each parameter in the flat buffer
@@ -75,9 +74,8 @@ final class FlatParam {
     /// shard that is then added to it.
     var gradShardIsZero = false
 
-    init(pg: ProcessGroup, isExpert: Bool, params: [Parameter], offsetsInFull: [Int]) {
+    init(pg: ProcessGroup, params: [Parameter], offsetsInFull: [Int]) {
         self.pg = pg
-        self.isExpert = isExpert
         self.params = params
         self.offsetsInFull = offsetsInFull
         shapes = params.map { $0.value?.shape ?? $0.shape }   // no storage: the full parameter, initialised per shard
@@ -184,7 +182,6 @@ public final class FullyShardedModel {
     public private(set) var shards: [ParameterShard] = []
 
     let groups: [[FlatParam]]
-    private let expertParameters: Set<ObjectIdentifier>
     private let pool = TensorPool()
     private var hooks: FSDPHooks!
     private let lastGroup: Int
@@ -203,7 +200,6 @@ public final class FullyShardedModel {
         self.model = model
         self.mesh = mesh
         let expertIDs = Set(model.moeModules.flatMap { $0.routedExpertParameters }.map(ObjectIdentifier.init))
-        expertParameters = expertIDs
         self.reshardAfterForward = reshardAfterForward
         self.keepLastBlockGathered = keepLastBlockGathered
         lastGroup = model.parameterGroups.count - 1
@@ -237,10 +233,10 @@ public final class FullyShardedModel {
                 // One process group: one flat buffer, in the model's parameter order.
                 let all = group
                 let offs = all.map { expertIDs.contains(ObjectIdentifier($0)) ? mesh.epRank * ($0.value?.count ?? $0.count) : 0 }
-                flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: all, offsetsInFull: offs))
+                flats.append(FlatParam(pg: mesh.dpShard, params: all, offsetsInFull: offs))
             } else {
-                if !dense.isEmpty { flats.append(FlatParam(pg: mesh.dpShard, isExpert: false, params: dense, offsetsInFull: dense.map { _ in 0 })) }
-                if !experts.isEmpty { flats.append(FlatParam(pg: mesh.expertShard, isExpert: true, params: experts, offsetsInFull: expertOffsets)) }
+                if !dense.isEmpty { flats.append(FlatParam(pg: mesh.dpShard, params: dense, offsetsInFull: dense.map { _ in 0 })) }
+                if !experts.isEmpty { flats.append(FlatParam(pg: mesh.expertShard, params: experts, offsetsInFull: expertOffsets)) }
             }
             built.append(flats)
         }
@@ -278,9 +274,6 @@ public final class FullyShardedModel {
     public func detach() {
         if model.hooks === hooks { model.hooks = NoModelHooks() }
     }
-
-    /// Whether `p` is a routed-expert parameter (sharded over the expert-shard group, narrowed by expert parallelism).
-    public func isExpert(_ p: Parameter) -> Bool { expertParameters.contains(ObjectIdentifier(p)) }
 
     private func makeShards() -> [ParameterShard] {
         var r: [ParameterShard] = []

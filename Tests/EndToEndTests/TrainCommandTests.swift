@@ -71,6 +71,28 @@ final class TrainCommandTests: XCTestCase {
     }
 
     /// The default 8-rank topology asks for expert parallelism; a dense model still runs on it.
+    /// `--debug.deterministic`: the same bits with one kernel thread and with two, even on the loop expert path whose
+    /// large GEMMs are otherwise split over the threads (and may then round differently).
+    func testDeterministicRunIsTheSameForAnyThreadCount() throws {
+        var metrics: [[String]] = []
+        for threads in ["1", "2"] {
+            let dump = temporaryFolder()
+            let r = try Titan.run(["train", "--config", "bench_moe", "--training.steps", "2", "--training.local_batch_size", "2",
+                                   "--training.seq_len", "128", "--model.moe.use_grouped_mm", "false", "--debug.deterministic",
+                                   "--job.dump_folder", dump], environment: ["OPENBLAS_NUM_THREADS": threads])
+            XCTAssertEqual(r.status, 0, String(r.stderr.suffix(3000)))
+            XCTAssertTrue(r.stdout.contains("\(threads) kernel thread(s) per rank") && r.stdout.contains("deterministic: GEMMs never split"),
+                          String(r.stdout.prefix(2000)))
+            let lines = try String(contentsOfFile: dump + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            metrics.append(try lines.map { line in
+                let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                return "\(o["loss"]!) \(o["grad_norm"]!)"
+            })
+        }
+        XCTAssertEqual(metrics[0].count, 2)
+        XCTAssertEqual(metrics[0], metrics[1])
+    }
+
     func testDenseModelRunsOnTheDefaultTopology() throws {
         let dump = temporaryFolder()
         let r = try Titan.run(["launch", "--ranks", "8", "--dump-folder", dump, "--", "train", "--config", "debugmodel",
