@@ -1,9 +1,11 @@
 // Matrix multiplies (row-major sgemm), routed by shape (`BLAS.library`):
-//   - BLIS (its typed API) for large GEMMs. BLIS picks kernels by CPU model, and Debian 12's BLIS 0.9 predates Zen 5:
-//     there it falls back to its generic C kernels (~42 GFLOP/s), so we pick its AVX-512 "skx" kernels (see
-//     `GEMMLibraries`). On this class of machine they run large sgemms at ~1.8x OpenBLAS's AVX2 "Haswell" kernels
-//     (which OPENBLAS_CORETYPE=Haswell pins). Where BLIS would not run AVX-512 kernels next to OpenBLAS's AVX2 ones,
-//     OpenBLAS takes them.
+//   - BLIS (its typed API) for large GEMMs. BLIS and OpenBLAS pick kernels by CPU model, and Debian 12's versions
+//     predate some CPUs: BLIS 0.9 falls back to its generic C kernels on Zen 5 (~42 GFLOP/s) and to its AVX2 ones on
+//     Sapphire Rapids; OpenBLAS 0.3.21 to its SSE3 "Prescott" kernels on Sapphire Rapids. So on AVX-512 CPUs we pick
+//     BLIS's "skx" kernels (see `GEMMLibraries`), and a GEMM goes to whichever library runs the wider kernels:
+//     large ones to BLIS where its kernels are wider than OpenBLAS's (measured on Zen 5: skx ~1.8x OpenBLAS's AVX2
+//     "Haswell"), every one our kernel does not take where OpenBLAS has only SSE kernels (measured on Sapphire
+//     Rapids: BLIS skx 104-125 GFLOP/s on large GEMMs, OpenBLAS Prescott 16-30; small ones level or BLIS ahead).
 //   - Our AVX-512 kernel (Sources/CKernels) for GEMMs whose B is untransposed and fits in L2 with room to spare
 //     (attention's blocks, weight gradients over few tokens): it skips packing and runs 64x32x256 at ~265 GFLOP/s,
 //     where BLIS runs 96 and OpenBLAS 114.
@@ -52,9 +54,11 @@ public enum BLAS {
     public static var description: String {
         let setup = GEMMLibraries.setup
         var parts: [String] = []
-        if setup.largeOnBLIS { parts.append("BLIS \(GEMMLibraries.version) \(setup.blisKernels) (large)") }
+        if setup.blis != .none {
+            parts.append("BLIS \(GEMMLibraries.version) \(setup.blisKernels) (\(setup.blis == .large ? "large" : "the rest"))")
+        }
         if setup.smallKernel { parts.append("AVX-512 kernel (small, B untransposed)") }
-        parts.append("OpenBLAS \(openBLASCoreName)" + (parts.isEmpty ? "" : " (the rest)"))
+        if setup.blis != .all { parts.append("OpenBLAS \(openBLASCoreName)" + (parts.isEmpty ? "" : " (the rest)")) }
         return parts.joined(separator: " + ")
     }
 
@@ -64,23 +68,26 @@ public enum BLAS {
     public static var blisArchFromEnvironment: Bool { GEMMLibraries.setup.archFromEnvironment }
     /// Whether this process set BLIS_ARCH_TYPE to skx.
     public static var pickedSKX: Bool { GEMMLibraries.setup.pickedSKX }
-    /// Whether large GEMMs go to BLIS (else every GEMM runs on OpenBLAS).
-    public static var largeGEMMsOnBLIS: Bool { GEMMLibraries.setup.largeOnBLIS }
+    /// Which GEMMs go to BLIS (the others not taken by our kernel run on OpenBLAS).
+    public static var gemmsOnBLIS: GEMMLibraries.BLISShare { GEMMLibraries.setup.blis }
     /// Whether this CPU runs our AVX-512 small-GEMM kernel.
     public static var hasSmallKernel: Bool { GEMMLibraries.setup.smallKernel }
     /// The library file `cblas_sgemm` (OpenBLAS's GEMMs) resolves to.
     public static var cblasLibrary: String { GEMMLibraries.setup.cblasLibrary }
     /// Whether BLIS 0.9 needs skx picked on a CPU like this (AVX-512 AMD newer than its CPU table).
     public static func needsSKXPick(_ cpu: CPUInfo) -> Bool { GEMMLibraries.needsSKXPick(cpu) }
-    /// Whether large GEMMs go to BLIS with these kernels on both sides.
-    public static func largeGEMMsOnBLIS(blisKernels: String, openBLASCore: String) -> Bool {
-        GEMMLibraries.largeOnBLIS(blisKernels: blisKernels, openBLASCore: openBLASCore)
+    /// Which GEMMs go to BLIS with these kernels on both sides.
+    public static func gemmsOnBLIS(blisKernels: String, openBLASCore: String) -> GEMMLibraries.BLISShare {
+        GEMMLibraries.share(blisKernels: blisKernels, openBLASCore: openBLASCore)
     }
-    /// Whether a GEMM of this shape is large enough for BLIS (where BLIS takes large GEMMs); `library` lets our kernel
-    /// take those with a small untransposed B first.
+    /// Whether BLIS takes a GEMM of this shape (unless our kernel takes it first: `library`).
     @inline(__always)
     public static func runsOnBLIS(M: Int, N: Int, K: Int) -> Bool {
-        GEMMLibraries.setup.largeOnBLIS && M * N * K >= blisMinWork && min(M, N) >= blisMinSide
+        switch GEMMLibraries.setup.blis {
+        case .all: return true
+        case .large: return M * N * K >= blisMinWork && min(M, N) >= blisMinSide
+        case .none: return false
+        }
     }
 
     /// The OpenBLAS kernel family in use, e.g. "Haswell".
@@ -196,11 +203,22 @@ public enum BLAS {
     }
 }
 
-/// Sets both libraries up once, before BLIS's first call, and decides where large GEMMs go.
-/// BLIS reads BLIS_ARCH_TYPE when it initialises. Unless it is set already, it is set to skx's id where BLIS 0.9 would
-/// fall back to its generic kernels on an AVX-512 CPU: AMD from family 0x1A (Zen 5) on, newer than its CPU table.
-/// Large GEMMs go to BLIS when it runs AVX-512 kernels and OpenBLAS AVX2 ones (the pairing measured above).
-enum GEMMLibraries {
+/// Sets both libraries up once, before BLIS's first call, and decides which GEMMs go to BLIS.
+/// BLIS reads BLIS_ARCH_TYPE when it initialises. Unless it is set already, it is set to skx's id on the AVX-512 CPUs
+/// where BLIS 0.9 would otherwise run narrower kernels: Intel (it knows Skylake-X; later models get its AVX2 ones) and
+/// AMD from family 0x1A (Zen 5) on (its generic ones). Then the library with the wider kernels takes the GEMMs it won
+/// in the measurements above (`share`).
+public enum GEMMLibraries {
+    /// Which GEMMs BLIS takes.
+    public enum BLISShare: Sendable {
+        /// None: OpenBLAS runs at least as wide kernels.
+        case none
+        /// Large ones (`BLAS.blisMinWork`): BLIS's kernels are wider, OpenBLAS's still vectorised with FMA.
+        case large
+        /// Every one our kernel does not take: OpenBLAS has only SSE kernels here.
+        case all
+    }
+
     struct Setup {
         /// BLIS_ARCH_TYPE came from outside this process.
         let archFromEnvironment: Bool
@@ -208,7 +226,7 @@ enum GEMMLibraries {
         let pickedSKX: Bool
         /// The BLIS kernels in use, e.g. "skx" ("generic": BLIS's portable C kernels).
         let blisKernels: String
-        let largeOnBLIS: Bool
+        let blis: BLISShare
         /// The file `cblas_sgemm` resolves to (both libraries export it; the link order decides).
         let cblasLibrary: String
         /// The CPU runs our AVX-512 small-GEMM kernel.
@@ -232,20 +250,32 @@ enum GEMMLibraries {
         let kernels = String(cString: bli_arch_string(bli_arch_query_id()))
         let library = titan_symbol_library("cblas_sgemm").map { String(cString: $0) } ?? "?"
         return Setup(archFromEnvironment: fromEnvironment, pickedSKX: picked, blisKernels: kernels,
-                     largeOnBLIS: largeOnBLIS(blisKernels: kernels, openBLASCore: BLAS.openBLASCoreName),
+                     blis: share(blisKernels: kernels, openBLASCore: BLAS.openBLASCoreName),
                      cblasLibrary: library, smallKernel: titan_small_sgemm_available() != 0)
     }()
 
     static var version: String { String(cString: bli_info_get_version_str()) }
 
-    /// Whether BLIS 0.9 would run its generic kernels on this AVX-512 CPU without a pick.
+    /// Whether BLIS 0.9 would run narrower kernels than skx on this AVX-512 CPU without a pick.
     static func needsSKXPick(_ cpu: CPUInfo) -> Bool {
-        cpu.vendor == "AuthenticAMD" && cpu.family >= 0x1A
-            && ["avx512f", "avx512dq", "avx512bw", "avx512vl"].allSatisfy(cpu.flags.contains)
+        ["avx512f", "avx512dq", "avx512bw", "avx512vl"].allSatisfy(cpu.flags.contains)
+            && (cpu.vendor == "GenuineIntel" || (cpu.vendor == "AuthenticAMD" && cpu.family >= 0x1A))
     }
 
-    static func largeOnBLIS(blisKernels: String, openBLASCore: String) -> Bool {
-        blisKernels == "skx" && ["haswell", "zen"].contains(openBLASCore.lowercased())
+    /// How wide a kernel family computes: 3 AVX-512, 2 AVX2 + FMA, 1 AVX, 0 SSE or portable C.
+    static func width(_ kernels: String) -> Int {
+        switch kernels.lowercased() {
+        case "skx", "knl", "skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5": return 3
+        case "haswell", "zen", "zen2", "zen3", "excavator", "steamroller", "piledriver": return 2
+        case "sandybridge", "bulldozer": return 1
+        default: return 0
+        }
+    }
+
+    static func share(blisKernels: String, openBLASCore: String) -> BLISShare {
+        let blis = width(blisKernels), openBLAS = width(openBLASCore)
+        if blis <= openBLAS { return .none }
+        return openBLAS >= 2 ? .large : .all
     }
 }
 

@@ -7,11 +7,13 @@ import Tensor
 final class GEMMTests: XCTestCase {
     func testBothLibrariesMatchReference() {
         var rng = SplitMix64(seed: 21)
-        // (M, N, K, large enough for BLIS): small ones are OpenBLAS's, large ones BLIS's unless our kernel takes them.
+        // (M, N, K, large enough for BLIS): small ones are OpenBLAS's (unless BLIS takes every GEMM), large ones BLIS's
+        // (where it takes them), unless our kernel takes them first.
         let shapes: [(Int, Int, Int, Bool)] = [(20, 30, 40, false), (9, 47, 5, false), (16, 96, 1024, false),
                                                (96, 80, 160, true), (130, 33, 300, true)]
-        for (M, N, K, onBLIS) in shapes {
-            XCTAssertEqual(BLAS.runsOnBLIS(M: M, N: N, K: K), onBLIS && BLAS.largeGEMMsOnBLIS,
+        for (M, N, K, large) in shapes {
+            let share = BLAS.gemmsOnBLIS
+            XCTAssertEqual(BLAS.runsOnBLIS(M: M, N: N, K: K), share == .all || (share == .large && large),
                            "M \(M) N \(N) K \(K): not as large as expected for BLIS")
             let libraries: [BLAS.Library?] = [nil, .blis, .openBLAS] + (BLAS.hasSmallKernel ? [.smallAVX512] : [])
             let cases = libraries.flatMap { library in   // nil: as routed
@@ -57,16 +59,17 @@ final class GEMMTests: XCTestCase {
     }
 
     /// Our kernel takes GEMMs with B untransposed and at most 64Ki floats (where the CPU has AVX-512), BLIS large
-    /// ones, OpenBLAS the rest.
+    /// ones (or all the others, where OpenBLAS has only SSE kernels), OpenBLAS the rest.
     func testRouting() {
-        let small: BLAS.Library = BLAS.hasSmallKernel ? .smallAVX512 : .openBLAS
-        let large: BLAS.Library = BLAS.largeGEMMsOnBLIS ? .blis : .openBLAS
+        let rest: BLAS.Library = BLAS.gemmsOnBLIS == .all ? .blis : .openBLAS
+        let large: BLAS.Library = BLAS.gemmsOnBLIS == .none ? .openBLAS : .blis
+        let small: BLAS.Library = BLAS.hasSmallKernel ? .smallAVX512 : rest
         XCTAssertEqual(BLAS.library(M: 64, N: 256, K: 256, transB: false), BLAS.hasSmallKernel ? .smallAVX512 : large)
         XCTAssertEqual(BLAS.library(M: 64, N: 257, K: 256, transB: false), large)   // B one column over 64Ki floats
         XCTAssertEqual(BLAS.library(M: 64, N: 256, K: 256, transB: true), large)    // the kernel takes no Bᵀ
         XCTAssertEqual(BLAS.library(M: 64, N: 64, K: 32, transB: false), small)
-        XCTAssertEqual(BLAS.library(M: 64, N: 64, K: 32, transB: true), .openBLAS)
-        XCTAssertEqual(BLAS.library(M: 16, N: 768, K: 256, transB: true), .openBLAS)   // M under 32
+        XCTAssertEqual(BLAS.library(M: 64, N: 64, K: 32, transB: true), rest)
+        XCTAssertEqual(BLAS.library(M: 16, N: 768, K: 256, transB: true), rest)   // M under 32
     }
 
     /// beta 0 writes C without reading it (C may hold anything, NaN included), in every implementation.
@@ -90,20 +93,24 @@ final class GEMMTests: XCTestCase {
         }
     }
 
-    /// Where BLIS 0.9 would fall back to its generic kernels on an AVX-512 CPU, it runs its skx kernels, and large GEMMs
-    /// go to it; our AVX-512 kernel runs where the CPU has AVX-512; the rest runs on OpenBLAS (both BLAS libraries
-    /// export `cblas_sgemm`: the link order must pick OpenBLAS's).
+    /// On AVX-512 CPUs where BLIS 0.9 would run narrower kernels it runs its skx ones, and the library with the wider
+    /// kernels takes the GEMMs it won; our AVX-512 kernel runs where the CPU has AVX-512; the rest runs on OpenBLAS
+    /// (both BLAS libraries export `cblas_sgemm`: the link order must pick OpenBLAS's).
     func testLibraryChoice() throws {
         let avx512: Set<String> = ["avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"]
         XCTAssertTrue(BLAS.needsSKXPick(CPUInfo(vendor: "AuthenticAMD", family: 0x1A, flags: avx512)))
         XCTAssertFalse(BLAS.needsSKXPick(CPUInfo(vendor: "AuthenticAMD", family: 0x19, flags: avx512)))
-        XCTAssertFalse(BLAS.needsSKXPick(CPUInfo(vendor: "GenuineIntel", family: 6, flags: avx512)))
+        XCTAssertTrue(BLAS.needsSKXPick(CPUInfo(vendor: "GenuineIntel", family: 6, flags: avx512)))
+        XCTAssertFalse(BLAS.needsSKXPick(CPUInfo(vendor: "GenuineIntel", family: 6, flags: ["avx2", "fma"])))
         XCTAssertFalse(BLAS.needsSKXPick(CPUInfo(vendor: "AuthenticAMD", family: 0x1A, flags: ["avx2", "fma"])))
-        XCTAssertTrue(BLAS.largeGEMMsOnBLIS(blisKernels: "skx", openBLASCore: "Haswell"))
-        XCTAssertTrue(BLAS.largeGEMMsOnBLIS(blisKernels: "skx", openBLASCore: "Zen"))
-        XCTAssertFalse(BLAS.largeGEMMsOnBLIS(blisKernels: "generic", openBLASCore: "Haswell"))
-        XCTAssertFalse(BLAS.largeGEMMsOnBLIS(blisKernels: "haswell", openBLASCore: "Haswell"))
-        XCTAssertFalse(BLAS.largeGEMMsOnBLIS(blisKernels: "skx", openBLASCore: "SkylakeX"))
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "skx", openBLASCore: "Haswell"), .large)
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "skx", openBLASCore: "Zen"), .large)
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "skx", openBLASCore: "Prescott"), .all)
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "haswell", openBLASCore: "Core2"), .all)
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "generic", openBLASCore: "Haswell"), .none)
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "generic", openBLASCore: "Prescott"), .none)
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "haswell", openBLASCore: "Haswell"), .none)
+        XCTAssertEqual(BLAS.gemmsOnBLIS(blisKernels: "skx", openBLASCore: "SkylakeX"), .none)
 
         XCTAssertTrue(BLAS.cblasLibrary.contains("openblas"), "cblas_sgemm resolves to \(BLAS.cblasLibrary)")
         let cpu = CPUInfo.read()
@@ -115,7 +122,7 @@ final class GEMMTests: XCTestCase {
         XCTAssertEqual(BLAS.pickedSKX, BLAS.needsSKXPick(cpu))
         if BLAS.pickedSKX {
             XCTAssertEqual(BLAS.blisKernels, "skx", "BLIS did not take the kernels picked through BLIS_ARCH_TYPE")
-            XCTAssertEqual(BLAS.largeGEMMsOnBLIS, ["haswell", "zen"].contains(BLAS.openBLASCoreName.lowercased()))
+            XCTAssertEqual(BLAS.gemmsOnBLIS, BLAS.gemmsOnBLIS(blisKernels: "skx", openBLASCore: BLAS.openBLASCoreName))
         }
     }
 }
