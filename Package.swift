@@ -50,7 +50,7 @@ let package = Package(
         .target(name: "Parallel", dependencies: ["Collectives", "Tensor", "Model", "Runtime", "Config"], swiftSettings: kernelSettings),
         .target(name: "Train", dependencies: ["Collectives", "Tensor", "Model", "Parallel", "Config", "CLinux", "Runtime"], swiftSettings: kernelSettings),
         .executableTarget(name: "titan", dependencies: [
-            "Collectives", "Cluster", "Tensor", "Model", "Parallel", "Train", "Config", "Runtime",
+            "Collectives", "Cluster", "Tensor", "Model", "Parallel", "Train", "Config", "Runtime", "CLinux",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -61,8 +61,8 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Collectives", "Model", "Tensor"]),
-        // Real rank processes started through the titan binary, as users start them.
-        .testTarget(name: "EndToEndTests"),
+        // Real rank processes started through the titan binary, as users start them (Cluster reads their flight records).
+        .testTarget(name: "EndToEndTests", dependencies: ["Cluster", "Collectives"]),
     ],
     swiftLanguageModes: [.v5]
 )

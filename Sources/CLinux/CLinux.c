@@ -2,6 +2,8 @@
 #include "CLinux.h"
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #ifdef __linux__
 #include <malloc.h>
 #include <sched.h>
@@ -41,4 +43,17 @@ const char *titan_symbol_library(const char *symbol) {
     Dl_info info;
     if (address == NULL || dladdr(address, &info) == 0) return NULL;
     return info.dli_fname;
+}
+
+static pthread_t titan_signal_taker;
+
+static void titan_pass_signal_on(int signal) { pthread_kill(titan_signal_taker, signal); }
+
+void titan_route_signal_to_calling_thread(int signal) {
+    titan_signal_taker = pthread_self();
+    struct sigaction action = {0};
+    action.sa_handler = titan_pass_signal_on;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(signal, &action, NULL);
 }

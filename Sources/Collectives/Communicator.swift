@@ -14,12 +14,48 @@ public final class Communicator: @unchecked Sendable {
     private var groups: [ProcessGroup] = []
     private var nextSlot = 0
     private let trafficCounter = TrafficCounter()
+    private let settings: GroupSettings
+    private let recorder: FlightRecorder
+
+    /// torchtitan's comm.trace_buf_size default.
+    public static let defaultTraceBufferSize = 20_000
+    /// Collectives the flight recorder keeps (0: it records nothing).
+    public var traceBufferSize: Int { recorder.capacity }
 
     /// Everything this rank's groups have sent and received so far (subtract two snapshots for a window).
     public var traffic: Traffic { trafficCounter.snapshot }
 
+    /// The last `traceBufferSize` collectives of every group of this rank, and where each group stands.
+    public var flightRecord: FlightRecord { recorder.snapshot(worldSize: worldSize, jobID: spec.jobID) }
+
+    /// The deadline of every collective that begins from now on, in every group: `spec.timeoutSeconds` until
+    /// `setTimeout` changes it (torchtitan: a long comm.init_timeout_seconds until the first step completed, then
+    /// comm.timeout_seconds).
+    public var timeoutSeconds: Double { settings.timeoutSeconds }
+
+    /// Changes `timeoutSeconds` from any thread; collectives already running keep the deadline they began with.
+    public func setTimeout(seconds: Double) throws {
+        guard seconds > 0, seconds.isFinite else {
+            throw CollectiveError.invalidArgument(nil, "rank \(rank): a collective timeout must be a positive number of seconds, got \(seconds)")
+        }
+        settings.timeoutSeconds = seconds
+    }
+
+    /// How long every collective of this rank waits on its group's worker before it starts (0: none): makes this
+    /// rank a straggler, for fault-tolerance tests.
+    public var stragglerDelaySeconds: Double { settings.delaySeconds }
+
+    public func setStragglerDelay(seconds: Double) throws {
+        guard seconds >= 0, seconds.isFinite else {
+            throw CollectiveError.invalidArgument(nil, "rank \(rank): a straggler delay must be >= 0 seconds, got \(seconds)")
+        }
+        settings.delaySeconds = seconds
+    }
+
     /// `context`: pass one shared context to run several ranks as threads of one process (inproc).
-    public init(spec: ClusterSpec, rank: Int, context: ZMQContext? = nil) throws {
+    /// `traceBufferSize`: collectives the flight recorder keeps (0: none).
+    public init(spec: ClusterSpec, rank: Int, context: ZMQContext? = nil,
+                traceBufferSize: Int = Communicator.defaultTraceBufferSize) throws {
         guard (0..<spec.worldSize).contains(rank) else {
             throw CollectiveError.invalidArgument(nil, "rank \(rank) is outside the world of \(spec.worldSize)")
         }
@@ -29,6 +65,8 @@ public final class Communicator: @unchecked Sendable {
         self.spec = spec
         self.rank = rank
         self.context = context ?? ZMQContext()
+        settings = GroupSettings(timeoutSeconds: spec.timeoutSeconds)
+        recorder = FlightRecorder(rank: rank, capacity: traceBufferSize)
         world = try newGroup(ranks: Array(0..<spec.worldSize))
     }
 
@@ -59,8 +97,9 @@ public final class Communicator: @unchecked Sendable {
         nextSlot += 1
         guard let members = partition.first(where: { $0.contains(rank) }) else { return nil }
         let g = ProcessGroup(spec: spec, context: context, members: members, rank: members.firstIndex(of: rank)!, slot: slot,
-                             traffic: trafficCounter)
+                             traffic: trafficCounter, settings: settings, recorder: recorder)
         groups.append(g)
+        recorder.addGroup(slot: slot, members: members)
         return g
     }
 
@@ -70,5 +109,24 @@ public final class Communicator: @unchecked Sendable {
         for g in groups.reversed() { g.close() }
         groups.removeAll()
         world = nil
+    }
+}
+
+/// What every group of a communicator reads when a collective begins, on its worker thread; any thread may change it.
+final class GroupSettings: @unchecked Sendable {
+    private let lock = NSLock()
+    private var timeout: Double
+    private var delay = 0.0
+
+    init(timeoutSeconds: Double) { timeout = timeoutSeconds }
+
+    var timeoutSeconds: Double {
+        get { lock.lock(); defer { lock.unlock() }; return timeout }
+        set { lock.lock(); timeout = newValue; lock.unlock() }
+    }
+
+    var delaySeconds: Double {
+        get { lock.lock(); defer { lock.unlock() }; return delay }
+        set { lock.lock(); delay = newValue; lock.unlock() }
     }
 }

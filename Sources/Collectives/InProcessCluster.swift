@@ -8,7 +8,7 @@ public enum InProcessCluster {
     /// context down, so the others fail at their next socket call instead of at a timeout
     /// (as the launcher stops the other processes of a multi-process job).
     public static func run(worldSize: Int, jobID: String = "inproc-\(UUID().uuidString.prefix(8))",
-                           timeoutSeconds: Double = 300,
+                           timeoutSeconds: Double = 300, traceBufferSize: Int = Communicator.defaultTraceBufferSize,
                            _ body: @escaping @Sendable (Communicator) throws -> Void) -> [Error?] {
         let context = ZMQContext()
         let spec = ClusterSpec(jobID: jobID, worldSize: worldSize, transport: .inproc, timeoutSeconds: timeoutSeconds)
@@ -19,7 +19,7 @@ public enum InProcessCluster {
             let thread = Thread {
                 defer { done.leave() }
                 do {
-                    let comm = try Communicator(spec: spec, rank: rank, context: context)
+                    let comm = try Communicator(spec: spec, rank: rank, context: context, traceBufferSize: traceBufferSize)
                     defer { comm.shutdown() }
                     try body(comm)
                 } catch {

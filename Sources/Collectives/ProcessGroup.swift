@@ -14,19 +14,24 @@ public final class ProcessGroup: @unchecked Sendable {
     public var size: Int { members.count }
     /// The group's number, equal on every member (its creation order).
     public let slot: Int
-    public let timeoutSeconds: Double
+    /// The deadline of the collectives that begin from now on (the communicator's, changed by `setTimeout`).
+    public var timeoutSeconds: Double { settings.timeoutSeconds }
 
     private let worker: GroupWorker
     private var channel: ZMQChannel?
     private var broken: Error?         // touched only on the worker thread
     private let lock = NSLock()
     private var nextSequence: UInt64 = 0
+    private let settings: GroupSettings
+    private let recorder: FlightRecorder
 
-    init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int, traffic: TrafficCounter) {
+    init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int, traffic: TrafficCounter,
+         settings: GroupSettings, recorder: FlightRecorder) {
         self.members = members
         self.rank = rank
         self.slot = slot
-        self.timeoutSeconds = spec.timeoutSeconds
+        self.settings = settings
+        self.recorder = recorder
         worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
         worker.submit { [self] in
             do { channel = try ZMQChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic) }
@@ -43,30 +48,43 @@ public final class ProcessGroup: @unchecked Sendable {
     public var description: String { "group \(slot) \(members)" }
 
     /// Queues `body` on the group's worker with the next sequence number; a failure poisons the group,
-    /// since its members no longer agree on where they are.
-    private func submit(_ kind: CollectiveKind, _ body: @escaping (ZMQChannel) throws -> Void) -> Work {
+    /// since its members no longer agree on where they are. The flight recorder sees it scheduled here, started
+    /// and ended on the worker (before `Work` reports the end, so a returned `wait()` finds it recorded).
+    private func submit(_ kind: CollectiveKind, inputBytes: Int, outputBytes: Int,
+                        _ body: @escaping (ZMQChannel) throws -> Void) -> Work {
         lock.lock()
         nextSequence += 1
         let sequence = nextSequence
+        let record = recorder.scheduled(kind, slot: slot, sequence: sequence, inputBytes: inputBytes, outputBytes: outputBytes)
         lock.unlock()
         let me = members[rank]
-        let work = Work(rank: me, limitSeconds: timeoutSeconds * 2 + 30)
+        let work = Work(rank: me)
         worker.submit { [self] in
-            if let broken { work.finish(broken); return }
-            guard let channel else { work.finish(CollectiveError.groupClosed("group \(slot) has no channel")); return }
-            work.markStarted()
-            channel.begin(kind, sequence: sequence)
+            func fail(_ error: Error) {
+                recorder.ended(record, error: error)
+                work.finish(error)
+            }
+            if let broken { fail(broken); return }
+            guard let channel else { fail(CollectiveError.groupClosed("group \(slot) has no channel")); return }
+            let delay = settings.delaySeconds
+            if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+            // Read once per collective: a new timeout applies from the next collective that begins.
+            let timeout = settings.timeoutSeconds
+            work.markStarted(limitSeconds: timeout * 2 + 30)
+            recorder.started(record)
+            channel.begin(kind, sequence: sequence, timeoutSeconds: timeout)
             do {
                 let start = Runtime.now()
                 try body(channel)
                 try channel.waitForSends()
                 Runtime.collectiveRan(kind.name, rank: me, group: slot, bytesSent: channel.bytesSent, start: start)
+                recorder.ended(record, error: nil)
                 work.finish(nil)
             } catch {
                 channel.abort()
                 self.channel = nil
                 broken = error
-                work.finish(error)
+                fail(error)
             }
         }
         return work
@@ -98,7 +116,7 @@ public final class ProcessGroup: @unchecked Sendable {
         let out = UnsafeMutableRawPointer(output.baseAddress) ?? Self.emptyBuffer
         let own = UnsafeRawPointer(input.baseAddress)
         let me = rank
-        return submit(.allGather) { ch in
+        return submit(.allGather, inputBytes: layout.sizes[me], outputBytes: output.count * es) { ch in
             if let own, layout.sizes[me] > 0, own != UnsafeRawPointer(out + layout.offsets[me]) {
                 memmove(out + layout.offsets[me], own, layout.sizes[me])
             }
@@ -125,7 +143,7 @@ public final class ProcessGroup: @unchecked Sendable {
         let src = UnsafeRawPointer(input.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
         let dst = UnsafeMutableRawPointer(output.baseAddress) ?? Self.emptyBuffer
         let n = size, count = output.count
-        return submit(.reduceScatter) { ch in
+        return submit(.reduceScatter, inputBytes: input.count * es, outputBytes: count * es) { ch in
             try ringReduceScatter(ch, input: src, output: dst, layout: layout, reduction: ByteReduction(T.self, op))
             if op == .avg { T.divide(dst.assumingMemoryBound(to: T.self), count: count, by: n) }
         }
@@ -139,7 +157,8 @@ public final class ProcessGroup: @unchecked Sendable {
         try check(op != .avg || T.self == Float.self || T.self == Double.self, .allReduce, "avg needs floating-point data")
         let base = UnsafeMutableRawPointer(buffer.baseAddress) ?? Self.emptyBuffer
         let count = buffer.count, n = size
-        return submit(.allReduce) { ch in
+        let byteCount = count * MemoryLayout<T>.stride
+        return submit(.allReduce, inputBytes: byteCount, outputBytes: byteCount) { ch in
             try ringAllReduce(ch, buffer: base, count: count, reduction: ByteReduction(T.self, op)) { chunk, bytes in
                 if op == .avg { T.divide(chunk.assumingMemoryBound(to: T.self), count: bytes / MemoryLayout<T>.stride, by: n) }
             }
@@ -161,7 +180,7 @@ public final class ProcessGroup: @unchecked Sendable {
         let receiveLayout = ChunkLayout(sizes: receiveCounts.map { $0 * es })
         let src = UnsafeRawPointer(send.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
         let dst = UnsafeMutableRawPointer(receive.baseAddress) ?? Self.emptyBuffer
-        return submit(.allToAll) { ch in
+        return submit(.allToAll, inputBytes: send.count * es, outputBytes: receive.count * es) { ch in
             try pairwiseAllToAll(ch, send: src, sendLayout: sendLayout, receive: dst, receiveLayout: receiveLayout, elementSize: es)
         }
     }
@@ -172,19 +191,21 @@ public final class ProcessGroup: @unchecked Sendable {
         try check((0..<size).contains(root), .broadcast, "root \(root) is not a group rank (0..<\(size))")
         let base = UnsafeMutableRawPointer(buffer.baseAddress) ?? Self.emptyBuffer
         let bytes = buffer.count * MemoryLayout<T>.stride
-        return submit(.broadcast) { ch in
+        return submit(.broadcast, inputBytes: bytes, outputBytes: bytes) { ch in
             try chainBroadcast(ch, buffer: base, bytes: bytes, root: root, elementSize: MemoryLayout<T>.stride)
         }
     }
 
     public func barrierAsync() -> Work {
-        submit(.barrier) { ch in try disseminationBarrier(ch) }
+        submit(.barrier, inputBytes: 0, outputBytes: 0) { ch in try disseminationBarrier(ch) }
     }
 
     /// `ringPass` of `bytes` (see Algorithms/RingPass.swift); for the benchmark.
     func ringPass(_ bytes: UnsafeRawBufferPointer, repeats: Int) throws {
         let base = bytes.baseAddress ?? UnsafeRawPointer(Self.emptyBuffer)
-        try submit(.ringPass) { ch in try Collectives.ringPass(ch, bytes: base, count: bytes.count, repeats: repeats) }.wait()
+        try submit(.ringPass, inputBytes: bytes.count, outputBytes: bytes.count) { ch in
+            try Collectives.ringPass(ch, bytes: base, count: bytes.count, repeats: repeats)
+        }.wait()
     }
 
     /// A stand-in address for empty buffers (nothing is ever read from or written to it).

@@ -7,21 +7,20 @@ public final class Work: @unchecked Sendable {
     private let condition = NSCondition()
     private var finished = false
     private var failure: Error?
-    let limitSeconds: Double
     /// Global rank that issued the collective (observers are told).
     let rank: Int
 
-    init(rank: Int, limitSeconds: Double) {
+    init(rank: Int) {
         self.rank = rank
-        self.limitSeconds = limitSeconds
     }
 
     private var startedAt: Date?
+    private var limitSeconds = 0.0
 
     /// Called by the worker when the collective begins: its time limit runs from here, not from
-    /// `wait()` (collectives queued before it on the same group run first).
-    func markStarted() {
-        condition.lock(); startedAt = Date(); condition.unlock()
+    /// `wait()` (collectives queued before it on the same group run first), and follows the timeout in force then.
+    func markStarted(limitSeconds: Double) {
+        condition.lock(); startedAt = Date(); self.limitSeconds = limitSeconds; condition.unlock()
     }
 
     func finish(_ error: Error?) {

@@ -41,21 +41,27 @@ typealias RankProgram = @Sendable (Communicator, RankOutput) throws -> Int32
 enum RankRuntime {
     /// Runs `program` as this process's rank: identity from the launcher's environment (or a world
     /// of one when started directly), then the collectives, then exit. Errors become a message on
-    /// stderr and exit status 1.
+    /// stderr and exit status 1; a program that throws, or a SIGTERM, also writes the rank's flight record to
+    /// DUMP/flight/rank-K.json under the launcher (DUMP: its TITAN_DUMP_FOLDER).
     /// `logFolder`: where a process started without the launcher writes its rank-0.log.
-    static func runThisProcess(timeoutSeconds: Double, logFolder: String? = nil, _ program: RankProgram) -> Never {
+    /// `traceBufferSize`: collectives the flight recorder keeps (0: no recorder, no record).
+    static func runThisProcess(timeoutSeconds: Double, logFolder: String? = nil,
+                               traceBufferSize: Int = Communicator.defaultTraceBufferSize, _ program: RankProgram) -> Never {
+        FlightDump.blockSIGTERM()   // first, before any thread starts
         BLAS.prepare()   // before any thread starts (it may set an environment variable)
         var status: Int32 = 1
         do {
             let comm: Communicator
             let output: RankOutput
-            if let identity = try RankIdentity.fromEnvironment() {
+            let identity = try RankIdentity.fromEnvironment()
+            if let identity {
                 // The launcher spawned this process bound already (so even OpenBLAS's pool, started before main, is);
                 // binding again covers a rank started by hand with TITAN_CPUS, before this code starts any thread.
                 var bindingFailure: Error?
                 do { try identity.bindToCPUs() } catch { bindingFailure = error }
                 identity.startParentWatchdog()
-                comm = try Communicator(spec: identity.clusterSpec(timeoutSeconds: timeoutSeconds), rank: identity.rank)
+                comm = try Communicator(spec: identity.clusterSpec(timeoutSeconds: timeoutSeconds), rank: identity.rank,
+                                        traceBufferSize: traceBufferSize)
                 output = RankOutput(rank: identity.rank, prefixed: false, logPath: nil)
                 if let bindingFailure {
                     output.error("warning: running unbound: \(bindingFailure)")
@@ -75,16 +81,21 @@ enum RankRuntime {
                 }
             } else {
                 comm = try Communicator(spec: ClusterSpec(jobID: "single", worldSize: 1, transport: .ipc,
-                                                          timeoutSeconds: timeoutSeconds), rank: 0)
+                                                          timeoutSeconds: timeoutSeconds), rank: 0,
+                                        traceBufferSize: traceBufferSize)
                 if let logFolder { try FileManager.default.createDirectory(atPath: logFolder, withIntermediateDirectories: true) }
                 output = RankOutput(rank: 0, prefixed: false, logPath: logFolder.map { $0 + "/rank-0.log" })
             }
+            FlightDump.takeSIGTERM()   // a SIGTERM that came earlier waited, blocked, until now
+            FlightDump.started(comm, folder: identity?.dumpFolder)
             do {
                 status = try program(comm, output)
             } catch {
                 output.error("error: \(error)")
+                FlightDump.failed(comm, error: error)
                 status = 1
             }
+            FlightDump.finished(comm)
             comm.shutdown()
         } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
@@ -92,17 +103,26 @@ enum RankRuntime {
         exit(status)
     }
 
-    /// Runs every rank of `worldSize` as a thread of this process over ZeroMQ inproc.
-    static func runAsThreads(worldSize: Int, dumpFolder: String, timeoutSeconds: Double, _ program: @escaping RankProgram) -> Int32 {
+    /// Runs every rank of `worldSize` as a thread of this process over ZeroMQ inproc. A rank whose program throws, and
+    /// every rank still running at a SIGTERM, writes its flight record to `dumpFolder`/flight/rank-K.json.
+    static func runAsThreads(worldSize: Int, dumpFolder: String, timeoutSeconds: Double,
+                             traceBufferSize: Int = Communicator.defaultTraceBufferSize,
+                             _ program: @escaping RankProgram) -> Int32 {
+        FlightDump.blockSIGTERM()   // first, before any thread starts
         BLAS.prepare()   // before any thread starts (it may set an environment variable)
+        FlightDump.takeSIGTERM()
         try? FileManager.default.createDirectory(atPath: dumpFolder + "/logs", withIntermediateDirectories: true)
         let statuses = StatusBox(count: worldSize)
-        let errors = InProcessCluster.run(worldSize: worldSize, timeoutSeconds: timeoutSeconds) { comm in
+        let errors = InProcessCluster.run(worldSize: worldSize, timeoutSeconds: timeoutSeconds,
+                                          traceBufferSize: traceBufferSize) { comm in
             let output = RankOutput(rank: comm.rank, prefixed: true, logPath: "\(dumpFolder)/logs/rank-\(comm.rank).log")
+            FlightDump.started(comm, folder: dumpFolder)
+            defer { FlightDump.finished(comm) }
             do {
                 statuses.set(comm.rank, try program(comm, output))
             } catch {
                 output.error("error: \(error)")
+                FlightDump.failed(comm, error: error)
                 throw error
             }
         }

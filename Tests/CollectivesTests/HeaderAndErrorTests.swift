@@ -57,10 +57,10 @@ final class HeaderAndErrorTests: XCTestCase {
         // Job "intruder" connecting to job "shared"'s endpoints.
         let sender = try ZMQChannel(spec: ClusterSpec(jobID: "intruder", worldSize: 2, transport: .inproc, timeoutSeconds: 5),
                                       context: context, members: [0, 1], me: 0, slot: 0, endpointJobID: "shared")
-        sender.begin(.allReduce, sequence: 1)
+        sender.begin(.allReduce, sequence: 1, timeoutSeconds: 5)
         var payload: [Float] = [1, 2, 3]
         try payload.withUnsafeMutableBytes { try sender.send(to: 1, bytes: $0.baseAddress!, count: $0.count) }
-        receiver.begin(.allReduce, sequence: 1)
+        receiver.begin(.allReduce, sequence: 1, timeoutSeconds: 5)
         XCTAssertThrowsError(try receiver.receive(from: 0, expectedBytes: 12)) { error in
             XCTAssertTrue("\(error)".contains("belongs to another job"), "\(error)")
             XCTAssertTrue("\(error)".contains("rank 1, all_reduce #1"), "\(error)")

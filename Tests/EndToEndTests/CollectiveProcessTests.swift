@@ -5,9 +5,11 @@ import XCTest
 final class CollectiveProcessTests: XCTestCase {
     func testSuitePassesOnTwoThreeAndFourProcesses() throws {
         for n in [2, 3, 4] {
-            let r = try Titan.run(["launch", "--ranks", "\(n)", "--dump-folder", temporaryFolder(), "--",
+            let dump = temporaryFolder()
+            let r = try Titan.run(["launch", "--ranks", "\(n)", "--dump-folder", dump, "--",
                                     "collectives", "--comm.timeout_seconds", "60"])
             XCTAssertEqual(r.status, 0, "world \(n): \(r.stderr.suffix(2000))")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dump + "/flight"), "ranks that finish write no flight record")
             let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
             XCTAssertEqual(last, "[rank 0] 162 passed, 0 failed", "world \(n)")
             XCTAssertTrue(r.stdout.contains("PASS all_to_all_v world n=\(n) count~\((16 << 20) / 4 / n)"), "world \(n) ran the 16 MiB cases")
@@ -63,6 +65,7 @@ final class CollectiveProcessTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 162 passed, 0 failed\n"), String(r.stdout.suffix(300)))
         XCTAssertTrue(FileManager.default.fileExists(atPath: dump + "/logs/rank-2.log"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dump + "/flight"), "ranks that finish write no flight record")
     }
 
     /// SIGKILL one rank in the middle of the suite: the launcher stops the others and exits non-zero

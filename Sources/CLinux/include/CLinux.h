@@ -13,6 +13,10 @@ int titan_mallopt(int param, int value);
 /// The file of the loaded object that defines `symbol` as the program's calls resolve it (dlsym(RTLD_DEFAULT) +
 /// dladdr), or NULL.
 const char *titan_symbol_library(const char *symbol);
+/// Makes `signal` reach the calling thread, which takes it with sigwait, even when it lands on a thread that does not
+/// block it: one started before the process blocked it (OpenBLAS starts its pool in a library constructor, before
+/// main). There a C handler passes it on with pthread_kill (async-signal-safe); no Swift code runs in it.
+void titan_route_signal_to_calling_thread(int signal);
 
 // Idle-CPU lending between the rank processes of one machine (see Sources/Runtime/IdleCPUs.swift).
 

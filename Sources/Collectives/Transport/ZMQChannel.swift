@@ -28,11 +28,12 @@ final class ZMQChannel: Channel {
     private var sendIndex: [UInt32]
     private var receiveIndex: [UInt32]
     private var deadline = Date.distantFuture
+    /// Its timeout, in seconds (what the errors report).
+    private var timeout: Double
     /// Payload bytes the collective in progress has sent so far.
     private(set) var bytesSent = 0
 
     var size: Int { members.count }
-    var timeout: Double { spec.timeoutSeconds }
 
     /// `endpointJobID` (tests only) names another job's endpoints, to check that its frames are refused.
     init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int, traffic: TrafficCounter = TrafficCounter(),
@@ -50,10 +51,15 @@ final class ZMQChannel: Channel {
         sendIndex = Array(repeating: 0, count: members.count)
         receiveIndex = Array(repeating: 0, count: members.count)
         info = CollectiveContextInfo(rank: members[me], kind: .barrier, sequence: 0, groupSlot: slot, groupMembers: members)
+        timeout = spec.timeoutSeconds
         guard members.count > 1 else { return }  // a group of one needs no sockets
 
         var endpoints = spec
         if let endpointJobID { endpoints.jobID = endpointJobID }
+        // These socket options keep the initial timeout when `Communicator.setTimeout` changes it later, and need not
+        // follow: with no high-water mark a send only queues (even to a peer that is gone), so SNDTIMEO is a backstop
+        // that never fires before a collective's own deadline, which does follow (`begin`); LINGER only bounds how
+        // long a closing group keeps delivering what is queued (`abort` drops it at once).
         let timeoutMs = Int32(clamping: Int(spec.timeoutSeconds * 1000))
         do {
             let pull = try ZMQSocket(context: context, type: ZMQ_PULL)
@@ -94,19 +100,20 @@ final class ZMQChannel: Channel {
 
     // MARK: collective lifecycle
 
-    func begin(_ kind: CollectiveKind, sequence: UInt64) {
+    func begin(_ kind: CollectiveKind, sequence: UInt64, timeoutSeconds: Double) {
         info.kind = kind
         info.sequence = sequence
         for i in 0..<members.count { sendIndex[i] = 0; receiveIndex[i] = 0 }
         bytesSent = 0
-        deadline = Date().addingTimeInterval(spec.timeoutSeconds)
+        timeout = timeoutSeconds
+        deadline = Date().addingTimeInterval(timeoutSeconds)
     }
 
     /// Returns once libzmq holds no zero-copy payload of this collective any more,
     /// so the caller may reuse its buffers.
     func waitForSends() throws {
         guard tracker.waitAllReleased(until: deadline) else {
-            throw CollectiveError.sendTimeout(info, peer: nil, seconds: spec.timeoutSeconds)
+            throw CollectiveError.sendTimeout(info, peer: nil, seconds: timeout)
         }
     }
 
@@ -140,7 +147,7 @@ final class ZMQChannel: Channel {
             let sent = try socket.sendCopy(headerScratch, count: FrameHeader.size, more: true)
             let bytes = payload.count
             guard sent, try socket.send(payload, more: false) else {
-                throw CollectiveError.sendTimeout(info, peer: members[peer], seconds: spec.timeoutSeconds)
+                throw CollectiveError.sendTimeout(info, peer: members[peer], seconds: timeout)
             }
             traffic.sent(info.kind, bytes: bytes)
             bytesSent += bytes
@@ -170,7 +177,7 @@ final class ZMQChannel: Channel {
             while true {
                 let remaining = deadline.timeIntervalSinceNow
                 if remaining <= 0 {
-                    throw CollectiveError.timeout(info, missingRanks: [members[peer]], seconds: spec.timeoutSeconds)
+                    throw CollectiveError.timeout(info, missingRanks: [members[peer]], seconds: timeout)
                 }
                 if try pull.pollIn(milliseconds: Int(min(remaining, 1.0) * 1000) + 1) { break }
             }
