@@ -4,14 +4,16 @@
 #   ./run_cluster.sh topologies/NAME.toml [--section.field value ...]
 #   ./run_cluster.sh 8 collectives                  collective correctness suite
 #   ./run_cluster.sh 8 bench                        collective bandwidth table
+#   ./run_cluster.sh 8 --max-restarts 2 ...         restart the job from its latest checkpoint when a rank fails
 #   ./run_cluster.sh 8 --single-process ...         every rank as a thread of one process (inproc)
 #   ./run_cluster.sh topologies/two-host-tcp.toml --node 1 ...   start one host's ranks
-#   ./run_cluster.sh 8 --cpu-bind none ...          leave rank placement to the scheduler (default: block)
-# Builds in release mode when sources changed; exits 0 only when every rank finished cleanly.
+# Every other argument goes to `titan launch` as it is (launcher options and the program's arguments may be mixed;
+# `titan launch --help` lists the launcher's). Builds in release mode when sources changed; exits 0 only when every
+# rank finished cleanly.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 
 scripts/bootstrap.sh
@@ -26,21 +28,6 @@ else
     usage
 fi
 
-launch=()
-program=train
-rest=()
-while [ $# -gt 0 ]; do
-    case $1 in
-        --single-process) launch+=(--single-process) ;;
-        --node) launch+=(--node "$2"); shift ;;
-        --job-id) launch+=(--job-id "$2"); shift ;;
-        --cpu-bind) launch+=(--cpu-bind "$2"); shift ;;
-        train|collectives|bench) if [ ${#rest[@]} -eq 0 ]; then program=$1; else rest+=("$1"); fi ;;
-        *) rest+=("$1") ;;
-    esac
-    shift
-done
-
 # Incremental: a no-op build takes a second or two.
 if ! build_log=$(swift build -c release --product titan 2>&1); then
     echo "$build_log" >&2
@@ -48,4 +35,4 @@ if ! build_log=$(swift build -c release --product titan 2>&1); then
     exit 1
 fi
 
-exec .build/release/titan launch "${topology[@]}" "${launch[@]}" -- "$program" "${rest[@]}"
+exec .build/release/titan launch "${topology[@]}" "$@"

@@ -1,6 +1,8 @@
 // The launcher: starts the ranks of one host (or of every local host) as child processes,
 // relays their output with a "[rank K] " prefix, writes DUMP/logs/rank-K.log, and supervises
-// them: the first rank that fails stops the job, and no child is left behind.
+// them: the first rank that fails stops the job, and no child is left behind. With --max-restarts
+// it then starts every rank again (the trainer resumes from its latest checkpoint), up to N times;
+// launchers of several hosts agree on restarts through a rendezvous folder (Rendezvous.swift).
 //
 // One thread does everything (poll on the output pipes and a signal self-pipe, then reap with
 // WNOHANG), so output is written a whole line at a time and needs no locks.
@@ -63,6 +65,12 @@ public struct LaunchResult: Sendable {
     /// 0 only when every rank exited with 0; else the failed rank's status (128 + signal for a
     /// signal), 128 + signal when interrupted, 124 on timeout, 1 when a rank could not start.
     public var exitStatus: Int32
+    /// Stopped by a signal to the launcher (Ctrl-C) or its own timeout: not a failure to restart from.
+    public var interrupted = false
+    /// Stopped because another host's launcher failed (its ranks, or itself): this host's ranks did not fail.
+    public var stoppedForPeer = false
+    /// Restarts this launch made.
+    public var restarts = 0
     public var succeeded: Bool { exitStatus == 0 }
 }
 
@@ -89,6 +97,16 @@ public struct Launcher {
     public var graceSeconds: Double = 3
     /// Stop the whole job (exit status 124) when it runs longer than this.
     public var timeoutSeconds: Double?
+    /// After a failed attempt (a rank failed: an error, a signal, or a hang its peers' collective timeouts found), stop
+    /// every rank and start them all again, up to this many times (torchrun's --max-restarts).
+    public var maxRestarts = 0
+    /// Where the launchers of the hosts started by other launchers (--node) meet (`Rendezvous`); required for their
+    /// restarts. nil: this launcher starts every host, or restarts are off.
+    public var rendezvousFolder: String?
+    /// A host whose launcher has not written to the rendezvous folder for this long is lost.
+    public var rendezvousTimeout: Double = 30
+    /// When a host is lost, restart on the hosts that are left (the mesh is recomputed: shard degree -1 fills it).
+    public var elastic = false
     public var tailLineCount = 10
     /// Where the prefixed output goes (rank stdout → stdoutFD, rank stderr and launcher notes → stderrFD).
     public var stdoutFD: Int32 = STDOUT_FILENO
@@ -126,24 +144,21 @@ public struct Launcher {
         return local
     }
 
-    /// Starts the ranks and supervises them until all have ended. Throws only when nothing could
-    /// be started (bad node, folders); rank failures come back in the result (already reported
-    /// on stderrFD). Installs SIGINT/SIGTERM/SIGHUP handlers for the duration (the first one is
-    /// forwarded to the ranks, a second one SIGKILLs them): one launch at a time per process.
+    /// Starts the ranks and supervises them until all have ended, restarting them after a failure up to
+    /// `maxRestarts` times. Throws only when nothing could be started (bad node, folders, a restart of several
+    /// launchers that cannot agree); rank failures come back in the result (already reported on stderrFD). Installs
+    /// SIGINT/SIGTERM/SIGHUP handlers for the duration (the first one is forwarded to the ranks, a second one SIGKILLs
+    /// them): one launch at a time per process.
     public func run() throws -> LaunchResult {
         try topology.validate()
         let nodes = try selectedNodes()
-        let ranks = nodes.flatMap { topology.globalRanks(ofHost: $0) }
-        let jobID = self.jobID ?? Launcher.defaultJobID(topology: topology,
-                                                         everyHost: nodes.count == topology.hosts.count)
-
-        let fileManager = FileManager.default
+        let everyHost = nodes.count == topology.hosts.count
+        let jobID = self.jobID ?? Launcher.defaultJobID(topology: topology, everyHost: everyHost)
         let dump = URL(fileURLWithPath: dumpFolder).standardizedFileURL.path
-        let logs = dump + "/logs"
         do {
-            try fileManager.createDirectory(atPath: logs, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: dump + "/logs", withIntermediateDirectories: true)
         } catch {
-            throw LauncherError.file("cannot create the log folder \(logs): \(error.localizedDescription)")
+            throw LauncherError.file("cannot create the log folder \(dump)/logs: \(error.localizedDescription)")
         }
         // A short path: socket paths must fit in sun_path (~104 bytes).
         let ipcDirectory = "/tmp/titan-" + Launcher.pathSafe(jobID)
@@ -155,15 +170,77 @@ public struct Launcher {
         } else if errno != EEXIST {
             throw LauncherError.system("mkdir \(ipcDirectory)", errno)
         }
-        defer { if createdIPCDirectory { try? fileManager.removeItem(atPath: ipcDirectory) } }
+        defer { if createdIPCDirectory { try? FileManager.default.removeItem(atPath: ipcDirectory) } }
 
-        let topologyPath = try topologyPathForRanks(dump: dump)
+        var rendezvous: Rendezvous?
+        if !everyHost && (maxRestarts > 0 || elastic) {
+            guard let folder = rendezvousFolder, nodes.count == 1 else {
+                throw LauncherError.file("restarts of a job whose hosts are started by several launchers (--node) need "
+                    + "--rdzv-dir: a folder every launcher sees, where they agree on restarts (and one --node per launcher)")
+            }
+            rendezvous = try Rendezvous(folder: folder, jobID: jobID, node: nodes[0], timeout: rendezvousTimeout)
+        }
+
+        let signals = SignalForwarding()
+        defer { signals.restore() }
+        var hosts = Array(topology.hosts.indices)   // hosts of the current attempt (fewer after an elastic shrink)
+        var attempt = 0
+        while true {
+            let attemptStart = Date()
+            var result = try runAttempt(attempt, hosts: hosts, nodes: nodes.filter(hosts.contains), jobID: jobID, dump: dump,
+                                        ipcDirectory: ipcDirectory, rendezvous: rendezvous, signals: signals)
+            result.restarts = attempt
+            let reason = result.failure?.reason ?? "exit status \(result.exitStatus)"
+            if result.succeeded {
+                rendezvous?.publish(phase: .done)
+                return result
+            }
+            rendezvous?.publish(phase: result.stoppedForPeer ? .stopped : .failed, reason: reason)
+            if result.interrupted { return result }
+            // Every host's ranks have stopped (and written their flight records) before they are read.
+            let lost = try rendezvous?.awaitStopped(hosts: hosts) ?? []
+            if let diagnosis = FlightAnalysis.diagnose(folder: dump, worldSize: hosts.reduce(0) { $0 + topology.hosts[$1].ranks },
+                                                       since: attemptStart) {
+                note(diagnosis)
+            }
+            guard attempt < maxRestarts else {
+                if maxRestarts > 0 { note("giving up after \(maxRestarts) restart(s); the last failure: \(reason)") }
+                return result
+            }
+            if let rendezvous {
+                hosts = try rendezvous.nextAttempt(hosts: hosts, lost: lost, elastic: elastic, log: note)
+            }
+            attempt += 1
+            note("restart \(attempt) of \(maxRestarts) after: \(reason); starting every rank again "
+                + "(training resumes from the latest checkpoint in its checkpoint.folder)")
+        }
+    }
+
+    private func note(_ message: String) {
+        writeAll(stderrFD, Array("[launcher] \(message)\n".utf8))
+    }
+
+    /// One attempt: starts this launcher's ranks of the `hosts` of the original topology and supervises them.
+    func runAttempt(_ attempt: Int, hosts: [Int], nodes: [Int], jobID: String, dump: String, ipcDirectory: String,
+                    rendezvous: Rendezvous?, signals: SignalForwarding) throws -> LaunchResult {
+        // The topology of this attempt: every host, or those left after an elastic shrink (renumbered, the shard
+        // degree filling the world again).
+        var current = topology
+        if hosts.count < topology.hosts.count {
+            current.hosts = hosts.map { topology.hosts[$0] }
+            current.parallelism.data_parallel_shard_degree = -1
+            current.sourcePath = nil
+        }
+        let index = { (host: Int) in hosts.firstIndex(of: host)! }   // original host index → this attempt's
+        let ranks = nodes.flatMap { current.globalRanks(ofHost: index($0)) }
+        let topologyPath = try topologyPathForRanks(current, dump: dump, attempt: attempt, shared: rendezvous?.folder)
         let baseEnvironment = ProcessInfo.processInfo.environment.merging(extraEnvironment) { $1 }
+        try? FileManager.default.removeItem(atPath: dump + "/flight")   // records of this attempt only
 
         // Blocks are cut over the ranks of every host on this machine, so that the launchers of several hosts
         // sharing it (--node) divide its CPUs between them instead of each starting from the first CPU.
         let allowedCPUs = CPUBinding.allowedCPUs()
-        let machineRanks = try machineHosts().flatMap { topology.globalRanks(ofHost: $0) }
+        let machineRanks = try machineHosts().filter(hosts.contains).flatMap { current.globalRanks(ofHost: index($0)) }
         let placement = ranks.map { rank in
             CPUBinding.assignment(cpuBinding, index: machineRanks.firstIndex(of: rank)!, count: machineRanks.count,
                                   cpus: allowedCPUs)
@@ -178,32 +255,34 @@ public struct Launcher {
             binding = "; ranks unbound: this process's CPU affinity is unknown"
         }
 
-        var supervisor = Supervisor(launcher: self, jobID: jobID)
-        supervisor.note("job \(jobID): starting \(ranks.count) rank(s) of \(topology.worldSize) "
-            + "(topology \(topology.name), node(s) \(nodes.map(String.init).joined(separator: ",")))\(binding)")
-        let signals = SignalForwarding()
-        defer { signals.restore() }
+        var supervisor = Supervisor(launcher: self, jobID: jobID, appendLogs: attempt > 0)
+        supervisor.note("job \(jobID): starting \(ranks.count) rank(s) of \(current.worldSize) "
+            + "(topology \(current.name), node(s) \(nodes.map(String.init).joined(separator: ","))"
+            + (attempt > 0 ? ", attempt \(attempt + 1)" : "") + ")\(binding)")
+        if let rendezvous {
+            supervisor.checkPeers = { rendezvous.peerFailure(hosts: hosts) }
+        }
 
-        for (index, rank) in ranks.enumerated() {
-            let (host, localRank) = topology.location(ofRank: rank)
+        for (i, rank) in ranks.enumerated() {
+            let (host, localRank) = current.location(ofRank: rank)
             let identity = RankIdentity(
-                rank: rank, worldSize: topology.worldSize, localRank: localRank,
-                localWorldSize: topology.hosts[host].ranks, nodeRank: host, jobID: jobID,
-                topologyPath: topologyPath, localRanks: topologyPath == nil ? topology.worldSize : nil,
-                ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[index])
+                rank: rank, worldSize: current.worldSize, localRank: localRank,
+                localWorldSize: current.hosts[host].ranks, nodeRank: host, jobID: jobID,
+                topologyPath: topologyPath, localRanks: topologyPath == nil ? current.worldSize : nil,
+                ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[i], attempt: attempt)
             var environment = baseEnvironment.merging(identity.environment) { $1 }
-            environment[RankEnvironment.cpuBoard] = placement[index]?.count == 1 ? board : nil
+            environment[RankEnvironment.cpuBoard] = placement[i]?.count == 1 ? board : nil
             if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
                 // Ranks on this machine share the CPUs this launcher may use; a kernel thread per CPU each would
                 // oversubscribe. A bound rank gets one kernel thread per CPU of its block.
                 let cpus = allowedCPUs.isEmpty ? ProcessInfo.processInfo.activeProcessorCount : allowedCPUs.count
-                let threads = placement[index]?.count ?? max(1, cpus / machineRanks.count)
+                let threads = placement[i]?.count ?? max(1, cpus / machineRanks.count)
                 environment[RankEnvironment.openBLASThreads] = String(threads)
             }
-            let logPath = "\(logs)/rank-\(rank).log"
+            let logPath = "\(dump)/logs/rank-\(rank).log"
             do {
                 do {
-                    try CPUBinding.withCallingThread(boundTo: placement[index]) {
+                    try CPUBinding.withCallingThread(boundTo: placement[i]) {
                         try supervisor.start(rank: rank, environment: environment, logPath: logPath)
                     }
                 } catch let error as CPUBindingError {
@@ -222,11 +301,12 @@ public struct Launcher {
 
     /// What ranks get as TITAN_TOPOLOGY: the file the topology came from; nil (→ empty, plus
     /// TITAN_LOCAL_RANKS) for the derived local topology; otherwise the topology written to
-    /// DUMP/topology.toml, so ranks read exactly what the launcher used.
-    func topologyPathForRanks(dump: String) throws -> String? {
+    /// DUMP/topology.toml (after an elastic shrink: `shared`, the rendezvous folder every host sees), so ranks read
+    /// exactly what the launcher used.
+    func topologyPathForRanks(_ topology: Topology, dump: String, attempt: Int, shared: String?) throws -> String? {
         if let path = topology.sourcePath { return path }
         if topology == Topology.local(ranks: topology.worldSize) { return nil }
-        let path = dump + "/topology.toml"
+        let path = (shared ?? dump) + (attempt > 0 ? "/topology-attempt-\(attempt).toml" : "/topology.toml")
         do {
             try topology.tomlString().write(toFile: path, atomically: true, encoding: .utf8)
         } catch {
@@ -262,7 +342,7 @@ private func forwardSignalHandler(_ signal: Int32) {
 /// Catches SIGINT/SIGTERM/SIGHUP for the launcher's lifetime (to forward them to the ranks, which
 /// run in their own process groups and so do not see the terminal's signals) and ignores SIGPIPE
 /// (a closed output pipe must not kill the supervisor of live ranks); restores all of them.
-private final class SignalForwarding {
+final class SignalForwarding {
     let readFD: Int32
     private let writeFD: Int32
     private var previous: [(Int32, (@convention(c) (Int32) -> Void)?)] = []
@@ -339,17 +419,27 @@ private final class RankProcess {
 private struct Supervisor {
     let launcher: Launcher
     let jobID: String
+    /// A restart: the rank logs go on after the earlier attempts' lines.
+    let appendLogs: Bool
     var processes: [RankProcess] = []
     var failure: LaunchFailure?
     var exitStatus: Int32 = 0
+    /// The failure came from outside the ranks: a signal to the launcher or its timeout.
+    var interrupted = false
+    /// The failure was another host's (`checkPeers`).
+    var stoppedForPeer = false
     let started = Date()
     /// Set once the job is being stopped: when the survivors get SIGKILL.
     var killDeadline: Date?
     var killed = false
+    /// Asked a few times a second: why the ranks must stop although none of them failed (another host's did).
+    var checkPeers: (() -> String?)?
+    private var lastPeerCheck = Date.distantPast
 
-    init(launcher: Launcher, jobID: String) {
+    init(launcher: Launcher, jobID: String, appendLogs: Bool) {
         self.launcher = launcher
         self.jobID = jobID
+        self.appendLogs = appendLogs
     }
 
     func note(_ message: String) {
@@ -357,8 +447,9 @@ private struct Supervisor {
     }
 
     mutating func start(rank: Int, environment: [String: String], logPath: String) throws {
-        let logFD = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let logFD = open(logPath, O_WRONLY | O_CREAT | O_CLOEXEC | (appendLogs ? O_APPEND : O_TRUNC), 0o644)
         guard logFD >= 0 else { throw LauncherError.system("open \(logPath)", errno) }
+        if appendLogs { writeAll(logFD, Array("---- restarted (launcher) ----\n".utf8)) }
         let out: (read: Int32, write: Int32), err: (read: Int32, write: Int32)
         do {
             out = try makePipe()
@@ -403,10 +494,12 @@ private struct Supervisor {
         killDeadline = Date().addingTimeInterval(launcher.graceSeconds)
     }
 
-    /// Signals the process group of every rank still running (the rank and anything it started).
+    /// Signals the process group of every rank still running (the rank and anything it started). A stopped rank
+    /// (SIGSTOP) is continued after a SIGTERM, so that it ends now rather than at the SIGKILL.
     func signalRunning(_ signal: Int32) {
         for process in processes where process.status == nil {
             kill(-process.pid, signal)
+            if signal == SIGTERM { kill(-process.pid, SIGCONT) }
         }
     }
 
@@ -417,6 +510,7 @@ private struct Supervisor {
 
             for signal in signals.drain() {
                 if failure == nil {
+                    interrupted = true
                     fail(LaunchFailure(rank: nil, status: nil, reason: "interrupted by \(signalName(signal))",
                                        logFile: nil, lastLogLines: []),
                          exitStatus: 128 + signal, signal: signal)
@@ -429,8 +523,16 @@ private struct Supervisor {
             reap()
 
             if failure == nil, let limit = launcher.timeoutSeconds, Date().timeIntervalSince(started) > limit {
+                interrupted = true
                 fail(LaunchFailure(rank: nil, status: nil, reason: "job exceeded its timeout of \(limit) s",
                                    logFile: nil, lastLogLines: []), exitStatus: 124)
+            }
+            if failure == nil, let checkPeers, Date().timeIntervalSince(lastPeerCheck) > 0.25 {
+                lastPeerCheck = Date()
+                if let reason = checkPeers() {
+                    stoppedForPeer = true
+                    fail(LaunchFailure(rank: nil, status: nil, reason: reason, logFile: nil, lastLogLines: []), exitStatus: 1)
+                }
             }
             if !killed, let deadline = killDeadline, Date() >= deadline {
                 let survivors = processes.filter { $0.status == nil }.map { String($0.rank) }
@@ -476,7 +578,7 @@ private struct Supervisor {
             jobID: jobID,
             pids: Dictionary(uniqueKeysWithValues: processes.map { ($0.rank, $0.pid) }),
             statuses: Dictionary(uniqueKeysWithValues: processes.map { ($0.rank, $0.status ?? .unknown) }),
-            failure: failure, exitStatus: exitStatus)
+            failure: failure, exitStatus: exitStatus, interrupted: interrupted, stoppedForPeer: stoppedForPeer)
     }
 
     /// Collects the status of every rank that has ended; the first failure stops the job.

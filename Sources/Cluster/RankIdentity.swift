@@ -31,6 +31,9 @@ public enum RankEnvironment {
     /// The board file of idle-CPU lending (Sources/Runtime/IdleCPUs.swift): set by the launcher for ranks it binds to a
     /// CPU they share with other ranks, unless lending is off.
     public static let cpuBoard = "TITAN_CPU_BOARD"
+    /// How many times the launcher has restarted the job (torchrun's TORCHELASTIC_RESTART_COUNT); 0 on the first
+    /// attempt.
+    public static let restartCount = "TITAN_RESTART_COUNT"
 }
 
 public struct RankIdentity: Sendable, Equatable {
@@ -50,10 +53,12 @@ public struct RankIdentity: Sendable, Equatable {
     public var dumpFolder: String?
     /// The CPUs the launcher placed this rank on (`CPUBindPolicy`); nil: unbound.
     public var cpus: [Int]?
+    /// Restarts before this attempt (0: the first).
+    public var attempt: Int
 
     public init(rank: Int, worldSize: Int, localRank: Int, localWorldSize: Int, nodeRank: Int,
                 jobID: String, topologyPath: String?, localRanks: Int?, ipcDirectory: String,
-                launcherPID: Int32?, dumpFolder: String?, cpus: [Int]? = nil) {
+                launcherPID: Int32?, dumpFolder: String?, cpus: [Int]? = nil, attempt: Int = 0) {
         self.rank = rank
         self.worldSize = worldSize
         self.localRank = localRank
@@ -66,6 +71,7 @@ public struct RankIdentity: Sendable, Equatable {
         self.launcherPID = launcherPID
         self.dumpFolder = dumpFolder
         self.cpus = cpus
+        self.attempt = attempt
     }
 
     /// The variables the launcher sets for this rank (OPENBLAS_NUM_THREADS is the launcher's).
@@ -81,6 +87,7 @@ public struct RankIdentity: Sendable, Equatable {
         if let launcherPID { env[E.launcherPID] = String(launcherPID) }
         if let dumpFolder { env[E.dumpFolder] = dumpFolder }
         if let cpus { env[E.cpus] = CPUBinding.formatList(cpus) }
+        env[E.restartCount] = String(attempt)
         return env
     }
 
@@ -163,11 +170,19 @@ public struct RankIdentity: Sendable, Equatable {
             }
             cpus = list
         }
+        var attempt = 0
+        if let value = env[E.restartCount], !value.isEmpty {
+            guard let n = Int(value), n >= 0 else {
+                throw RankIdentityError(variable: E.restartCount, value: value, reason: "must be an integer >= 0")
+            }
+            attempt = n
+        }
 
         return RankIdentity(rank: rank, worldSize: worldSize, localRank: localRank,
                             localWorldSize: localWorldSize, nodeRank: nodeRank, jobID: jobID,
                             topologyPath: topologyPath, localRanks: localRanks,
-                            ipcDirectory: ipcDirectory, launcherPID: launcherPID, dumpFolder: dumpFolder, cpus: cpus)
+                            ipcDirectory: ipcDirectory, launcherPID: launcherPID, dumpFolder: dumpFolder, cpus: cpus,
+                            attempt: attempt)
     }
 
     /// The topology the launcher used: the file, or the derived local topology.

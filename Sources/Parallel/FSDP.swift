@@ -70,6 +70,9 @@ final class FlatParam {
     var gathered: Tensor?
     var gatherWork: Work?
     var fullGrad: Tensor?
+    /// `fullGrad` holds the gradients of earlier micro-batches of this step (no gradient sync): the next backward adds
+    /// to it.
+    var fullGradKept = false
     /// The gradient shard holds zeros (set by `zeroGrad`): the next reduction writes into it instead of into a scratch
     /// shard that is then added to it.
     var gradShardIsZero = false
@@ -178,6 +181,10 @@ public final class FullyShardedModel {
     public let reshardAfterForward: Bool
     /// With `reshardAfterForward`: the group before the last one (the last transformer block) is not freed either.
     public let keepLastBlockGathered: Bool
+    /// torch FSDP2's set_requires_gradient_sync. Off during the micro-batches before the last one of a step (gradient
+    /// accumulation): each group's full gradient stays and the next micro-batch's backward adds to it, instead of a
+    /// reduce-scatter per micro-batch; the last micro-batch (sync on) reduces the sum once.
+    public var requiresGradientSync = true
     /// This rank's parameter slices, in group and parameter order (padding excluded; empty slices omitted).
     public private(set) var shards: [ParameterShard] = []
 
@@ -378,10 +385,11 @@ public final class FullyShardedModel {
         ensureGathered(g)
         if g >= 1 { startGather(g - 1) }   // prefetch the group whose backward comes next
         for f in groups[g] {
-            precondition(f.fullGrad == nil, "FSDP: willBackward(\(g)) while its gradients are live")
+            precondition(f.fullGrad == nil || f.fullGradKept, "FSDP: willBackward(\(g)) while its gradients are live")
             // direct: the kernels accumulate straight into the gradient shard (what the reduction would add to it)
-            let grad = f.direct ? f.gradShard : pool.acquire(f.padded, zeroed: true)
+            let grad = f.fullGrad ?? (f.direct ? f.gradShard : pool.acquire(f.padded, zeroed: true))
             f.fullGrad = grad
+            f.fullGradKept = false
             for (k, p) in f.params.enumerated() { p.grad = Tensor(viewOf: grad, offset: f.offsets[k], shape: f.shapes[k]) }
         }
     }
@@ -390,8 +398,12 @@ public final class FullyShardedModel {
         if g == lastGroup { inLastGroup = false }
         for f in groups[g] {
             guard let grad = f.fullGrad else { continue }
-            f.fullGrad = nil
             for p in f.params { p.grad = nil }
+            if !requiresGradientSync && !f.direct {
+                f.fullGradKept = true   // the next micro-batch adds to it; the last one reduces the sum
+                continue
+            }
+            f.fullGrad = nil
             if f.direct { continue }
             let out = f.gradShardIsZero ? f.gradShard : pool.acquire(f.shardSize, zeroed: false)
             f.gradShardIsZero = false
@@ -466,7 +478,15 @@ public final class FullyShardedModel {
     public func zeroGrad() {
         advance(keepInFlight: 0)
         reshard()
-        for flats in groups { for f in flats { f.gradShard.zero(); f.gradShardIsZero = true } }
+        for flats in groups {
+            for f in flats {
+                if let left = f.fullGrad, !f.direct { pool.release(left) }   // an unfinished accumulation
+                f.fullGrad = nil
+                f.fullGradKept = false
+                f.gradShard.zero()
+                f.gradShardIsZero = true
+            }
+        }
     }
 
     // MARK: norms

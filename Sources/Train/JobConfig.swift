@@ -24,8 +24,11 @@ public struct JobSection: ConfigSection {
 /// [training]: steps, batch and sequence shape, seed, clipping.
 public struct TrainingConfig: ConfigSection {
     public var steps = 10
-    /// Sequences per data-parallel rank per step.
+    /// Sequences per data-parallel rank per micro-batch.
     public var local_batch_size = 8
+    /// Sequences per step over every rank; -1 = local_batch_size × the data-parallel degree. Larger: gradient
+    /// accumulation over global / (local × dp) micro-batches.
+    public var global_batch_size = -1
     public var seq_len = 2048
     /// Seeds weight initialisation and the synthetic dataset.
     public var seed = 0
@@ -36,7 +39,8 @@ public struct TrainingConfig: ConfigSection {
     public static let doc = "steps, batch and sequence shape"
     public static let fields: [ConfigField<TrainingConfig>] = [
         ConfigField("steps", \.steps, "number of optimizer steps"),
-        ConfigField("local_batch_size", \.local_batch_size, "sequences per data-parallel rank per step"),
+        ConfigField("local_batch_size", \.local_batch_size, "sequences per data-parallel rank per micro-batch"),
+        ConfigField("global_batch_size", \.global_batch_size, "sequences per step over every rank (-1: local × data-parallel degree; larger: gradient accumulation)"),
         ConfigField("seq_len", \.seq_len, "tokens per sequence (L); windows are L+1 tokens"),
         ConfigField("seed", \.seed, "seed for weight init and the synthetic dataset"),
         ConfigField("max_norm", \.max_norm, "clip the global gradient norm to this (<= 0: no clipping)"),
@@ -46,6 +50,9 @@ public struct TrainingConfig: ConfigSection {
         if steps < 1 { throw ConfigError.invalid(key: "steps", reason: "must be >= 1, got \(steps)") }
         if local_batch_size < 1 { throw ConfigError.invalid(key: "local_batch_size", reason: "must be >= 1, got \(local_batch_size)") }
         if seq_len < 1 { throw ConfigError.invalid(key: "seq_len", reason: "must be >= 1, got \(seq_len)") }
+        if global_batch_size < 1 && global_batch_size != -1 {
+            throw ConfigError.invalid(key: "global_batch_size", reason: "must be >= 1, or -1 for local_batch_size × the data-parallel degree")
+        }
     }
 }
 
@@ -61,18 +68,27 @@ public struct DebugConfig: ConfigSection {
     ]
 }
 
-/// [comm]: collective timeouts.
+/// [comm]: collective timeouts and the flight recorder (torchtitan's names).
 public struct CommConfig: ConfigSection {
-    public var timeout_seconds = 300.0
+    /// Until the first step completes (start-up, compilation-like first steps): long.
+    public var init_timeout_seconds = 300.0
+    /// After the first step: a rank silent this long is hung.
+    public var timeout_seconds = 100.0
+    /// Collectives each rank's flight recorder keeps (DUMP/flight/rank-K.json when the job fails); 0: off.
+    public var trace_buf_size = 20000
     public init() {}
 
     public static let doc = "collectives"
     public static let fields: [ConfigField<CommConfig>] = [
-        ConfigField("timeout_seconds", \.timeout_seconds, "timeout of every collective receive"),
+        ConfigField("init_timeout_seconds", \.init_timeout_seconds, "timeout of every collective until the first step completes"),
+        ConfigField("timeout_seconds", \.timeout_seconds, "timeout of every collective after the first step"),
+        ConfigField("trace_buf_size", \.trace_buf_size, "collectives the flight recorder keeps per rank (0: off)"),
     ]
 
     public func validate() throws {
+        if init_timeout_seconds <= 0 { throw ConfigError.invalid(key: "init_timeout_seconds", reason: "must be > 0") }
         if timeout_seconds <= 0 { throw ConfigError.invalid(key: "timeout_seconds", reason: "must be > 0") }
+        if trace_buf_size < 0 { throw ConfigError.invalid(key: "trace_buf_size", reason: "must be >= 0") }
     }
 }
 
@@ -89,6 +105,7 @@ public struct JobConfig: Equatable {
     public var profiling = ProfilingConfig()
     public var comm = CommConfig()
     public var metrics = MetricsConfig()
+    public var fault = FaultConfig()
     public init() {}
 
     /// Every overridable field, section by section: the order of --help.
@@ -105,6 +122,7 @@ public struct JobConfig: Equatable {
         .section("profiling", \.profiling),
         .section("comm", \.comm),
         .section("metrics", \.metrics),
+        .section("fault", \.fault),
     ])
 
     /// Every section's own rules, then the rules between sections (the degrees: `dims(worldSize:)`).
@@ -113,6 +131,18 @@ public struct JobConfig: Equatable {
         if training.seq_len > model.args.max_seq_len {
             throw ConfigError.invalid(key: "training.seq_len", reason: "\(training.seq_len) exceeds model.max_seq_len \(model.args.max_seq_len)")
         }
+    }
+
+    /// Micro-batches per step on `dims`: training.global_batch_size over local_batch_size × the data-parallel degree,
+    /// which must divide it.
+    public func microBatches(_ dims: ParallelDims) throws -> Int {
+        let perMicroBatch = training.local_batch_size * dims.world
+        guard training.global_batch_size != -1 else { return 1 }
+        guard training.global_batch_size % perMicroBatch == 0 else {
+            throw ConfigError.invalid(key: "training.global_batch_size",
+                reason: "\(training.global_batch_size) is not a multiple of local_batch_size (\(training.local_batch_size)) × the data-parallel degree (\(dims.world)) = \(perMicroBatch)")
+        }
+        return training.global_batch_size / perMicroBatch
     }
 
     /// The parallelism degrees for `worldSize` ranks and this model, checked; errors name the parallelism key.
@@ -182,7 +212,9 @@ extension JobConfig {
             return .help(schema.helpText(defaults: cfg, header: header))
         }
         try cfg.validate()
-        cfg.parallelism.data_parallel_shard_degree = try cfg.dims(worldSize: worldSize).shard
+        let dims = try cfg.dims(worldSize: worldSize)
+        _ = try cfg.microBatches(dims)
+        cfg.parallelism.data_parallel_shard_degree = dims.shard
         return .run(cfg)
     }
 }

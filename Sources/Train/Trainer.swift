@@ -29,14 +29,18 @@ public final class Trainer {
     let profiler: Profiler?
     /// Tokens of one step's global batch (the loss is their mean).
     let tokensPerStep: Int
+    /// This rank's fault to inject (first attempt only), if any.
+    let fault: FaultConfig?
     /// The last step done (a resumed run starts after the checkpoint's).
     public private(set) var step: Int
 
-    public init(config: JobConfig, comm: Communicator, log: @escaping (String) -> Void) throws {
+    /// `attempt`: restarts before this one (a fault is injected on the first attempt only); `node`: this rank's host.
+    public init(config: JobConfig, comm: Communicator, attempt: Int = 0, node: Int = 0, log: @escaping (String) -> Void) throws {
         self.config = config
         self.comm = comm
         self.log = log
         let rank = comm.rank, L = config.training.seq_len, B = config.training.local_batch_size
+        fault = config.fault.targets(rank: rank, node: node, attempt: attempt) ? config.fault : nil
 
         // Where the run starts: a checkpoint to resume, else initial weights (an HF folder or a distributed
         // checkpoint), else the seed. An HF folder also brings its architecture, checked like the config's.
@@ -52,14 +56,18 @@ public final class Trainer {
         // with the values the whole model would hold there (torchtitan's meta-device init).
         model = try Qwen3Model(args: args, seed: UInt64(config.training.seed), materialize: false)
         if let initialWeights { try model.setInitialWeights(initialWeights) }
-        mesh = try DeviceMesh(comm: comm, dims: try built.dims(worldSize: comm.worldSize))
+        let dims = try built.dims(worldSize: comm.worldSize)
+        let microBatches = try built.microBatches(dims)
+        mesh = try DeviceMesh(comm: comm, dims: dims)
         parallel = try parallelize(model, mesh: mesh, reshardAfterForward: config.parallelism.fsdp_reshard_after_forward)
         model.clearInitialWeights()   // the shards hold what this rank needs
 
-        tokensPerStep = B * L * mesh.dataParallelDegree
-        let tokens = try config.dataloader.loadTokens(seqLen: L, globalBatch: B * mesh.dataParallelDegree, steps: config.training.steps,
+        let globalBatch = B * mesh.dataParallelDegree * microBatches
+        tokensPerStep = globalBatch * L
+        let tokens = try config.dataloader.loadTokens(seqLen: L, globalBatch: globalBatch, steps: config.training.steps,
                                                       seed: config.training.seed, vocabSize: args.vocab_size)
-        dataLoader = DataLoader(tokens: tokens, seqLen: L, localBatchSize: B, dpDegree: mesh.dataParallelDegree, dpRank: mesh.dataParallelRank)
+        dataLoader = DataLoader(tokens: tokens, seqLen: L, localBatchSize: B, dpDegree: mesh.dataParallelDegree,
+                                dpRank: mesh.dataParallelRank, microBatches: microBatches)
         optimizer = config.optimizer.build(shards: parallel.shards)
         lrSchedule = LRSchedule(config.lr_scheduler, baseLR: config.optimizer.lr, trainingSteps: config.training.steps)
         step = try checkpointer.load(resumeFolder: resumeFolder, model: parallel, optimizer: optimizer, modelArgs: args)
@@ -71,7 +79,7 @@ public final class Trainer {
             log("model \(config.model.name)/\(config.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
             log("mesh: world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
-                + "global batch \(B * mesh.dataParallelDegree) × \(L) tokens")
+                + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : ""))
         } else {
             metrics = nil
         }
@@ -98,6 +106,7 @@ public final class Trainer {
         while step < config.training.steps {
             step += 1
             try trainStep(step)
+            try comm.setTimeout(seconds: config.comm.timeout_seconds)   // start-up is over: a silent rank is found sooner
         }
         try checkpointer.exportHFIfAsked(step: step, model: parallel, modelArgs: modelArgs)
         if IdleCPUs.enabled { log("idle CPUs: \(IdleCPUs.lentTasks) GEMM or loop half(s) of this rank ran on another rank's idle CPU") }
@@ -108,17 +117,23 @@ public final class Trainer {
         }
     }
 
-    /// One optimizer step, llm.c style: batch → zero grad → forward/backward → finish backward → clip → optimizer
-    /// step → expert-load balancing → metrics → checkpoint.
+    /// One optimizer step, llm.c style: zero grad → forward/backward of each micro-batch (gradients reduced after the
+    /// last) → finish backward → clip → optimizer step → expert-load balancing → metrics → checkpoint.
     func trainStep(_ step: Int) throws {
+        try fault?.apply(atStep: step, comm: comm, log: log)
         let start = Runtime.now()
         BlockedTime.reset()
         let trafficBefore = comm.traffic
 
-        let batch = dataLoader.batch(step: step)
         parallel.zeroGrad()
-        let result = model.forwardBackward(inputs: batch.inputs_BL, labels: batch.labels_BL, B: batch.batchSize, T: batch.seqLen,
-                                           lossScale: 1 / Float(tokensPerStep))
+        var result: StepResult?
+        for m in 0..<dataLoader.microBatches {
+            let batch = dataLoader.batch(step: step, microBatch: m)
+            parallel.requiresGradientSync = m == dataLoader.microBatches - 1   // reduce once, after the last
+            let r = model.forwardBackward(inputs: batch.inputs_BL, labels: batch.labels_BL, B: batch.batchSize, T: batch.seqLen,
+                                          lossScale: 1 / Float(tokensPerStep))
+            result = result.map { $0 + r } ?? r
+        }
         try ExpertParallel.throwIfFailed(model)
         try parallel.finishBackward()   // every gradient reduced onto its shard
         let gradNorm = try parallel.gradNormSquared().squareRoot()
@@ -128,7 +143,7 @@ public final class Trainer {
         optimizer.step(step, lr: lr, gradScale: clip)   // clipping applied in the same pass
         Trace.record("optimizer", pid: comm.rank, tid: 0, start: optimizerStart, end: Runtime.now())
 
-        let stats = try StepStats.reduce(result, traffic: comm.traffic - trafficBefore,
+        let stats = try StepStats.reduce(result!, traffic: comm.traffic - trafficBefore,
                                          epDispatchBytes: ExpertParallel.dispatchBytes(of: model), over: comm.world)
         model.updateExpertBias(tokensPerExpert: stats.tokensPerExpert)   // aux-loss-free balancing (when on)
         let end = Runtime.now()

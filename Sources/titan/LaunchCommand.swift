@@ -7,8 +7,10 @@ import Train
 /// `titan launch`: starts the ranks of a topology and supervises them (what run_cluster.sh calls).
 struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start every rank of a topology running PROGRAM (train, collectives, bench).",
-        discussion: "Example: titan launch --ranks 8 -- collectives")
+        abstract: "Start every rank of a topology running PROGRAM (train, collectives, bench; default train).",
+        discussion: """
+            Launcher options and the program's arguments may be mixed: every argument this command does not know goes             to the program (a `--` ends the launcher's options). Examples: titan launch --ranks 8 collectives;             titan launch --ranks 8 --max-restarts 2 --training.steps 20.
+            """)
 
     @Option(help: "Topology file (TOML).")
     var topology: String?
@@ -26,15 +28,29 @@ struct Launch: ParsableCommand {
     var cpuBind: CPUBindPolicy = .block
     @Flag(name: .customLong("lend-idle-cpus"), inversion: .prefixedNo, help: "With more ranks than CPUs, let a rank still computing run half of a large GEMM or loop on a CPU whose ranks all wait in collectives.")
     var lendIdleCPUs = true
-    @Argument(parsing: .captureForPassthrough, help: "The rank program and its arguments.")
+    @Option(help: "When a rank fails (an error, a signal, a hang its peers' collective timeouts find), stop every rank and start them all again, up to N times; training resumes from the latest checkpoint.")
+    var maxRestarts = 0
+    @Flag(help: "With --max-restarts: when a whole host is lost, continue on the hosts that are left (the shard degree -1 fills the smaller world).")
+    var elastic = false
+    @Option(name: .customLong("rdzv-dir"), help: "A folder every host's launcher sees (e.g. on a shared file system), where launchers started with --node agree on restarts.")
+    var rdzvDir: String?
+    @Option(name: .customLong("rdzv-timeout"), help: "Seconds without a heartbeat in the rendezvous folder after which a host is lost.")
+    var rdzvTimeout: Double = 30
+    @Argument(parsing: .allUnrecognized, help: "The rank program (train, collectives, bench; default train) and its arguments.")
     var program: [String] = []
+
+    static let programs = ["train", "collectives", "bench"]
 
     func run() throws {
         var args = program
         if args.first == "--" { args.removeFirst() }
-        guard let name = args.first, ["train", "collectives", "bench"].contains(name) else {
-            throw ValidationError("name the rank program after --: train, collectives or bench (got \(args.first ?? "nothing"))")
+        if let first = args.first, !Self.programs.contains(first) {
+            guard first.hasPrefix("-") else {
+                throw ValidationError("unknown rank program '\(first)': train, collectives or bench")
+            }
+            args.insert("train", at: 0)   // only options: they are train's
         }
+        guard let name = args.first else { throw ValidationError("name the rank program: train, collectives or bench") }
         let topo = try resolveTopology()
         let dump = dumpFolder ?? Self.value(of: "--job.dump_folder", in: args) ?? Self.defaultDumpFolder(program: name)
         if name == "train", Self.value(of: "--job.dump_folder", in: args) == nil {
@@ -52,6 +68,7 @@ struct Launch: ParsableCommand {
             if case .help(let text) = trainRequest { print(text); return }
         }
         if singleProcess {
+            guard maxRestarts == 0 && !elastic else { throw ValidationError("--max-restarts and --elastic need rank processes, not --single-process") }
             let status = try runAsThreads(topology: topo, args: args, trainRequest: trainRequest, dump: dump)
             throw ExitCode(status)
         }
@@ -60,9 +77,16 @@ struct Launch: ParsableCommand {
         launcher.graceSeconds = 3
         launcher.cpuBinding = cpuBind
         launcher.lendIdleCPUs = lendIdleCPUs
+        launcher.maxRestarts = maxRestarts
+        launcher.elastic = elastic
+        launcher.rendezvousFolder = rdzvDir
+        launcher.rendezvousTimeout = rdzvTimeout
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be >= 0") }
+        guard !elastic || maxRestarts > 0 else { throw ValidationError("--elastic restarts the job on the hosts that are left: give --max-restarts too") }
         let result = try launcher.run()
         if result.succeeded {
-            FileHandle.standardError.write(Data("titan: all \(result.statuses.count) rank(s) finished; logs in \(dump)/logs\n".utf8))
+            let restarts = result.restarts > 0 ? " after \(result.restarts) restart(s)" : ""
+            FileHandle.standardError.write(Data("titan: all \(result.statuses.count) rank(s) finished\(restarts); logs in \(dump)/logs\n".utf8))
         }
         throw ExitCode(result.exitStatus)
     }
@@ -90,8 +114,8 @@ struct Launch: ParsableCommand {
             rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) })
         default:
             guard let request = trainRequest, let (program, config) = TrainCommand.program(request) else { return 0 }
-            return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump,
-                                            timeoutSeconds: config.comm.timeout_seconds, program)
+            return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: config.comm.init_timeout_seconds,
+                                            traceBufferSize: config.comm.trace_buf_size, program)
         }
         let timeout = Double(Self.value(of: "--comm.timeout_seconds", in: args) ?? "") ?? 300
         return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: timeout, rankProgram)

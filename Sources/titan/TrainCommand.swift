@@ -20,15 +20,17 @@ struct TrainCommand: ParsableCommand {
         try JobConfig.resolve(arguments: arguments, topology: topology?.parallelism, worldSize: topology?.worldSize ?? 1)
     }
 
-    /// The rank program for a resolved config, with its collective timeout; nil after printing --help.
-    static func program(_ request: JobConfigRequest) -> (RankProgram, JobConfig)? {
+    /// The rank program for a resolved config; nil after printing --help. `identity`: this process's, when a
+    /// launcher started it (the attempt and host a fault injection looks at).
+    static func program(_ request: JobConfigRequest, identity: RankIdentity? = nil) -> (RankProgram, JobConfig)? {
         switch request {
         case .help(let text):
             print(text)
             return nil
         case .run(let config):
             let program: RankProgram = { comm, out in
-                try Trainer(config: config, comm: comm, log: { out.print($0) }).train()
+                try Trainer(config: config, comm: comm, attempt: identity?.attempt ?? 0, node: identity?.nodeRank ?? 0,
+                            log: { out.print($0) }).train()
                 return 0
             }
             return (program, config)
@@ -39,10 +41,11 @@ struct TrainCommand: ParsableCommand {
         do {
             let identity = try RankIdentity.fromEnvironment()
             let request = try Self.resolve(topology: try identity?.loadTopology(), arguments: arguments)
-            guard let (program, config) = Self.program(request) else { return }
+            guard let (program, config) = Self.program(request, identity: identity) else { return }
             // Under the launcher it writes the rank logs; alone, this process keeps its own.
             let logFolder = identity == nil ? config.job.dump_folder + "/logs" : nil
-            RankRuntime.runThisProcess(timeoutSeconds: config.comm.timeout_seconds, logFolder: logFolder, program)
+            RankRuntime.runThisProcess(timeoutSeconds: config.comm.init_timeout_seconds, logFolder: logFolder,
+                                       traceBufferSize: config.comm.trace_buf_size, program)
         } catch {
             FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
             throw ExitCode(2)

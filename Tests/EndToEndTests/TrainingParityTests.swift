@@ -74,6 +74,16 @@ final class TrainingParityTests: XCTestCase {
             "--parallelism.expert_parallel_degree", "2"]), "moe 2x4 hsdp ep 2")
     }
 
+    /// Gradient accumulation: the fixture's global batch of 8 in micro-batches (gradients reduced once per step):
+    /// 1 rank × 4 micro-batches of 2, and 4 ranks (FSDP, expert parallel 2) × 2 micro-batches of 1.
+    func testGradientAccumulationMatchesHF() throws {
+        try assertMatchesHF("qwen3_moe", train("qwen3_moe", ranks: 1, ["--training.local_batch_size", "2",
+            "--training.global_batch_size", "8"]), "moe 1 rank, 4 micro-batches")
+        try assertMatchesHF("qwen3_moe", train("qwen3_moe", ranks: 4, ["--training.local_batch_size", "1",
+            "--training.global_batch_size", "8", "--parallelism.data_parallel_shard_degree", "4",
+            "--parallelism.expert_parallel_degree", "2"]), "moe shard 4 ep 2, 2 micro-batches")
+    }
+
     /// The same topology run twice agrees bit for bit (loss and gradient norm as printed, full precision).
     func testExpertParallelRunIsBitwiseRepeatable() throws {
         let args = ["--training.local_batch_size", "2", "--parallelism.data_parallel_shard_degree", "4",

@@ -172,6 +172,26 @@ final class ConfigTests: XCTestCase {
                        "ep 4 does not divide 6 experts")
     }
 
+    /// training.global_batch_size: -1 is one micro-batch; a multiple of local × dp is that many; anything else is an
+    /// error naming the key.
+    func testGlobalBatchSizeGivesMicroBatches() throws {
+        let dims = ParallelDims(replicate: 1, shard: 4, ep: 1)
+        var c = try run(["--training.local_batch_size", "2"])
+        XCTAssertEqual(try c.microBatches(dims), 1)
+        c.training.global_batch_size = 24
+        XCTAssertEqual(try c.microBatches(dims), 3)
+        c.training.global_batch_size = 12
+        XCTAssertThrowsError(try c.microBatches(dims)) { e in
+            guard case ConfigError.invalid(let key, let reason)? = e as? ConfigError else { return XCTFail("\(e)") }
+            XCTAssertEqual(key, "training.global_batch_size")
+            XCTAssertTrue(reason.contains("× the data-parallel degree (4) = 8"), reason)
+        }
+        guard case .invalid(let key, _)? = error(["--training.global_batch_size", "6", "--training.local_batch_size", "4"]) else { return XCTFail() }
+        XCTAssertEqual(key, "training.global_batch_size")
+        guard case .invalid(let key2, _)? = error(["--training.global_batch_size", "0"]) else { return XCTFail() }
+        XCTAssertEqual(key2, "training.global_batch_size")
+    }
+
     func testHelpListsEveryFieldWithTypeAndDefault() throws {
         guard case .help(let text) = try JobConfig.resolve(arguments: ["--config", "bench_moe", "--training.steps", "99", "--help"]) else {
             return XCTFail("expected help")

@@ -9,6 +9,12 @@ public struct StepResult: Equatable {
     /// Tokens routed to each expert, per layer (index = layer; empty for dense layers).
     public var tokensPerExpert: [[Int]]
     public var meanLoss: Double { tokenCount > 0 ? lossSum / Double(tokenCount) : 0 }
+
+    /// The sum of two micro-batches' results.
+    public static func + (a: StepResult, b: StepResult) -> StepResult {
+        StepResult(lossSum: a.lossSum + b.lossSum, tokenCount: a.tokenCount + b.tokenCount,
+                   tokensPerExpert: zip(a.tokensPerExpert, b.tokensPerExpert).map { zip($0, $1).map(+) })
+    }
 }
 
 /// Activations for one (B, T), allocated once and reused.

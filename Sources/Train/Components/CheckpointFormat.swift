@@ -29,7 +29,7 @@
 // Test hook: TITAN_TEST_CRASH_DURING_SAVE=RANK:STEP[:POINT] makes rank RANK SIGKILL itself while saving step STEP,
 // at POINT: `rank-file` (default: right after it wrote its rank file into the temp folder, before the barrier),
 // `metadata` (rank 0: metadata written into the temp folder, not renamed yet) or `renamed` (rank 0: step-N in
-// place, `latest` not moved yet).
+// place, `latest` not moved yet); on a job's first attempt only (a restart then saves).
 
 import Collectives
 import Config
@@ -453,7 +453,9 @@ public enum Checkpoint {
     enum CrashPoint: String { case rankFile = "rank-file", metadata, renamed }
 
     static func crashIfRequested(_ point: CrashPoint, rank: Int, step: Int) {
-        guard let spec = ProcessInfo.processInfo.environment[crashEnvironmentVariable] else { return }
+        let environment = ProcessInfo.processInfo.environment
+        // A restarted job (the launcher's TITAN_RESTART_COUNT) saves undisturbed, like an injected fault.
+        guard let spec = environment[crashEnvironmentVariable], (environment["TITAN_RESTART_COUNT"] ?? "0") == "0" else { return }
         let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 2 || parts.count == 3, Int(parts[0]) == rank, Int(parts[1]) == step,
               (parts.count == 2 ? CrashPoint.rankFile : CrashPoint(rawValue: parts[2])) == point else { return }

@@ -1,10 +1,11 @@
 // Token sources and the data loader. The loader implements DESIGN.md's numerics exactly:
 //   window i        = tokens[i*(L+1) ..< (i+1)*(L+1)]      (non-overlapping, torchtitan style)
 //   input / labels  = first L / last L tokens of a window
-//   step s (1-based), G = local_batch_size * dp_degree:
-//   dp rank d takes windows (s-1)*G + d*B ..< (s-1)*G + (d+1)*B, each index mod numWindows.
-// A batch is a pure function of (step, rank): no hidden iterator state, so resuming from a
-// checkpoint only needs the step, and every topology with the same G sees the same global batch.
+//   step s (1-based), G = global batch = local_batch_size B * dp_degree * micro-batches M:
+//   micro-batch m of dp rank d takes windows (s-1)*G + m*B*dp + d*B ..< ... + B, each index mod numWindows
+//   (with M = 1: (s-1)*G + d*B ..< (s-1)*G + (d+1)*B).
+// A batch is a pure function of (step, micro-batch, rank): no hidden iterator state, so resuming from a checkpoint
+// only needs the step, and every topology with the same G sees the same global batch.
 
 import Config
 import Foundation
@@ -102,10 +103,12 @@ public struct DataLoader {
     public let localBatchSize: Int
     public let dpDegree: Int
     public let dpRank: Int
+    /// Micro-batches per step (gradient accumulation).
+    public let microBatches: Int
     /// Number of complete L+1 windows; the tail shorter than a window is never used.
     public let numWindows: Int
 
-    public init(tokens: [Int32], seqLen: Int, localBatchSize: Int, dpDegree: Int = 1, dpRank: Int = 0) {
+    public init(tokens: [Int32], seqLen: Int, localBatchSize: Int, dpDegree: Int = 1, dpRank: Int = 0, microBatches: Int = 1) {
         precondition(seqLen >= 1 && localBatchSize >= 1, "DataLoader: seqLen and localBatchSize must be >= 1")
         precondition(dpDegree >= 1 && (0..<dpDegree).contains(dpRank), "DataLoader: dpRank \(dpRank) not in 0..<\(dpDegree)")
         precondition(tokens.count >= seqLen + 1, "DataLoader: \(tokens.count) tokens is less than one window of \(seqLen + 1)")
@@ -114,27 +117,29 @@ public struct DataLoader {
         self.localBatchSize = localBatchSize
         self.dpDegree = dpDegree
         self.dpRank = dpRank
+        self.microBatches = microBatches
         self.numWindows = tokens.count / (seqLen + 1)
     }
 
     /// G: windows consumed by the whole data-parallel group per step.
-    public var globalBatchSize: Int { localBatchSize * dpDegree }
+    public var globalBatchSize: Int { localBatchSize * dpDegree * microBatches }
 
-    /// Window indices of `dpRank`'s local batch at `step` (1-based).
-    public func windowIndices(step: Int, dpRank: Int? = nil) -> [Int] {
+    /// Window indices of `dpRank`'s local batch at micro-batch `microBatch` of `step` (1-based).
+    public func windowIndices(step: Int, microBatch: Int = 0, dpRank: Int? = nil) -> [Int] {
         precondition(step >= 1, "DataLoader: steps are 1-based, got \(step)")
+        precondition((0..<microBatches).contains(microBatch), "DataLoader: micro-batch \(microBatch) of \(microBatches)")
         let d = dpRank ?? self.dpRank
-        let first = (step - 1) * globalBatchSize + d * localBatchSize
+        let first = (step - 1) * globalBatchSize + microBatch * localBatchSize * dpDegree + d * localBatchSize
         return (0..<localBatchSize).map { (first + $0) % numWindows }
     }
 
-    /// This rank's batch of `step` (1-based).
-    public func batch(step: Int) -> TokenBatch {
+    /// This rank's batch of micro-batch `microBatch` of `step` (1-based).
+    public func batch(step: Int, microBatch: Int = 0) -> TokenBatch {
         let L = seqLen
         var inputs = [Int32](repeating: 0, count: localBatchSize * L)
         var labels = [Int32](repeating: 0, count: localBatchSize * L)
         tokens.withUnsafeBufferPointer { t in
-            for (b, w) in windowIndices(step: step).enumerated() {
+            for (b, w) in windowIndices(step: step, microBatch: microBatch).enumerated() {
                 let start = w * (L + 1)
                 for j in 0..<L {
                     inputs[b * L + j] = t[start + j]
