@@ -36,13 +36,14 @@ let package = Package(
         // Linux calls the Glibc module does not declare (CPU affinity, mallopt, which library defines a symbol), and the
         // board and helper thread of idle-CPU lending (shared memory and thread affinity).
         .target(name: "CLinux"),
-        // Small GEMMs with AVX-512 (attention's blocks), compiled per function for AVX-512 and used where the CPU has it.
+        // GEMM kernels: small fp32 GEMMs with AVX-512 (attention's blocks), bfloat16 GEMMs on AMX or AVX512_BF16, and
+        // the bfloat16 conversions; compiled per function for those instructions and used where the CPU has them.
         .target(name: "CKernels"),
 
         // Layers, bottom up: the runtime (kernel threads, idle-CPU lending, observers of collectives: blocked time, trace),
         // transport/collectives, tensors, model, parallelism, training.
         .target(name: "Runtime", dependencies: ["CLinux"], swiftSettings: kernelSettings),
-        .target(name: "Collectives", dependencies: ["CZeroMQ", "Runtime"], swiftSettings: kernelSettings),
+        .target(name: "Collectives", dependencies: ["CZeroMQ", "CKernels", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "Parallel", "TOMLKit", "CLinux"]),
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Config"),

@@ -18,13 +18,14 @@ public enum ExpertParallel {
     /// and narrows each routed-expert Parameter (w1 [E,F,D], w2 [E,D,F], w3 [E,F,D]) to this rank's contiguous slice
     /// of E/ep experts: value AND grad become tensors of E/ep experts (copied from the full value, or initialised by the
     /// model when the parameter has no storage). EP rank j owns experts
-    /// j*E/ep ..< (j+1)*E/ep. Must run before FSDP is applied (FSDP shards whatever `value` holds).
+    /// j*E/ep ..< (j+1)*E/ep. Must run before FSDP is applied (FSDP shards whatever `value` holds). `wire` bfloat16:
+    /// token rows travel as bfloat16 (half the all-to-all bytes; see `ExpertParallelExperts.wire`).
     ///
     /// `Parameter.shape` / `count` keep the full logical shape [E, ...]; the local slice is `value.shape` and starts at
     /// expert `expertRange.lowerBound` of the dispatcher (see `dispatchers(in:)`).
     /// The dispatcher runs the module's own `localExperts` (a GroupedExperts over the same Parameter objects), so
     /// switching their loop / grouped path still applies.
-    public static func apply(to model: ParallelizableModel, epGroup: ProcessGroup) throws {
+    public static func apply(to model: ParallelizableModel, epGroup: ProcessGroup, wire: Precision = .float32) throws {
         let ep = epGroup.size
         let moes = model.moeModules
         try ParallelDims.validateExperts(ep: ep, numExperts: moes.first?.args.num_experts ?? 0)
@@ -66,7 +67,7 @@ public enum ExpertParallel {
                 p.grad = grad
                 p.awaitsInitialization = false
             }
-            moe.experts = ExpertParallelExperts(group: epGroup, experts: moe.localExperts, numExperts: E, name: moe.fqn)
+            moe.experts = ExpertParallelExperts(group: epGroup, experts: moe.localExperts, numExperts: E, name: moe.fqn, wire: wire)
         }
     }
 
@@ -111,7 +112,12 @@ public final class ExpertParallelExperts: MoEExperts {
     public let expertRange: Range<Int>
     public let dim: Int
     public let name: String
-    /// Bytes of token rows this rank sent to and received from OTHER ranks (rows × dim × 4; forward and backward;
+    /// The format token rows travel in. bfloat16 (mixed precision): every exchanged row is rounded to bfloat16, the
+    /// rank's own rows too, so the result does not depend on where an expert lives. The dispatched inputs and output
+    /// gradients change nothing (the experts' bfloat16 GEMMs round them anyway); the returned outputs and input
+    /// gradients carry bfloat16 precision, as autocast's linear outputs do.
+    public let wire: Precision
+    /// Bytes of token rows this rank sent to and received from OTHER ranks (rows × dim × 2 or 4; forward and backward;
     /// the rank's own rows are a local copy and not counted, nor are the small count exchanges). Reset by the caller.
     public var dispatchBytes: Int = 0
     /// Rows of the last forward: sent to each EP rank, received from each EP rank, and per local expert.
@@ -139,8 +145,9 @@ public final class ExpertParallelExperts: MoEExperts {
     private let yLocal = GrowBuffer()     // [R, D] expert-major outputs (forward) / dy (backward)
     private let dxLocal = GrowBuffer()    // [R, D] expert-major dx (backward)
     private let outgoing = GrowBuffer()   // [R, D] rank-major outputs / dx to send back
+    private let send16 = BFloat16Buffer(), receive16 = BFloat16Buffer()   // bfloat16 payloads
 
-    public init(group: ProcessGroup, experts: GroupedExperts, numExperts: Int, name: String = "moe") {
+    public init(group: ProcessGroup, experts: GroupedExperts, numExperts: Int, name: String = "moe", wire: Precision = .float32) {
         precondition(numExperts % group.size == 0, "\(name): \(group.size) EP ranks do not divide \(numExperts) experts")
         self.group = group
         self.localExperts = experts
@@ -150,6 +157,7 @@ public final class ExpertParallelExperts: MoEExperts {
         expertRange = ExpertParallel.localExpertRange(numExperts: numExperts, epDegree: ep, epRank: group.rank)
         dim = experts.dim
         self.name = name
+        self.wire = wire
         sendRows = Array(repeating: 0, count: ep)
         receiveRows = Array(repeating: 0, count: ep)
         localCounts = Array(repeating: 0, count: el)
@@ -176,20 +184,29 @@ public final class ExpertParallelExperts: MoEExperts {
         if failure == nil { failure = .collectiveFailed(rank: group.members[group.rank], message) }
     }
 
-    /// All-to-all-v of rows: `sendSplits` floats to each rank out of `src`, `receiveSplits` floats from each into `dst`.
+    /// All-to-all-v of rows: `sendSplits` floats to each rank out of `src`, `receiveSplits` floats from each into `dst`
+    /// (as bfloat16 on the wire with `wire` bfloat16).
     private func exchange(_ src: UnsafePointer<Float>, _ srcCount: Int, sendSplits s: [Int],
                           _ dst: UnsafeMutablePointer<Float>, _ dstCount: Int, receiveSplits r: [Int], _ what: String) {
         if failure != nil { dst.update(repeating: 0, count: dstCount); return }
         do {
-            try group.allToAll(UnsafeBufferPointer(start: src, count: srcCount), sendCounts: s,
-                               into: UnsafeMutableBufferPointer(start: dst, count: dstCount), receiveCounts: r)
+            if wire == .bfloat16 {
+                let out = send16.get(srcCount), into = receive16.get(dstCount)
+                BFloat16.narrow(src, into: out, count: srcCount)
+                try group.allToAll(UnsafeBufferPointer(start: out, count: srcCount), sendCounts: s,
+                                   into: UnsafeMutableBufferPointer(start: into, count: dstCount), receiveCounts: r)
+                BFloat16.widen(into, into: dst, count: dstCount)
+            } else {
+                try group.allToAll(UnsafeBufferPointer(start: src, count: srcCount), sendCounts: s,
+                                   into: UnsafeMutableBufferPointer(start: dst, count: dstCount), receiveCounts: r)
+            }
         } catch {
             fail(what, error)
             dst.update(repeating: 0, count: dstCount)
             return
         }
         let me = group.rank
-        dispatchBytes += (srcCount - s[me] + dstCount - r[me]) * MemoryLayout<Float>.stride
+        dispatchBytes += (srcCount - s[me] + dstCount - r[me]) * (wire == .bfloat16 ? 2 : 4)
     }
 
     /// Copies rows between the rank-major and the expert-major layouts.

@@ -69,6 +69,12 @@ final class FlatParam {
     // live state
     var gathered: Tensor?
     var gatherWork: Work?
+    /// bfloat16 parameters: the cast shard and the gathered buffer while the all-gather runs (widened into `gathered`
+    /// once it is done).
+    var gathering16: (shard: BFloat16Buffer, full: BFloat16Buffer)?
+    /// bfloat16 parameters of a direct group: its shard rounded to bfloat16, made once per step (`roundedIsCurrent`).
+    var rounded: Tensor?
+    var roundedIsCurrent = false
     var fullGrad: Tensor?
     /// `fullGrad` holds the gradients of earlier micro-batches of this step (no gradient sync): the next backward adds
     /// to it.
@@ -114,10 +120,22 @@ final class FlatParam {
 }
 
 /// Grow-only pool of scratch tensors keyed by element count (gathered parameters, full gradients, reduce-scatter
-/// outputs), so steady-state steps allocate nothing.
+/// outputs, and their bfloat16 payloads), so steady-state steps allocate nothing.
 final class TensorPool {
     private var free: [Int: [Tensor]] = [:]
+    private var free16: [Int: [BFloat16Buffer]] = [:]
     private(set) var allocatedBytes = 0
+
+    func acquire16(_ count: Int) -> BFloat16Buffer {
+        if var list = free16[count], let b = list.popLast() {
+            free16[count] = list
+            return b
+        }
+        allocatedBytes += count * MemoryLayout<BFloat16>.stride
+        return BFloat16Buffer(count: count)
+    }
+
+    func release16(_ b: BFloat16Buffer) { free16[b.count, default: []].append(b) }
 
     func acquire(_ count: Int, zeroed: Bool) -> Tensor {
         if var list = free[count], let t = list.popLast() {
@@ -131,18 +149,38 @@ final class TensorPool {
 
     func release(_ t: Tensor) { free[t.count, default: []].append(t) }
 
-    func drain() { free.removeAll(); allocatedBytes = 0 }
+    func drain() { free.removeAll(); free16.removeAll(); allocatedBytes = 0 }
 }
 
 /// A gradient reduction in flight: reduce-scatter (SUM) of a full gradient over the shard group, then (HSDP) an
-/// all-reduce (SUM) of the result over the replicate group, then accumulation into the gradient shard.
+/// all-reduce (SUM) of the result over the replicate group, then accumulation into the gradient shard. The payloads
+/// are fp32, or bfloat16 with `MixedPrecisionPolicy.reduce` bfloat16.
 final class PendingReduction {
+    enum Payload {
+        case float32(fullGrad: Tensor, output: Tensor)
+        case bfloat16(fullGrad: BFloat16Buffer, output: BFloat16Buffer)
+    }
     let flat: FlatParam
-    let fullGrad: Tensor
-    let output: Tensor
+    let payload: Payload
     var work: Work?
-    init(flat: FlatParam, fullGrad: Tensor, output: Tensor, work: Work?) {
-        self.flat = flat; self.fullGrad = fullGrad; self.output = output; self.work = work
+    init(flat: FlatParam, payload: Payload, work: Work?) {
+        self.flat = flat; self.payload = payload; self.work = work
+    }
+}
+
+/// torch FSDP2's MixedPrecisionPolicy: the format parameters are all-gathered and computed in (`param`), and the one
+/// gradients are reduced in (`reduce`). The shards (master parameters), the gradient shards and the optimizer state
+/// stay fp32 either way.
+public struct MixedPrecisionPolicy: Equatable, Sendable {
+    /// bfloat16: each shard is rounded to bfloat16 before the all-gather (half the bytes) and every parameter is used
+    /// at bfloat16 values, on one rank as on many (a group that is not sharded is rounded once per step).
+    public var param: Precision
+    /// bfloat16: full gradients are rounded to bfloat16 before the reduce-scatter (and the HSDP all-reduce), which
+    /// sums in fp32 and rounds at each step, as NCCL does.
+    public var reduce: Precision
+
+    public init(param: Precision = .float32, reduce: Precision = .float32) {
+        self.param = param; self.reduce = reduce
     }
 }
 
@@ -179,6 +217,7 @@ public final class FullyShardedModel {
     public let model: ParallelizableModel
     public let mesh: DeviceMesh
     public let reshardAfterForward: Bool
+    public let mixedPrecision: MixedPrecisionPolicy
     /// With `reshardAfterForward`: the group before the last one (the last transformer block) is not freed either.
     public let keepLastBlockGathered: Bool
     /// torch FSDP2's set_requires_gradient_sync. Off during the micro-batches before the last one of a step (gradient
@@ -200,7 +239,8 @@ public final class FullyShardedModel {
     /// Wraps `model` (installs `model.hooks`). Parameter values are moved into shards (a parameter without storage
     /// gets its shard from `model.initialValues`): afterwards `Parameter.value` and `grad` are nil except while a
     /// group is gathered.
-    public init(model: ParallelizableModel, mesh: DeviceMesh, reshardAfterForward: Bool = true, keepLastBlockGathered: Bool = true) throws {
+    public init(model: ParallelizableModel, mesh: DeviceMesh, reshardAfterForward: Bool = true, keepLastBlockGathered: Bool = true,
+                mixedPrecision: MixedPrecisionPolicy = MixedPrecisionPolicy()) throws {
         guard model.hooks is NoModelHooks else {
             throw ParallelError.invalidParameter(fqn: "", "the model already has hooks installed (apply FSDP once)")
         }
@@ -209,6 +249,7 @@ public final class FullyShardedModel {
         let expertIDs = Set(model.moeModules.flatMap { $0.routedExpertParameters }.map(ObjectIdentifier.init))
         self.reshardAfterForward = reshardAfterForward
         self.keepLastBlockGathered = keepLastBlockGathered
+        self.mixedPrecision = mixedPrecision
         lastGroup = model.parameterGroups.count - 1
         let ep = mesh.dims.ep
         var built: [[FlatParam]] = []
@@ -313,26 +354,64 @@ public final class FullyShardedModel {
     // MARK: gather / free
 
     private func startGather(_ g: Int) {
+        let bf16 = mixedPrecision.param == .bfloat16
         for f in groups[g] where f.gathered == nil {
-            if f.direct { f.gathered = f.paramShard; continue }
+            if f.direct {
+                guard bf16 else { f.gathered = f.paramShard; continue }
+                let rounded = f.rounded ?? Tensor(shape: [f.padded], zeroed: false)
+                if !f.roundedIsCurrent { round_bf16(f.paramShard.ptr, into: rounded.data, f.padded) }
+                f.rounded = rounded
+                f.roundedIsCurrent = true
+                f.gathered = rounded
+                continue
+            }
             let buf = pool.acquire(f.padded, zeroed: false)
             f.gathered = buf
             do {
-                f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(f.paramShard.buffer), into: buf.buffer)
+                if bf16 {
+                    // Half the bytes on the wire; widened into `buf` once gathered (exact).
+                    let shard16 = pool.acquire16(f.shardSize), full16 = pool.acquire16(f.padded)
+                    f.gathering16 = (shard16, full16)
+                    BFloat16.narrow(f.paramShard.ptr, into: shard16.data, count: f.shardSize)
+                    f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(shard16.buffer(f.shardSize)), into: full16.buffer(f.padded))
+                } else {
+                    f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(f.paramShard.buffer), into: buf.buffer)
+                }
             } catch {
                 record(error)
                 buf.zero()
+                releaseGathering16(f)
             }
         }
+    }
+
+    /// Waits for `f`'s all-gather in flight, if any: `f.gathered` then holds the full parameters (widened from
+    /// bfloat16 with `param` bfloat16), or zeros after a failure (recorded).
+    private func completeGather(_ f: FlatParam) {
+        guard let w = f.gatherWork else { return }
+        f.gatherWork = nil
+        do {
+            try w.wait()
+            if let (_, full16) = f.gathering16 { BFloat16.widen(full16.data, into: f.gathered!.data, count: f.padded) }
+        } catch {
+            record(error)
+            f.gathered!.zero()
+        }
+        releaseGathering16(f)
+    }
+
+    /// Returns the bfloat16 gather buffers of `f` to the pool (after its all-gather finished or failed).
+    private func releaseGathering16(_ f: FlatParam) {
+        guard let (shard16, full16) = f.gathering16 else { return }
+        f.gathering16 = nil
+        pool.release16(shard16)
+        pool.release16(full16)
     }
 
     private func ensureGathered(_ g: Int) {
         startGather(g)
         for f in groups[g] {
-            if let w = f.gatherWork {
-                f.gatherWork = nil
-                do { try w.wait() } catch { record(error); f.gathered!.zero() }
-            }
+            completeGather(f)
             let buf = f.gathered!
             for (k, p) in f.params.enumerated() where p.value == nil || p.value.data != buf.data + f.offsets[k] {
                 p.value = Tensor(viewOf: buf, offset: f.offsets[k], shape: f.shapes[k])
@@ -342,10 +421,7 @@ public final class FullyShardedModel {
 
     private func free(_ g: Int) {
         for f in groups[g] {
-            if let w = f.gatherWork {
-                f.gatherWork = nil
-                do { try w.wait() } catch { record(error) }
-            }
+            completeGather(f)
             for p in f.params { p.value = nil }
             if let buf = f.gathered {
                 f.gathered = nil
@@ -367,6 +443,7 @@ public final class FullyShardedModel {
         if g == 0 && !inLastGroup {
             // A new forward pass: shards may have changed (optimizer step, load) since anything was gathered.
             reshard()
+            for flats in groups { for f in flats { f.roundedIsCurrent = false } }
         }
         if g == lastGroup { inLastGroup = true }
         ensureGathered(g)
@@ -405,16 +482,7 @@ public final class FullyShardedModel {
             }
             f.fullGrad = nil
             if f.direct { continue }
-            let out = f.gradShardIsZero ? f.gradShard : pool.acquire(f.shardSize, zeroed: false)
-            f.gradShardIsZero = false
-            var work: Work?
-            do {
-                work = try f.pg.reduceScatterAsync(UnsafeBufferPointer(grad.buffer), into: out.buffer, op: .sum)
-            } catch {
-                record(error)
-                out.zero()
-            }
-            scattering.append(PendingReduction(flat: f, fullGrad: grad, output: out, work: work))
+            scattering.append(startReduction(f, fullGrad: grad))
         }
         free(g)
         advance(keepInFlight: groups[g].count)
@@ -422,21 +490,66 @@ public final class FullyShardedModel {
 
     // MARK: gradient reductions
 
+    /// Starts the reduce-scatter of `fullGrad` (fp32, or rounded to bfloat16 first with `reduce` bfloat16).
+    private func startReduction(_ f: FlatParam, fullGrad grad: Tensor) -> PendingReduction {
+        let payload: PendingReduction.Payload
+        var work: Work?
+        if mixedPrecision.reduce == .bfloat16 {
+            let grad16 = pool.acquire16(f.padded), out16 = pool.acquire16(f.shardSize)
+            BFloat16.narrow(grad.ptr, into: grad16.data, count: f.padded)
+            pool.release(grad)   // only the bfloat16 copy travels
+            payload = .bfloat16(fullGrad: grad16, output: out16)
+            do {
+                work = try f.pg.reduceScatterAsync(UnsafeBufferPointer(grad16.buffer(f.padded)), into: out16.buffer(f.shardSize), op: .sum)
+            } catch {
+                record(error)
+                out16.zero(f.shardSize)
+            }
+        } else {
+            let out = f.gradShardIsZero ? f.gradShard : pool.acquire(f.shardSize, zeroed: false)
+            f.gradShardIsZero = false
+            payload = .float32(fullGrad: grad, output: out)
+            do {
+                work = try f.pg.reduceScatterAsync(UnsafeBufferPointer(grad.buffer), into: out.buffer, op: .sum)
+            } catch {
+                record(error)
+                out.zero()
+            }
+        }
+        return PendingReduction(flat: f, payload: payload, work: work)
+    }
+
     /// Completes reductions, oldest first, until at most `keep` reduce-scatters (and as many all-reduces) are in flight.
     private func advance(keepInFlight keep: Int) {
         while scattering.count > keep { finishScatter(scattering.removeFirst()) }
         while replicating.count > keep { finishReplicate(replicating.removeFirst()) }
     }
 
-    private func finishScatter(_ r: PendingReduction) {
-        if let w = r.work {
-            r.work = nil
-            do { try w.wait() } catch { record(error); r.output.zero() }
+    /// Waits for `r`'s collective; on failure records it and zeroes the output.
+    private func waitForReduction(_ r: PendingReduction) {
+        guard let w = r.work else { return }
+        r.work = nil
+        do { try w.wait() } catch {
+            record(error)
+            switch r.payload {
+            case .float32(_, let output): output.zero()
+            case .bfloat16(_, let output): output.zero(r.flat.shardSize)
+            }
         }
-        pool.release(r.fullGrad)
+    }
+
+    private func finishScatter(_ r: PendingReduction) {
+        waitForReduction(r)
+        switch r.payload {
+        case .float32(let fullGrad, _): pool.release(fullGrad)
+        case .bfloat16(let fullGrad, _): pool.release16(fullGrad)
+        }
         if let rep = mesh.dpReplicate {
             do {
-                r.work = try rep.allReduceAsync(r.output.buffer, op: .sum)
+                switch r.payload {
+                case .float32(_, let output): r.work = try rep.allReduceAsync(output.buffer, op: .sum)
+                case .bfloat16(_, let output): r.work = try rep.allReduceAsync(output.buffer(r.flat.shardSize), op: .sum)
+                }
             } catch {
                 record(error)
             }
@@ -447,18 +560,23 @@ public final class FullyShardedModel {
     }
 
     private func finishReplicate(_ r: PendingReduction) {
-        if let w = r.work {
-            r.work = nil
-            do { try w.wait() } catch { record(error); r.output.zero() }
-        }
+        waitForReduction(r)
         accumulate(r)
     }
 
     private func accumulate(_ r: PendingReduction) {
-        if r.output === r.flat.gradShard { return }   // reduced in place onto zeros
-        let dst = r.flat.gradShard.data, src = r.output.data
-        parallelFor(r.flat.shardSize, costPerItem: 3) { rows in for i in rows { dst[i] += src[i] } }
-        pool.release(r.output)
+        let dst = r.flat.gradShard.data
+        switch r.payload {
+        case .float32(_, let output):
+            if output === r.flat.gradShard { return }   // reduced in place onto zeros
+            let src = output.data
+            parallelFor(r.flat.shardSize, costPerItem: 3) { rows in for i in rows { dst[i] += src[i] } }
+            pool.release(output)
+        case .bfloat16(_, let output):
+            let src = output.data
+            parallelFor(r.flat.shardSize, costPerItem: 3) { rows in for i in rows { dst[i] += src[i].float } }
+            pool.release16(output)
+        }
     }
 
     /// Waits for every outstanding reduce-scatter / all-reduce; afterwards the gradient shards hold the SUM over all
@@ -466,10 +584,7 @@ public final class FullyShardedModel {
     public func finishBackward() throws {
         advance(keepInFlight: 0)
         for flats in groups {
-            for f in flats where f.gatherWork != nil {
-                do { try f.gatherWork!.wait() } catch { record(error) }
-                f.gatherWork = nil
-            }
+            for f in flats { completeGather(f) }
         }
         try throwIfFailed()
     }

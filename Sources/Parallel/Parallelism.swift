@@ -125,13 +125,15 @@ public struct ParallelDims: Equatable, Sendable, CustomStringConvertible {
 
 /// Applies the parallelism of `dims` to `model` from outside, as torchtitan's `parallelize_fn` does: expert
 /// parallelism first (each MoE layer's experts narrowed to this EP rank's and swapped for an all-to-all dispatcher),
-/// then FSDP (HSDP with replicas) over every parameter group. Collective: every rank calls it in the same order.
-public func parallelize(_ model: ParallelizableModel, mesh: DeviceMesh, reshardAfterForward: ReshardAfterForward) throws -> FullyShardedModel {
+/// then FSDP (HSDP with replicas) over every parameter group, with `mixedPrecision` (bfloat16 parameters also make
+/// the expert-parallel token rows bfloat16). Collective: every rank calls it in the same order.
+public func parallelize(_ model: ParallelizableModel, mesh: DeviceMesh, reshardAfterForward: ReshardAfterForward,
+                        mixedPrecision: MixedPrecisionPolicy = MixedPrecisionPolicy()) throws -> FullyShardedModel {
     if let ep = mesh.ep {
-        try ExpertParallel.apply(to: model, epGroup: ep)
+        try ExpertParallel.apply(to: model, epGroup: ep, wire: mixedPrecision.param)
         // A failed exchange becomes a typed error after backward instead of stopping the process.
         for dispatcher in ExpertParallel.dispatchers(in: model) { dispatcher.failFast = false }
     }
     return try FullyShardedModel(model: model, mesh: mesh, reshardAfterForward: reshardAfterForward != .never,
-                                 keepLastBlockGathered: reshardAfterForward == .default)
+                                 keepLastBlockGathered: reshardAfterForward == .default, mixedPrecision: mixedPrecision)
 }

@@ -10,6 +10,9 @@
 //     (attention's blocks, weight gradients over few tokens): it skips packing and runs 64x32x256 at ~265 GFLOP/s,
 //     where BLIS runs 96 and OpenBLAS 114.
 //   - OpenBLAS (cblas) for the rest: small GEMMs with B transposed, or any small GEMM on a CPU without AVX-512.
+// With `BLAS.matmulPrecision` bfloat16 (mixed precision: torch autocast's linear / matmul / bmm), every GEMM rounds its
+// inputs to bfloat16 and accumulates in fp32 instead, on our AMX or AVX512_BF16 kernels (Sources/CKernels/bf16_gemm.c;
+// `BF16Kernel`), or, on CPUs with neither, on the fp32 libraries above over inputs rounded to bfloat16.
 // All run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself (or, on a rank that
 // lends idle CPUs, into two fixed halves: Runtime/IdleCPUs.swift). Which code runs a GEMM depends on its shape and transB only
 // (on a given CPU), so a run is bitwise reproducible for a given thread count and lending setting (see KernelThreads.swift).
@@ -31,6 +34,14 @@ public enum BLAS {
     /// is not safe while other threads read the environment, so programs call this before starting threads) and one
     /// thread each. The first GEMM does it otherwise.
     public static func prepare() { _ = GEMMLibraries.setup }
+
+    /// The precision every GEMM computes in (torch autocast's role): set once, before training, from
+    /// `training.mixed_precision_param`.
+    public static var matmulPrecision: Precision = .float32
+
+    /// Where bfloat16 GEMMs run: the fastest kernel this CPU has (`BF16Kernel.available`); tests and `titan bench-gemm`
+    /// pick others.
+    public static var bf16Kernel: BF16Kernel = BF16Kernel.available[0]
 
     /// Threads that split large GEMMs (0: every GEMM runs whole on the calling thread). See `splitOnKernelThreads()`.
     public private(set) static var splitThreads = 0
@@ -150,8 +161,37 @@ public enum BLAS {
             for i in 0..<M { for j in 0..<N { C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j] } }
             return
         }
+        if matmulPrecision == .bfloat16 {
+            bf16gemm(on: bf16Kernel, transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: A, lda: lda,
+                     B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
+            return
+        }
         sgemm(on: library(M: M, N: N, K: K, transB: transB), transA: transA, transB: transB, M: M, N: N, K: K,
               alpha: alpha, A: A, lda: lda, B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
+    }
+
+    /// C_MN = alpha · bf16(op(A)) · bf16(op(B)) + beta · C_MN with fp32 accumulation, on the given kernel, unsplit
+    /// (M, N, K > 0). bf16(x) rounds to nearest even.
+    public static func bf16gemm(on kernel: BF16Kernel, transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
+                                alpha: Float, A: UnsafePointer<Float>, lda: Int,
+                                B: UnsafePointer<Float>, ldb: Int,
+                                beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        switch kernel {
+        case .amx, .avx512:
+            titan_bf16_gemm(kernel == .amx ? TITAN_BF16_AMX : TITAN_BF16_AVX512, Int64(M), Int64(N), Int64(K), alpha,
+                            A, Int64(transA ? 1 : lda), Int64(transA ? lda : 1),
+                            B, Int64(transB ? 1 : ldb), Int64(transB ? ldb : 1), beta, C, Int64(ldc))
+        case .widened:
+            // The products of bfloat16 values are exact in fp32, so the fp32 GEMM over rounded copies computes the
+            // same products; only the order of the fp32 sums differs from the kernels'.
+            let (ra, ca) = transA ? (K, M) : (M, K), (rb, cb) = transB ? (N, K) : (K, N)
+            let a = UnsafeMutablePointer<Float>.allocate(capacity: ra * ca), b = UnsafeMutablePointer<Float>.allocate(capacity: rb * cb)
+            defer { a.deallocate(); b.deallocate() }
+            for r in 0..<ra { titan_round_bf16(A + r * lda, a + r * ca, Int64(ca)) }
+            for r in 0..<rb { titan_round_bf16(B + r * ldb, b + r * cb, Int64(cb)) }
+            sgemm(on: library(M: M, N: N, K: K, transB: transB), transA: transA, transB: transB, M: M, N: N, K: K,
+                  alpha: alpha, A: a, lda: ca, B: b, ldb: cb, beta: beta, C: C, ldc: ldc)
+        }
     }
 
     public enum Library: String, Sendable {
@@ -303,6 +343,33 @@ public struct CPUInfo: Sendable {
         }
         return cpu
     }
+}
+
+/// A floating-point format of parameters, matmul inputs or collective payloads (torchtitan's config values).
+public enum Precision: String, Sendable, CaseIterable {
+    case float32, bfloat16
+}
+
+/// A bfloat16 GEMM kernel (fp32 accumulation).
+public enum BF16Kernel: String, Sendable, CaseIterable {
+    /// AMX tiles (tdpbf16ps), 16 × 16 × 32 per instruction: Sapphire Rapids and later Xeons.
+    case amx = "AMX"
+    /// AVX512_BF16 (vdpbf16ps): twice fp32 FMA's multiply-adds per instruction (Cooper Lake, Zen 4 and later; on
+    /// Sapphire Rapids only half an instruction per cycle issues, so there it trails fp32 and AMX runs instead).
+    case avx512 = "AVX512_BF16"
+    /// Neither: the fp32 GEMMs over inputs rounded to bfloat16 (the same products, summed in another order).
+    case widened = "fp32 GEMM on bf16-rounded inputs"
+
+    /// The kernels this CPU runs, fastest first (`widened` always last).
+    public static let available: [BF16Kernel] = {
+        let bits = titan_bf16_kernels()
+        return (bits & TITAN_BF16_AMX != 0 ? [.amx] : []) + (bits & TITAN_BF16_AVX512 != 0 ? [.avx512] : []) + [.widened]
+    }()
+}
+
+/// y[i] = x[i] rounded to bfloat16 (nearest even) and widened back, over the kernel threads (x == y allowed).
+public func round_bf16(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
+    parallelFor(n, costPerItem: 1) { r in titan_round_bf16(x + r.lowerBound, y + r.lowerBound, Int64(r.count)) }
 }
 
 /// A Linear layer without bias: out_TN = x_TD · w_NDᵀ (or out_TN += ... when `accumulate`).

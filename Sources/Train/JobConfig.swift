@@ -6,6 +6,7 @@
 import Config
 import Model
 import Parallel
+import Tensor
 
 /// [job]: run identity and folder.
 public struct JobSection: ConfigSection {
@@ -21,7 +22,9 @@ public struct JobSection: ConfigSection {
     ]
 }
 
-/// [training]: steps, batch and sequence shape, seed, clipping.
+extension Precision: ConfigEnum {}
+
+/// [training]: steps, batch and sequence shape, seed, clipping, mixed precision.
 public struct TrainingConfig: ConfigSection {
     public var steps = 10
     /// Sequences per data-parallel rank per micro-batch.
@@ -34,6 +37,12 @@ public struct TrainingConfig: ConfigSection {
     public var seed = 0
     /// Global gradient-norm clip (torch clip_grad_norm_); <= 0 disables clipping.
     public var max_norm = 1.0
+    /// torchtitan's mixed precision (FSDP2 MixedPrecisionPolicy + autocast): bfloat16 = parameters all-gathered and used
+    /// as bfloat16, matmuls on bfloat16 inputs accumulating in fp32, expert-parallel token rows bfloat16; the master
+    /// parameters, gradients and optimizer state stay fp32.
+    public var mixed_precision_param = Precision.float32
+    /// The format gradients are reduce-scattered (and all-reduced over replicas) in.
+    public var mixed_precision_reduce = Precision.float32
     public init() {}
 
     public static let doc = "steps, batch and sequence shape"
@@ -44,6 +53,9 @@ public struct TrainingConfig: ConfigSection {
         ConfigField("seq_len", \.seq_len, "tokens per sequence (L); windows are L+1 tokens"),
         ConfigField("seed", \.seed, "seed for weight init and the synthetic dataset"),
         ConfigField("max_norm", \.max_norm, "clip the global gradient norm to this (<= 0: no clipping)"),
+        ConfigField("mixed_precision_param", \.mixed_precision_param,
+                    "parameters all-gathered and computed in (bfloat16: matmuls on bfloat16 inputs with fp32 accumulation, bfloat16 expert dispatch; master weights stay fp32)"),
+        ConfigField("mixed_precision_reduce", \.mixed_precision_reduce, "format of the gradient reduce-scatter / all-reduce"),
     ]
 
     public func validate() throws {

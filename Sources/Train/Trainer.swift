@@ -59,7 +59,11 @@ public final class Trainer {
         let dims = try built.dims(worldSize: comm.worldSize)
         let microBatches = try built.microBatches(dims)
         mesh = try DeviceMesh(comm: comm, dims: dims)
-        parallel = try parallelize(model, mesh: mesh, reshardAfterForward: config.parallelism.fsdp_reshard_after_forward)
+        let mixedPrecision = MixedPrecisionPolicy(param: config.training.mixed_precision_param,
+                                                  reduce: config.training.mixed_precision_reduce)
+        parallel = try parallelize(model, mesh: mesh, reshardAfterForward: config.parallelism.fsdp_reshard_after_forward,
+                                   mixedPrecision: mixedPrecision)
+        BLAS.matmulPrecision = mixedPrecision.param   // autocast: the model's matmuls compute in the parameters' format
         model.clearInitialWeights()   // the shards hold what this rank needs
 
         let globalBatch = B * mesh.dataParallelDegree * microBatches
@@ -95,7 +99,8 @@ public final class Trainer {
         if config.debug.deterministic { IdleCPUs.lendsWork = false } else { BLAS.splitOnKernelThreads() }
         Runtime.install(BlockedTime.observer)
         if rank == 0 {
-            log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on \(BLAS.description)"
+            log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on "
+                + (BLAS.matmulPrecision == .bfloat16 ? "bfloat16 inputs with fp32 accumulation, \(BLAS.bf16Kernel.rawValue)" : BLAS.description)
                 + (IdleCPUs.enabled ? "; idle CPUs lent (GEMMs of >= 2^24 multiply-adds run in two halves)" : "")
                 + (config.debug.deterministic ? "; deterministic: GEMMs never split or lent" : ""))
         }

@@ -1,16 +1,18 @@
 import ArgumentParser
+import CKernels
 import Foundation
 import Model
 import Runtime
 import Tensor
 
 /// `titan bench-gemm`: the sgemm peak of this machine (`BLAS.sgemm` as the trainer runs it: split over the kernel
-/// threads) and the model FLOPs per token of a flavor (`Qwen3ModelArgs.flopsPerToken`), so a benchmark can report model
-/// FLOP utilisation (MFU) against a peak measured in the same run.
+/// threads), or with `--bf16` the bfloat16 GEMM peak (what a mixed-precision run's matmuls reach), and the model FLOPs
+/// per token of a flavor (`Qwen3ModelArgs.flopsPerToken`), so a benchmark can report model FLOP utilisation (MFU)
+/// against a peak measured in the same run.
 struct BenchGemm: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gemm",
-        abstract: "Time BLAS.sgemm (square, row-major) and print the GFLOP/s peak plus a flavor's model FLOPs per token.")
+        abstract: "Time BLAS.sgemm (square, row-major; --bf16: bfloat16 inputs, fp32 accumulation) and print the GFLOP/s peak plus a flavor's model FLOPs per token.")
 
     @Option(help: "Matrix size M = N = K.")
     var size: Int = 1024
@@ -24,10 +26,13 @@ struct BenchGemm: ParsableCommand {
     var seqLen: Int = 256
     @Flag(help: "Instead: time each GEMM implementation on one thread over the shapes behind BLAS's routing.")
     var compareLibraries = false
+    @Flag(help: "bfloat16 GEMMs (mixed precision's matmuls): the peak, or with --compare-libraries our kernels against oneDNN's.")
+    var bf16 = false
 
     func run() throws {
         BLAS.prepare()
-        if compareLibraries { return Self.compareLibraries() }
+        if compareLibraries { return bf16 ? Self.compareBF16Kernels() : Self.compareLibraries() }
+        if bf16 { BLAS.matmulPrecision = .bfloat16 }
         if let t = threads { BLAS.setThreads(t) }
         BLAS.splitOnKernelThreads()
         let n = size
@@ -49,9 +54,10 @@ struct BenchGemm: ParsableCommand {
             throw ValidationError("no flavor '\(flavor)' (available: \(Qwen3Flavors.all.keys.sorted().joined(separator: ", ")))")
         }
         let fpt = args.flopsPerToken(seqLen: seqLen)
-        print("sgemm \(n)x\(n)x\(n), \(KernelThreads.count) thread(s), \(BLAS.description): best \(String(format: "%.1f", peak)) GFLOP/s, mean \(String(format: "%.1f", mean)) GFLOP/s")
+        let what = bf16 ? "bf16 gemm (fp32 accumulation)" : "sgemm", on = bf16 ? BLAS.bf16Kernel.rawValue : BLAS.description
+        print("\(what) \(n)x\(n)x\(n), \(KernelThreads.count) thread(s), \(on): best \(String(format: "%.1f", peak)) GFLOP/s, mean \(String(format: "%.1f", mean)) GFLOP/s")
         print("\(flavor): \(args.activeParameters) active params/token, \(String(format: "%.4g", fpt)) model FLOPs/token at seq_len \(seqLen)")
-        print(jsonLine(["name": "sgemm", "size": n, "threads": KernelThreads.count, "peak_gflops": rounded(peak, places: 2),
+        print(jsonLine(["name": bf16 ? "bf16_gemm" : "sgemm", "size": n, "threads": KernelThreads.count, "peak_gflops": rounded(peak, places: 2),
                         "mean_gflops": rounded(mean, places: 2), "flavor": flavor, "active_params": args.activeParameters,
                         "flops_per_token": fpt]))
     }
@@ -114,6 +120,81 @@ struct BenchGemm: ParsableCommand {
                                   "avx512_small_gflops": gflops[.smallAVX512].map { rounded($0, places: 1) } ?? NSNull(),
                                   "routed": routed.rawValue]))
         }
+        json.forEach { print($0) }
+    }
+
+    /// GFLOP/s of `gemm` on one thread: the best of 5 runs of ≥ 0.1 s each.
+    static func time(flop: Double, _ gemm: () -> Void) -> Double {
+        gemm()
+        var best = 0.0
+        for _ in 0..<5 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            var calls = 0, elapsed = 0.0
+            repeat {
+                gemm(); calls += 1
+                elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            } while elapsed < 0.1
+            best = max(best, flop * Double(calls) / elapsed / 1e9)
+        }
+        return best
+    }
+
+    /// GFLOP/s of each bfloat16 GEMM kernel per shape, on one thread, fp32 in and out (the rounding of the inputs
+    /// included), against oneDNN's bf16 matmul where libdnnl is installed: its primitive made for the shape (created
+    /// once, outside the timing: its creation time is printed) and made with M left to run time (one primitive for
+    /// every M, as expert GEMMs with their varying token counts would need), each call converting the fp32 inputs
+    /// first; and the fp32 GEMM as routed, for scale.
+    static func compareBF16Kernels() {
+        func cell(_ s: String, _ width: Int) -> String {
+            s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
+        }
+        func number(_ x: Double?) -> String { x.map { $0 < 0 ? "-" : String(format: "%.1f", $0) } ?? "-" }
+        let onednn = String(cString: titan_onednn_describe())
+        print("bfloat16 GEMM kernels, one thread each; oneDNN: \(onednn)")
+        let kernels = BF16Kernel.available
+        print("M x N x K".padding(toLength: 18, withPad: " ", startingAt: 0) + cell("op", 6)
+              + kernels.map { cell($0 == .widened ? "widened" : $0.rawValue, 13) }.joined()
+              + cell("oneDNN", 10) + cell("(create)", 10) + cell("oneDNN rt-M", 13) + cell("fp32", 9) + "   (GFLOP/s)")
+        var json: [String] = []
+        var rng = SplitMix64(seed: 3)
+        var implementations = Set<String>()
+        for (M, N, K, transA, transB) in comparedShapes {
+            let a = Tensor(shape: [M * K]), b = Tensor(shape: [K * N]), c = Tensor(shape: [M * N])
+            rng.fillNormal(a.data, a.count); rng.fillNormal(b.data, b.count)
+            let lda = transA ? M : K, ldb = transB ? K : N
+            let flop = 2 * Double(M * N * K)
+            var ours: [BF16Kernel: Double] = [:]
+            for kernel in kernels {
+                ours[kernel] = time(flop: flop) {
+                    BLAS.bf16gemm(on: kernel, transA: transA, transB: transB, M: M, N: N, K: K, alpha: 1, A: a.ptr,
+                                  lda: lda, B: b.ptr, ldb: ldb, beta: 1, C: c.data, ldc: N)
+                }
+            }
+            let fp32 = time(flop: flop) {
+                BLAS.sgemmSerial(transA: transA, transB: transB, M: M, N: N, K: K, alpha: 1, A: a.ptr, lda: lda,
+                                 B: b.ptr, ldb: ldb, beta: 1, C: c.data, ldc: N)
+            }
+            var create = 0.0, createRuntime = 0.0
+            var impl = [CChar](repeating: 0, count: 64), implRuntime = [CChar](repeating: 0, count: 64)
+            let fixed = titan_onednn_bf16_gemm(Int64(M), Int64(N), Int64(K), transA ? 1 : 0, transB ? 1 : 0, 0, 0.1, &create, &impl, 64)
+            let runtime = titan_onednn_bf16_gemm(Int64(M), Int64(N), Int64(K), transA ? 1 : 0, transB ? 1 : 0, 1, 0.1,
+                                                 &createRuntime, &implRuntime, 64)
+            if fixed >= 0 { implementations.insert("fixed shape: " + String(cString: impl)) }
+            if runtime >= 0 { implementations.insert("runtime M: " + String(cString: implRuntime)) }
+            let op = (transA ? "Aᵀ" : "A") + "·" + (transB ? "Bᵀ" : "B")
+            print("\(M) x \(N) x \(K)".padding(toLength: 18, withPad: " ", startingAt: 0) + cell(op, 6)
+                  + kernels.map { cell(number(ours[$0]), 13) }.joined()
+                  + cell(number(fixed), 10) + cell(fixed >= 0 ? String(format: "%.2fms", create) : "-", 10)
+                  + cell(number(runtime), 13) + cell(number(fp32), 9))
+            var row: [String: Any] = ["name": "bf16_gemm_kernel", "m": M, "n": N, "k": K, "op": op,
+                                      "fp32_routed_gflops": rounded(fp32, places: 1)]
+            for kernel in kernels { row[kernel.rawValue] = rounded(ours[kernel]!, places: 1) }
+            row["onednn_gflops"] = fixed >= 0 ? rounded(fixed, places: 1) : NSNull()
+            row["onednn_create_ms"] = fixed >= 0 ? rounded(create, places: 3) : NSNull()
+            row["onednn_runtime_m_gflops"] = runtime >= 0 ? rounded(runtime, places: 1) : NSNull()
+            json.append(jsonLine(row))
+        }
+        if !implementations.isEmpty { print("oneDNN implementations: " + implementations.sorted().joined(separator: ", ")) }
         json.forEach { print($0) }
     }
 }

@@ -57,6 +57,9 @@ struct EPScenario {
     var routing: EPRouting = .natural
     var sharedExperts = 0
     var denseEveryOther = false
+    /// bfloat16: the trainer's mixed precision (bfloat16 matmuls, bfloat16 token rows on the wire); the reference then
+    /// rounds its experts' outputs and input gradients as the wire does (`WireRoundedExperts`).
+    var wire: Precision = .float32
 }
 
 private func epArgs(_ s: EPScenario) -> Qwen3ModelArgs {
@@ -117,6 +120,13 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
     let globalInputs = tokens(W * B * T, vocab: args.vocab_size, seed: 1234)
     let globalLabels = tokens(W * B * T, vocab: args.vocab_size, seed: 5678)
     let lossScale = 1 / Float(W * B * T)
+    let bf16 = s.wire == .bfloat16
+    // bfloat16: an activation one fp32 ulp apart between the two runs may round to the neighbouring bfloat16 value
+    // (2^-8 apart), so the comparisons allow half of that.
+    let rtol: Float = bf16 ? 2e-3 : 1e-5
+    let matmulPrecision = BLAS.matmulPrecision
+    BLAS.matmulPrecision = s.wire
+    defer { BLAS.matmulPrecision = matmulPrecision }
     let errors = InProcessCluster.run(worldSize: W, timeoutSeconds: 60) { comm in
         let rank = comm.rank
         let epGroup: ProcessGroup = ep == W ? comm.world
@@ -128,6 +138,7 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
 
         // single-rank reference: local slice, then the EP group's whole batch
         let ref = try makeModel(s)
+        if bf16 { for moe in ref.moeModules { moe.experts = WireRoundedExperts(moe.experts, dim: args.dim) } }
         ref.zeroGrad()
         let refLocal = ref.forwardBackward(inputs: inputs, labels: labels, B: B, T: T, lossScale: lossScale)
         let refLocalGrads = Dictionary(uniqueKeysWithValues: ref.parameters.map { ($0.fqn, $0.grad.toArray()) })
@@ -139,7 +150,7 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
 
         // the same model with expert parallelism
         let m = try makeModel(s)
-        try ExpertParallel.apply(to: m, epGroup: epGroup)
+        try ExpertParallel.apply(to: m, epGroup: epGroup, wire: s.wire)
         let dispatchers = ExpertParallel.dispatchers(in: m)
         try checkTrue(dispatchers.count == m.layers.filter { $0.moe != nil }.count, rank: rank, "one dispatcher per MoE layer")
         let E = s.numExperts, el = E / ep
@@ -163,7 +174,7 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
         try checkTrue(res.tokensPerExpert == refLocal.tokensPerExpert, rank: rank,
                       "tokens per expert \(res.tokensPerExpert) vs reference \(refLocal.tokensPerExpert)")
         try checkTrue(res.tokenCount == refLocal.tokenCount, rank: rank, "token count")
-        try checkTrue(abs(res.lossSum - refLocal.lossSum) <= 1e-5 * abs(refLocal.lossSum), rank: rank,
+        try checkTrue(abs(res.lossSum - refLocal.lossSum) <= Double(rtol) * abs(refLocal.lossSum), rank: rank,
                       "loss \(res.lossSum) vs reference \(refLocal.lossSum)")
         let grads = Dictionary(uniqueKeysWithValues: m.parameters.map { ($0.fqn, $0.grad.toArray()) })
 
@@ -171,14 +182,14 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
         for p in m.parameters where isRoutedExpertWeight(p.fqn) {
             let per = p.count / E
             let refG = refGroupGrads[p.fqn]!
-            try checkClose(grads[p.fqn]!, Array(refG[(range.lowerBound * per)..<(range.upperBound * per)]), rank: rank,
+            try checkClose(grads[p.fqn]!, Array(refG[(range.lowerBound * per)..<(range.upperBound * per)]), rtol: rtol, rank: rank,
                            "\(p.fqn) grad (local experts)")
             let assembled = try epGroup.allGather(grads[p.fqn]!)
-            try checkClose(assembled, refG, rank: rank, "\(p.fqn) grad (all-gathered over EP)")
+            try checkClose(assembled, refG, rtol: rtol, rank: rank, "\(p.fqn) grad (all-gathered over EP)")
         }
         // (c) everything else vs the local-slice reference
         for p in m.parameters where !isRoutedExpertWeight(p.fqn) {
-            try checkClose(grads[p.fqn]!, refLocalGrads[p.fqn]!, rank: rank, "\(p.fqn) grad")
+            try checkClose(grads[p.fqn]!, refLocalGrads[p.fqn]!, rtol: rtol, rank: rank, "\(p.fqn) grad")
         }
 
         // dispatch bytes: rows that crossed ranks, forward and backward
@@ -194,8 +205,8 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
             for i in 0..<ep where i != epGroup.rank {                                          // received
                 for e in range { rows += Int(allTPE[i][offset + e]) }
             }
-            // two exchanges (dispatch + combine) per pass, forward + backward
-            expected += 4 * rows * args.dim * 4
+            // two exchanges (dispatch + combine) per pass, forward + backward; 4 or 2 bytes an element
+            expected += 4 * rows * args.dim * (bf16 ? 2 : 4)
             var perLocal = [Int](repeating: 0, count: el)
             for i in 0..<ep { for (l, e) in range.enumerated() { perLocal[l] += Int(allTPE[i][offset + e]) } }
             try checkTrue(dispatchers[moeIndex].localCounts == perLocal, rank: rank,
@@ -227,7 +238,7 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
         m.setUseGroupedMM(s.grouped)
 
         // logits (forward only) agree too
-        try checkClose(m.logits(inputs: inputs, B: B, T: T), refLogits, rtol: 1e-5, rank: rank, "logits")
+        try checkClose(m.logits(inputs: inputs, B: B, T: T), refLogits, rtol: rtol, rank: rank, "logits")
 
         reports?.set(rank, EPRankReport(lossSum: res.lossSum, tokensPerExpert: res.tokensPerExpert, receivedRows: received,
                                         gradBits: m.parameters.flatMap { grads[$0.fqn]!.map(\.bitPattern) },
@@ -252,6 +263,12 @@ final class ExpertParallelTests: XCTestCase {
         // natural routing: both ranks really exchange rows
         XCTAssertGreaterThan(reports[0]?.dispatchBytes ?? 0, 0)
         XCTAssertGreaterThan(reports[1]?.dispatchBytes ?? 0, 0)
+    }
+
+    /// bfloat16 dispatch (mixed precision): the reference rounded where the wire rounds, half the bytes.
+    func testEP4BFloat16Dispatch() {
+        run(EPScenario(worldSize: 4, ep: 4, wire: .bfloat16))
+        run(EPScenario(worldSize: 4, ep: 2, grouped: false, wire: .bfloat16))
     }
 
     func testEP4LoopPath() {

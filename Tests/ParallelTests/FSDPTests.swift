@@ -46,6 +46,16 @@ private struct RunConfig {
     var maxNorm: Double = 0.5
     var reshardAfterForward = true
     var evalEachStep = true
+    /// bfloat16 parameters also make the matmuls bfloat16 (`BLAS.matmulPrecision`, set by `withPrecision`).
+    var mixedPrecision = MixedPrecisionPolicy()
+}
+
+/// Runs `body` with the matmuls in the precision of `c`'s parameters, as the trainer sets them.
+private func withPrecision<T>(_ c: RunConfig, _ body: () throws -> T) rethrows -> T {
+    let before = BLAS.matmulPrecision
+    BLAS.matmulPrecision = c.mixedPrecision.param
+    defer { BLAS.matmulPrecision = before }
+    return try body()
 }
 
 private struct RunResult {
@@ -63,15 +73,28 @@ private struct RunResult {
 
 private func tokensOfBatch(_ labels: [Int32]) -> Int { labels.filter { $0 >= 0 }.count }
 
-/// Reference: one model, no hooks, the whole global batch.
+/// Reference: one model, no hooks, the whole global batch. With bfloat16 parameters the fp32 masters are kept aside
+/// and the model computes with them rounded to bfloat16 (FSDP2's param_dtype, done here by hand).
 private func runSingle(_ c: RunConfig) throws -> RunResult {
     let model = try Qwen3Model(args: c.args, seed: 7)
     var r = RunResult()
+    let bf16 = c.mixedPrecision.param == .bfloat16
+    if bf16 && c.dims.ep > 1 {
+        for moe in model.moeModules { moe.experts = WireRoundedExperts(moe.experts, dim: c.args.dim) }
+    }
+    func roundedForCompute(_ body: () -> Void) {
+        guard bf16 else { return body() }
+        let masters = model.parameters.map { $0.value.clone() }
+        for p in model.parameters { round_bf16(p.value.ptr, into: p.value.data, p.count) }
+        body()
+        for (p, m) in zip(model.parameters, masters) { p.value.copy(from: m) }
+    }
     for step in 1...c.steps {
         let (inp, lab) = globalBatch(step: step, rows: c.rows, T: c.T, vocab: c.args.vocab_size)
         let scale = 1 / Float(tokensOfBatch(lab))
         model.zeroGrad()
-        let res = model.forwardBackward(inputs: inp, labels: lab, B: c.rows, T: c.T, lossScale: scale)
+        var res: StepResult!
+        roundedForCompute { res = model.forwardBackward(inputs: inp, labels: lab, B: c.rows, T: c.T, lossScale: scale) }
         r.losses.append(res.lossSum)
         var normSq = 0.0
         for p in model.parameters { normSq += p.grad.sumOfSquares() }
@@ -85,7 +108,7 @@ private func runSingle(_ c: RunConfig) throws -> RunResult {
         }
         if c.evalEachStep {
             let (ei, el) = globalBatch(step: 100 + step, rows: c.rows, T: c.T, vocab: c.args.vocab_size)
-            r.evalLosses.append(model.evaluate(inputs: ei, labels: el, B: c.rows, T: c.T).lossSum)
+            roundedForCompute { r.evalLosses.append(model.evaluate(inputs: ei, labels: el, B: c.rows, T: c.T).lossSum) }
         }
     }
     r.final = model.stateDict()
@@ -100,8 +123,9 @@ private func runDistributed(_ c: RunConfig, file: StaticString = #filePath, line
     let failures = InProcessCluster.run(worldSize: world, timeoutSeconds: 60) { comm in
         let mesh = try DeviceMesh(comm: comm, dims: c.dims, numExperts: c.args.moe_enabled ? c.args.moe.num_experts : nil)
         let model = try Qwen3Model(args: c.args, seed: 7)
-        if let epGroup = mesh.ep { try ExpertParallel.apply(to: model, epGroup: epGroup) }   // EP first, then FSDP
-        let fsdp = try FullyShardedModel(model: model, mesh: mesh, reshardAfterForward: c.reshardAfterForward)
+        if let epGroup = mesh.ep { try ExpertParallel.apply(to: model, epGroup: epGroup, wire: c.mixedPrecision.param) }   // EP first, then FSDP
+        let fsdp = try FullyShardedModel(model: model, mesh: mesh, reshardAfterForward: c.reshardAfterForward,
+                                         mixedPrecision: c.mixedPrecision)
         var r = RunResult()
         r.memory = fsdp.memoryReport
         r.parameterShardCount = fsdp.shards.count
@@ -230,10 +254,53 @@ final class FSDPTests: XCTestCase {
         try checkMatchesSingleRank(RunConfig(args: fsdpTinyArgs(moe: true, tied: true), dims: ParallelDims(replicate: 1, shard: 1, ep: 1)))
     }
 
+    // MARK: mixed precision
+
+    /// bfloat16 parameters and matmuls: every topology (one rank, FSDP, HSDP, FSDP with bfloat16 expert-parallel
+    /// dispatch) trains like one model computing with its fp32 masters rounded to bfloat16. Not to fp32 round-off as
+    /// fp32 runs do: an activation or master weight one fp32 ulp apart can round to neighbouring bfloat16 values
+    /// (2^-8 apart), so a few elements differ by up to 2^-8 relative; 2e-3 is half of that.
+    func testBFloat16ParametersMatchSingleRankOnRoundedWeights() throws {
+        var cases: [RunConfig] = []
+        for (moe, dims) in [(true, ParallelDims(shard: 1)), (false, ParallelDims(shard: 3)), (true, ParallelDims(shard: 4)),
+                            (true, ParallelDims(replicate: 2, shard: 2)), (true, ParallelDims(shard: 4, ep: 2))] {
+            var c = RunConfig(args: fsdpTinyArgs(moe: moe, tied: dims.world == 3), dims: dims)
+            c.mixedPrecision = MixedPrecisionPolicy(param: .bfloat16)
+            cases.append(c)
+        }
+        for c in cases {
+            try withPrecision(c) {
+                let ref = try runSingle(c), got = try runDistributed(c)
+                assertClose(got.firstGrads, ref.firstGrads, rtol: 2e-3, what: "bf16 gradient \(c.dims)")
+                for (a, b) in zip(got.losses, ref.losses) { XCTAssertLessThan(relErr(a, b), 2e-3, "bf16 \(c.dims) loss \(a) vs \(b)") }
+                assertClose(got.final, ref.final, rtol: 2e-3, what: "bf16 parameters after \(c.steps) steps \(c.dims)")
+            }
+        }
+    }
+
+    /// bfloat16 parameters are really rounded (the run differs from fp32 by bfloat16's, not fp32's, precision), and
+    /// a bfloat16 gradient reduction stays within bfloat16 precision of the fp32 one.
+    func testBFloat16DiffersFromFloat32ByBFloat16Precision() throws {
+        var c = RunConfig(args: fsdpTinyArgs(moe: true), dims: ParallelDims(shard: 4))
+        c.steps = 1; c.evalEachStep = false
+        let fp32 = try runDistributed(c)
+        c.mixedPrecision = MixedPrecisionPolicy(param: .bfloat16)
+        let bf16 = try withPrecision(c) { try runDistributed(c) }
+        c.mixedPrecision = MixedPrecisionPolicy(param: .bfloat16, reduce: .bfloat16)
+        let bf16Reduce = try withPrecision(c) { try runDistributed(c) }
+        XCTAssertGreaterThan(relErr(bf16.losses[0], fp32.losses[0]), 1e-6, "bfloat16 parameters changed nothing")
+        XCTAssertLessThan(relErr(bf16.losses[0], fp32.losses[0]), 1e-2)
+        assertClose(bf16Reduce.firstGrads, bf16.firstGrads, rtol: 8e-3, what: "gradients reduced in bfloat16")
+        XCTAssertNotEqual(bf16Reduce.firstGrads, bf16.firstGrads, "the reduction did not round")
+    }
+
     func testRunsAreBitwiseRepeatable() throws {
-        for dims in [ParallelDims(replicate: 1, shard: 3, ep: 1), ParallelDims(replicate: 2, shard: 2, ep: 1)] {
-            let c = RunConfig(args: fsdpTinyArgs(moe: true, tied: true), dims: dims)
-            let a = try runDistributed(c), b = try runDistributed(c)
+        var bf16 = RunConfig(args: fsdpTinyArgs(moe: true, tied: true), dims: ParallelDims(shard: 4, ep: 2))
+        bf16.mixedPrecision = MixedPrecisionPolicy(param: .bfloat16, reduce: .bfloat16)
+        for c in [RunConfig(args: fsdpTinyArgs(moe: true, tied: true), dims: ParallelDims(replicate: 1, shard: 3, ep: 1)),
+                  RunConfig(args: fsdpTinyArgs(moe: true, tied: true), dims: ParallelDims(replicate: 2, shard: 2, ep: 1)), bf16] {
+            let dims = c.dims
+            let (a, b) = try withPrecision(c) { (try runDistributed(c), try runDistributed(c)) }
             XCTAssertEqual(a.final, b.final, "\(dims): final parameters differ between two identical runs")
             XCTAssertEqual(a.firstGrads, b.firstGrads)
             XCTAssertEqual(a.losses, b.losses)
@@ -247,11 +314,16 @@ final class FSDPTests: XCTestCase {
     /// does to every group but the last block and the final one, and `never` to none. Expert parameters (this rank's
     /// experts after EP) form their own buffer over the expert-shard group (shard / ep ranks).
     func testStepTrafficIsTheShardingPlan() throws {
-        for (dims, moe, reshard) in [(ParallelDims(shard: 4), false, true), (ParallelDims(shard: 4), false, false),
-                                     (ParallelDims(shard: 4, ep: 2), true, true), (ParallelDims(shard: 3), true, true)] {
+        let fp32 = MixedPrecisionPolicy(), bf16 = MixedPrecisionPolicy(param: .bfloat16), bf16Both = MixedPrecisionPolicy(param: .bfloat16, reduce: .bfloat16)
+        for (dims, moe, reshard, precision) in [(ParallelDims(shard: 4), false, true, fp32), (ParallelDims(shard: 4), false, false, fp32),
+                                                (ParallelDims(shard: 4, ep: 2), true, true, fp32), (ParallelDims(shard: 3), true, true, fp32),
+                                                (ParallelDims(shard: 4, ep: 2), true, true, bf16), (ParallelDims(shard: 3), true, true, bf16Both)] {
             var c = RunConfig(args: fsdpTinyArgs(moe: moe), dims: dims)
             c.rows = 12; c.steps = 2; c.reshardAfterForward = reshard; c.evalEachStep = false
-            let got = try runDistributed(c)
+            c.mixedPrecision = precision
+            let got = try withPrecision(c) { try runDistributed(c) }
+            // bfloat16 payloads: 2 bytes an element instead of 4
+            let gatherElementBytes = precision.param == .bfloat16 ? 2 : 4, reduceElementBytes = precision.reduce == .bfloat16 ? 2 : 4
 
             let model = try Qwen3Model(args: c.args, seed: 7)
             let experts = Set(model.moeModules.flatMap { $0.routedExpertParameters }.map(ObjectIdentifier.init))
@@ -268,13 +340,13 @@ final class FSDPTests: XCTestCase {
                     buffers = [(params.reduce(0) { $0 + $1.count }, dims.shard)]
                 }
                 for (elements, n) in buffers where elements > 0 {
-                    let shardBytes = (elements + n - 1) / n * 4
-                    allGather += gathers * (n - 1) * shardBytes
-                    reduceScatter += (n - 1) * shardBytes
+                    let shardElements = (elements + n - 1) / n
+                    allGather += gathers * (n - 1) * shardElements * gatherElementBytes
+                    reduceScatter += (n - 1) * shardElements * reduceElementBytes
                 }
             }
             for (step, t) in got.stepTraffic.enumerated() {
-                let what = "\(dims) reshard \(reshard), step \(step + 1)"
+                let what = "\(dims) reshard \(reshard) \(precision), step \(step + 1)"
                 XCTAssertEqual(t.sent(.allGather).bytes, allGather, "all-gather bytes sent, \(what)")
                 XCTAssertEqual(t.received(.allGather).bytes, allGather, "all-gather bytes received, \(what)")
                 XCTAssertEqual(t.sent(.reduceScatter).bytes, reduceScatter, "reduce-scatter bytes sent, \(what)")

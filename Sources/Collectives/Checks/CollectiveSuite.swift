@@ -1,6 +1,7 @@
 import Foundation
 
-/// The collective correctness suite (`titan collectives`): every collective × sizes × groups × ops,
+/// The collective correctness suite (`titan collectives`): every collective × sizes × groups × ops (and the bfloat16
+/// payloads of mixed precision: all-gather, reduce-scatter sum, all-to-all),
 /// each result checked on every rank against a reference computed locally from the distinct data
 /// every rank is known to contribute, and the bytes this rank sent and received against what its algorithm
 /// moves (ring all-gather and reduce-scatter (n-1)/n of the buffer, ring all-reduce 2(n-1)/n, all-to-all the
@@ -41,6 +42,7 @@ public final class CollectiveSuite {
                 try allToAll(group, name, perRank)
                 // The same number of cases on every group, even of size 1: ranks stay in step.
                 for root in [0, group.size - 1] { try broadcast(group, name, perRank * group.size, root: root) }
+                try bfloat16Cases(group, name, perRank)
             }
             try allReduceInt(group, name)
             try allGatherBytes(group, name)
@@ -224,6 +226,60 @@ public final class CollectiveSuite {
         }
         let want = Self.data(rank: g.members[root], count: count, salt: 6)
         try record("broadcast root=\(root) \(gname) n=\(g.size) count=\(count)", buffer == want && wire.isEmpty, wire + firstMismatch(buffer, want))
+    }
+
+    // MARK: bfloat16 (mixed precision's payloads)
+
+    /// Small integers, exact in bfloat16 (8 significant bits), and so are their sums over up to 32 ranks: comparisons
+    /// stay bitwise. (How a bfloat16 sum rounds is BFloat16's unit test.)
+    static func bf16Data(rank: Int, count: Int, salt: Int) -> [BFloat16] {
+        (0..<count).map { BFloat16(Float(((rank + 1) &* 7 &+ $0 &* 13 &+ salt &* 5) % 17 - 8)) }
+    }
+
+    private func firstMismatch(_ got: [BFloat16], _ want: [BFloat16]) -> String {
+        firstMismatch(got.map(\.float), want.map(\.float))
+    }
+
+    /// All-gather, reduce-scatter (sum) and all-to-all of bfloat16 payloads: the same results and half the bytes.
+    private func bfloat16Cases(_ g: ProcessGroup, _ gname: String, _ count: Int) throws {
+        let n = g.size, me = g.rank
+        let input = Self.bf16Data(rank: comm.rank, count: count, salt: 1)
+        var gathered: [BFloat16] = []
+        let each = Array(repeating: count * 2, count: n)
+        var wire = try traffic(.allGather, sent: Self.chunks(each, skipping: (me + 1) % n, elementSize: 2),
+                               received: Self.chunks(each, skipping: me, elementSize: 2)) { gathered = try g.allGather(input) }
+        var want = g.members.flatMap { Self.bf16Data(rank: $0, count: count, salt: 1) }
+        try record("all_gather bfloat16 \(gname) n=\(n) count=\(count)", gathered == want && wire.isEmpty, wire + firstMismatch(gathered, want))
+
+        let full = Self.bf16Data(rank: comm.rank, count: count * n, salt: 3)
+        var reduced = [BFloat16](repeating: BFloat16(.nan), count: count)
+        wire = try traffic(.reduceScatter, sent: Self.chunks(each, skipping: me, elementSize: 2),
+                           received: Self.chunks(each, skipping: (me + n - 1) % n, elementSize: 2)) {
+            try full.withUnsafeBufferPointer { i in
+                try reduced.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o, op: .sum) }
+            }
+        }
+        var sums = [Float](repeating: 0, count: count)
+        for m in g.members {
+            let d = Self.bf16Data(rank: m, count: count * n, salt: 3)
+            for j in 0..<count { sums[j] += d[me * count + j].float }
+        }
+        want = sums.map { BFloat16($0) }
+        try record("reduce_scatter sum bfloat16 \(gname) n=\(n) count=\(count)", reduced == want && wire.isEmpty, wire + firstMismatch(reduced, want))
+
+        let sendCounts = (0..<n).map { Self.split(me, $0, count) }, receiveCounts = (0..<n).map { Self.split($0, me, count) }
+        let send = (0..<n).flatMap { j in Self.bf16Data(rank: comm.rank, count: sendCounts[j], salt: 5 + j) }
+        var received = [BFloat16](repeating: BFloat16(.nan), count: receiveCounts.reduce(0, +))
+        wire = try traffic(.allToAll, sent: Self.chunks(sendCounts.map { $0 * 2 }, skipping: me, elementSize: 2),
+                           received: Self.chunks(receiveCounts.map { $0 * 2 }, skipping: me, elementSize: 2)) {
+            try send.withUnsafeBufferPointer { s in
+                try received.withUnsafeMutableBufferPointer { r in
+                    try g.allToAll(s, sendCounts: sendCounts, into: r, receiveCounts: receiveCounts)
+                }
+            }
+        }
+        want = (0..<n).flatMap { i in Self.bf16Data(rank: g.members[i], count: receiveCounts[i], salt: 5 + me) }
+        try record("all_to_all_v bfloat16 \(gname) n=\(n) count~\(count)", received == want && wire.isEmpty, wire + firstMismatch(received, want))
     }
 
     private func allGatherBytes(_ g: ProcessGroup, _ gname: String) throws {
