@@ -3,7 +3,7 @@
 # (they start real rank processes), then every unit and multi-process test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --test-tools
 swift build -c release --product titan
 export TITAN_BIN="$PWD/.build/release/titan"
 export OPENBLAS_NUM_THREADS=1

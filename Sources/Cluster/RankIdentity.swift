@@ -1,5 +1,7 @@
 // How a rank process learns who it is: the launcher sets these environment variables
-// (torchrun's names where torchrun has one), the rank reads them with RankIdentity.fromEnvironment().
+// (torchrun's names where torchrun has one), the rank reads them with RankIdentity.fromEnvironment(). A rank that a
+// cluster scheduler started instead (Slurm, MPI, torchrun) gets the same identity from that scheduler's variables
+// (SchedulerEnvironment.swift).
 
 import Foundation
 import Collectives
@@ -34,6 +36,12 @@ public enum RankEnvironment {
     /// How many times the launcher has restarted the job (torchrun's TORCHELASTIC_RESTART_COUNT); 0 on the first
     /// attempt.
     public static let restartCount = "TITAN_RESTART_COUNT"
+
+    /// Whether `env` is our launcher's: RANK with the TITAN_* variables that only the launcher sets (a torchrun-style
+    /// environment has RANK and WORLD_SIZE too, without them).
+    public static func isLauncher(_ env: [String: String]) -> Bool {
+        env[rank] != nil && (env[jobID] != nil || env[topology] != nil || env[ipcDirectory] != nil)
+    }
 }
 
 public struct RankIdentity: Sendable, Equatable {
@@ -55,10 +63,15 @@ public struct RankIdentity: Sendable, Equatable {
     public var cpus: [Int]?
     /// Restarts before this attempt (0: the first).
     public var attempt: Int
+    /// The topology derived from a scheduler's environment (no file); nil under our launcher.
+    public var topology: Topology?
+    /// The scheduler that started this rank; nil: our launcher.
+    public var scheduler: SchedulerKind?
 
     public init(rank: Int, worldSize: Int, localRank: Int, localWorldSize: Int, nodeRank: Int,
                 jobID: String, topologyPath: String?, localRanks: Int?, ipcDirectory: String,
-                launcherPID: Int32?, dumpFolder: String?, cpus: [Int]? = nil, attempt: Int = 0) {
+                launcherPID: Int32?, dumpFolder: String?, cpus: [Int]? = nil, attempt: Int = 0,
+                topology: Topology? = nil, scheduler: SchedulerKind? = nil) {
         self.rank = rank
         self.worldSize = worldSize
         self.localRank = localRank
@@ -72,6 +85,8 @@ public struct RankIdentity: Sendable, Equatable {
         self.dumpFolder = dumpFolder
         self.cpus = cpus
         self.attempt = attempt
+        self.topology = topology
+        self.scheduler = scheduler
     }
 
     /// The variables the launcher sets for this rank (OPENBLAS_NUM_THREADS is the launcher's).
@@ -91,13 +106,14 @@ public struct RankIdentity: Sendable, Equatable {
         return env
     }
 
-    /// The identity the launcher gave this process; nil when RANK is not set (a plain single
-    /// process, world size 1). Throws, naming the variable, when a variable is missing or malformed.
+    /// The identity the launcher gave this process; nil when the environment is not the launcher's (no RANK, or RANK
+    /// without the launcher's TITAN_* variables: see `SchedulerEnvironment` for those). Throws, naming the variable,
+    /// when a variable is missing or malformed.
     public static func fromEnvironment(
         _ env: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> RankIdentity? {
         typealias E = RankEnvironment
-        guard env[E.rank] != nil else { return nil }
+        guard E.isLauncher(env) else { return nil }
 
         func text(_ name: String) throws -> String {
             guard let value = env[name], !value.isEmpty else {
@@ -185,8 +201,9 @@ public struct RankIdentity: Sendable, Equatable {
                             attempt: attempt)
     }
 
-    /// The topology the launcher used: the file, or the derived local topology.
+    /// The topology the launcher used (the file, or the derived local topology), or the scheduler's.
     public func loadTopology() throws -> Topology {
+        if let topology { return topology }
         let topology = try topologyPath.map { try Topology.load(path: $0) }
             ?? Topology.local(ranks: localRanks ?? worldSize)
         guard topology.worldSize == worldSize else {
@@ -199,6 +216,28 @@ public struct RankIdentity: Sendable, Equatable {
     /// The transport's view of this job.
     public func clusterSpec(timeoutSeconds: Double) throws -> ClusterSpec {
         try loadTopology().clusterSpec(jobID: jobID, ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Creates the folder of the ipc sockets when this rank is the first of its host to need it (a scheduler's ranks;
+    /// the launcher makes it for its own): 0700 in /tmp, and an existing one must be this user's.
+    public func prepareIPCDirectory() throws {
+        if mkdir(ipcDirectory, 0o700) != 0 && errno != EEXIST {
+            throw LauncherError.file("cannot create the ipc socket folder \(ipcDirectory): \(String(cString: strerror(errno)))")
+        }
+        var info = stat()
+        guard lstat(ipcDirectory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == getuid() else {
+            throw LauncherError.file("the ipc socket folder \(ipcDirectory) exists but is not a folder of this user: remove it")
+        }
+    }
+
+    /// After the communicator shut down: removes this rank's ipc socket files, and the folder when it is the last of
+    /// its host to end (a scheduler's ranks; the launcher removes its own folder).
+    public func removeIPCSockets() {
+        guard let spec = try? clusterSpec(timeoutSeconds: 1), spec.transport == .ipc else { return }
+        for slot in 0..<ClusterSpec.maxGroupsPerRank {
+            unlink(String(spec.bindAddress(rank: rank, groupSlot: slot).dropFirst("ipc://".count)))
+        }
+        rmdir(ipcDirectory)
     }
 
     /// Binds this process's calling thread, and the threads it starts afterwards, to `cpus` (no-op when unbound).

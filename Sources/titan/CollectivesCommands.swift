@@ -1,4 +1,5 @@
 import ArgumentParser
+import Cluster
 import Collectives
 import Foundation
 
@@ -6,6 +7,20 @@ import Foundation
 struct CommOptions: ParsableArguments {
     @Option(name: .customLong("comm.timeout_seconds"), help: "Timeout of every collective, in seconds.")
     var timeoutSeconds: Double = 300
+    @Option(name: .customLong("rdzv-dir"), help: "Where ranks started by a scheduler that does not say which host each runs on (mpirun, torchrun on several hosts) meet: a folder every host sees.")
+    var rdzvDir: String?
+
+    /// Runs `program` as this process's rank (see `RankRuntime.identity`).
+    func run(_ command: String, _ program: RankProgram) throws -> Never {
+        let identity: RankIdentity?
+        do {
+            identity = try RankRuntime.identity(rendezvousFolder: rdzvDir, dumpFolder: nil, timeoutSeconds: timeoutSeconds)
+        } catch {
+            FileHandle.standardError.write(Data("titan \(command): \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        RankRuntime.runThisProcess(identity: identity, timeoutSeconds: timeoutSeconds, program)
+    }
 }
 
 struct Collectives: ParsableCommand {
@@ -25,7 +40,7 @@ struct Collectives: ParsableCommand {
     }
 
     func run() throws {
-        RankRuntime.runThisProcess(timeoutSeconds: comm.timeoutSeconds, Self.program(largeBytes: largeBytes))
+        try comm.run("collectives", Self.program(largeBytes: largeBytes))
     }
 }
 
@@ -47,6 +62,6 @@ struct Bench: ParsableCommand {
     func run() throws {
         let parsed = sizes.split(separator: ",").compactMap { Int($0) }
         guard !parsed.isEmpty else { throw ValidationError("--sizes needs comma-separated byte counts") }
-        RankRuntime.runThisProcess(timeoutSeconds: comm.timeoutSeconds, Self.program(sizes: parsed))
+        try comm.run("bench", Self.program(sizes: parsed))
     }
 }

@@ -15,6 +15,8 @@ enum FlightDump {
     private static let lock = NSLock()
     /// The ranks running a program, by rank, with the folder their record goes to.
     nonisolated(unsafe) private static var running: [Int: (comm: Communicator, folder: String)] = [:]
+    /// Run after the records at a SIGTERM, before the process ends (a scheduler's rank removes its socket files).
+    nonisolated(unsafe) static var atSIGTERM: (() -> Void)?
 
     private static var sigterm: sigset_t {
         var set = sigset_t()
@@ -39,6 +41,7 @@ enum FlightDump {
             while sigwait(&set, &signal) != 0 {}
             lock.lock()  // held until _exit: a rank failing now does not start a record of its own
             for (comm, folder) in running.values { save(comm, folder: folder, reason: "stopped by SIGTERM") }
+            atSIGTERM?()
             _exit(128 + SIGTERM)
         }
         thread.name = "titan-sigterm"

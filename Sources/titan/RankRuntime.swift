@@ -39,22 +39,39 @@ struct RankOutput: @unchecked Sendable {
 typealias RankProgram = @Sendable (Communicator, RankOutput) throws -> Int32
 
 enum RankRuntime {
-    /// Runs `program` as this process's rank: identity from the launcher's environment (or a world
-    /// of one when started directly), then the collectives, then exit. Errors become a message on
+    /// This process's identity: our launcher's, else that of the scheduler that started it (Slurm, MPI, torchrun; the
+    /// ranks of one that does not name their hosts meet in `rendezvousFolder` first), else nil (a process on its own).
+    static func identity(rendezvousFolder: String?, dumpFolder: String?, timeoutSeconds: Double) throws -> RankIdentity? {
+        if let identity = try RankIdentity.fromEnvironment() { return identity }
+        if let scheduler = try SchedulerEnvironment.detect() {
+            return try scheduler.identity(rendezvousFolder: rendezvousFolder, dumpFolder: dumpFolder, timeoutSeconds: timeoutSeconds)
+        }
+        if let note = SchedulerEnvironment.aloneWarning() { FileHandle.standardError.write(Data((note + "\n").utf8)) }
+        return nil
+    }
+
+    /// Runs `program` as this process's rank `identity` (nil: a world of one), then exits. Errors become a message on
     /// stderr and exit status 1; a program that throws, or a SIGTERM, also writes the rank's flight record to
-    /// DUMP/flight/rank-K.json under the launcher (DUMP: its TITAN_DUMP_FOLDER).
-    /// `logFolder`: where a process started without the launcher writes its rank-0.log.
+    /// DUMP/flight/rank-K.json (DUMP: the identity's dump folder).
+    /// `logFolder`: where a process started without the launcher (on its own, or by a scheduler) writes its rank-K.log.
     /// `traceBufferSize`: collectives the flight recorder keeps (0: no recorder, no record).
-    static func runThisProcess(timeoutSeconds: Double, logFolder: String? = nil,
+    static func runThisProcess(identity: RankIdentity?, timeoutSeconds: Double, logFolder: String? = nil,
                                traceBufferSize: Int = Communicator.defaultTraceBufferSize, _ program: RankProgram) -> Never {
         FlightDump.blockSIGTERM()   // first, before any thread starts
         BLAS.prepare()   // before any thread starts (it may set an environment variable)
         var status: Int32 = 1
+        var scheduledOutput: RankOutput?   // a scheduler's rank logs its start-up errors too
         do {
             let comm: Communicator
             let output: RankOutput
-            let identity = try RankIdentity.fromEnvironment()
-            if let identity {
+            if let identity, identity.scheduler != nil {
+                output = try startScheduled(identity, logFolder: logFolder)
+                scheduledOutput = output
+                try identity.prepareIPCDirectory()
+                FlightDump.atSIGTERM = { identity.removeIPCSockets() }   // the scheduler stops the job's ranks so
+                comm = try Communicator(spec: identity.clusterSpec(timeoutSeconds: timeoutSeconds), rank: identity.rank,
+                                        traceBufferSize: traceBufferSize)
+            } else if let identity {
                 // The launcher spawned this process bound already (so even OpenBLAS's pool, started before main, is);
                 // binding again covers a rank started by hand with TITAN_CPUS, before this code starts any thread.
                 var bindingFailure: Error?
@@ -97,10 +114,33 @@ enum RankRuntime {
             }
             FlightDump.finished(comm)
             comm.shutdown()
+            if identity?.scheduler != nil { identity?.removeIPCSockets() }
         } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            if let scheduledOutput { scheduledOutput.error("error: \(error)") }
+            else { FileHandle.standardError.write(Data("error: \(error)\n".utf8)) }
         }
         exit(status)
+    }
+
+    /// A rank a scheduler started writes its own log (LOGS/rank-K.log: the launcher is not there to), keeps the CPUs
+    /// the scheduler gave it, and runs as many kernel threads as those CPUs (OPENBLAS_NUM_THREADS wins).
+    private static func startScheduled(_ identity: RankIdentity, logFolder: String?) throws -> RankOutput {
+        if let logFolder { try FileManager.default.createDirectory(atPath: logFolder, withIntermediateDirectories: true) }
+        let output = RankOutput(rank: identity.rank, prefixed: false, logPath: logFolder.map { "\($0)/rank-\(identity.rank).log" })
+        let allowed = CPUBinding.allowedCPUs()
+        let online = ProcessInfo.processInfo.activeProcessorCount
+        if ProcessInfo.processInfo.environment[RankEnvironment.openBLASThreads] == nil {
+            BLAS.setThreads(SchedulerEnvironment.kernelThreads(allowedCPUs: allowed.count, onlineCPUs: online,
+                                                               ranksOnHost: identity.localWorldSize))
+        }
+        let topology = try identity.loadTopology()
+        output.print("started by \(identity.scheduler!.rawValue): rank \(identity.rank) of \(identity.worldSize), "
+            + "local rank \(identity.localRank) of \(identity.localWorldSize) on \(topology.hosts[identity.nodeRank].address) "
+            + "(host \(identity.nodeRank) of \(topology.hosts.count), \(topology.transport.rawValue)), job \(identity.jobID)")
+        if !allowed.isEmpty && allowed.count < online {
+            output.print("bound to CPU(s) \(CPUBinding.formatList(allowed))")
+        }
+        return output
     }
 
     /// Runs every rank of `worldSize` as a thread of this process over ZeroMQ inproc. A rank whose program throws, and

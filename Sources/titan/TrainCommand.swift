@@ -37,18 +37,61 @@ struct TrainCommand: ParsableCommand {
         }
     }
 
+    /// Options of the rank itself, taken out of the config arguments wherever they stand.
+    static let rankOptionsHelp = """
+        Rank options (not config keys):
+          --rdzv-dir PATH   ranks started by a scheduler that does not say which host each runs on (mpirun, torchrun on
+                            several hosts) meet in this folder, which every host must see (default: --job.dump_folder)
+        """
+
     func run() throws {
         do {
-            let identity = try RankIdentity.fromEnvironment()
-            let request = try Self.resolve(topology: try identity?.loadTopology(), arguments: arguments)
-            guard let (program, config) = Self.program(request, identity: identity) else { return }
-            // Under the launcher it writes the rank logs; alone, this process keeps its own.
-            let logFolder = identity == nil ? config.job.dump_folder + "/logs" : nil
-            RankRuntime.runThisProcess(timeoutSeconds: config.comm.init_timeout_seconds, logFolder: logFolder,
+            var arguments = self.arguments
+            let rdzvDir = try Self.take("--rdzv-dir", from: &arguments)
+            var identity = try RankIdentity.fromEnvironment()
+            let scheduler = identity == nil ? try SchedulerEnvironment.detect() : nil
+            // A scheduler's job has the default degrees of a local job of its size (its hosts may not be known yet).
+            let topology = try identity?.loadTopology() ?? scheduler.map { Topology.local(ranks: $0.worldSize) }
+            let request = try Self.resolve(topology: topology, arguments: arguments)
+            if case .run(let config) = request {
+                if let scheduler {
+                    identity = try scheduler.identity(rendezvousFolder: rdzvDir ?? config.job.dump_folder,
+                                                      dumpFolder: config.job.dump_folder,
+                                                      timeoutSeconds: config.comm.init_timeout_seconds)
+                } else if identity == nil, let note = SchedulerEnvironment.aloneWarning() {
+                    FileHandle.standardError.write(Data((note + "\n").utf8))
+                }
+            }
+            guard let (program, config) = Self.program(request, identity: identity) else {
+                print(Self.rankOptionsHelp)
+                return
+            }
+            // Under the launcher it writes the rank logs; on its own or under a scheduler, this process keeps its own.
+            let logFolder = identity?.scheduler != nil || identity == nil ? config.job.dump_folder + "/logs" : nil
+            RankRuntime.runThisProcess(identity: identity, timeoutSeconds: config.comm.init_timeout_seconds, logFolder: logFolder,
                                        traceBufferSize: config.comm.trace_buf_size, program)
         } catch {
             FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
             throw ExitCode(2)
         }
+    }
+
+    /// Removes `--name VALUE` / `--name=VALUE` from `arguments` (the last one wins) and returns the value.
+    static func take(_ name: String, from arguments: inout [String]) throws -> String? {
+        var value: String?
+        var i = 0
+        while i < arguments.count {
+            if arguments[i] == name {
+                guard i + 1 < arguments.count else { throw ValidationError("\(name) needs a value") }
+                value = arguments[i + 1]
+                arguments.removeSubrange(i ... i + 1)
+            } else if arguments[i].hasPrefix(name + "=") {
+                value = String(arguments[i].dropFirst(name.count + 1))
+                arguments.remove(at: i)
+            } else {
+                i += 1
+            }
+        }
+        return value
     }
 }
