@@ -3,7 +3,7 @@
 # As root it installs what is missing; otherwise it prints the exact command to run.
 set -euo pipefail
 
-packages=(libzmq3-dev libopenblas-dev libblis-dev pkg-config)
+packages=(libzmq3-dev libsodium-dev libopenblas-dev libblis-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,6 +6,8 @@ import Foundation
 struct CommOptions: ParsableArguments {
     @Option(name: .customLong("comm.timeout_seconds"), help: "Timeout of every collective, in seconds.")
     var timeoutSeconds: Double = 300
+    @Option(name: .customLong("job-secret-file"), help: ArgumentHelp(JobSecretOption.help, valueName: "path"))
+    var jobSecretFile: String?
 }
 
 struct Collectives: ParsableCommand {
@@ -25,7 +27,7 @@ struct Collectives: ParsableCommand {
     }
 
     func run() throws {
-        RankRuntime.runThisProcess(timeoutSeconds: comm.timeoutSeconds, Self.program(largeBytes: largeBytes))
+        RankRuntime.runThisProcess(timeoutSeconds: comm.timeoutSeconds, jobSecretFile: comm.jobSecretFile, Self.program(largeBytes: largeBytes))
     }
 }
 
@@ -47,6 +49,6 @@ struct Bench: ParsableCommand {
     func run() throws {
         let parsed = sizes.split(separator: ",").compactMap { Int($0) }
         guard !parsed.isEmpty else { throw ValidationError("--sizes needs comma-separated byte counts") }
-        RankRuntime.runThisProcess(timeoutSeconds: comm.timeoutSeconds, Self.program(sizes: parsed))
+        RankRuntime.runThisProcess(timeoutSeconds: comm.timeoutSeconds, jobSecretFile: comm.jobSecretFile, Self.program(sizes: parsed))
     }
 }

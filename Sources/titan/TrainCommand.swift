@@ -8,7 +8,7 @@ import Train
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train a model: --module M --config C, then any --section.field value (see titan train --help).",
+        abstract: "Train a model: --module M --config C, then any --section.field value (see titan train --help); --job-secret-file PATH for ranks started without titan launch.",
         helpNames: [])
 
     @Argument(parsing: .captureForPassthrough, help: "Config selection and overrides, torchtitan style.")
@@ -39,13 +39,19 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         do {
+            var arguments = self.arguments
+            let jobSecretFile = try JobSecretOption.extract(from: &arguments)   // before the config overrides
             let identity = try RankIdentity.fromEnvironment()
-            let request = try Self.resolve(topology: try identity?.loadTopology(), arguments: arguments)
+            var request = try Self.resolve(topology: try identity?.loadTopology(), arguments: arguments)
+            if case .help(let text) = request {
+                request = .help(text + "\n\n\(JobSecretOption.name) PATH (rank option, before or among the overrides)\n    "
+                                + JobSecretOption.help)
+            }
             guard let (program, config) = Self.program(request, identity: identity) else { return }
             // Under the launcher it writes the rank logs; alone, this process keeps its own.
             let logFolder = identity == nil ? config.job.dump_folder + "/logs" : nil
             RankRuntime.runThisProcess(timeoutSeconds: config.comm.init_timeout_seconds, logFolder: logFolder,
-                                       traceBufferSize: config.comm.trace_buf_size, program)
+                                       traceBufferSize: config.comm.trace_buf_size, jobSecretFile: jobSecretFile, program)
         } catch {
             FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
             throw ExitCode(2)
