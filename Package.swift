@@ -31,6 +31,9 @@ let package = Package(
     targets: [
         // System libraries, found through pkg-config.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // libsodium, which libzmq's CURVE is built on (so it is linked already): the job secret's CSPRNG and the key
+        // derivation of every rank's CURVE keypair (Sources/Collectives/Transport/CurveKeys.swift).
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CBLIS", providers: [.apt(["libblis-dev"])]),
         // Linux calls the Glibc module does not declare (CPU affinity, mallopt, which library defines a symbol), and the
@@ -43,7 +46,7 @@ let package = Package(
         // Layers, bottom up: the runtime (kernel threads, idle-CPU lending, observers of collectives: blocked time, trace),
         // transport/collectives, tensors, model, parallelism, training.
         .target(name: "Runtime", dependencies: ["CLinux"], swiftSettings: kernelSettings),
-        .target(name: "Collectives", dependencies: ["CZeroMQ", "CKernels", "Runtime"], swiftSettings: kernelSettings),
+        .target(name: "Collectives", dependencies: ["CZeroMQ", "CSodium", "CKernels", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "Parallel", "TOMLKit", "CLinux"]),
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Config"),
@@ -55,7 +58,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Cluster"]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Cluster", "CZeroMQ", "CSodium"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collectives", "Parallel"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "CLinux", "Runtime"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor", "Runtime"],
@@ -63,7 +66,7 @@ let package = Package(
         .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Collectives", "Model", "Tensor"]),
         // Real rank processes started through the titan binary, as users start them (Cluster reads their flight records).
-        .testTarget(name: "EndToEndTests", dependencies: ["Cluster", "Collectives"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Cluster", "Collectives", "CZeroMQ"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -7,7 +7,7 @@
 #                                      installed, only their tests skip
 set -euo pipefail
 
-packages=(libzmq3-dev libopenblas-dev libblis-dev pkg-config)
+packages=(libzmq3-dev libsodium-dev libopenblas-dev libblis-dev pkg-config)
 test_tools=()
 [ "${1:-}" = "--test-tools" ] && test_tools=(openmpi-bin munge slurmctld slurmd slurm-client)
 

@@ -107,6 +107,9 @@ public struct Launcher {
     public var rendezvousTimeout: Double = 30
     /// When a host is lost, restart on the hosts that are left (the mesh is recomputed: shard degree -1 fills it).
     public var elastic = false
+    /// The job secret's file (--job-secret-file; created 0600 when absent), which the ranks' CURVE keys derive from. nil:
+    /// a fresh secret when this launcher starts every host; required for CURVE when other launchers start other hosts.
+    public var jobSecretFile: String?
     public var tailLineCount = 10
     /// Where the prefixed output goes (rank stdout → stdoutFD, rank stderr and launcher notes → stderrFD).
     public var stdoutFD: Int32 = STDOUT_FILENO
@@ -154,6 +157,7 @@ public struct Launcher {
         let nodes = try selectedNodes()
         let everyHost = nodes.count == topology.hosts.count
         let jobID = self.jobID ?? Launcher.defaultJobID(topology: topology, everyHost: everyHost)
+        let secret = try jobSecret(everyHost: everyHost)
         let dump = URL(fileURLWithPath: dumpFolder).standardizedFileURL.path
         do {
             try FileManager.default.createDirectory(atPath: dump + "/logs", withIntermediateDirectories: true)
@@ -169,6 +173,8 @@ public struct Launcher {
             createdIPCDirectory = true
         } else if errno != EEXIST {
             throw LauncherError.system("mkdir \(ipcDirectory)", errno)
+        } else {
+            try Launcher.checkPrivateFolder(ipcDirectory)
         }
         defer { if createdIPCDirectory { try? FileManager.default.removeItem(atPath: ipcDirectory) } }
 
@@ -188,7 +194,7 @@ public struct Launcher {
         while true {
             let attemptStart = Date()
             var result = try runAttempt(attempt, hosts: hosts, nodes: nodes.filter(hosts.contains), jobID: jobID, dump: dump,
-                                        ipcDirectory: ipcDirectory, rendezvous: rendezvous, signals: signals)
+                                        ipcDirectory: ipcDirectory, rendezvous: rendezvous, signals: signals, secret: secret)
             result.restarts = attempt
             let reason = result.failure?.reason ?? "exit status \(result.exitStatus)"
             if result.succeeded {
@@ -222,7 +228,7 @@ public struct Launcher {
 
     /// One attempt: starts this launcher's ranks of the `hosts` of the original topology and supervises them.
     func runAttempt(_ attempt: Int, hosts: [Int], nodes: [Int], jobID: String, dump: String, ipcDirectory: String,
-                    rendezvous: Rendezvous?, signals: SignalForwarding) throws -> LaunchResult {
+                    rendezvous: Rendezvous?, signals: SignalForwarding, secret: JobSecret? = nil) throws -> LaunchResult {
         // The topology of this attempt: every host, or those left after an elastic shrink (renumbered, the shard
         // degree filling the world again).
         var current = topology
@@ -271,6 +277,7 @@ public struct Launcher {
                 topologyPath: topologyPath, localRanks: topologyPath == nil ? current.worldSize : nil,
                 ipcDirectory: ipcDirectory, launcherPID: getpid(), dumpFolder: dump, cpus: placement[i], attempt: attempt)
             var environment = baseEnvironment.merging(identity.environment) { $1 }
+            environment[JobSecret.environmentVariable] = secret?.hex   // only this user (and root) can read it
             environment[RankEnvironment.cpuBoard] = placement[i]?.count == 1 ? board : nil
             if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
                 // Ranks on this machine share the CPUs this launcher may use; a kernel thread per CPU each would
@@ -313,6 +320,45 @@ public struct Launcher {
             throw LauncherError.file("cannot write \(path): \(error.localizedDescription)")
         }
         return path
+    }
+
+    /// The secret the ranks' CURVE keys derive from: the --job-secret-file's, else a fresh one when this launcher starts
+    /// every host; nil without CURVE. Warns once when a tcp job runs without CURVE.
+    func jobSecret(everyHost: Bool) throws -> JobSecret? {
+        let curve = topology.transport == .tcp && topology.transportSecurity == .curve
+        if curve && !CurveSupport.isAvailable { throw LauncherError.file(CurveSupport.unavailableMessage) }
+        if topology.transport == .tcp && !curve {
+            note("warning: transport_security = \"none\": this job's tcp traffic is neither authenticated nor encrypted, "
+                + "and anyone who reaches its ports can disturb it; use it on a trusted network only")
+        }
+        if let jobSecretFile { return try JobSecretFile.loadOrCreate(path: jobSecretFile) }
+        guard curve else { return nil }
+        guard everyHost else {
+            throw LauncherError.file("hosts started by separate launchers (--node) share the job's secret through a file: "
+                + "give every launcher the same --job-secret-file PATH (created 0600 with a fresh secret when absent; copy it "
+                + "to each host, or use a shared folder), or set transport_security = \"none\" on a trusted network")
+        }
+        return JobSecret.generate()
+    }
+
+    /// Refuses an existing socket folder that is not a directory of this user's that only this user can enter: another
+    /// user could otherwise connect to the job's ipc sockets, or swap them for their own.
+    static func checkPrivateFolder(_ path: String) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw LauncherError.system("lstat \(path)", errno) }
+        let mode = info.st_mode & 0o7777
+        if info.st_mode & S_IFMT != S_IFDIR {
+            throw LauncherError.file("the job's socket folder \(path) exists and is not a directory (a symbolic link or a "
+                + "file); remove it, or pick another --job-id")
+        }
+        if info.st_uid != geteuid() {
+            throw LauncherError.file("the job's socket folder \(path) belongs to uid \(info.st_uid), not to this user (uid "
+                + "\(geteuid())): another user could reach the job's sockets; pick another --job-id")
+        }
+        if mode & 0o077 != 0 {
+            throw LauncherError.file("the job's socket folder \(path) has mode \(String(format: "%04o", mode)): other users "
+                + "could reach the job's sockets; it must be 0700 (chmod 700 \(path), or remove it)")
+        }
     }
 
     static func defaultJobID(topology: Topology, everyHost: Bool) -> String {

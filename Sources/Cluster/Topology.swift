@@ -7,6 +7,7 @@
 //
 //     name = "local-8"
 //     transport = "ipc"              # ipc | tcp                      (default ipc)
+//     transport_security = "curve"   # tcp: curve (default) | none;  ipc: none only (its 0700 socket folder protects it)
 //     base_port = 29500              # tcp: required here or per host; ipc: optional, unused
 //     [[hosts]]                      # one table per host, in global rank order
 //     address = "127.0.0.1"          # tcp: required, where the other hosts reach this one
@@ -19,7 +20,7 @@
 //
 // Global ranks are numbered host by host in file order; the ranks of a host are consecutive.
 // With tcp, local rank l of a host listens on base_port + l * ClusterSpec.maxGroupsPerRank + slot
-// for its process group slot (0 ..< maxGroupsPerRank), so a host reserves ranks * 16 ports.
+// for its process group slot (0 ..< maxGroupsPerRank), so a host reserves ranks * 16 ports, on its own address only.
 
 import Config
 import Foundation
@@ -45,6 +46,9 @@ public struct Topology: Sendable, Equatable {
     public var name: String
     /// .ipc or .tcp (.inproc belongs to the single-process runner, never to a file).
     public var transport: TransportKind
+    /// tcp: `.curve` (the default: authenticated and encrypted, only the job's keys admitted) or `.none` (a trusted
+    /// network). ipc: always `.none` (the launcher's 0700 socket folder keeps other users out).
+    public var transportSecurity: TransportSecurity
     /// Default first port for hosts that do not set their own.
     public var basePort: Int?
     public var hosts: [Host]
@@ -56,9 +60,11 @@ public struct Topology: Sendable, Equatable {
     public var sourcePath: String?
 
     public init(name: String, transport: TransportKind = .ipc, basePort: Int? = nil,
-                hosts: [Host], parallelism: ParallelismConfig = ParallelismConfig(), sourcePath: String? = nil) {
+                hosts: [Host], parallelism: ParallelismConfig = ParallelismConfig(), sourcePath: String? = nil,
+                transportSecurity: TransportSecurity? = nil) {
         self.name = name
         self.transport = transport
+        self.transportSecurity = transportSecurity ?? (transport == .tcp ? .curve : .none)
         self.basePort = basePort
         self.hosts = hosts
         self.parallelism = parallelism
@@ -105,7 +111,7 @@ public struct Topology: Sendable, Equatable {
         }
         return ClusterSpec(jobID: jobID, worldSize: worldSize, transport: transport,
                            hostOfRank: hostOfRank, portOfRank: portOfRank,
-                           ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds)
+                           ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds, transportSecurity: transportSecurity)
     }
 
     // MARK: - Derived local topology
@@ -179,6 +185,11 @@ public struct Topology: Sendable, Equatable {
         if transport == .inproc {
             found.append(.init(kind: .invalidValue, key: "transport",
                                reason: "must be \"ipc\" or \"tcp\" (inproc is only for --single-process)"))
+        }
+        if transport == .ipc && transportSecurity == .curve {
+            found.append(.init(kind: .invalidValue, key: "transport_security",
+                               reason: "\"curve\" applies to tcp only: an ipc job's sockets are files in a folder only "
+                                   + "its user can open (0700); remove the key or write \"none\""))
         }
         if hosts.isEmpty {
             found.append(.init(kind: .missingKey, key: "hosts",
@@ -262,8 +273,9 @@ public struct Topology: Sendable, Equatable {
         return found
     }
 
-    /// Addresses that name the same machine. Ranks bind tcp://*:port (every interface), so all
-    /// loopback aliases are one machine for port clashes: 127.0.0.1 and 127.0.0.2 cannot share ports.
+    /// Addresses that name the same machine. Ranks bind their host's address only, but all loopback
+    /// aliases still count as one machine for port clashes (so a file works whatever other programs
+    /// listen on): 127.0.0.1 and 127.0.0.2 do not share ports.
     static func machineKey(_ address: String) -> String {
         let lowered = address.lowercased()
         if Topology.isLoopback(lowered) { return "loopback" }
@@ -283,6 +295,7 @@ public struct Topology: Sendable, Equatable {
         let root = TOMLTable()
         root["name"] = name
         root["transport"] = transport.rawValue
+        if transport == .tcp || transportSecurity != .none { root["transport_security"] = transportSecurity.rawValue }
         if let basePort { root["base_port"] = basePort }
         let hostTables = TOMLArray()
         for host in hosts {
@@ -334,7 +347,7 @@ public struct TopologyError: Error, CustomStringConvertible, Equatable {
 private struct TableReader {
     var problems: [TopologyError.Problem] = []
 
-    static let topKeys = ["name", "transport", "base_port", "hosts", "parallelism"]
+    static let topKeys = ["name", "transport", "transport_security", "base_port", "hosts", "parallelism"]
     static let hostKeys = ["address", "ranks", "base_port"]
     static let parallelismKeys = ["data_parallel_replicate_degree", "data_parallel_shard_degree",
                                   "expert_parallel_degree"]
@@ -350,6 +363,15 @@ private struct TableReader {
             } else {
                 problems.append(.init(kind: .invalidValue, key: "transport",
                                       reason: "must be \"ipc\" or \"tcp\" (got \"\(text)\")"))
+            }
+        }
+        var transportSecurity: TransportSecurity?
+        if let text = string(root, "transport_security", path: "transport_security") {
+            if let mode = TransportSecurity(rawValue: text) {
+                transportSecurity = mode
+            } else {
+                problems.append(.init(kind: .invalidValue, key: "transport_security",
+                                      reason: "must be \"curve\" or \"none\" (got \"\(text)\")"))
             }
         }
         let basePort = int(root, "base_port", path: "base_port")
@@ -408,7 +430,7 @@ private struct TableReader {
         }
         guard problems.isEmpty else { return nil }
         return Topology(name: name, transport: transport, basePort: basePort, hosts: hosts,
-                        parallelism: parallelism)
+                        parallelism: parallelism, transportSecurity: transportSecurity)
     }
 
     mutating func checkKeys(_ table: TOMLTable, allowed: [String], prefix: String) {

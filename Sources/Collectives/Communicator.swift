@@ -16,6 +16,9 @@ public final class Communicator: @unchecked Sendable {
     private let trafficCounter = TrafficCounter()
     private let settings: GroupSettings
     private let recorder: FlightRecorder
+    /// CURVE (tcp, transport_security = "curve"): this rank's keys and the ZAP handler of its context.
+    private let keys: JobKeys?
+    private let authenticator: Authenticator?
 
     /// torchtitan's comm.trace_buf_size default.
     public static let defaultTraceBufferSize = 20_000
@@ -54,8 +57,11 @@ public final class Communicator: @unchecked Sendable {
 
     /// `context`: pass one shared context to run several ranks as threads of one process (inproc).
     /// `traceBufferSize`: collectives the flight recorder keeps (0: none).
+    /// `securityLog`: where a CURVE rank reports refused connections (one line per peer address a minute at most);
+    /// this layer prints nothing of its own.
     public init(spec: ClusterSpec, rank: Int, context: ZMQContext? = nil,
-                traceBufferSize: Int = Communicator.defaultTraceBufferSize) throws {
+                traceBufferSize: Int = Communicator.defaultTraceBufferSize,
+                securityLog: (@Sendable (String) -> Void)? = nil) throws {
         guard (0..<spec.worldSize).contains(rank) else {
             throw CollectiveError.invalidArgument(nil, "rank \(rank) is outside the world of \(spec.worldSize)")
         }
@@ -64,16 +70,56 @@ public final class Communicator: @unchecked Sendable {
         }
         self.spec = spec
         self.rank = rank
-        self.context = context ?? ZMQContext()
+        let context = context ?? ZMQContext()
+        self.context = context
         settings = GroupSettings(timeoutSeconds: spec.timeoutSeconds)
         recorder = FlightRecorder(rank: rank, capacity: traceBufferSize)
-        world = try newGroup(ranks: Array(0..<spec.worldSize))
+        if spec.usesCurve && spec.worldSize > 1 {
+            guard CurveSupport.isAvailable else { throw CollectiveError.invalidArgument(nil, "rank \(rank): \(CurveSupport.unavailableMessage)") }
+            guard let secret = spec.jobSecret else {
+                throw CollectiveError.invalidArgument(nil, "rank \(rank): tcp with transport_security = \"curve\" needs the job's "
+                    + "secret: start the ranks with `titan launch` (it hands them one), or give every rank the same "
+                    + "--job-secret-file PATH (or set transport_security = \"none\" on a trusted network)")
+            }
+            let keys = secret.keys(jobID: spec.jobID, worldSize: spec.worldSize, rank: rank)
+            self.keys = keys
+            do {
+                authenticator = try Authenticator(context: context, allowedKeys: keys.publicKeys, rank: rank,
+                                                  log: securityLog ?? { _ in })
+            } catch {
+                throw CollectiveError.transport(nil, "rank \(rank) could not start its ZAP handler: \(error)")
+            }
+        } else {
+            keys = nil
+            authenticator = nil
+        }
+        do {
+            world = try newGroup(ranks: Array(0..<spec.worldSize))
+        } catch {
+            authenticator?.stop()
+            throw error
+        }
     }
+
+    deinit { authenticator?.stop() }
+
+    /// Connections this rank's CURVE sockets refused so far (0 without CURVE).
+    public var refusedConnections: Int { authenticator?.refusals.count ?? 0 }
 
     /// Creates a group of `ranks` (every rank of the job must call this, members or not);
     /// returns nil on non-members.
     public func newGroup(ranks: [Int]) throws -> ProcessGroup? {
         try makeGroup(partition: [ranks])
+    }
+
+    /// A group whose sockets use `transportSecurity` instead of the job's: the benchmark measures CURVE's cost on a
+    /// plaintext group of a CURVE job (`.none`: anyone who reaches its ports can send to it; use it for nothing else).
+    /// `.curve` needs the job's secret.
+    public func newGroup(ranks: [Int], transportSecurity: TransportSecurity) throws -> ProcessGroup? {
+        if transportSecurity == .curve && spec.transport == .tcp && keys == nil {
+            throw CollectiveError.invalidArgument(nil, "rank \(rank): a CURVE group needs the job's secret and transport_security = \"curve\"")
+        }
+        return try makeGroup(partition: [ranks], curve: transportSecurity == .curve)
     }
 
     /// Splits the world into disjoint groups (e.g. the rows of a device mesh) in one collective call;
@@ -85,7 +131,7 @@ public final class Communicator: @unchecked Sendable {
         return g
     }
 
-    private func makeGroup(partition: [[Int]]) throws -> ProcessGroup? {
+    private func makeGroup(partition: [[Int]], curve: Bool? = nil) throws -> ProcessGroup? {
         let all = partition.flatMap { $0 }
         guard Set(all).count == all.count, all.allSatisfy({ (0..<worldSize).contains($0) }) else {
             throw CollectiveError.invalidArgument(nil, "group partition \(partition) repeats a rank or names one outside 0..<\(worldSize)")
@@ -96,8 +142,10 @@ public final class Communicator: @unchecked Sendable {
         let slot = nextSlot
         nextSlot += 1
         guard let members = partition.first(where: { $0.contains(rank) }) else { return nil }
+        var security: ChannelSecurity?
+        if let keys, let authenticator, curve ?? true { security = ChannelSecurity(keys: keys, authenticator: authenticator) }
         let g = ProcessGroup(spec: spec, context: context, members: members, rank: members.firstIndex(of: rank)!, slot: slot,
-                             traffic: trafficCounter, settings: settings, recorder: recorder)
+                             traffic: trafficCounter, settings: settings, recorder: recorder, security: security)
         groups.append(g)
         recorder.addGroup(slot: slot, members: members)
         return g
@@ -109,6 +157,7 @@ public final class Communicator: @unchecked Sendable {
         for g in groups.reversed() { g.close() }
         groups.removeAll()
         world = nil
+        authenticator?.stop()
     }
 }
 

@@ -26,7 +26,7 @@ public final class ProcessGroup: @unchecked Sendable {
     private let recorder: FlightRecorder
 
     init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int, traffic: TrafficCounter,
-         settings: GroupSettings, recorder: FlightRecorder) {
+         settings: GroupSettings, recorder: FlightRecorder, security: ChannelSecurity? = nil) {
         self.members = members
         self.rank = rank
         self.slot = slot
@@ -34,7 +34,8 @@ public final class ProcessGroup: @unchecked Sendable {
         self.recorder = recorder
         worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
         worker.submit { [self] in
-            do { channel = try ZMQChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic) }
+            do { channel = try ZMQChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic,
+                                          security: security) }
             catch { broken = error }
         }
     }

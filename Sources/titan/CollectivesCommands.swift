@@ -9,6 +9,8 @@ struct CommOptions: ParsableArguments {
     var timeoutSeconds: Double = 300
     @Option(name: .customLong("rdzv-dir"), help: "Where ranks started by a scheduler that does not say which host each runs on (mpirun, torchrun on several hosts) meet: a folder every host sees.")
     var rdzvDir: String?
+    @Option(name: .customLong("job-secret-file"), help: ArgumentHelp(JobSecretOption.help, valueName: "path"))
+    var jobSecretFile: String?
 
     /// Runs `program` as this process's rank (see `RankRuntime.identity`).
     func run(_ command: String, _ program: RankProgram) throws -> Never {
@@ -19,7 +21,7 @@ struct CommOptions: ParsableArguments {
             FileHandle.standardError.write(Data("titan \(command): \(error)\n".utf8))
             throw ExitCode(2)
         }
-        RankRuntime.runThisProcess(identity: identity, timeoutSeconds: timeoutSeconds, program)
+        RankRuntime.runThisProcess(identity: identity, timeoutSeconds: timeoutSeconds, jobSecretFile: jobSecretFile, program)
     }
 }
 

@@ -36,6 +36,8 @@ struct Launch: ParsableCommand {
     var rdzvDir: String?
     @Option(name: .customLong("rdzv-timeout"), help: "Seconds without a heartbeat in the rendezvous folder after which a host is lost.")
     var rdzvTimeout: Double = 30
+    @Option(name: .customLong("job-secret-file"), help: "The job's secret, which every rank's CURVE keys (tcp) derive from: created 0600 with a fresh secret when absent, refused when others may read it. Give every launcher of a job started host by host (--node) the same file; without it a launcher that starts every host makes its own.")
+    var jobSecretFile: String?
     @Argument(parsing: .allUnrecognized, help: "The rank program (train, collectives, bench; default train) and its arguments.")
     var program: [String] = []
 
@@ -44,6 +46,9 @@ struct Launch: ParsableCommand {
     func run() throws {
         var args = program
         if args.first == "--" { args.removeFirst() }
+        // The rank programs' --job-secret-file, given after `--`, is the launcher's: it hands the secret to every rank.
+        let programSecretFile = try JobSecretOption.extract(from: &args)
+        let jobSecretFile = self.jobSecretFile ?? programSecretFile
         if let first = args.first, !Self.programs.contains(first) {
             guard first.hasPrefix("-") else {
                 throw ValidationError("unknown rank program '\(first)': train, collectives or bench")
@@ -81,6 +86,7 @@ struct Launch: ParsableCommand {
         launcher.elastic = elastic
         launcher.rendezvousFolder = rdzvDir
         launcher.rendezvousTimeout = rdzvTimeout
+        launcher.jobSecretFile = jobSecretFile
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be >= 0") }
         guard !elastic || maxRestarts > 0 else { throw ValidationError("--elastic restarts the job on the hosts that are left: give --max-restarts too") }
         let result = try launcher.run()

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Cluster
 import Collectives
 import Foundation
@@ -55,8 +56,10 @@ enum RankRuntime {
     /// DUMP/flight/rank-K.json (DUMP: the identity's dump folder).
     /// `logFolder`: where a process started without the launcher (on its own, or by a scheduler) writes its rank-K.log.
     /// `traceBufferSize`: collectives the flight recorder keeps (0: no recorder, no record).
+    /// `jobSecretFile`: the rank's --job-secret-file (else the launcher's TITAN_JOB_SECRET), for tcp with CURVE.
     static func runThisProcess(identity: RankIdentity?, timeoutSeconds: Double, logFolder: String? = nil,
-                               traceBufferSize: Int = Communicator.defaultTraceBufferSize, _ program: RankProgram) -> Never {
+                               traceBufferSize: Int = Communicator.defaultTraceBufferSize, jobSecretFile: String? = nil,
+                               _ program: RankProgram) -> Never {
         FlightDump.blockSIGTERM()   // first, before any thread starts
         BLAS.prepare()   // before any thread starts (it may set an environment variable)
         var status: Int32 = 1
@@ -69,17 +72,25 @@ enum RankRuntime {
                 scheduledOutput = output
                 try identity.prepareIPCDirectory()
                 FlightDump.atSIGTERM = { identity.removeIPCSockets() }   // the scheduler stops the job's ranks so
-                comm = try Communicator(spec: identity.clusterSpec(timeoutSeconds: timeoutSeconds), rank: identity.rank,
-                                        traceBufferSize: traceBufferSize)
+                var spec = try identity.clusterSpec(timeoutSeconds: timeoutSeconds)
+                spec.jobSecret = try JobSecretFile.rankSecret(file: jobSecretFile)
+                comm = try Communicator(spec: spec, rank: identity.rank, traceBufferSize: traceBufferSize,
+                                        securityLog: { output.error("transport: \($0)") })
             } else if let identity {
                 // The launcher spawned this process bound already (so even OpenBLAS's pool, started before main, is);
                 // binding again covers a rank started by hand with TITAN_CPUS, before this code starts any thread.
                 var bindingFailure: Error?
                 do { try identity.bindToCPUs() } catch { bindingFailure = error }
                 identity.startParentWatchdog()
-                comm = try Communicator(spec: identity.clusterSpec(timeoutSeconds: timeoutSeconds), rank: identity.rank,
-                                        traceBufferSize: traceBufferSize)
                 output = RankOutput(rank: identity.rank, prefixed: false, logPath: nil)
+                var spec = try identity.clusterSpec(timeoutSeconds: timeoutSeconds)
+                spec.jobSecret = try JobSecretFile.rankSecret(file: jobSecretFile)
+                if spec.transport == .tcp, spec.transportSecurity == .none, identity.rank == 0, identity.launcherPID == nil {
+                    // Under a launcher, the launcher warns.
+                    output.error("warning: transport_security = \"none\": this job's tcp traffic is neither authenticated nor encrypted; use it on a trusted network only")
+                }
+                comm = try Communicator(spec: spec, rank: identity.rank, traceBufferSize: traceBufferSize,
+                                        securityLog: { output.error("transport: \($0)") })
                 if let bindingFailure {
                     output.error("warning: running unbound: \(bindingFailure)")
                 } else if let cpus = identity.cpus {
@@ -179,5 +190,34 @@ enum RankRuntime {
         private(set) var values: [Int32]
         init(count: Int) { values = Array(repeating: 0, count: count) }
         func set(_ i: Int, _ v: Int32) { lock.lock(); values[i] = v; lock.unlock() }
+    }
+}
+
+/// `--job-secret-file PATH` of the rank programs (train, collectives, bench), for ranks that no launcher started.
+enum JobSecretOption {
+    static let name = "--job-secret-file"
+    static let help = "The job's secret, from which every rank's CURVE keys derive (tcp with transport_security = "
+        + "\"curve\"): created 0600 with a fresh secret when absent, refused when others may read it. Give every rank of "
+        + "the job the same file (ranks a scheduler starts without titan launch); under titan launch the launcher hands "
+        + "each rank the job's secret itself."
+
+    /// Takes `--job-secret-file PATH` (or `--job-secret-file=PATH`) out of `arguments`, before the config overrides are
+    /// parsed; the path, or nil.
+    static func extract(from arguments: inout [String]) throws -> String? {
+        var path: String?
+        var i = 0
+        while i < arguments.count {
+            if arguments[i] == name {
+                guard i + 1 < arguments.count else { throw ValidationError("\(name) needs a path") }
+                path = arguments[i + 1]
+                arguments.removeSubrange(i ... i + 1)
+            } else if arguments[i].hasPrefix(name + "=") {
+                path = String(arguments[i].dropFirst(name.count + 1))
+                arguments.remove(at: i)
+            } else {
+                i += 1
+            }
+        }
+        return path
     }
 }

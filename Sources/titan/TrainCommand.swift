@@ -8,7 +8,7 @@ import Train
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train a model: --module M --config C, then any --section.field value (see titan train --help).",
+        abstract: "Train a model: --module M --config C, then any --section.field value (see titan train --help); --job-secret-file PATH for ranks started without titan launch.",
         helpNames: [])
 
     @Argument(parsing: .captureForPassthrough, help: "Config selection and overrides, torchtitan style.")
@@ -42,12 +42,15 @@ struct TrainCommand: ParsableCommand {
         Rank options (not config keys):
           --rdzv-dir PATH   ranks started by a scheduler that does not say which host each runs on (mpirun, torchrun on
                             several hosts) meet in this folder, which every host must see (default: --job.dump_folder)
+          --job-secret-file PATH
+                            \(JobSecretOption.help)
         """
 
     func run() throws {
         do {
             var arguments = self.arguments
             let rdzvDir = try Self.take("--rdzv-dir", from: &arguments)
+            let jobSecretFile = try JobSecretOption.extract(from: &arguments)   // before the config overrides
             var identity = try RankIdentity.fromEnvironment()
             let scheduler = identity == nil ? try SchedulerEnvironment.detect() : nil
             // A scheduler's job has the default degrees of a local job of its size (its hosts may not be known yet).
@@ -69,7 +72,7 @@ struct TrainCommand: ParsableCommand {
             // Under the launcher it writes the rank logs; on its own or under a scheduler, this process keeps its own.
             let logFolder = identity?.scheduler != nil || identity == nil ? config.job.dump_folder + "/logs" : nil
             RankRuntime.runThisProcess(identity: identity, timeoutSeconds: config.comm.init_timeout_seconds, logFolder: logFolder,
-                                       traceBufferSize: config.comm.trace_buf_size, program)
+                                       traceBufferSize: config.comm.trace_buf_size, jobSecretFile: jobSecretFile, program)
         } catch {
             FileHandle.standardError.write(Data("titan train: \(error)\n".utf8))
             throw ExitCode(2)

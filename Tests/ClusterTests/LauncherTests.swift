@@ -134,7 +134,7 @@ final class LauncherTests: XCTestCase {
         let cpus = CPUBinding.allowedCPUs()
         try XCTSkipIf(cpus.count < 2, "binding needs at least two CPUs")
         let topology = try Topology.load(path: topologiesFolder + "/two-host-tcp.toml")
-        let result = try launch(topology, node: 1, script: "echo \"cpus=[$TITAN_CPUS]\"", jobID: nil)
+        let result = try launch(topology, node: 1, script: "echo \"cpus=[$TITAN_CPUS]\"", jobID: nil) { $0.jobSecretFile = self.folder + "/job.secret" }
         XCTAssertEqual(result.exitStatus, 0, read(stderrPath))
         for rank in 4..<8 {
             let expected = try XCTUnwrap(CPUBinding.assignment(.block, index: rank, count: 8, cpus: cpus))
@@ -241,7 +241,8 @@ final class LauncherTests: XCTestCase {
     func testStartsOnlyTheChosenNode() throws {
         let topology = try Topology.load(path: topologiesFolder + "/two-host-tcp.toml")
         let script = "echo \"rank $RANK node $NODE_RANK local $LOCAL_RANK/$LOCAL_WORLD_SIZE of $WORLD_SIZE topology $TITAN_TOPOLOGY\""
-        let result = try launch(topology, node: 1, script: script, jobID: nil)
+        let secretFile = folder + "/job.secret"
+        let result = try launch(topology, node: 1, script: script, jobID: nil) { $0.jobSecretFile = secretFile }
         XCTAssertEqual(result.exitStatus, 0, read(stderrPath))
         XCTAssertEqual(Set(result.pids.keys), [4, 5, 6, 7])
         XCTAssertEqual(result.jobID, "two-host-tcp", "a partial launch needs a job id every node agrees on")

@@ -112,6 +112,30 @@ final class TopologyTests: XCTestCase {
         }
     }
 
+    func testTransportSecurityKey() throws {
+        let tcp = "transport = \"tcp\"\nbase_port = 1000\n[[hosts]]\naddress = \"10.0.0.1\"\nranks = 1\n"
+        XCTAssertEqual(try Topology.parse(toml: tcp, file: "t.toml").transportSecurity, .curve, "tcp defaults to curve")
+        let plain = try Topology.parse(toml: "transport_security = \"none\"\n" + tcp, file: "t.toml")
+        XCTAssertEqual(plain.transportSecurity, .none)
+        XCTAssertFalse(plain.clusterSpec(jobID: "j", ipcDirectory: "/tmp", timeoutSeconds: 1).usesCurve)
+        var reparsed = try Topology.parse(toml: plain.tomlString(), file: "t.toml")
+        reparsed.sourcePath = plain.sourcePath
+        XCTAssertEqual(reparsed, plain, "written back for the ranks (an elastic shrink's topology keeps it)")
+        XCTAssertTrue(plain.tomlString().contains("transport_security = 'none'") || plain.tomlString().contains("transport_security = \"none\""),
+                      plain.tomlString())
+
+        XCTAssertEqual(Topology.local(ranks: 2).transportSecurity, .none, "ipc has no CURVE")
+        XCTAssertEqual(try Topology.parse(toml: "transport_security = \"none\"\n[[hosts]]\nranks = 2\n", file: "i.toml").transportSecurity, .none)
+        let ipcCurve = parseError("transport_security = \"curve\"\n[[hosts]]\nranks = 2\n", file: "i.toml")
+        assertProblem(ipcCurve, .invalidValue, key: "transport_security", reason: "\"curve\" applies to tcp only")
+        let bad = parseError("transport_security = \"tls\"\n" + tcp)
+        assertProblem(bad, .invalidValue, key: "transport_security", reason: "must be \"curve\" or \"none\" (got \"tls\")")
+        let wrongType = parseError("transport_security = true\n" + tcp)
+        assertProblem(wrongType, .wrongType, key: "transport_security", reason: "expected a string")
+        let typo = parseError("transport_securty = \"none\"\n" + tcp)
+        assertProblem(typo, .unknownKey, key: "transport_securty", reason: "did you mean `transport_security`?")
+    }
+
     func testTOMLRoundTrip() throws {
         let original = try Topology.load(path: topologiesFolder + "/two-host-tcp.toml")
         var reparsed = try Topology.parse(toml: original.tomlString(), file: "roundtrip.toml")
@@ -133,6 +157,9 @@ final class TopologyTests: XCTestCase {
         XCTAssertEqual(spec.portOfRank, [29500, 29500 + step, 29500 + 2 * step, 29500 + 3 * step,
                                          29600, 29600 + step, 29600 + 2 * step, 29600 + 3 * step])
         XCTAssertEqual(spec.connectAddress(rank: 5, groupSlot: 2), "tcp://127.0.0.2:\(29600 + step + 2)")
+        XCTAssertEqual(spec.bindAddress(rank: 5, groupSlot: 2), "tcp://127.0.0.2:\(29600 + step + 2)", "its own address, not *")
+        XCTAssertEqual(spec.transportSecurity, .curve)
+        XCTAssertTrue(spec.usesCurve)
         // Every (rank, slot) endpoint of one machine is distinct.
         let endpoints = (0 ..< 8).flatMap { rank in (0 ..< step).map { spec.portOfRank[rank] + $0 } }
         XCTAssertEqual(Set(endpoints).count, endpoints.count)

@@ -134,11 +134,14 @@ final class FaultToleranceTests: XCTestCase {
     func testElasticShrinkContinuesOnTheHostThatIsLeft() throws {
         let topology = try twoHostTopology(ranksPerHost: 2)
         let rdzv = temporaryFolder(), dump = temporaryFolder()
+        let secret = rdzv + ".secret"   // the job's CURVE secret, shared by both launchers (created by the first)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: secret) }
         let args = Self.job + ["--training.local_batch_size", "1", "--training.global_batch_size", "4",
                                "--training.steps", "8", "--parallelism.data_parallel_shard_degree", "-1",
                                "--job.dump_folder", dump]
         func launcher(_ node: Int) -> [String] {
             ["launch", "--topology", topology, "--node", "\(node)", "--job-id", "elastic-\(getpid())", "--rdzv-dir", rdzv,
+             "--job-secret-file", secret,
              "--rdzv-timeout", "3", "--max-restarts", "1", "--elastic", "train"] + args
         }
         let node1 = Process()
@@ -151,7 +154,11 @@ final class FaultToleranceTests: XCTestCase {
         let r = try Titan.run(launcher(0)) { _ in
             let deadline = Date().addingTimeInterval(60)
             while (try? self.steps(dump).count) ?? 0 < 5, Date() < deadline { usleep(20_000) }
-            kill(node1.processIdentifier, SIGKILL)   // the whole host goes: its launcher, then (watchdog) its ranks
+            // The whole host goes: its launcher and its ranks at once (left to their watchdog, the ranks could still
+            // finish the last steps of this short run first).
+            let ranks = rankProcesses(launcher: node1.processIdentifier)
+            kill(node1.processIdentifier, SIGKILL)
+            for pid in ranks.values { kill(pid, SIGKILL) }
         }
         node1.waitUntilExit()
         XCTAssertEqual(r.status, 0, String(r.stderr.suffix(4000)))
@@ -172,7 +179,10 @@ final class FaultToleranceTests: XCTestCase {
         let topology = try twoHostTopology(ranksPerHost: 2)
         let rdzv = temporaryFolder(), dump = temporaryFolder(), reference = temporaryFolder()
         XCTAssertEqual(try Titan.run(["launch", "--topology", topology, "train"] + Self.job + ["--job.dump_folder", reference]).status, 0)
-        let args = ["--topology", topology, "--job-id", "instep-\(getpid())", "--rdzv-dir", rdzv, "--max-restarts", "1", "train"]
+        let secret = rdzv + ".secret"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: secret) }
+        let args = ["--topology", topology, "--job-id", "instep-\(getpid())", "--rdzv-dir", rdzv, "--max-restarts", "1",
+                    "--job-secret-file", secret, "train"]
             + Self.job + ["--fault.rank", "3", "--fault.at_step", "5", "--job.dump_folder", dump]
         let node1 = Process()
         node1.executableURL = URL(fileURLWithPath: Titan.path)

@@ -6,6 +6,10 @@ import Runtime
 /// (× 2(n-1)/n for all-reduce), the rate each link must sustain. `of_ring` = busbw over the transport's ring ceiling
 /// measured first in the same run: every rank passing 2 MiB messages around the ring (`ringPass`), the rate no ring
 /// collective over these sockets can beat.
+///
+/// On a tcp job with CURVE it then runs the same table on a plaintext group of the same ranks (transport_security =
+/// "none": no encryption, and zero-copy sends stay zero-copy) and prints busbw with and without CURVE side by side, so
+/// CURVE's cost (a copy and an encryption per message, a decryption per received one) is known.
 public enum CollectiveBench {
     public struct Row: Sendable {
         public var collective: String
@@ -16,11 +20,13 @@ public enum CollectiveBench {
         public var busbwGBps: Double
         /// busbw / the transport ring ceiling of the same run.
         public var ofRing: Double
+        /// The group's transport security: "curve" or "none" (ipc and inproc are "none").
+        public var security = "none"
 
         public var json: String {
             jsonLine(["collective": collective, "world": world, "bytes": bytes, "time_us": rounded(timeMicroseconds, places: 1),
                       "algbw_gbps": rounded(algbwGBps, places: 4), "busbw_gbps": rounded(busbwGBps, places: 4),
-                      "of_ring": rounded(ofRing, places: 3)])
+                      "of_ring": rounded(ofRing, places: 3), "security": security])
         }
     }
 
@@ -30,12 +36,36 @@ public enum CollectiveBench {
     /// Runs every collective at every size on the world group; every rank returns the same rows
     /// (time = the slowest rank's mean).
     public static func run(comm: Communicator, sizes: [Int] = sizes, print: (String) -> Void) throws -> [Row] {
-        let g = comm.world!
+        let security = comm.spec.usesCurve && comm.worldSize > 1 ? "curve" : "none"
+        var rows = try measure(comm.world!, rank: comm.rank, sizes: sizes, security: security, print: print)
+        guard security == "curve" else { return rows }
+
+        // The same on a plaintext group of the same ranks: what CURVE costs.
+        let plain = try comm.newGroup(ranks: Array(0..<comm.worldSize), transportSecurity: .none)!
+        if comm.rank == 0 { print("\nthe same on a plaintext group of the same ranks (transport_security = \"none\"):") }
+        let plainRows = try measure(plain, rank: comm.rank, sizes: sizes, security: "none", print: print)
+        rows += plainRows
+        if comm.rank == 0 {
+            let curveRows = rows.prefix(plainRows.count)
+            print("\nCURVE's cost: busbw GB/s with and without CURVE")
+            print("collective           bytes       curve        none  curve/none")
+            for (c, p) in zip(curveRows, plainRows) {
+                print(c.collective.padding(toLength: 15, withPad: " ", startingAt: 0)
+                      + String(format: " %10d %11.3f %11.3f %10.0f%%", c.bytes, c.busbwGBps, p.busbwGBps, c.busbwGBps / p.busbwGBps * 100))
+            }
+        }
+        return rows
+    }
+
+    /// The ring ceiling, then every collective at every size, on `g`; rank 0 prints the table and the JSON lines.
+    static func measure(_ g: ProcessGroup, rank: Int, sizes: [Int], security: String, print: (String) -> Void) throws -> [Row] {
         let n = g.size
         var rows: [Row] = []
         let ceiling = try ringCeiling(g)
-        if comm.rank == 0 {
-            print(String(format: "transport ring ceiling: %.3f GB/s per link (%d ranks passing 2 MiB messages, like zmq_ring_ceiling.py)", ceiling, n))
+        let label = security == "curve" ? ", CURVE" : ""
+        if rank == 0 {
+            print(String(format: "transport ring ceiling: %.3f GB/s per link (%d ranks passing 2 MiB messages, like zmq_ring_ceiling.py", ceiling, n)
+                  + label + ")")
             print("collective      world      bytes      time_us  algbw GB/s  busbw GB/s  of ring")
         }
         for bytes in sizes {
@@ -68,17 +98,18 @@ public enum CollectiveBench {
                 let slowest = try g.allReduce([mine], op: .max)[0]
                 let busbw = Double(count * 4) / (Double(slowest) * 1e-6) / 1e9 * factor
                 let row = Row(collective: name, world: n, bytes: count * 4, timeMicroseconds: Double(slowest),
-                              busbwGBps: busbw, ofRing: ceiling > 0 ? busbw / ceiling : 0)
+                              busbwGBps: busbw, ofRing: ceiling > 0 ? busbw / ceiling : 0, security: security)
                 rows.append(row)
-                if comm.rank == 0 {
+                if rank == 0 {
                     print(name.padding(toLength: 15, withPad: " ", startingAt: 0)
                           + String(format: " %5d %10d %12.1f %11.3f %11.3f %7.0f%%", n, row.bytes, row.timeMicroseconds, row.algbwGBps,
                                    row.busbwGBps, row.ofRing * 100))
                 }
             }
         }
-        if comm.rank == 0 {
-            print(jsonLine(["transport_ring_gbps": rounded(ceiling, places: 4), "world": n, "message_bytes": ringMessageBytes]))
+        if rank == 0 {
+            print(jsonLine(["transport_ring_gbps": rounded(ceiling, places: 4), "world": n, "message_bytes": ringMessageBytes,
+                            "security": security]))
             rows.forEach { print($0.json) }
         }
         return rows

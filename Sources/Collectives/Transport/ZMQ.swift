@@ -131,6 +131,12 @@ final class ZMQSocket {
         }
     }
 
+    func set(_ option: Int32, bytes: [UInt8]) throws {
+        guard zmq_setsockopt(handle, option, bytes, bytes.count) == 0 else {
+            throw ZMQCallError.last("zmq_setsockopt(\(option))")
+        }
+    }
+
     func bind(_ endpoint: String) throws {
         guard zmq_bind(handle, endpoint) == 0 else { throw ZMQCallError.last("zmq_bind(\(endpoint))") }
     }

@@ -8,6 +8,9 @@ import Foundation
 /// and progress independently. Per sender, ZeroMQ delivers in order; frames that arrive before this
 /// member asks for them (from a faster peer or a later collective) wait in a per-peer stash.
 /// Used by one thread only: the group's worker.
+///
+/// With CURVE (`security`), the PULL socket is a CURVE server with this rank's keypair and each PUSH a CURVE client
+/// that knows its peer's public key; the context's `Authenticator` admits only the job's keys and reports refusals.
 final class ZMQChannel: Channel {
     let spec: ClusterSpec
     let members: [Int]
@@ -37,7 +40,7 @@ final class ZMQChannel: Channel {
 
     /// `endpointJobID` (tests only) names another job's endpoints, to check that its frames are refused.
     init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int, traffic: TrafficCounter = TrafficCounter(),
-         endpointJobID: String? = nil) throws {
+         security: ChannelSecurity? = nil, endpointJobID: String? = nil) throws {
         self.spec = spec
         self.traffic = traffic
         self.context = context
@@ -65,7 +68,14 @@ final class ZMQChannel: Channel {
             let pull = try ZMQSocket(context: context, type: ZMQ_PULL)
             try pull.set(ZMQ_RCVHWM, 0)  // never push back on senders: every collective's volume is bounded
             try pull.set(ZMQ_RCVBUF, 4 << 20)
-            try pull.bind(endpoints.bindAddress(rank: members[me], groupSlot: slot))
+            let bindAddress = try endpoints.resolvedBindAddress(rank: members[me], groupSlot: slot)
+            if spec.transport == .tcp, ClusterSpec.isIPv6(spec.hostOfRank[members[me]]) { try pull.set(ZMQ_IPV6, 1) }
+            if let security {
+                try pull.set(ZMQ_CURVE_SERVER, 1)
+                try pull.set(ZMQ_CURVE_SECRETKEY, bytes: security.keys.secretKey)
+                try security.authenticator.watch(pull, endpoint: bindAddress)   // before bind: every connection is seen
+            }
+            try pull.bind(bindAddress)
             self.pull = pull
             for (i, peer) in members.enumerated() where i != me {
                 let s = try ZMQSocket(context: context, type: ZMQ_PUSH)
@@ -74,6 +84,12 @@ final class ZMQChannel: Channel {
                 try s.set(ZMQ_SNDTIMEO, timeoutMs)
                 try s.set(ZMQ_LINGER, timeoutMs)  // deliver what is queued even if we close right after
                 try s.set(ZMQ_RECONNECT_IVL, 10)  // peers bind at their own pace; retry quickly
+                if spec.transport == .tcp, ClusterSpec.isIPv6(spec.hostOfRank[peer]) { try s.set(ZMQ_IPV6, 1) }
+                if let security {
+                    try s.set(ZMQ_CURVE_SERVERKEY, bytes: security.keys.publicKeys[peer])
+                    try s.set(ZMQ_CURVE_PUBLICKEY, bytes: security.keys.publicKey)
+                    try s.set(ZMQ_CURVE_SECRETKEY, bytes: security.keys.secretKey)
+                }
                 try s.connect(endpoints.connectAddress(rank: peer, groupSlot: slot))
                 push[i] = s
             }
@@ -229,4 +245,10 @@ final class ZMQChannel: Channel {
             throw CollectiveError.badFrame(info, peer: from, reason: "expected \(expectedBytes) bytes, got \(payload.count): the ranks disagree on sizes")
         }
     }
+}
+
+/// What a channel needs for CURVE: the rank's keys and its context's authenticator.
+struct ChannelSecurity {
+    let keys: JobKeys
+    let authenticator: Authenticator
 }
