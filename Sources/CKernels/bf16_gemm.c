@@ -92,6 +92,19 @@ V512 static inline void transpose16(__m512i r[16]) {
 }
 
 // ---- packing ----
+// Both compute kernels need AVX512_BF16's conversions (every AMX CPU has them): vcvtne2ps2bf16 rounds to nearest even
+// as torch does, but makes denormals zero and keeps NaN payloads; the kernels treat denormal bfloat16 inputs as zero
+// anyway (tdpbf16ps and vdpbf16ps both do), so a GEMM's result is the same as with torch's rounding.
+
+// 16 floats → 16 bfloat16.
+DPBF16 static inline __m256i cvt16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+
+// Lane i: the VNNI pair (bf16(lo[i]), bf16(hi[i])), lo in the low half.
+DPBF16 static inline __m512i pair16(__m512 lo, __m512 hi) {
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
 
 enum { MR = 32, NR = 32, KC = 512, NC = 512 };
 
@@ -99,14 +112,14 @@ static inline int64_t round_up32(int64_t n) { return (n + 31) & ~(int64_t)31; }
 
 // Rows i < mb, columns k < kb of op(A) (op(A)[i][k] = A[i·rsa + k·csa]) as bfloat16 into Ap[MR][kcp], rows ≥ mb and
 // columns ≥ kb zero.
-V512 __attribute__((noinline)) static void pack_A(const float *A, int64_t rsa, int64_t csa, int64_t mb, int64_t kb, int64_t kcp, uint16_t *Ap) {
+DPBF16 static void pack_A(const float *A, int64_t rsa, int64_t csa, int64_t mb, int64_t kb, int64_t kcp, uint16_t *Ap) {
     if (csa == 1) {
         for (int64_t i = 0; i < MR; i++) {
             uint16_t *dst = Ap + i * kcp;
             if (i >= mb) { memset(dst, 0, (size_t)kcp * 2); continue; }
             const float *src = A + i * rsa;
             for (int64_t k = 0; k < kcp; k += 16)
-                _mm256_storeu_si256((__m256i *)(dst + k), to_bf16(_mm512_maskz_loadu_ps(lanes(kb - k), src + k)));
+                _mm256_storeu_si256((__m256i *)(dst + k), cvt16(_mm512_maskz_loadu_ps(lanes(kb - k), src + k)));
         }
     } else if (rsa == 1) {
         // op(A) = Aᵀ: rows of the stored matrix run along i. Pairs of k rows become VNNI pairs, then 16 × 16 blocks of
@@ -119,7 +132,7 @@ V512 __attribute__((noinline)) static void pack_A(const float *A, int64_t rsa, i
                     const int64_t k = k0 + 2 * p;
                     const __m512 lo = k < kb ? _mm512_maskz_loadu_ps(m, A + i0 + k * csa) : _mm512_setzero_ps();
                     const __m512 hi = k + 1 < kb ? _mm512_maskz_loadu_ps(m, A + i0 + (k + 1) * csa) : _mm512_setzero_ps();
-                    r[p] = pair_bf16(lo, hi);
+                    r[p] = pair16(lo, hi);
                 }
                 transpose16(r);
                 for (int i = 0; i < 16; i++) _mm512_storeu_si512(Ap + (i0 + i) * kcp + k0, r[i]);
@@ -135,7 +148,7 @@ V512 __attribute__((noinline)) static void pack_A(const float *A, int64_t rsa, i
 // Rows k < kb, columns j < nb of op(B) (op(B)[k][j] = B[k·rsb + j·csb]) as bfloat16 VNNI panels of 16 columns:
 // panel q holds [kcp / 2][16][2] (element (k, 16q + c) at q·kcp·16 + (k / 2)·32 + c·2 + k % 2), ncp / 16 panels;
 // rows ≥ kb and columns ≥ nb zero.
-V512 __attribute__((noinline)) static void pack_B(const float *B, int64_t rsb, int64_t csb, int64_t kb, int64_t nb, int64_t kcp, int64_t ncp,
+DPBF16 static void pack_B(const float *B, int64_t rsb, int64_t csb, int64_t kb, int64_t nb, int64_t kcp, int64_t ncp,
                         uint16_t *Bp) {
     if (csb == 1) {
         for (int64_t q = 0; q < ncp / 16; q++) {
@@ -144,7 +157,7 @@ V512 __attribute__((noinline)) static void pack_B(const float *B, int64_t rsb, i
             for (int64_t k = 0; k < kcp; k += 2) {
                 const __m512 lo = k < kb ? _mm512_maskz_loadu_ps(m, B + k * rsb + 16 * q) : _mm512_setzero_ps();
                 const __m512 hi = k + 1 < kb ? _mm512_maskz_loadu_ps(m, B + (k + 1) * rsb + 16 * q) : _mm512_setzero_ps();
-                _mm512_storeu_si512(panel + k * 16, pair_bf16(lo, hi));
+                _mm512_storeu_si512(panel + k * 16, pair16(lo, hi));
             }
         }
     } else if (rsb == 1) {
@@ -158,8 +171,8 @@ V512 __attribute__((noinline)) static void pack_B(const float *B, int64_t rsb, i
                     const int64_t j = 16 * q + c;
                     if (j >= nb) { r[c] = _mm512_setzero_si512(); continue; }
                     const float *src = B + j * csb + k0;
-                    const __m256i lo = to_bf16(_mm512_maskz_loadu_ps(lanes(kb - k0), src));
-                    const __m256i hi = to_bf16(_mm512_maskz_loadu_ps(lanes(kb - k0 - 16), src + 16));
+                    const __m256i lo = cvt16(_mm512_maskz_loadu_ps(lanes(kb - k0), src));
+                    const __m256i hi = cvt16(_mm512_maskz_loadu_ps(lanes(kb - k0 - 16), src + 16));
                     r[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
                 }
                 transpose16(r);
@@ -251,7 +264,7 @@ DPBF16 static void dpbf16_block(const uint16_t *Ap, int64_t kcp, const uint16_t 
 }
 
 // C[0..mb)[0..nb) = alpha · acc + (first ? beta · C : C); C is not read when first and beta == 0.
-V512 __attribute__((noinline)) static void merge(float acc[4][256], int64_t mb, int64_t nb, float alpha, float beta, int first, float *C, int64_t ldc) {
+V512 static void merge(float acc[4][256], int64_t mb, int64_t nb, float alpha, float beta, int first, float *C, int64_t ldc) {
     const __mmask16 m0 = lanes(nb), m1 = lanes(nb - 16);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     for (int64_t r = 0; r < mb; r++) {
