@@ -116,7 +116,7 @@ public enum BLAS {
             // Split the larger of M and N into t blocks (multiples of 16 rows / columns).
             let alongM = M >= N
             let n = alongM ? M : N
-            DispatchQueue.concurrentPerform(iterations: t) { c in
+            KernelThreads.run(parts: t) { c in
                 let lo = (n * c / t) & ~15, hi = c == t - 1 ? n : (n * (c + 1) / t) & ~15
                 if lo >= hi { return }
                 let a = alongM ? (transA ? A + lo : A + lo * lda) : A

@@ -12,6 +12,51 @@ final class KernelThreadsTests: XCTestCase {
         body()
     }
 
+    /// Counts per part and the threads that ran them.
+    private final class Tally: @unchecked Sendable {
+        let lock = NSLock()
+        var runs: [Int]
+        var threads = Set<UInt>()
+        init(parts: Int) { runs = Array(repeating: 0, count: parts) }
+        func ran(_ part: Int) {
+            let me = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(bitPattern: UInt(pthread_self()))))
+            lock.lock(); runs[part] += 1; threads.insert(me); lock.unlock()
+        }
+    }
+
+    /// The pool: every part of every region runs exactly once, also when regions follow each other faster than the
+    /// workers come back, and the workers do run parts.
+    func testPoolRunsEveryPartOnceAcrossManyRegions() {
+        withThreads(4) {
+            var threads = Set<UInt>()
+            for region in 0..<2_000 {
+                let parts = 1 + region % 7
+                let tally = Tally(parts: parts)
+                KernelThreads.run(parts: parts) { part in
+                    if region % 100 == 0 { usleep(2_000) }   // parts long enough for sleeping workers to join
+                    tally.ran(part)
+                }
+                XCTAssertEqual(tally.runs, Array(repeating: 1, count: parts), "region \(region)")
+                threads.formUnion(tally.threads)
+            }
+            XCTAssertGreaterThan(threads.count, 1, "the workers never ran a part")
+        }
+    }
+
+    /// Callers on several threads racing for the pool: each runs all its parts (the losers on their own thread).
+    func testPoolConcurrentCallersEachRunAllTheirParts() {
+        withThreads(4) {
+            let callers = 6, regions = 300
+            let tallies = (0..<callers).map { _ in (0..<regions).map { _ in Tally(parts: 5) } }
+            DispatchQueue.concurrentPerform(iterations: callers) { c in
+                for r in 0..<regions { KernelThreads.run(parts: 5) { tallies[c][r].ran($0) } }
+            }
+            for c in 0..<callers { for r in 0..<regions {
+                XCTAssertEqual(tallies[c][r].runs, [1, 1, 1, 1, 1], "caller \(c) region \(r)")
+            } }
+        }
+    }
+
     /// Every item with a cost runs exactly once; zero-cost items are skipped; items within a thread's share run
     /// inside a region (nested kernels serial), an item above the share runs outside one (its kernels split).
     func testParallelForEachRunsEachItemOnceAndMarksRegions() {

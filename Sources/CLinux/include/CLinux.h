@@ -46,3 +46,14 @@ int titan_helper_post(titan_helper *helper, int cpu, titan_task_fn fn, void *ctx
 void titan_helper_wait_started(titan_helper *helper);
 /// 1 when the helper had not started the task (the caller runs it now); 0 once the helper has run it.
 int titan_helper_finish(titan_helper *helper);
+
+// The kernel threads' pool (see Sources/Runtime/KernelThreads.swift).
+
+/// One part of a region: `fn(ctx, part)`.
+typedef void (*titan_part_fn)(void *ctx, long part);
+typedef struct titan_pool titan_pool;
+/// Starts `workers` threads that spin up to `spin_ns` between regions before they sleep. NULL if none started.
+titan_pool *titan_pool_start(int workers, long spin_ns);
+/// Runs parts 0..<parts, each once, on the caller and the workers; returns when all ran (1). 0, having run nothing,
+/// when another thread is running a region on this pool.
+int titan_pool_run(titan_pool *pool, long parts, titan_part_fn fn, void *ctx);
