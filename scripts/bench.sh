@@ -100,12 +100,12 @@ done
 
 echo "bench_moe, global batch 16 x 256 tokens, $STEPS timed steps after $WARMUP warm-up; $(printf '%.4g' "$fpt") FLOPs/token;"
 echo "peaks ($CORES threads): sgemm $peak GFLOP/s (fp32 rows' MFU), bf16 GEMM $peak16 GFLOP/s (bf16 rows'); vs_1rank: against the 1-rank row of the same precision"
-printf '%-50s %6s %14s %7s %15s %8s %11s %9s\n' name ranks tokens/s MFU comm_wait_frac comm_mb max_rss_mb vs_1rank
+printf '%-56s %6s %14s %7s %15s %8s %11s %9s\n' name ranks tokens/s MFU comm_wait_frac comm_mb max_rss_mb vs_1rank
 s1=$(jq .tokens_per_sec <<<"${rows[0]}") s1b=$(jq .tokens_per_sec <<<"${rows[1]}")
 for j in "${rows[@]}"; do
     jq -r '[.name, .ranks, .tokens_per_sec, .mfu, .comm_wait_frac, .comm_mb, .max_rss_mb, .precision] | @tsv' <<<"$j" |
         awk -F'\t' -v s1="$s1" -v s1b="$s1b" '{ base = $8 == "bf16" ? s1b : s1
-            printf "%-50s %6d %14.0f %6.1f%% %15.3f %8.1f %11.0f %9.2f\n", $1, $2, $3, $4 * 100, $5, $6, $7, $3 / base }'
+            printf "%-56s %6d %14.0f %6.1f%% %15.3f %8.1f %11.0f %9.2f\n", $1, $2, $3, $4 * 100, $5, $6, $7, $3 / base }'
 done
 echo "(runs in $OUT)"
 printf '%s\n' "${rows[@]}"

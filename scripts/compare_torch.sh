@@ -6,7 +6,8 @@
 #                                         and torch.compile + autocast (anchors/torch_train_tps.py single [--bf16] [--compile])
 # Each of our runs goes just before the torch runs it is compared with, and every torch job is followed by a pause
 # (a run started right after torch's 8-process job measured 5-10% slower). Prints one line per round and precision,
-# the median ratios, and one JSON line per round.
+# the median ratios, and one JSON line per round. The 8-rank ratio is against torch FSDP2 of the same precision and
+# (vs_best) against the faster of its precisions run so far in the round.
 #
 #   PYTHON=/tmp/ref/bin/python scripts/compare_torch.sh
 #   ROUNDS=5 PAUSE=10 PRECISIONS="bf16" COMPILE=0 ANCHORS=../shared/anchors PYTHON=... PYTHON_FSDP=... scripts/compare_torch.sh
@@ -73,12 +74,12 @@ ours() {  # folder, then titan arguments
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 median() { tr ' ' '\n' | sort -g | awk 'NF { v[++n] = $1 } END { print (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }'; }
 max() { tr ' ' '\n' | sort -g | tail -1; }
-printf '%-6s %-5s %9s %11s %6s %9s %18s %6s %12s\n' round prec ours_8 torch_fsdp2 ratio ours_1 "torch_1 (best)" ratio ours_8/ours_1
-declare -A r8s r1s scs
+printf '%-6s %-5s %9s %11s %6s %8s %9s %18s %6s %12s\n' round prec ours_8 torch_fsdp2 ratio vs_best ours_1 "torch_1 (best)" ratio ours_8/ours_1
+declare -A r8s r8b r1s scs
 lines=()
 for r in $(seq "$ROUNDS"); do
     # The single-process anchors once per round: the best of them is what ours is compared with in both precisions.
-    declare -A single=()
+    declare -A single=() fsdp=()
     line="{\"round\": $r"
     for p in $PRECISIONS; do
         flags=(); torchflag=()
@@ -86,6 +87,7 @@ for r in $(seq "$ROUNDS"); do
         o8=$(ours "r$r-$p-8ranks" "$TITAN" launch --ranks 8 -- train --config bench_moe --training.steps 13 \
             --training.local_batch_size 2 --parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 8 "${flags[@]}")
         f8=$(torch_tps "$OUT/r$r-torch-fsdp-$p.log" "$PYTHON_FSDP" fsdp 8 "${torchflag[@]}"); sleep "$PAUSE"
+        fsdp[$p]=$f8
         o1=$(OPENBLAS_NUM_THREADS=2 ours "r$r-$p-1rank" "$TITAN" train --config bench_moe --training.steps 13 "${flags[@]}")
         if [ ${#single[@]} -eq 0 ]; then
             single[eager]=$(torch_tps "$OUT/r$r-torch-eager.log" "$PYTHON" single)
@@ -99,17 +101,19 @@ for r in $(seq "$ROUNDS"); do
         best=$(echo "${single[@]}" | max)
         bestname=""
         for k in "${!single[@]}"; do [ "${single[$k]}" = "$best" ] && bestname=$k; done
-        q8=$(ratio "$o8" "$f8") q1=$(ratio "$o1" "$best") sc=$(ratio "$o8" "$o1")
-        r8s[$p]+="$q8 " r1s[$p]+="$q1 " scs[$p]+="$sc "
-        printf '%-6s %-5s %9s %11s %5sx %9s %18s %5sx %12s\n' "$r" "$p" "$o8" "$f8" "$q8" "$o1" "$best $bestname" "$q1" "$sc"
+        # vs_best: against the faster torch FSDP2 of the precisions run so far this round (fp32 runs first).
+        q8=$(ratio "$o8" "$f8") q8b=$(ratio "$o8" "$(echo "${fsdp[@]}" | max)") q1=$(ratio "$o1" "$best") sc=$(ratio "$o8" "$o1")
+        r8s[$p]+="$q8 " r8b[$p]+="$q8b " r1s[$p]+="$q1 " scs[$p]+="$sc "
+        printf '%-6s %-5s %9s %11s %5sx %7sx %9s %18s %5sx %12s\n' "$r" "$p" "$o8" "$f8" "$q8" "$q8b" "$o1" "$best $bestname" "$q1" "$sc"
         line+=", \"ours_8_ranks_$p\": $o8, \"torch_fsdp2_8_$p\": $f8, \"ours_1_rank_$p\": $o1"
     done
     for k in "${!single[@]}"; do line+=", \"torch_single_$k\": ${single[$k]}"; done
     lines+=("$line}")
-    unset single
+    unset single fsdp
 done
 for p in $PRECISIONS; do
-    printf '%-6s %-5s %9s %11s %5sx %9s %18s %5sx %12s\n' median "$p" "" "" "$(median <<<"${r8s[$p]}")" "" "" \
+    printf '%-6s %-5s %9s %11s %5sx %7sx %9s %18s %5sx %12s\n' median "$p" "" "" "$(median <<<"${r8s[$p]}")" \
+        "$(median <<<"${r8b[$p]}")" "" "" \
         "$(median <<<"${r1s[$p]}")" "$(median <<<"${scs[$p]}")"
 done
 echo "(runs in $OUT)"
