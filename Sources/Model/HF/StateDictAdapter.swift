@@ -62,7 +62,34 @@ public struct StateDictAdapter {
     }
 
     /// HF names a checkpoint may carry that hold nothing of ours (ignored on import).
-    func isIgnorable(_ name: String) -> Bool { spec.hfIgnoredSuffixes.contains { name.hasSuffix($0) } }
+    func isIgnorable(_ name: String) -> Bool {
+        spec.hfIgnoredSuffixes.contains { name.hasSuffix($0) } || skippedLayer(name) != nil
+    }
+
+    /// The layer index of an HF name under `model.layers.{i}.` with i >= the spec's `hfIgnoredLayersFrom`.
+    func skippedLayer(_ name: String) -> Int? {
+        guard let from = spec.hfIgnoredLayersFrom, name.hasPrefix("model.layers.") else { return nil }
+        let rest = name.dropFirst("model.layers.".count)
+        guard let dot = rest.firstIndex(of: "."), let i = Int(rest[..<dot]), i >= from else { return nil }
+        return i
+    }
+
+    /// The skipped layers (multi-token prediction) among `names`, with how many tensors each holds, for one log line.
+    public func skippedLayers(_ names: [String]) -> [Int: Int] {
+        var r: [Int: Int] = [:]
+        for n in names { if let i = skippedLayer(n) { r[i, default: 0] += 1 } }
+        return r
+    }
+
+    /// One line saying which layers an import skipped, or nil when none were.
+    public func skippedLayersNote(_ names: [String], source: String) -> String? {
+        let s = skippedLayers(names)
+        guard !s.isEmpty else { return nil }
+        let layers = s.keys.sorted()
+        return "HF checkpoint \(source): skipped \(s.values.reduce(0, +)) tensor(s) of layer(s) \(layers.map(String.init).joined(separator: ", ")) "
+            + "beyond num_hidden_layers (\(spec.hfIgnoredLayersFrom ?? 0)): multi-token-prediction layers (num_nextn_predict_layers), "
+            + "not part of \(spec.hfArchitecture), as transformers skips them"
+    }
 
     private func checked(_ sd: StateDict, _ name: String, _ shape: [Int], side: String) throws -> HostTensor {
         guard let t = sd[name] else {
@@ -150,6 +177,8 @@ public final class HFInitialWeights: InitialWeights {
     private let file: [String: String]                 // HF name → file path
     private let pieces: [String: [(hf: String, count: Int)]]   // torchtitan FQN → its HF tensors, in flat order
     private let bufferNames: [String: String]          // torchtitan buffer FQN → HF name
+    /// One line naming the multi-token-prediction layers the checkpoint holds and the import skips, if any.
+    public let skippedNote: String?
 
     public init(folder: String, adapter: StateDictAdapter) throws {
         self.folder = folder
@@ -181,6 +210,7 @@ public final class HFInitialWeights: InitialWeights {
         self.pieces = pieces
         bufferNames = Dictionary(uniqueKeysWithValues: adapter.spec.buffers.compactMap { b in b.hf.map { (b.fqn, $0) } })
         parameterShapes = adapter.spec.parameterShapes
+        skippedNote = adapter.skippedLayersNote(Array(map.keys), source: folder)
         try adapter.checkNoUnexpected(Array(map.keys)) { name, original in
             let shape = try info(name).shape
             guard shape == expected[original] else { return false }
