@@ -15,24 +15,7 @@ final class HFNumericsTests: XCTestCase {
         return p
     }
 
-    /// Minimal .npy reader for little-endian int32 / int64 / uint16 1-D arrays.
-    func readNpyTokens(_ path: String) throws -> [Int32] {
-        let b = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: path)))
-        XCTAssertEqual(Array(b[0..<6]), [0x93] + Array("NUMPY".utf8))
-        let major = b[6]
-        let hlen = major == 1 ? Int(b[8]) | Int(b[9]) << 8 : Int(b[8]) | Int(b[9]) << 8 | Int(b[10]) << 16 | Int(b[11]) << 24
-        let start = (major == 1 ? 10 : 12) + hlen
-        let header = String(decoding: b[(major == 1 ? 10 : 12)..<start], as: UTF8.self)
-        let body = Array(b[start...])
-        func le(_ o: Int, _ n: Int) -> Int64 {
-            var r: UInt64 = 0
-            for k in 0..<n { r |= UInt64(body[o + k]) << UInt64(8 * k) }
-            return n == 8 ? Int64(bitPattern: r) : (n == 4 ? Int64(Int32(bitPattern: UInt32(r))) : Int64(r))
-        }
-        let width = header.contains("'<i4'") ? 4 : header.contains("'<i8'") ? 8 : header.contains("'<u2'") ? 2 : 0
-        if width > 0 { return stride(from: 0, to: body.count, by: width).map { Int32(le($0, width)) } }
-        throw XCTSkip("unsupported npy dtype: \(header)")
-    }
+    func readNpyTokens(_ path: String) throws -> [Int32] { try readNpyTokensFile(path) }
 
     func doubles(_ j: Any?) -> [Double] { (j as? [Any] ?? []).compactMap { ($0 as? NSNumber)?.doubleValue } }
 
@@ -130,4 +113,23 @@ final class HFNumericsTests: XCTestCase {
     func testDeepSeekV3MatchesHF() throws { try runFixture("deepseek_v3") }
     /// q_lora_rank null (q_proj), rotate-half rope, YaRN with mscale ≠ mscale_all_dim (cos / sin × attention_factor).
     func testDeepSeekV3PlainQueryMatchesHF() throws { try runFixture("deepseek_v3_q0") }
+}
+
+/// Minimal .npy reader for little-endian int32 / int64 / uint16 1-D arrays.
+func readNpyTokensFile(_ path: String) throws -> [Int32] {
+    let b = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: path)))
+    XCTAssertEqual(Array(b[0..<6]), [0x93] + Array("NUMPY".utf8))
+    let major = b[6]
+    let hlen = major == 1 ? Int(b[8]) | Int(b[9]) << 8 : Int(b[8]) | Int(b[9]) << 8 | Int(b[10]) << 16 | Int(b[11]) << 24
+    let start = (major == 1 ? 10 : 12) + hlen
+    let header = String(decoding: b[(major == 1 ? 10 : 12)..<start], as: UTF8.self)
+    let body = Array(b[start...])
+    func le(_ o: Int, _ n: Int) -> Int64 {
+        var r: UInt64 = 0
+        for k in 0..<n { r |= UInt64(body[o + k]) << UInt64(8 * k) }
+        return n == 8 ? Int64(bitPattern: r) : (n == 4 ? Int64(Int32(bitPattern: UInt32(r))) : Int64(r))
+    }
+    let width = header.contains("'<i4'") ? 4 : header.contains("'<i8'") ? 8 : header.contains("'<u2'") ? 2 : 0
+    if width > 0 { return stride(from: 0, to: body.count, by: width).map { Int32(le($0, width)) } }
+    throw XCTSkip("unsupported npy dtype: \(header)")
 }
