@@ -21,6 +21,8 @@ extension TrainingParityTests {
             try assertMatchesHF("deepseek_v3", train("deepseek_v3", ranks: 8, Self.deepSeek + ["--training.local_batch_size", "1",
                 "--parallelism.data_parallel_shard_degree", "8", "--parallelism.expert_parallel_degree", "\(ep)"]), "deepseek_v3 shard 8 ep \(ep)")
         }
+        try assertMatchesHF("deepseek_v3_q0", train("deepseek_v3_q0", ranks: 8, Self.deepSeek + ["--training.local_batch_size", "1",
+            "--parallelism.data_parallel_shard_degree", "8", "--parallelism.expert_parallel_degree", "8"]), "deepseek_v3_q0 shard 8 ep 8")
     }
 
     /// HSDP: 2 replicas × 4 shards, expert parallel 2 and 4.
