@@ -80,7 +80,8 @@ public final class Trainer {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
             metrics = try MetricsProcessor(config.metrics, dumpFolder: config.job.dump_folder, resumedAt: step,
                                            worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps, log: log)
-            log("model \(config.model.name)/\(config.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
+            let source = config.checkpoint.initial_load_in_hf && config.checkpoint.initial_load_path != nil ? "HF config.json" : config.model.flavor
+            log("model \(args.family)/\(source): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.hasMoE ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "") + " (\(args.summary))")
             log("mesh: world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
                 + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : ""))

@@ -166,6 +166,48 @@ final class DeepSeekV3Tests: XCTestCase {
         XCTAssertThrowsError(try HFCheckpoint.loadModel(folder: dir)) { XCTAssertTrue("\($0)".contains("model.layers.1.self_attn.stray.weight"), "\($0)") }
     }
 
+    // MARK: fused experts
+
+    /// Routed experts stored fused as transformers 5 holds them (experts.gate_up_proj [E, 2F, D], experts.down_proj
+    /// [E, D, F]) import to the same weights as the per-expert layout, whole (loadModel) and read by slices
+    /// (HFInitialWeights, what training starts from).
+    func testFusedExpertLayoutImports() throws {
+        for name in ["deepseek_v3", "qwen3_moe"] {
+            let src = try fixture(name)
+            let hf = try HFCheckpoint.readHFTensors(folder: src)
+            let (args, sd, _) = try HFCheckpoint.loadModel(folder: src)
+            var fused = hf
+            let prefixes = Set(hf.keys.compactMap { k -> String? in
+                guard let r = k.range(of: ".experts.0.gate_proj.weight") else { return nil }
+                return String(k[..<r.lowerBound]) + ".experts."
+            })
+            XCTAssertFalse(prefixes.isEmpty)
+            for p in prefixes {
+                var E = 0
+                while hf["\(p)\(E).gate_proj.weight"] != nil { E += 1 }
+                let g0 = hf["\(p)0.gate_proj.weight"]!.shape, d0 = hf["\(p)0.down_proj.weight"]!.shape
+                var gateUp: [Float] = [], down: [Float] = []
+                for e in 0..<E {
+                    gateUp += hf["\(p)\(e).gate_proj.weight"]!.values + hf["\(p)\(e).up_proj.weight"]!.values
+                    down += hf["\(p)\(e).down_proj.weight"]!.values
+                    for w in ["gate_proj", "up_proj", "down_proj"] { fused.removeValue(forKey: "\(p)\(e).\(w).weight") }
+                }
+                fused[p + "gate_up_proj"] = HostTensor(shape: [E, 2 * g0[0], g0[1]], values: gateUp)
+                fused[p + "down_proj"] = HostTensor(shape: [E] + d0, values: down)
+            }
+            let dir = try tempDir("fused-\(name)")
+            try SafeTensors.write(fused, to: dir + "/model.safetensors", metadata: ["format": "pt"])
+            try FileManager.default.copyItem(atPath: src + "/config.json", toPath: dir + "/config.json")
+            XCTAssertEqual(try HFCheckpoint.loadModel(folder: dir).stateDict, sd, name)
+            let weights = try HFInitialWeights(folder: dir, adapter: try args.adapter())
+            for p in try args.spec().parameters where p.shape.count == 3 {
+                var got = [Float](repeating: 0, count: p.count - 5)
+                try got.withUnsafeMutableBufferPointer { try weights.read(p.fqn, elements: 5..<p.count, into: $0.baseAddress!) }
+                XCTAssertEqual(got, Array(sd[p.fqn]!.values[5...]), "\(name) \(p.fqn)")
+            }
+        }
+    }
+
     // MARK: export
 
     /// Import → export → import gives the same args and bits; the exported folder has exactly the fixture's tensor
