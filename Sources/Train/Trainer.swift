@@ -15,8 +15,8 @@ public final class Trainer {
     let log: (String) -> Void
 
     /// The architecture built: the config's, or an HF folder's when training starts from one.
-    let modelArgs: Qwen3ModelArgs
-    let model: Qwen3Model
+    let modelArgs: ModelArgs
+    let model: TrainableModel
     let mesh: DeviceMesh
     /// The model with expert parallelism and FSDP applied: this rank's parameter shards.
     let parallel: FullyShardedModel
@@ -48,13 +48,13 @@ public final class Trainer {
         let resumeFolder = try checkpointer.resumeFolder()
         let (args, initialWeights) = try checkpointer.initialModel(config.model, resuming: resumeFolder != nil)
         var built = config
-        built.model.args = args
+        built.model.modelArgs = args
         try built.validate()
         modelArgs = args
 
         // Nothing is materialized: parallelizing (expert parallelism, then FSDP) initialises only this rank's shards,
         // with the values the whole model would hold there (torchtitan's meta-device init).
-        model = try Qwen3Model(args: args, seed: UInt64(config.training.seed), materialize: false)
+        model = try args.build(seed: UInt64(config.training.seed), materialize: false)
         if let initialWeights { try model.setInitialWeights(initialWeights) }
         let dims = try built.dims(worldSize: comm.worldSize)
         let microBatches = try built.microBatches(dims)
@@ -80,8 +80,9 @@ public final class Trainer {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
             metrics = try MetricsProcessor(config.metrics, dumpFolder: config.job.dump_folder, resumedAt: step,
                                            worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps, log: log)
-            log("model \(config.model.name)/\(config.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
-                + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
+            let source = config.checkpoint.initial_load_in_hf && config.checkpoint.initial_load_path != nil ? "HF config.json" : config.model.flavor
+            log("model \(args.family)/\(source): \(model.parameterCount) parameters, \(args.n_layers) layers"
+                + (args.hasMoE ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "") + " (\(args.summary))")
             log("mesh: world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
                 + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : ""))
         } else {

@@ -93,7 +93,7 @@ public struct CheckpointMetadata: Codable, Equatable, Sendable {
     public var dataloader_position: Int
     public var lr_scheduler_step: Int
     public var rng: String
-    public var model_args: Qwen3ModelArgs
+    public var model_args: ModelArgs
     public var topology: CheckpointTopology
     public var job_id: String
     /// Rank files of this checkpoint.
@@ -215,7 +215,7 @@ public enum Checkpoint {
 
     /// Compares the checkpoint's state keys (`expected`: every key with its full shape) and buffers with the run's.
     public static func validateModel(_ meta: CheckpointMetadata, expected: [String: [Int]], bufferShapes: [String: [Int]],
-                                     args: Qwen3ModelArgs, path: String) throws {
+                                     args: ModelArgs, path: String) throws {
         var problems: [String] = []
         for (key, shape) in expected.sorted(by: { $0.key < $1.key }) {
             guard let e = meta.state[key] else { problems.append("missing '\(key)'"); continue }
@@ -349,7 +349,7 @@ public enum Checkpoint {
     /// on rank 0 the `buffers`. Collective over `world`: every rank must call it. Returns the step folder.
     @discardableResult
     public static func save(folder: String, step: Int, pieces: [StatePiece], buffers: [ModelBuffer], isWriter: Bool,
-                            world: ProcessGroup, jobID: String, modelArgs: Qwen3ModelArgs, topology: CheckpointTopology,
+                            world: ProcessGroup, jobID: String, modelArgs: ModelArgs, topology: CheckpointTopology,
                             keepLatestK: Int, log: (String) -> Void) throws -> String {
         let rank = world.members[world.rank]
         let fm = FileManager.default
@@ -469,7 +469,7 @@ public enum Checkpoint {
     /// this rank's `pieces` with the overlapping byte ranges of the saved pieces, and `buffers` (zero where the
     /// checkpoint has none; nil: buffers are not loaded). Every rank; no collective. A failure changes nothing.
     public static func load(stepFolder: String, pieces: [StatePiece], buffers: [ModelBuffer]?, expected: [String: [Int]],
-                            modelArgs: Qwen3ModelArgs) throws -> CheckpointMetadata {
+                            modelArgs: ModelArgs) throws -> CheckpointMetadata {
         let meta = try readMetadata(stepFolder: stepFolder)
         let metaPath = join(stepFolder, metadataFileName)
         let bufferShapes = Dictionary((buffers ?? []).map { ($0.fqn, $0.tensor.shape) }, uniquingKeysWith: { a, _ in a })
@@ -523,7 +523,7 @@ public enum Checkpoint {
             sd[fqn] = HostTensor(shape: e.shape, values: values)
         }
         // The model's own check: every parameter present with the args' shapes.
-        let expected = try Qwen3Model.spec(meta.model_args).parameterShapes
+        let expected = try meta.model_args.spec().parameterShapes
         let missing = expected.keys.filter { sd[$0] == nil }.sorted()
         if !missing.isEmpty {
             throw CheckpointError(path: metaPath, "lacks parameters of its own model_args: \(missing.prefix(5).joined(separator: ", "))")
@@ -534,7 +534,7 @@ public enum Checkpoint {
     /// Writes an HF folder (config.json + model.safetensors) from a distributed checkpoint.
     public static func exportHF(stepFolder: String, to hfFolder: String) throws -> CheckpointMetadata {
         let (meta, sd) = try assembleFull(stepFolder: stepFolder)
-        try HFCheckpoint.save(args: meta.model_args, stateDict: sd, folder: hfFolder)
+        try HFCheckpoint.save(model: meta.model_args, stateDict: sd, folder: hfFolder)
         return meta
     }
 

@@ -79,12 +79,13 @@ public final class Checkpointer {
     /// The architecture to build and what initialises it: with initial_load_in_hf, the HF folder's config.json (how
     /// experts are computed and balanced stays `model`'s) and, unless resuming (the checkpoint overwrites the weights),
     /// its weights, read on demand; otherwise `model`'s args and no initial weights (the seed's random values).
-    public func initialModel(_ model: ModelConfig, resuming: Bool) throws -> (args: Qwen3ModelArgs, weights: InitialWeights?) {
-        guard config.initial_load_in_hf, let path = config.initial_load_path else { return (model.args, nil) }
-        var args = try HFConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
-        args.moe.use_grouped_mm = model.args.moe.use_grouped_mm
-        args.moe.load_balance_coeff = model.args.moe.load_balance_coeff
-        let weights = resuming ? nil : try HFInitialWeights(folder: path, adapter: try StateDictAdapter(qwen3: args))
+    public func initialModel(_ model: ModelConfig, resuming: Bool) throws -> (args: ModelArgs, weights: InitialWeights?) {
+        guard config.initial_load_in_hf, let path = config.initial_load_path else { return (model.modelArgs, nil) }
+        var args = try HFModelConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
+        args.moe.use_grouped_mm = model.modelArgs.moe.use_grouped_mm
+        args.moe.load_balance_coeff = model.modelArgs.moe.load_balance_coeff
+        let weights = resuming ? nil : try HFInitialWeights(folder: path, adapter: try args.adapter())
+        if let note = weights?.skippedNote, comm.rank == 0 { log(note) }
         return (args, weights)
     }
 
@@ -111,7 +112,7 @@ public final class Checkpointer {
     /// Restores the run's state before training: from `resumeFolder` (model, optimizer, buffers; returns its step),
     /// else from initial_load_path when it is a distributed checkpoint (the weights only: torchtitan's
     /// initial_load_model_only; returns 0), else nothing (0). Resharded onto this topology; validated first.
-    public func load(resumeFolder: String?, model: FullyShardedModel, optimizer: AdamW, modelArgs: Qwen3ModelArgs) throws -> Int {
+    public func load(resumeFolder: String?, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs) throws -> Int {
         let stepFolder: String
         let weightsOnly: Bool
         if let resumeFolder {
@@ -132,7 +133,7 @@ public final class Checkpointer {
     }
 
     /// Saves step `step` when checkpointing is on and it is due (every `interval` steps and the last one). Collective.
-    public func saveIfDue(step: Int, lastStep: Int, model: FullyShardedModel, optimizer: AdamW, modelArgs: Qwen3ModelArgs) throws {
+    public func saveIfDue(step: Int, lastStep: Int, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs) throws {
         guard config.enable, step % config.interval == 0 || step == lastStep else { return }
         let mesh = model.mesh
         try Checkpoint.save(folder: folder, step: step, pieces: Self.pieces(model, optimizer), buffers: model.model.buffers,
@@ -144,12 +145,12 @@ public final class Checkpointer {
 
     /// With last_save_in_hf, the final weights as an HF folder, checkpoint.folder/step-N-hf (gathered on rank 0 only).
     /// Collective.
-    public func exportHFIfAsked(step: Int, model: FullyShardedModel, modelArgs: Qwen3ModelArgs) throws {
+    public func exportHFIfAsked(step: Int, model: FullyShardedModel, modelArgs: ModelArgs) throws {
         guard config.last_save_in_hf else { return }
         let sd = try model.fullStateDict(root: 0)
         if comm.rank == 0 {
             let hf = Checkpoint.hfExportFolder(folder: folder, step: step)
-            try HFCheckpoint.save(args: modelArgs, stateDict: sd, folder: hf)
+            try HFCheckpoint.save(model: modelArgs, stateDict: sd, folder: hf)
             log("checkpoint: HF export to \(hf)")
         }
         try comm.world.barrier()

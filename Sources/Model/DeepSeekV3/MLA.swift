@@ -1,0 +1,156 @@
+import Tensor
+
+/// Saved activations of one MLA layer for one (B, T).
+final class MLAActs {
+    let qa: Tensor?, qaRstd: Tensor?, qan: Tensor?   // [N, Rq], [N], [N, Rq]   (q_lora_rank > 0)
+    let qRaw: Tensor            // [N, H·Q]   q before rope (Q = qk_head_dim: nope | rope per head)
+    let kva: Tensor             // [N, Rkv + Dr]   compressed kv | raw rope key
+    let kvc: Tensor, kvRstd: Tensor, kvn: Tensor   // [N, Rkv] compressed kv (contiguous copy), rstd, normed
+    let kv: Tensor              // [N, H·(Dn + Dv)]   per head k_nope | v
+    let kpe: Tensor             // [N, Dr]   rope key after rotation (shared by every head)
+    let q: Tensor, k: Tensor    // [N, H·Q] attention inputs
+    let v: Tensor               // [N, H·Dv]
+    let att: Tensor             // [B, H, T, T]
+    let ao: Tensor              // [N, H·Dv]
+    init(args a: DeepSeekV3ModelArgs, B: Int, T: Int) {
+        let N = B * T, H = a.n_heads, Q = a.qkHeadDim, Rq = a.q_lora_rank, Rkv = a.kv_lora_rank
+        if Rq > 0 {
+            qa = Tensor(shape: [N, Rq]); qaRstd = Tensor(shape: [N]); qan = Tensor(shape: [N, Rq])
+        } else {
+            qa = nil; qaRstd = nil; qan = nil
+        }
+        qRaw = Tensor(shape: [N, H * Q])
+        kva = Tensor(shape: [N, Rkv + a.qk_rope_head_dim])
+        kvc = Tensor(shape: [N, Rkv]); kvRstd = Tensor(shape: [N]); kvn = Tensor(shape: [N, Rkv])
+        kv = Tensor(shape: [N, H * (a.qk_nope_head_dim + a.v_head_dim)])
+        kpe = Tensor(shape: [N, a.qk_rope_head_dim])
+        q = Tensor(shape: [N, H * Q]); k = Tensor(shape: [N, H * Q]); v = Tensor(shape: [N, H * a.v_head_dim])
+        att = Tensor(shape: [B, H, T, T])
+        ao = Tensor(shape: [N, H * a.v_head_dim])
+    }
+}
+
+/// Backward scratch of MLA, shared by the layers (one layer's backward at a time).
+final class MLAWorkspace {
+    let dao = GrowBuffer(), dq = GrowBuffer(), dk = GrowBuffer(), dv = GrowBuffer(), dTT = GrowBuffer()
+    let dqRaw = GrowBuffer(), dqan = GrowBuffer(), dqa = GrowBuffer()
+    let dkv = GrowBuffer(), dkpe = GrowBuffer(), dkvn = GrowBuffer(), dkva = GrowBuffer(), dkvc = GrowBuffer()
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3; HF DeepseekV3Attention, eager, fp32):
+///   q = q_b(q_norm(q_a(x)))  (or wq(x) when q_lora_rank = 0), per head [q_nope (Dn) | q_pe (Dr)]
+///   [c_kv (Rkv) | k_pe (Dr)] = kv_a(x);  [k_nope | v] per head = kv_b(kv_norm(c_kv))
+///   q_pe, k_pe rotated (interleaved pairs or rotate-half; k_pe is one head shared by all heads)
+///   o = wo(softmax(scale · [q_nope | q_pe] · [k_nope | k_pe]ᵀ, causal) · v)
+/// Parameters (HF self_attn.*):
+///   wq_a [Rq, D] (q_a_proj), q_norm [Rq] (q_a_layernorm), wq_b [H·Q, Rq] (q_b_proj)  — or wq [H·Q, D] (q_proj)
+///   wkv_a [Rkv + Dr, D] (kv_a_proj_with_mqa), kv_norm [Rkv] (kv_a_layernorm), wkv_b [H·(Dn + Dv), Rkv] (kv_b_proj)
+///   wo [D, H·Dv] (o_proj)
+/// The two latent norms use eps 1e-6 whatever rms_norm_eps is: HF builds them with DeepseekV3RMSNorm's default.
+public final class MLA {
+    public let wq: Parameter?, wqA: Parameter?, qNorm: Parameter?, wqB: Parameter?
+    public let wkvA: Parameter, kvNorm: Parameter, wkvB: Parameter, wo: Parameter
+    let D: Int, H: Int, Rq: Int, Rkv: Int, Dn: Int, Dr: Int, Dv: Int, Q: Int
+    let interleaved: Bool, scale: Float
+    static let latentNormEps: Float = 1e-6
+
+    init(_ t: ParameterScope, args a: DeepSeekV3ModelArgs) {
+        D = a.dim; H = a.n_heads; Rq = a.q_lora_rank; Rkv = a.kv_lora_rank
+        Dn = a.qk_nope_head_dim; Dr = a.qk_rope_head_dim; Dv = a.v_head_dim; Q = Dn + Dr
+        interleaved = a.rope_interleave; scale = a.softmaxScale
+        let normal = ParameterInit.normal(std: a.init_std)
+        if Rq > 0 {
+            wq = nil
+            wqA = t.parameter("wq_a.weight", [Rq, D], init: normal, hf: "q_a_proj.weight")
+            qNorm = t.parameter("q_norm.weight", [Rq], init: .ones, hf: "q_a_layernorm.weight")
+            wqB = t.parameter("wq_b.weight", [H * Q, Rq], init: normal, hf: "q_b_proj.weight")
+        } else {
+            wq = t.parameter("wq.weight", [H * Q, D], init: normal, hf: "q_proj.weight")
+            wqA = nil; qNorm = nil; wqB = nil
+        }
+        wkvA = t.parameter("wkv_a.weight", [Rkv + Dr, D], init: normal, hf: "kv_a_proj_with_mqa.weight")
+        kvNorm = t.parameter("kv_norm.weight", [Rkv], init: .ones, hf: "kv_a_layernorm.weight")
+        wkvB = t.parameter("wkv_b.weight", [H * (Dn + Dv), Rkv], init: normal, hf: "kv_b_proj.weight")
+        wo = t.parameter("wo.weight", [D, H * Dv], init: normal, hf: "o_proj.weight")
+    }
+
+    /// out_ND += MLA(xn_ND).
+    func forward(_ xn_ND: UnsafePointer<Float>, accumulateInto out_ND: UnsafeMutablePointer<Float>, acts a: MLAActs,
+                 cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int) {
+        let N = B * T, KVA = Rkv + Dr, KVB = Dn + Dv
+        // queries: low-rank path with its norm, or one projection
+        if let wqA, let wqB, let qNorm {
+            matmul_forward(a.qa!.data, xn_ND, wqA.v, T: N, D: D, N: Rq)
+            rmsnorm_forward(a.qan!.data, a.qaRstd!.data, a.qa!.data, qNorm.v, N: N, D: Rq, eps: Self.latentNormEps)
+            matmul_forward(a.qRaw.data, a.qan!.data, wqB.v, T: N, D: Rq, N: H * Q)
+        } else {
+            matmul_forward(a.qRaw.data, xn_ND, wq!.v, T: N, D: D, N: H * Q)
+        }
+        // keys / values: one compressed latent per token (+ the rope key), normed, expanded per head
+        matmul_forward(a.kva.data, xn_ND, wkvA.v, T: N, D: D, N: KVA)
+        for n in 0..<N { (a.kvc.data + n * Rkv).update(from: a.kva.data + n * KVA, count: Rkv) }
+        rmsnorm_forward(a.kvn.data, a.kvRstd.data, a.kvc.data, kvNorm.v, N: N, D: Rkv, eps: Self.latentNormEps)
+        matmul_forward(a.kv.data, a.kvn.data, wkvB.v, T: N, D: Rkv, N: H * KVB)
+        // rope: q_pe per head (into q's rope slots), k_pe once (shared)
+        rope_slice_forward(a.q.data + Dn, outStride: Q, a.qRaw.data + Dn, xStride: Q, cos_TP: cos_TP, sin_TP: sin_TP,
+                           B: B, T: T, H: H, rd: Dr, interleaved: interleaved)
+        rope_slice_forward(a.kpe.data, outStride: Dr, a.kva.data + Rkv, xStride: KVA, cos_TP: cos_TP, sin_TP: sin_TP,
+                           B: B, T: T, H: 1, rd: Dr, interleaved: interleaved)
+        // assemble q = [q_nope | q_pe], k = [k_nope | k_pe], v per head
+        for n in 0..<N {
+            for h in 0..<H {
+                let row = n * H + h
+                (a.q.data + row * Q).update(from: a.qRaw.data + row * Q, count: Dn)
+                (a.k.data + row * Q).update(from: a.kv.data + row * KVB, count: Dn)
+                (a.k.data + row * Q + Dn).update(from: a.kpe.data + n * Dr, count: Dr)
+                (a.v.data + row * Dv).update(from: a.kv.data + row * KVB + Dn, count: Dv)
+            }
+        }
+        attention_forward(a.ao.data, a.att.data, a.q.data, a.k.data, a.v.data, B: B, T: T, H: H, KV: H, hd: Q, vd: Dv, scale: scale)
+        matmul_forward(out_ND, a.ao.data, wo.v, T: N, D: H * Dv, N: D, accumulate: true)
+    }
+
+    /// dxn_ND = ∂/∂xn (written: no zeroing pass first); weight grads accumulated.
+    func backward(_ dout_ND: UnsafePointer<Float>, dxn_ND: UnsafeMutablePointer<Float>, xn_ND: UnsafePointer<Float>, acts a: MLAActs,
+                  cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, ws: MLAWorkspace, B: Int, T: Int) {
+        let N = B * T, KVA = Rkv + Dr, KVB = Dn + Dv
+        let dao = ws.dao.get(N * H * Dv), dq = ws.dq.get(N * H * Q), dk = ws.dk.get(N * H * Q), dv = ws.dv.get(N * H * Dv)
+        let dTT = ws.dTT.get(B * H * T * T)
+        matmul_backward(dx_TD: dao, dw_ND: wo.g, dout_TN: dout_ND, x_TD: a.ao.data, w_ND: wo.v, T: N, D: H * Dv, N: D, overwriteDx: true)
+        attention_backward(dq_BTHd: dq, dk_BTKd: dk, dv_BTKd: dv, scratch_BHTT: dTT, dout_BTHd: dao, att_BHTT: a.att.data,
+                           q_BTHd: a.q.data, k_BTKd: a.k.data, v_BTKd: a.v.data, B: B, T: T, H: H, KV: H, hd: Q, vd: Dv, scale: scale)
+        // split back: dq_nope as is, dq_pe through the rope; dk_nope and dv into kv_b's output layout; dk_pe summed over
+        // the heads that share it (in head order), then through its rope
+        let dqRaw = ws.dqRaw.get(N * H * Q), dkv = ws.dkv.get(N * H * KVB), dkpe = ws.dkpe.get(N * Dr)
+        for n in 0..<N {
+            let s = dkpe + n * Dr
+            s.update(repeating: 0, count: Dr)
+            for h in 0..<H {
+                let row = n * H + h
+                (dqRaw + row * Q).update(from: dq + row * Q, count: Dn)
+                (dkv + row * KVB).update(from: dk + row * Q, count: Dn)
+                (dkv + row * KVB + Dn).update(from: dv + row * Dv, count: Dv)
+                add_inplace(s, dk + row * Q + Dn, Dr)
+            }
+        }
+        rope_slice_backward(dqRaw + Dn, dxStride: Q, dq + Dn, doutStride: Q, cos_TP: cos_TP, sin_TP: sin_TP,
+                            B: B, T: T, H: H, rd: Dr, interleaved: interleaved)
+        // kv path: kv_b, the latent norm, then kv_a's output gradient = [d c_kv | d k_pe_raw]
+        let dkvn = ws.dkvn.get(N * Rkv), dkvc = ws.dkvc.get(N * Rkv), dkva = ws.dkva.get(N * KVA)
+        matmul_backward(dx_TD: dkvn, dw_ND: wkvB.g, dout_TN: dkv, x_TD: a.kvn.data, w_ND: wkvB.v, T: N, D: Rkv, N: H * KVB, overwriteDx: true)
+        rmsnorm_backward(dkvc, kvNorm.g, dkvn, a.kvc.data, kvNorm.v, a.kvRstd.data, N: N, D: Rkv, overwriteDx: true)
+        for n in 0..<N { (dkva + n * KVA).update(from: dkvc + n * Rkv, count: Rkv) }
+        rope_slice_backward(dkva + Rkv, dxStride: KVA, dkpe, doutStride: Dr, cos_TP: cos_TP, sin_TP: sin_TP,
+                            B: B, T: T, H: 1, rd: Dr, interleaved: interleaved)
+        matmul_backward(dx_TD: dxn_ND, dw_ND: wkvA.g, dout_TN: dkva, x_TD: xn_ND, w_ND: wkvA.v, T: N, D: D, N: KVA, overwriteDx: true)
+        // q path
+        if let wqA, let wqB, let qNorm {
+            let dqan = ws.dqan.get(N * Rq), dqa = ws.dqa.get(N * Rq)
+            matmul_backward(dx_TD: dqan, dw_ND: wqB.g, dout_TN: dqRaw, x_TD: a.qan!.data, w_ND: wqB.v, T: N, D: Rq, N: H * Q, overwriteDx: true)
+            rmsnorm_backward(dqa, qNorm.g, dqan, a.qa!.data, qNorm.v, a.qaRstd!.data, N: N, D: Rq, overwriteDx: true)
+            matmul_backward(dx_TD: dxn_ND, dw_ND: wqA.g, dout_TN: dqa, x_TD: xn_ND, w_ND: wqA.v, T: N, D: D, N: Rq)
+        } else {
+            matmul_backward(dx_TD: dxn_ND, dw_ND: wq!.g, dout_TN: dqRaw, x_TD: xn_ND, w_ND: wq!.v, T: N, D: D, N: H * Q)
+        }
+    }
+}
