@@ -47,6 +47,18 @@ final class DeepSeekV3Tests: XCTestCase {
         checkModelGradients(m, B: 2, T: 5)
     }
 
+    /// Every layer MoE (n_dense_layers 0), tied embeddings, load balancing on (the bias is a buffer either way).
+    func testFiniteDifferencesAllMoETiedWithLoadBalancing() throws {
+        var a = tinyDeepSeekArgs(groups: 2, keep: 1)
+        a.n_dense_layers = 0; a.n_layers = 2; a.enable_weight_tying = true; a.moe.load_balance_coeff = 1e-3
+        let m = try DeepSeekV3Model(args: a, seed: 14)
+        XCTAssertNil(m.output); XCTAssertEqual(m.moeModules.count, 2)
+        setBias(m)
+        checkModelGradients(m, B: 2, T: 5)
+        m.updateExpertBias(tokensPerExpert: [[1, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]])
+        XCTAssertEqual(m.layers[0].moe!.expertBias.data[0], 0.001 + 0, accuracy: 1e-9)
+    }
+
     /// The grouped and the loop expert paths give the same bits with one kernel thread.
     func testLoopAndGroupedExpertPathsAgree() throws {
         let a = try DeepSeekV3Model(args: tinyDeepSeekArgs(grouped: true), seed: 13)

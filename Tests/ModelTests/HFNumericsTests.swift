@@ -81,9 +81,12 @@ final class HFNumericsTests: XCTestCase {
                 let hf = try args.adapter().toHF(gsd)
                 let want = try XCTUnwrap(debug["step1_param_grad_norms_hf"] as? [String: Any])
                 XCTAssertEqual(Set(hf.keys), Set(want.keys), "\(name): HF parameter names")
+                var worst = (0.0, "")
+                defer { print("\(name): step-1 per-parameter grad norms vs HF: worst relative difference \(worst.0) (\(worst.1))") }
                 for (k, w) in want {
                     guard let g = hf[k], let wv = (w as? NSNumber)?.doubleValue else { continue }
                     let n = g.values.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+                    if wv > 0, Swift.abs(n - wv) / wv > worst.0 { worst = (Swift.abs(n - wv) / wv, k) }
                     XCTAssertEqual(n, wv, accuracy: 1e-4 * wv + 1e-7, "\(name): grad norm of \(k)")
                 }
             }
