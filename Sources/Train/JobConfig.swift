@@ -118,6 +118,7 @@ public struct JobConfig: Equatable {
     public var comm = CommConfig()
     public var metrics = MetricsConfig()
     public var fault = FaultConfig()
+    public var validation = ValidationConfig()
     public init() {}
 
     /// Every overridable field, section by section: the order of --help.
@@ -135,6 +136,7 @@ public struct JobConfig: Equatable {
         .section("comm", \.comm),
         .section("metrics", \.metrics),
         .section("fault", \.fault),
+        .section("validation", \.validation),
     ])
 
     /// Every section's own rules, then the rules between sections (the degrees: `dims(worldSize:)`).
@@ -142,6 +144,9 @@ public struct JobConfig: Equatable {
         try Self.schema.validate(self)
         if training.seq_len > model.modelArgs.max_seq_len {
             throw ConfigError.invalid(key: "training.seq_len", reason: "\(training.seq_len) exceeds model.max_seq_len \(model.modelArgs.max_seq_len)")
+        }
+        if validation.seq_len > model.modelArgs.max_seq_len {
+            throw ConfigError.invalid(key: "validation.seq_len", reason: "\(validation.seq_len) exceeds model.max_seq_len \(model.modelArgs.max_seq_len)")
         }
     }
 

@@ -21,6 +21,8 @@ public final class Trainer {
     /// The model with expert parallelism and FSDP applied: this rank's parameter shards.
     let parallel: FullyShardedModel
     let dataLoader: DataLoader
+    /// The validation loss every validation.freq steps, when enabled.
+    let validator: Validator?
     let optimizer: AdamW
     let lrSchedule: LRSchedule
     let checkpointer: Checkpointer
@@ -68,13 +70,20 @@ public final class Trainer {
 
         let globalBatch = B * mesh.dataParallelDegree * microBatches
         tokensPerStep = globalBatch * L
-        let tokens = try config.dataloader.loadTokens(seqLen: L, globalBatch: globalBatch, steps: config.training.steps,
-                                                      seed: config.training.seed, vocabSize: args.vocab_size)
-        dataLoader = DataLoader(tokens: tokens, seqLen: L, localBatchSize: B, dpDegree: mesh.dataParallelDegree,
-                                dpRank: mesh.dataParallelRank, microBatches: microBatches)
         optimizer = config.optimizer.build(shards: parallel.shards)
         lrSchedule = LRSchedule(config.lr_scheduler, baseLR: config.optimizer.lr, trainingSteps: config.training.steps)
         step = try checkpointer.load(resumeFolder: resumeFolder, model: parallel, optimizer: optimizer, modelArgs: args)
+        // The data continue where the checkpoint's left off: its next window (older checkpoints: step × this global
+        // batch), and for a document file where that window starts.
+        let resumedData = checkpointer.resumedDataLoader
+        let source = try config.dataloader.windows(seqLen: L, globalBatch: globalBatch, steps: config.training.steps,
+                                                   seed: config.training.seed, vocabSize: args.vocab_size, resume: resumedData?.document)
+        dataLoader = DataLoader(source: source, localBatchSize: B, dpDegree: mesh.dataParallelDegree, dpRank: mesh.dataParallelRank,
+                                microBatches: microBatches, startStep: step, startWindow: resumedData?.next_window ?? step * globalBatch)
+        validator = config.validation.enable
+            ? try Validator(config.validation, training: config, vocabSize: args.vocab_size, dpDegree: mesh.dataParallelDegree,
+                            dpRank: mesh.dataParallelRank)
+            : nil
 
         if rank == 0 {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
@@ -124,7 +133,8 @@ public final class Trainer {
     }
 
     /// One optimizer step, llm.c style: zero grad → forward/backward of each micro-batch (gradients reduced after the
-    /// last) → finish backward → clip → optimizer step → expert-load balancing → metrics → checkpoint.
+    /// last) → finish backward → clip → optimizer step → expert-load balancing → validation (when due) → metrics →
+    /// checkpoint.
     func trainStep(_ step: Int) throws {
         try fault?.apply(atStep: step, comm: comm, log: log)
         let start = Runtime.now()
@@ -134,7 +144,7 @@ public final class Trainer {
         parallel.zeroGrad()
         var result: StepResult?
         for m in 0..<dataLoader.microBatches {
-            let batch = dataLoader.batch(step: step, microBatch: m)
+            let batch = try dataLoader.batch(step: step, microBatch: m)
             parallel.requiresGradientSync = m == dataLoader.microBatches - 1   // reduce once, after the last
             let r = model.forwardBackward(inputs: batch.inputs_BL, labels: batch.labels_BL, B: batch.batchSize, T: batch.seqLen,
                                           lossScale: 1 / Float(tokensPerStep))
@@ -154,9 +164,18 @@ public final class Trainer {
         model.updateExpertBias(tokensPerExpert: stats.tokensPerExpert)   // aux-loss-free balancing (when on)
         let end = Runtime.now()
         Trace.record("step", arg: .step(step), pid: comm.rank, tid: 0, start: start, end: end)
+        // Validation is not part of the step's time: tokens/s stays the training's.
+        var validationLoss: Double?
+        if let validator, validator.isDue(step: step, lastStep: config.training.steps) {
+            let validationStart = Runtime.now()
+            validationLoss = try validator.run(model: model, parallel: parallel, world: comm.world)
+            Trace.record("validation", pid: comm.rank, tid: 0, start: validationStart, end: Runtime.now())
+        }
         metrics?.record(step: step, stats: stats, gradNorm: gradNorm, lr: lr, seconds: Double(end - start) / 1e9,
-                        blockedSeconds: Double(BlockedTime.nanoseconds) / 1e9, expertParallel: mesh.ep != nil)
-        try checkpointer.saveIfDue(step: step, lastStep: config.training.steps, model: parallel, optimizer: optimizer, modelArgs: modelArgs)
+                        blockedSeconds: Double(BlockedTime.nanoseconds) / 1e9, expertParallel: mesh.ep != nil,
+                        validationLoss: validationLoss)
+        try checkpointer.saveIfDue(step: step, lastStep: config.training.steps, model: parallel, optimizer: optimizer,
+                                   modelArgs: modelArgs, dataloader: { try dataLoader.state(after: step) })
     }
 }
 

@@ -115,7 +115,8 @@ final class CheckpointUnitTests: XCTestCase {
                     st.expAvgSq.data[j] = Self.marker(st.shard.fqn, st.shard.offset + j, 2)
                 }
             }
-            try self.checkpointer(ckpt, comm).saveIfDue(step: 7, lastStep: 7, model: fsdp, optimizer: optimizer, modelArgs: .qwen3(args))
+            try self.checkpointer(ckpt, comm).saveIfDue(step: 7, lastStep: 7, model: fsdp, optimizer: optimizer, modelArgs: .qwen3(args),
+                                                             dataloader: { DataLoaderState(next_window: 7, document: nil) })
         }
         XCTAssertTrue(failures.allSatisfy { $0 == nil }, "\(failures)")
         XCTAssertEqual(try String(contentsOfFile: ckpt + "/latest", encoding: .utf8), "step-7\n")

@@ -89,8 +89,11 @@ public struct CheckpointMetadata: Codable, Equatable, Sendable {
     public var format: String
     public var format_version: Int
     public var step: Int
-    /// Next step the data loader serves is dataloader_position + 1 (the loader's whole state is the step).
+    /// The step after which the data loader's state below was taken (the step, in checkpoints of before it).
     public var dataloader_position: Int
+    /// The next window and, for a document file, where it starts (nil in older checkpoints: the next window is then
+    /// step × the global batch size).
+    public var dataloader: DataLoaderState?
     public var lr_scheduler_step: Int
     public var rng: String
     public var model_args: ModelArgs
@@ -350,7 +353,7 @@ public enum Checkpoint {
     @discardableResult
     public static func save(folder: String, step: Int, pieces: [StatePiece], buffers: [ModelBuffer], isWriter: Bool,
                             world: ProcessGroup, jobID: String, modelArgs: ModelArgs, topology: CheckpointTopology,
-                            keepLatestK: Int, log: (String) -> Void) throws -> String {
+                            dataloader: DataLoaderState? = nil, keepLatestK: Int, log: (String) -> Void) throws -> String {
         let rank = world.members[world.rank]
         let fm = FileManager.default
         let tmp = join(folder, stepFolderName(step) + ".tmp-" + sanitized(jobID))
@@ -395,7 +398,7 @@ public enum Checkpoint {
         if rank == 0 {
             var meta = CheckpointMetadata(
                 format: CheckpointMetadata.formatName, format_version: CheckpointMetadata.currentFormatVersion,
-                step: step, dataloader_position: step, lr_scheduler_step: step,
+                step: step, dataloader_position: step, dataloader: dataloader, lr_scheduler_step: step,
                 rng: "none (training draws no random numbers after initialisation)",
                 model_args: modelArgs, topology: topology, job_id: jobID, files: [], state: [:], buffers: bufferEntries)
             for (r, blob) in written.enumerated() where !blob.isEmpty {

@@ -113,6 +113,7 @@ public final class Checkpointer {
     /// else from initial_load_path when it is a distributed checkpoint (the weights only: torchtitan's
     /// initial_load_model_only; returns 0), else nothing (0). Resharded onto this topology; validated first.
     public func load(resumeFolder: String?, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs) throws -> Int {
+        resumedDataLoader = nil
         let stepFolder: String
         let weightsOnly: Bool
         if let resumeFolder {
@@ -126,21 +127,28 @@ public final class Checkpointer {
                                        buffers: weightsOnly ? nil : model.model.buffers, expected: Self.expectedKeys(model),
                                        modelArgs: modelArgs)
         model.reshard()
+        if !weightsOnly { resumedDataLoader = meta.dataloader }
         if comm.rank == 0 {
             log(weightsOnly ? "checkpoint: initial weights from \(stepFolder)" : "checkpoint: resumed from \(stepFolder) at step \(meta.step)")
         }
         return weightsOnly ? 0 : meta.step
     }
 
-    /// Saves step `step` when checkpointing is on and it is due (every `interval` steps and the last one). Collective.
-    public func saveIfDue(step: Int, lastStep: Int, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs) throws {
+    /// The data loader's state in the checkpoint `load` resumed from (nil: none, or one written before it was kept).
+    public private(set) var resumedDataLoader: DataLoaderState?
+
+    /// Saves step `step` when checkpointing is on and it is due (every `interval` steps and the last one), with the data
+    /// loader's state. Collective.
+    public func saveIfDue(step: Int, lastStep: Int, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs,
+                          dataloader: () throws -> DataLoaderState) throws {
         guard config.enable, step % config.interval == 0 || step == lastStep else { return }
+        let dataState = try dataloader()
         let mesh = model.mesh
         try Checkpoint.save(folder: folder, step: step, pieces: Self.pieces(model, optimizer), buffers: model.model.buffers,
                             isWriter: mesh.replicaIndex == 0, world: mesh.world, jobID: comm.spec.jobID, modelArgs: modelArgs,
                             topology: CheckpointTopology(world_size: comm.worldSize, replicate: mesh.dims.replicate,
                                                          shard: mesh.dims.shard, ep: mesh.dims.ep),
-                            keepLatestK: config.keep_latest_k, log: log)
+                            dataloader: dataState, keepLatestK: config.keep_latest_k, log: log)
     }
 
     /// With last_save_in_hf, the final weights as an HF folder, checkpoint.folder/step-N-hf (gathered on rank 0 only).
