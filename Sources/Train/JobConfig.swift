@@ -118,6 +118,7 @@ public struct JobConfig: Equatable {
     public var comm = CommConfig()
     public var metrics = MetricsConfig()
     public var fault = FaultConfig()
+    public var generate = GenerateConfig()
     public init() {}
 
     /// Every overridable field, section by section: the order of --help.
@@ -135,6 +136,7 @@ public struct JobConfig: Equatable {
         .section("comm", \.comm),
         .section("metrics", \.metrics),
         .section("fault", \.fault),
+        .section("generate", \.generate),
     ])
 
     /// Every section's own rules, then the rules between sections (the degrees: `dims(worldSize:)`).

@@ -41,7 +41,7 @@ struct Launch: ParsableCommand {
     @Argument(parsing: .allUnrecognized, help: "The rank program (train, collectives, bench; default train) and its arguments.")
     var program: [String] = []
 
-    static let programs = ["train", "collectives", "bench"]
+    static let programs = ["train", "collectives", "bench", "generate"]
 
     func run() throws {
         var args = program
@@ -57,6 +57,15 @@ struct Launch: ParsableCommand {
         }
         guard let name = args.first else { throw ValidationError("name the rank program: train, collectives or bench") }
         let topo = try resolveTopology()
+        if name == "generate" {
+            // One process decodes with the whole model: no ranks to start, so it runs here (`./run_cluster.sh 1 generate`).
+            guard topo.worldSize == 1 else {
+                throw ValidationError("generate runs in one process: use ./run_cluster.sh 1 generate ... (this topology has \(topo.worldSize) ranks)")
+            }
+            let command = try GenerateCommand.parse(Array(args.dropFirst()))
+            try command.run()
+            return
+        }
         let dump = dumpFolder ?? Self.value(of: "--job.dump_folder", in: args) ?? Self.defaultDumpFolder(program: name)
         if name == "train", Self.value(of: "--job.dump_folder", in: args) == nil {
             args += ["--job.dump_folder", dump]
