@@ -22,6 +22,7 @@ public func attention_cached_forward(_ out_THd: UnsafeMutablePointer<Float>, _ q
     // 0 ... P+t (the masked tail zeroed), then O_h = scores · V_g.
     func head(_ h: Int) {
         let g = h / rep
+        if T == 1 { return step(h, g) }
         let Q = q_THd + h * hd, O = out_THd + h * hd
         let K = k_SKd + g * hd, V = v_SKd + g * hd
         let Sc = scores_HTS + h * T * S
@@ -37,6 +38,19 @@ public func attention_cached_forward(_ out_THd: UnsafeMutablePointer<Float>, _ q
         }
         BLAS.sgemmSerial(transA: false, transB: false, M: T, N: hd, K: S, alpha: 1, A: Sc, lda: S,
                          B: V, ldb: ks, beta: 0, C: O, ldc: qs)
+    }
+    // One new position (a decoding step): dot products with the cached keys and a weighted sum of the cached values,
+    // each read once (as GEMMs of one row they would be packed first).
+    func step(_ h: Int, _ g: Int) {
+        let Q = q_THd + h * hd, O = out_THd + h * hd
+        let K = k_SKd + g * hd, V = v_SKd + g * hd
+        let row = scores_HTS + h * S
+        for j in 0..<S { row[j] = scale * dot(Q, K + j * ks, hd) }
+        let mx = vmax(row, S)
+        let sum = exp_shifted(row, row, S, minus: mx)
+        vscale(row, S, 1 / sum)
+        O.update(repeating: 0, count: hd)
+        for j in 0..<S { axpy(O, row[j], V + j * ks, hd) }
     }
     parallelForEach(costs: [Int](repeating: T * S * hd, count: H), head)
 }

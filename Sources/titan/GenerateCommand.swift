@@ -41,6 +41,7 @@ struct GenerateCommand: ParsableCommand {
         let model = try GenerationWeights.load(config, log: log)
         let prompt = try g.promptTokens(tokenizer: tokenizer, vocabSize: model.vocabSize, maxSeqLen: model.maxSeqLen)
         if !config.debug.deterministic { BLAS.splitOnKernelThreads() }
+        BLAS.prepare()   // the GEMM libraries' one-time set-up, before the prefill is timed
         log("\(prompt.count) prompt tokens, \(g.max_new_tokens) new, " + (g.sampling.isGreedy ? "greedy" :
             "temperature \(g.temperature), top_k \(g.top_k), top_p \(g.top_p), seed \(g.seed)")
             + ", \(g.num_samples) sample(s), " + (g.kv_cache ? "KV cache" : "no KV cache") + ", \(KernelThreads.count) kernel thread(s)")

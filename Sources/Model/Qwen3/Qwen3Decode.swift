@@ -78,7 +78,7 @@ extension Qwen3Model: IncrementalDecoding {
             layer.forwardCached(a, kCache: cache.layers[i][0], vCache: cache.layers[i][1], P: P, scratch: scratch)
         }
         rmsnorm_forward(a.xn.data, a.rstd.data, a.x.ptr, norm.v, N: T, D: D, eps: args.norm_eps)
-        matmul_forward(logits_TV, a.xn.ptr, (output ?? tokEmbeddings).v, T: T, D: D, N: V)
+        linear(logits_TV, a.xn.ptr, (output ?? tokEmbeddings).v, T: T, D: D, N: V)
         cache.advance(by: T)
     }
 }
@@ -91,10 +91,11 @@ extension TransformerBlock {
         rmsnorm_forward(a.xn.data, a.rstd.data, a.x.ptr, attentionNorm.v, N: T, D: D, eps: eps)
         attention.forwardCached(a.xn.ptr, accumulateInto: a.x.data, a, kCache: kCache, vCache: vCache, P: P, scratch: scratch)
         rmsnorm_forward(a.xn.data, a.rstd.data, a.x.ptr, ffnNorm.v, N: T, D: D, eps: eps)
-        if let m = moe {
-            m.forward(a.xn.ptr, accumulateInto: a.x.data, acts: a.moe!, ws: scratch.ws, N: T)   // route each token, run its top-k experts
-        } else {
-            feedForward!.forward(a.xn.ptr, accumulateInto: a.x.data, acts: a.ffn!, N: T)
+        switch (moe, T) {
+        case (let m?, 1): m.forwardOneToken(a.xn.ptr, accumulateInto: a.x.data, acts: a.moe!, ws: scratch.ws)
+        case (let m?, _): m.forward(a.xn.ptr, accumulateInto: a.x.data, acts: a.moe!, ws: scratch.ws, N: T)
+        case (nil, 1): feedForward!.forwardOneToken(a.xn.ptr, accumulateInto: a.x.data, acts: a.ffn!)
+        case (nil, _): feedForward!.forward(a.xn.ptr, accumulateInto: a.x.data, acts: a.ffn!, N: T)
         }
     }
 }
@@ -106,9 +107,9 @@ extension Attention {
                        kCache: Tensor, vCache: Tensor, P: Int, scratch: Qwen3DecodeScratch) {
         let T = a.T, KD = KV * hd, half = hd / 2
         let kNew = kCache.data + P * KD, vNew = vCache.data + P * KD
-        matmul_forward(a.qRaw.data, xn_TD, wq.v, T: T, D: D, N: H * hd)
-        matmul_forward(a.kRaw.data, xn_TD, wk.v, T: T, D: D, N: KD)
-        matmul_forward(vNew, xn_TD, wv.v, T: T, D: D, N: KD)
+        linear(a.qRaw.data, xn_TD, wq.v, T: T, D: D, N: H * hd)
+        linear(a.kRaw.data, xn_TD, wk.v, T: T, D: D, N: KD)
+        linear(vNew, xn_TD, wv.v, T: T, D: D, N: KD)
         rmsnorm_forward(a.q.data, a.qRstd.data, a.qRaw.ptr, qNorm.v, N: T * H, D: hd, eps: eps)
         rmsnorm_forward(kNew, a.kRstd.data, a.kRaw.ptr, kNorm.v, N: T * KV, D: hd, eps: eps)
         let cos = scratch.cos.ptr + P * half, sin = scratch.sin.ptr + P * half   // the rows of positions P ..< P+T
@@ -116,6 +117,49 @@ extension Attention {
         rope_forward(kNew, kNew, cos_TP: cos, sin_TP: sin, B: 1, T: T, H: KV, hd: hd)
         attention_cached_forward(a.ao.data, a.q.ptr, k_SKd: kCache.ptr, v_SKd: vCache.ptr,
                                  scores_HTS: scratch.scores.get(H * T * (P + T)), P: P, T: T, H: H, KV: KV, hd: hd)
-        matmul_forward(out_TD, a.ao.ptr, wo.v, T: T, D: H * hd, N: D, accumulate: true)
+        linear(out_TD, a.ao.ptr, wo.v, T: T, D: H * hd, N: D, accumulate: true)
+    }
+}
+
+/// matmul_forward, or for one position (a decoding step) matvec_forward.
+@inline(__always)
+func linear(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: UnsafePointer<Float>, _ w_ND: UnsafePointer<Float>,
+            T: Int, D: Int, N: Int, accumulate: Bool = false) {
+    if T == 1 { matvec_forward(out_TN, x_TD, w_ND, D: D, N: N, accumulate: accumulate) }
+    else { matmul_forward(out_TN, x_TD, w_ND, T: T, D: D, N: N, accumulate: accumulate) }
+}
+
+extension MoE {
+    /// out_D += MoE(xn_D) for one token (a decoding step): MoE.forward's routing (router scores, top-k by scores +
+    /// expert bias, gate weights), then only the token's k experts, each as matrix-vector products, summed in the
+    /// order of its top-k list as MoE.forward's combine does; plus the shared experts.
+    func forwardOneToken(_ xn_D: UnsafePointer<Float>, accumulateInto out_D: UnsafeMutablePointer<Float>, acts a: MoEActs, ws: Workspace) {
+        let D = dim, E = args.num_experts, K = args.top_k, F = args.hidden_dim
+        let logits = ws.logits.get(E)
+        matvec_forward(logits, xn_D, gate.v, D: D, N: E)
+        router_scores_forward(a.scores.data, logits, T: 1, E: E, sigmoid: args.score_func == .sigmoid)
+        topk_forward(a.idx.data, a.gate.data, a.scores.data, bias_E: usesBias ? UnsafePointer(expertBias.data) : nil,
+                     T: 1, E: E, K: K, routeNorm: args.route_norm, routeScale: args.route_scale)
+        let h1 = ws.dh1.get(F), h3 = ws.dh3.get(F), h = ws.dh.get(F), y = ws.dys.get(D)
+        for k in 0..<K {
+            let e = Int(a.idx.data[k])
+            matvec_forward(h1, xn_D, w1.v + e * F * D, D: D, N: F)
+            matvec_forward(h3, xn_D, w3.v + e * F * D, D: D, N: F)
+            swiglu_forward(h, h1, h3, F)
+            matvec_forward(y, h, w2.v + e * D * F, D: F, N: D)
+            axpy(out_D, a.gate.data[k], y, D)
+        }
+        if let sh = shared { sh.forwardOneToken(xn_D, accumulateInto: out_D, acts: a.shared!) }
+    }
+}
+
+extension FeedForward {
+    /// out_D += FFN(x_D) for one token, as matrix-vector products.
+    func forwardOneToken(_ x_D: UnsafePointer<Float>, accumulateInto out_D: UnsafeMutablePointer<Float>, acts a: FFNActs) {
+        let D = dim, F = hiddenDim
+        matvec_forward(a.h1.data, x_D, w1.v, D: D, N: F)
+        matvec_forward(a.h3.data, x_D, w3.v, D: D, N: F)
+        swiglu_forward(a.h.data, a.h1.data, a.h3.data, F)
+        matvec_forward(out_D, a.h.data, w2.v, D: F, N: D, accumulate: true)
     }
 }
