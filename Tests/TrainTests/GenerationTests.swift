@@ -112,6 +112,16 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(s.finish(), "")
     }
 
+    func testStreamedTextOfABPETokenizerIsTheDecodedContinuation() throws {
+        let tok = try BPETokenizer(json: TokenizerTests.tokenizerJSON(preTokenizer: TokenizerTests.qwenPre))
+        var s = TextStreamer(tokenizer: tok)
+        let ids = tok.encode("hello world!") + [0xE2, 0x82, 0xAC, 33]   // then "€" as its three byte tokens, then "!"
+        var streamed = ids.map { s.add($0) }
+        streamed.append(s.finish())
+        XCTAssertEqual(streamed, ["hello", " world", "!", "", "", "€", "!", ""])
+        XCTAssertEqual(streamed.joined(), tok.decode(ids))
+    }
+
     // MARK: bad input
 
     func resolve(_ args: [String]) throws -> JobConfig {
