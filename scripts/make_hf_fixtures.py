@@ -25,6 +25,8 @@ Usage (needs torch, transformers<5, numpy, safetensors):
 The DeepSeek-V3 fixtures need transformers 5.x (DeepseekV3ForCausalLM as 5.x defines it); they are made
 alone, without rewriting tokens.npy, dtypes/ or the qwen3 folders:
     /tmp/ref/bin/python scripts/make_hf_fixtures.py --only deepseek_v3,deepseek_v3_q0
+Generation expectations (KIND/generate.json, any transformers version; other files untouched):
+    /tmp/ref/bin/python scripts/make_hf_fixtures.py --generate-expectations qwen3_moe,qwen3_dense,qwen3_tied
 """
 
 import argparse
@@ -366,6 +368,58 @@ def make_dtype_fixture(out):
         f.write("\n")
 
 
+# Generation expectations (titan generate): written next to an existing fixture, never touching its other files.
+GENERATE_PROMPTS = [[1, 2, 3, 4, 5], [7], "window0"]  # "window0": the first 16 tokens of tokens.npy
+GENERATE_NEW_TOKENS = 24
+GENERATE_SAMPLING = [dict(temperature=0.7), dict(temperature=1.3, top_k=5), dict(temperature=0.9, top_p=0.6),
+                     dict(temperature=1.0, top_k=12, top_p=0.8)]
+
+
+def make_generate_expectations(out, kinds):
+    """KIND/generate.json: for each prompt, HF generate(do_sample=False) continuations from the fixture's weights, the
+    smallest top-1 / top-2 logit gap along the way (greedy is well defined only when it is not at round-off), and,
+    for the prompt's last position, the distribution HF's logits processors (temperature, top_k, top_p, in
+    generate()'s order) leave for a few settings."""
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.logits_process import (
+        LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    tokens = np.load(os.path.join(out, "tokens.npy"))
+    for kind in kinds:
+        folder = os.path.join(out, kind)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+        cases = []
+        for prompt in GENERATE_PROMPTS:
+            ids = tokens[:SEQ_LEN].tolist() if prompt == "window0" else prompt
+            x = torch.tensor([ids], dtype=torch.long)
+            with torch.no_grad():
+                g = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=GENERATE_NEW_TOKENS,
+                                   min_new_tokens=GENERATE_NEW_TOKENS, pad_token_id=0, eos_token_id=None,
+                                   output_scores=True, return_dict_in_generate=True)
+                gaps = [float(torch.topk(sc[0].double(), 2).values.diff().abs()) for sc in g.scores]
+                last = model(input_ids=x).logits[0, -1].float()
+            sampling = []
+            for opt in GENERATE_SAMPLING:
+                procs = LogitsProcessorList([TemperatureLogitsWarper(opt["temperature"])])
+                if opt.get("top_k"):
+                    procs.append(TopKLogitsWarper(top_k=opt["top_k"]))
+                if opt.get("top_p", 1.0) < 1.0:
+                    procs.append(TopPLogitsWarper(top_p=opt["top_p"]))
+                probs = torch.softmax(procs(x, last[None].clone())[0], dim=-1).double()
+                kept = torch.nonzero(probs > 0).flatten().tolist()
+                sampling.append(dict(opt, kept_ids=kept, kept_probs=[probs[i].item() for i in kept]))
+            cases.append(dict(prompt_ids=ids, new_ids=g.sequences[0, len(ids):].tolist(), min_top2_gap=min(gaps),
+                              last_logits_first8=last[:8].tolist(), sampling=sampling))
+        with open(os.path.join(folder, "generate.json"), "w") as f:
+            json.dump({"model": kind, "max_new_tokens": GENERATE_NEW_TOKENS, "cases": cases,
+                       "generator": {"script": "scripts/make_hf_fixtures.py --generate-expectations",
+                                     "torch": torch.__version__, "transformers": transformers.__version__,
+                                     "call": "generate(do_sample=False, max_new_tokens, min_new_tokens, eos_token_id=None)"}},
+                      f, indent=1)
+            f.write("\n")
+        print(f"{kind}: generate.json, min top-2 gaps {[round(c['min_top2_gap'], 5) for c in cases]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -373,9 +427,16 @@ def main():
     ap.add_argument("--only", default=None,
                     help="comma-separated model folders to make (e.g. deepseek_v3,deepseek_v3_q0); "
                          "tokens.npy and dtypes/ are then left as they are")
+    ap.add_argument("--generate-expectations", default=None, metavar="KINDS",
+                    help="only write KIND/generate.json (greedy continuations, logits processors) for these "
+                         "comma-separated existing fixtures, e.g. qwen3_moe,qwen3_dense,qwen3_tied")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
+    if args.generate_expectations:
+        torch.set_num_threads(1)
+        make_generate_expectations(out, args.generate_expectations.split(","))
+        return
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -119,6 +119,7 @@ public struct JobConfig: Equatable {
     public var metrics = MetricsConfig()
     public var fault = FaultConfig()
     public var validation = ValidationConfig()
+    public var generate = GenerateConfig()
     public init() {}
 
     /// Every overridable field, section by section: the order of --help.
@@ -137,6 +138,7 @@ public struct JobConfig: Equatable {
         .section("metrics", \.metrics),
         .section("fault", \.fault),
         .section("validation", \.validation),
+        .section("generate", \.generate),
     ])
 
     /// Every section's own rules, then the rules between sections (the degrees: `dims(worldSize:)`).
