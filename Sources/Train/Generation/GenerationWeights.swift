@@ -7,24 +7,31 @@ import Tensor
 /// checkpoint folder (its latest step) or step folder (architecture from its metadata, resharded from any topology
 /// into one), or, with neither, the config's architecture initialised from training.seed.
 public enum GenerationWeights {
-    public static func load(_ config: JobConfig, log: (String) -> Void = { _ in }) throws -> Qwen3Model {
-        let model: Qwen3Model
+    /// A model that decodes: a family implementing `IncrementalDecoding`, with its parameters.
+    public typealias Decoder = IncrementalDecoding & ParallelizableModel
+
+    public static func load(_ config: JobConfig, log: (String) -> Void = { _ in }) throws -> Decoder {
+        let built: TrainableModel
         if config.checkpoint.initial_load_in_hf, let path = config.checkpoint.initial_load_path {
-            var (args, sd) = try HFCheckpoint.load(folder: path)
-            args.moe.use_grouped_mm = config.model.args.moe.use_grouped_mm   // how experts run is the config's (as training)
-            model = try Qwen3Model(args: args, materialize: false)
-            try model.load(stateDict: sd, allowMissingBuffers: true)
-            log("weights: HF folder \(path) (\(describe(args)))")
+            var (args, sd, skipped) = try HFCheckpoint.loadModel(folder: path)
+            args.moe.use_grouped_mm = config.model.modelArgs.moe.use_grouped_mm   // how experts run is the config's (as training)
+            built = try args.build(materialize: false)
+            try built.load(stateDict: sd, allowMissingBuffers: true)
+            if let skipped { log(skipped) }
+            log("weights: HF folder \(path) (\(args.family): \(args.summary))")
         } else if let path = config.checkpoint.initial_load_path {
             let step = try Checkpoint.resolveStepFolder(path)
             var (meta, sd) = try Checkpoint.assembleFull(stepFolder: step)
-            meta.model_args.moe.use_grouped_mm = config.model.args.moe.use_grouped_mm
-            model = try Qwen3Model(args: meta.model_args, materialize: false)
-            try model.load(stateDict: sd, allowMissingBuffers: true)
-            log("weights: checkpoint \(step) (step \(meta.step), saved on \(meta.topology.world_size) ranks: \(describe(meta.model_args)))")
+            meta.model_args.moe.use_grouped_mm = config.model.modelArgs.moe.use_grouped_mm
+            built = try meta.model_args.build(materialize: false)
+            try built.load(stateDict: sd, allowMissingBuffers: true)
+            log("weights: checkpoint \(step) (step \(meta.step), saved on \(meta.topology.world_size) ranks: \(meta.model_args.family): \(meta.model_args.summary))")
         } else {
-            model = try Qwen3Model(args: config.model.args, seed: UInt64(config.training.seed))
+            built = try config.model.modelArgs.build(seed: UInt64(config.training.seed))
             log("weights: none given (checkpoint.initial_load_path): \(config.model.flavor) initialised from training.seed \(config.training.seed)")
+        }
+        guard let model = built as? Decoder else {
+            throw GenerateError.unsupportedFamily(String(describing: type(of: built)))
         }
         // Mixed precision as training runs it on one rank: parameters at bfloat16 values, matmuls on bfloat16 inputs.
         if config.training.mixed_precision_param == .bfloat16 {
@@ -33,8 +40,14 @@ public enum GenerationWeights {
         BLAS.matmulPrecision = config.training.mixed_precision_param
         return model
     }
+}
 
-    static func describe(_ a: Qwen3ModelArgs) -> String {
-        "\(a.n_layers) layers, dim \(a.dim), vocab \(a.vocab_size)" + (a.moe_enabled ? ", \(a.moe.num_experts) experts top-\(a.moe.top_k)" : ", dense")
+public enum GenerateError: Error, CustomStringConvertible {
+    case unsupportedFamily(String)
+    public var description: String {
+        switch self {
+        case .unsupportedFamily(let t):
+            return "titan generate: \(t) does not implement incremental decoding yet (IncrementalDecoding: Sources/Model/Core/IncrementalDecoding.swift)"
+        }
     }
 }
