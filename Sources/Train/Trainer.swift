@@ -79,7 +79,8 @@ public final class Trainer {
         if rank == 0 {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
             metrics = try MetricsProcessor(config.metrics, dumpFolder: config.job.dump_folder, resumedAt: step,
-                                           worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps, log: log)
+                                           worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps,
+                                           flopsPerToken: model.flopsPerToken(seqLen: L), log: log)
             log("model \(config.model.name)/\(config.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
             log("mesh: world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
@@ -98,6 +99,9 @@ public final class Trainer {
         // bits whatever the thread count and lending (every GEMM implementation runs single-threaded).
         if config.debug.deterministic { IdleCPUs.lendsWork = false } else { BLAS.splitOnKernelThreads() }
         Runtime.install(BlockedTime.observer)
+        // The MFU's peak, timed now that GEMMs run as the steps will run them (kernel threads, precision).
+        let peakFlops = try jobPeakFlops(config.metrics, world: comm.world)
+        metrics?.setPeak(flops: peakFlops, measured: config.metrics.peak_tflops <= 0)
         if rank == 0 {
             log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on "
                 + (BLAS.matmulPrecision == .bfloat16 ? "bfloat16 inputs with fp32 accumulation, \(BLAS.bf16Kernel.rawValue)" : BLAS.description)
@@ -116,6 +120,7 @@ public final class Trainer {
         try checkpointer.exportHFIfAsked(step: step, model: parallel, modelArgs: modelArgs)
         if IdleCPUs.enabled { log("idle CPUs: \(IdleCPUs.lentTasks) GEMM or loop half(s) of this rank ran on another rank's idle CPU") }
         if comm.rank == 0 { log("metrics: \(config.job.dump_folder)/metrics.jsonl") }
+        metrics?.finish()
         if let profiler {
             let (path, dropped) = try profiler.write()
             log("trace: \(path)" + (dropped > 0 ? " (\(dropped) events dropped: buffer full)" : ""))
