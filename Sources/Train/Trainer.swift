@@ -76,15 +76,18 @@ public final class Trainer {
         lrSchedule = LRSchedule(config.lr_scheduler, baseLR: config.optimizer.lr, trainingSteps: config.training.steps)
         step = try checkpointer.load(resumeFolder: resumeFolder, model: parallel, optimizer: optimizer, modelArgs: args)
 
+        var modelLine = "", meshLine = ""   // rank 0's description of the run, for the log and DUMP/run.json
         if rank == 0 {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
             metrics = try MetricsProcessor(config.metrics, dumpFolder: config.job.dump_folder, resumedAt: step,
                                            worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps,
                                            flopsPerToken: model.flopsPerToken(seqLen: L), log: log)
-            log("model \(config.model.name)/\(config.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
-                + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
-            log("mesh: world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
-                + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : ""))
+            modelLine = "\(config.model.name)/\(config.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
+                + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "")
+            meshLine = "world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
+                + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : "")
+            log("model " + modelLine)
+            log("mesh: " + meshLine)
         } else {
             metrics = nil
         }
@@ -103,10 +106,12 @@ public final class Trainer {
         let peakFlops = try jobPeakFlops(config.metrics, world: comm.world)
         metrics?.setPeak(flops: peakFlops, measured: config.metrics.peak_tflops <= 0)
         if rank == 0 {
-            log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on "
+            let computeLine = "\(KernelThreads.count) kernel thread(s) per rank; GEMMs on "
                 + (BLAS.matmulPrecision == .bfloat16 ? "bfloat16 inputs with fp32 accumulation, \(BLAS.bf16Kernel.rawValue)" : BLAS.description)
                 + (IdleCPUs.enabled ? "; idle CPUs lent (GEMMs of >= 2^24 multiply-adds run in two halves)" : "")
-                + (config.debug.deterministic ? "; deterministic: GEMMs never split or lent" : ""))
+                + (config.debug.deterministic ? "; deterministic: GEMMs never split or lent" : "")
+            log("compute: " + computeLine)
+            try recordRunInfo(attempt: attempt, model: modelLine, mesh: meshLine, compute: computeLine, peakFlops: peakFlops)
         }
     }
 

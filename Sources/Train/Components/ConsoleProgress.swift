@@ -74,17 +74,19 @@ final class ConsoleProgress {
         rows.count > 1 ? rows.dropFirst(max(1, rows.count / 10)) : rows[...]
     }
 
-    func summary() {
+    func summary(report: String?) {
         if showsProgress { log(progressLinePrefix) }   // the summary replaces the progress line
         guard let last = rows.last else { return }
         let steady = Self.steadyRows(rows)
         let meanTPS = steady.reduce(0) { $0 + $1.tokensPerSecond } / Double(steady.count)
         let mfus = steady.compactMap(\.mfu)
-        var text = "summary: steps \(rows.first!.step)-\(last.step) in \(Self.duration(Date().timeIntervalSince(start))), "
+        var text = "summary: steps \(rows.first!.step)-\(last.step) in \(Self.duration(Date().timeIntervalSince(start)))"
+            + (firstStep > 1 ? " (resumed after step \(firstStep - 1))" : "") + ", "
             + "final loss \(String(format: "%.4f", last.loss)); steady steps \(steady.first!.step)-\(last.step): "
             + "\(String(format: "%.0f", meanTPS)) tokens/s"
         if !mfus.isEmpty { text += ", mfu \(String(format: "%.1f", mfus.reduce(0, +) / Double(mfus.count)))%" }
         if let peakRSS { text += "; peak memory \(String(format: "%.0f", peakRSS)) MiB (largest rank)" }
         log(text)
+        if let report { log("report: \(report)") }
     }
 }

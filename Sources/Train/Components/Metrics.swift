@@ -207,10 +207,13 @@ public final class MetricsProcessor {
         if m.step % config.log_freq == 0 || m.step == lastStep { console.line(m.consoleLine) }
     }
 
-    /// The end-of-run summary on the console (final loss, steady-state throughput and MFU, peak memory).
+    /// At the end of the run: DUMP/report.html (`titan report` writes it again from the folder at any time), and the
+    /// summary on the console (final loss, steady-state throughput and MFU, peak memory, where the report is).
     public func finish() {
         tensorBoard?.close()
-        console.summary()
+        var report: String?
+        do { report = try RunReport.write(dumpFolder: console.dumpFolder) } catch { log("report: not written: \(error)") }
+        console.summary(report: report)
     }
 }
 
