@@ -129,6 +129,9 @@ public final class Trainer {
         if let profiler {
             let (path, dropped) = try profiler.write()
             log("trace: \(path)" + (dropped > 0 ? " (\(dropped) events dropped: buffer full)" : ""))
+            if let (merged, missing) = try profiler.mergeAfterEveryRankWrote(world: comm.world) {
+                log("merged trace: \(merged)" + (missing.isEmpty ? "" : " (without ranks \(missing): their files are on other hosts)"))
+            }
         }
     }
 

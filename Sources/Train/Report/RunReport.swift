@@ -218,7 +218,7 @@ public enum RunReport {
             h += "</table>\n"
         }
         if let topologyText { h += "<details><summary>Topology file</summary><pre>\(esc(topologyText))</pre></details>\n" }
-        if let data = try? JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]) {
+        if let data = try? JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]) {
             h += "<details><summary>Resolved config (config.json)</summary><pre>\(esc(String(decoding: data, as: UTF8.self)))</pre></details>\n"
         }
         return h + "</body></html>\n"
