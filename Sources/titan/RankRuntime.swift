@@ -25,10 +25,13 @@ struct RankOutput: @unchecked Sendable {
 
     /// The progress line on screen (a line starting with `progressLinePrefix`): redrawn below every other line.
     nonisolated(unsafe) private static var progress: String?
+    private static let onTerminal = isatty(STDOUT_FILENO) != 0
 
     func print(_ line: String) {
         Self.lock.lock(); defer { Self.lock.unlock() }
-        if line.hasPrefix(progressLinePrefix) {   // redrawn in place, never logged; an empty one clears it
+        if line.hasPrefix(progressLinePrefix) && !Self.onTerminal {
+            Swift.print(line)   // to the launcher, which draws it in place (and never logs it)
+        } else if line.hasPrefix(progressLinePrefix) {   // redrawn in place, never logged; an empty one clears it
             let text = line.dropFirst(progressLinePrefix.count)
             Self.progress = text.isEmpty ? nil : prefix + text
             Swift.print("\r\u{1B}[K" + (Self.progress ?? ""), terminator: "")
