@@ -61,6 +61,10 @@ final class ObservabilityTests: XCTestCase {
             XCTAssertEqual(tokens.min(), row["expert_load_min_layer0"] as? Int)
             XCTAssertEqual(tokens.max(), row["expert_load_max_layer0"] as? Int)
             XCTAssertEqual((row["max_rss_mb_per_rank"] as? [Double])?.count, 2)
+            // The worse of the two ranks' mean losses: at least their mean (the loss), and the other one is >= 0.
+            let loss = try XCTUnwrap(row["loss"] as? Double), worst = try XCTUnwrap(row["max_rank_loss"] as? Double)
+            XCTAssertGreaterThanOrEqual(worst, loss * (1 - 1e-12))
+            XCTAssertLessThan(worst, 2 * loss)
         }
 
         let runs = try FileManager.default.contentsOfDirectory(atPath: dump + "/tb")
@@ -72,7 +76,7 @@ final class ObservabilityTests: XCTestCase {
             import json, sys
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
             acc = EventAccumulator(sys.argv[1]); acc.Reload()
-            tags = ["loss_metrics/global_avg_loss", "grad_norm", "lr", "mfu(%)", "throughput(tps)"]
+            tags = ["loss_metrics/global_avg_loss", "loss_metrics/global_max_loss", "grad_norm", "lr", "mfu(%)", "throughput(tps)"]
             print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in tags}))
             """
         let p = Process()
@@ -85,7 +89,7 @@ final class ObservabilityTests: XCTestCase {
         p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
         let read = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: [[Double]]])
-        for (tag, key) in [("loss_metrics/global_avg_loss", "loss"), ("grad_norm", "grad_norm"), ("lr", "lr"), ("mfu(%)", "mfu"),
+        for (tag, key) in [("loss_metrics/global_avg_loss", "loss"), ("loss_metrics/global_max_loss", "max_rank_loss"), ("grad_norm", "grad_norm"), ("lr", "lr"), ("mfu(%)", "mfu"),
                            ("throughput(tps)", "tokens_per_sec")] {
             let scalars = try XCTUnwrap(read[tag], tag)
             XCTAssertEqual(scalars.map { Int($0[0]) }, [1, 2, 3, 4, 5, 6], tag)
@@ -218,5 +222,49 @@ extension ObservabilityTests {
         }
         XCTAssertGreaterThan(withTwo, 0)
         XCTAssertGreaterThanOrEqual(Double(fromTwo), 0.9 * Double(withTwo), "the straggler is not where the flows start: \(fromTwo) of \(withTwo)")
+    }
+}
+
+extension ObservabilityTests {
+    /// On a terminal (a pseudo-terminal from util-linux `script`) a run of more than a few seconds shows rank 0's
+    /// progress line, redrawn in place through the launcher, and ends with the summary; the log gets the step lines
+    /// but never the progress line. A straggler (every collective of rank 1 50 ms late) makes the run long enough.
+    func testProgressLineOnATerminalOnlyAndSummaryAtTheEnd() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/script") else {
+            throw XCTSkip("no /usr/bin/script (util-linux) to give the launcher a terminal")
+        }
+        let dump = temporaryFolder()
+        let command = [Titan.path, "launch", "--ranks", "2", "--dump-folder", dump, "--", "train", "--training.steps", "5",
+                       "--training.seq_len", "32", "--training.local_batch_size", "2", "--fault.rank", "1",
+                       "--fault.at_step", "1", "--fault.mode", "slow", "--fault.delay_ms", "50", "--job.dump_folder", dump]
+        let r = try Titan.runProgram("/usr/bin/script", ["-qec", command.joined(separator: " "), "/dev/null"])
+        XCTAssertEqual(r.status, 0, String(r.stdout.suffix(3000)))
+        XCTAssertTrue(r.stdout.contains("\r\u{1B}[K[rank 0] [####"), String(r.stdout.suffix(2000)))
+        XCTAssertTrue(r.stdout.contains("steps/s  ETA "), String(r.stdout.suffix(2000)))
+        XCTAssertTrue(r.stdout.contains("[rank 0] summary: steps 1-5 in "), String(r.stdout.suffix(2000)))
+        let log = try String(contentsOfFile: dump + "/logs/rank-0.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("step    5  loss"))
+        XCTAssertFalse(log.contains("ETA"), "the progress line reached the log")
+        XCTAssertFalse(log.contains("\r"), "the progress line reached the log")
+    }
+}
+
+extension Titan {
+    /// Runs any program (here: `script`, to give titan a terminal), output captured.
+    static func runProgram(_ path: String, _ arguments: [String]) throws -> Run {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Run(status: p.terminationStatus, stdout: String(decoding: data, as: UTF8.self), stderr: "")
     }
 }

@@ -49,16 +49,19 @@ public struct StepStats {
     public var epDispatchBytes: Double
     /// Each rank's peak resident set size so far, MiB (index: rank).
     public var maxRSSMegabytesPerRank: [Double] = []
+    /// Each rank's Σ −log p(label) over its own share of the batch (index: rank; every rank is a data-parallel rank).
+    public var lossSumPerRank: [Double] = []
 
     static let kinds: [CollectiveKind] = [.allGather, .reduceScatter, .allReduce, .allToAll]
 
     /// Sums this rank's part over `world` (two all-reduces, whose own bytes are not in `traffic`).
     public static func reduce(_ result: StepResult, traffic: Traffic, epDispatchBytes: Int, over world: ProcessGroup) throws -> StepStats {
-        // Every rank's peak RSS rides in the same all-reduce: its own slot, zeros elsewhere.
-        var rss = [Double](repeating: 0, count: world.size)
+        // Every rank's peak RSS and loss ride in the same all-reduce: its own slot, zeros elsewhere.
+        var rss = [Double](repeating: 0, count: world.size), losses = rss
         rss[world.rank] = maxRSSMegabytes()
+        losses[world.rank] = result.lossSum
         let sums = try world.allReduce([result.lossSum, Double(epDispatchBytes), Double(traffic.totalSent.bytes)]
-                                       + kinds.map { Double(traffic.sent($0).bytes) } + rss, op: .sum)
+                                       + kinds.map { Double(traffic.sent($0).bytes) } + rss + losses, op: .sum)
         let counts = try world.allReduce(result.tokensPerExpert.flatMap { $0.map(Int64.init) }, op: .sum)
         var perLayer: [[Int]] = []
         var offset = 0
@@ -68,7 +71,8 @@ public struct StepStats {
         }
         return StepStats(lossSum: sums[0], tokensPerExpert: perLayer, sentBytes: sums[2],
                          sentBytesByKind: kinds.enumerated().map { ($1, sums[3 + $0]) }, epDispatchBytes: sums[1],
-                         maxRSSMegabytesPerRank: Array(sums[(3 + kinds.count)...]))
+                         maxRSSMegabytesPerRank: Array(sums[(3 + kinds.count)..<(3 + kinds.count + world.size)]),
+                         lossSumPerRank: Array(sums[(3 + kinds.count + world.size)...]))
     }
 }
 
@@ -177,6 +181,10 @@ public final class MetricsProcessor {
         var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes()), ("comm_wait_s", blockedSeconds),
                                                      ("current_rss_mb", currentRSSMegabytes()),
                                                      ("tflops", achievedFlops / 1e12), ("mfu", 100 * achievedFlops / peakFlops)]
+        // torchtitan's global_max_loss: the largest of the data-parallel ranks' mean losses (each has 1/world of the tokens).
+        if let worst = stats.lossSumPerRank.max(), worldSize > 1 {
+            extra.append(("max_rank_loss", worst / (Double(tokensPerStep) / Double(worldSize))))
+        }
         if expertParallel { extra.append(("ep_dispatch_bytes", stats.epDispatchBytes)) }
         if worldSize > 1 {
             // Payload MiB each rank handed to its sockets in this step, the mean over ranks: in total and per kind.

@@ -109,7 +109,7 @@ public final class TensorBoardLogger {
         var out: [(tag: String, value: Double)] = [("loss_metrics/global_avg_loss", m.loss), ("grad_norm", m.grad_norm),
                                                    ("lr", m.lr), ("throughput(tps)", m.tokens_per_sec),
                                                    ("time_metrics/end_to_end(s)", m.step_time_s)]
-        let renamed: [String: String] = ["tflops": "tflops", "mfu": "mfu(%)", "validation_loss": "validation_metrics/loss",
+        let renamed: [String: String] = ["max_rank_loss": "loss_metrics/global_max_loss", "tflops": "tflops", "mfu": "mfu(%)", "validation_loss": "validation_metrics/loss",
                                          "max_rss_mb": "memory/max_rss(MiB)", "current_rss_mb": "memory/current_rss(MiB)",
                                          "comm_wait_s": "comm/wait(s)", "comm_sent_mb": "comm/sent(MiB)",
                                          "ep_dispatch_bytes": "comm/ep_dispatch(bytes)"]

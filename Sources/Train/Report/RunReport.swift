@@ -83,10 +83,10 @@ public enum RunReport {
         charts.append(SVGChart.lines(id: "chart-lr", title: "Learning rate", yLabel: "lr",
                                      series: [ChartSeries(name: "lr", color: SVGChart.palette[2], x: steps, y: col("lr"))],
                                      markers: markers, includeZero: true))
-        charts.append(SVGChart.lines(id: "chart-throughput", title: "Throughput and MFU", yLabel: "tokens/s",
+        charts.append(SVGChart.lines(id: "chart-throughput", title: "Throughput (left) and MFU (right axis)", yLabel: "tokens/s",
                                      series: [ChartSeries(name: "tokens/s", color: SVGChart.palette[0], x: steps, y: col("tokens_per_sec"))],
                                      rightSeries: has("mfu") ? [ChartSeries(name: "MFU % (right axis)", color: SVGChart.palette[1], x: steps, y: col("mfu"))] : [],
-                                     rightLabel: "MFU %", markers: markers, includeZero: true))
+                                     rightLabel: "MFU %", proportionalRight: true, markers: markers, includeZero: true))
         let stepTime = col("step_time_s"), wait = has("comm_wait_s") ? col("comm_wait_s") : stepTime.map { _ in 0 }
         charts.append(SVGChart.stackedBars(id: "chart-step-time", title: "Step time: compute and communication wait (rank 0)",
                                            yLabel: "seconds", steps: steps,

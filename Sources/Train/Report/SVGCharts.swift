@@ -30,13 +30,14 @@ enum SVGChart {
             .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
     }
 
-    /// A number for labels: 3 significant digits, k/M suffixes for large ones.
+    /// A number for labels: 3 significant digits (whole numbers up to 9999), k/M suffixes for large ones.
     static func label(_ v: Double) -> String {
         let a = abs(v)
         if a == 0 { return "0" }
         if a >= 1e6 { return String(format: "%.3gM", v / 1e6) }
         if a >= 1e4 { return String(format: "%.3gk", v / 1e3) }
-        if a < 1e-3 { return String(format: "%.1e", v) }
+        if a >= 1e3 { return String(format: "%.0f", v) }
+        if a < 1e-4 { return String(format: "%.1e", v) }
         return String(format: "%.3g", v)
     }
 
@@ -148,23 +149,42 @@ enum SVGChart {
         return "<path class=\"series\" \(attrs) d=\"\(d)\" fill=\"none\" stroke=\"\(series.color)\" stroke-width=\"1.6\"/>"
     }
 
-    /// Lines over steps; `rightSeries` use a second y axis (e.g. MFU beside tokens/s).
+    /// Lines over steps; `rightSeries` use a second y axis (e.g. MFU beside tokens/s). `proportionalRight`: the right
+    /// series is the first left one times a constant (MFU is tokens/s × FLOPs per token / peak), so one line is drawn
+    /// and the right axis is labelled in its units; the right series' numbers stay in the data attributes.
     static func lines(id: String, title: String, yLabel: String, series: [ChartSeries], rightSeries: [ChartSeries] = [],
-                      rightLabel: String = "", markers ms: [ChartMarker] = [], includeZero: Bool = false) -> String {
+                      rightLabel: String = "", proportionalRight: Bool = false, markers ms: [ChartMarker] = [],
+                      includeZero: Bool = false) -> String {
         let xs = (series + rightSeries).flatMap(\.x)
         let (y0, y1) = range(series.flatMap(\.y), includeZero: includeZero)
         let f = Frame(x0: xs.min() ?? 0, x1: xs.max() ?? 1, y0: y0, y1: y1)
         var rf: Frame?
-        if !rightSeries.isEmpty {
+        var scale: Double?
+        if proportionalRight, let left = series.first, let right = rightSeries.first {
+            let ratios = zip(right.y, left.y).map { $0 / $1 }.filter { $0.isFinite && $0 > 0 }.sorted()
+            scale = ratios.isEmpty ? nil : ratios[ratios.count / 2]
+        }
+        if let scale {
+            rf = Frame(x0: f.x0, x1: f.x1, y0: y0 * scale, y1: y1 * scale)
+        } else if !rightSeries.isEmpty {
             let (r0, r1) = range(rightSeries.flatMap(\.y), includeZero: includeZero)
             rf = Frame(x0: f.x0, x1: f.x1, y0: r0, y1: r1)
         }
         var s = open(id: id, title: title) + axes(f, xLabel: "step", yLabel: yLabel, rightFrame: rf, rightLabel: rightLabel)
         s += markers(ms, f)
         for x in series { s += path(x, f, axis: "left") }
-        if let rf { for x in rightSeries { s += path(x, rf, axis: "right") } }
-        let all = series + rightSeries
-        if all.count > 1 { s += legend(all.map { ($0.name, $0.color) }) }
+        if let rf {
+            for x in rightSeries {
+                s += scale == nil ? path(x, rf, axis: "right")
+                    : "<g class=\"series\" data-name=\"\(escape(x.name))\" data-axis=\"right\" data-x=\"\(data(x.x))\" data-y=\"\(data(x.y))\"></g>"
+            }
+        }
+        if scale != nil {
+            s += "<text x=\"\(width - 2)\" y=\"\(top - 8)\" class=\"axis\" text-anchor=\"end\">\(escape(rightLabel))</text>"
+        } else {
+            let all = series + rightSeries
+            if all.count > 1 { s += legend(all.map { ($0.name, $0.color) }) }
+        }
         return s + "</svg>"
     }
 
