@@ -47,7 +47,7 @@ public enum GenerateError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unsupportedFamily(let t):
-            return "titan generate: \(t) does not implement incremental decoding yet (IncrementalDecoding: Sources/Model/Core/IncrementalDecoding.swift)"
+            return "\(t) does not implement incremental decoding yet (IncrementalDecoding: Sources/Model/Core/IncrementalDecoding.swift)"
         }
     }
 }
