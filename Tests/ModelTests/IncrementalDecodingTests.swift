@@ -15,7 +15,7 @@ final class IncrementalDecodingTests: XCTestCase {
     }
 
     /// Logits of positions cache.length ..< +chunk for each chunk, concatenated.
-    func cachedLogits(_ model: Qwen3Model, _ tokens: [Int32], chunks: [Int]) -> [Float] {
+    func cachedLogits(_ model: IncrementalDecoding, _ tokens: [Int32], chunks: [Int]) -> [Float] {
         let V = model.vocabSize
         let cache = model.makeKVCache(capacity: tokens.count)
         var out: [Float] = []
@@ -44,6 +44,27 @@ final class IncrementalDecodingTests: XCTestCase {
                 var worst: Float = 0
                 for i in full.indices { worst = max(worst, abs(cached[i] - full[i])) }
                 XCTAssertLessThanOrEqual(worst, 1e-5, "\(name), chunks \(chunks.prefix(4))...: max |cached − full| \(worst)")
+            }
+        }
+    }
+
+    /// DeepSeek-V3 (MLA with a low-rank or plain q, YaRN, interleaved or rotate-half rope, group-limited routing,
+    /// shared experts, a dense first layer) on its HF fixtures: the cached path against the full forward.
+    func testDeepSeekV3CachedLogitsEqualFullForward() throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").path
+        for kind in ["deepseek_v3", "deepseek_v3_q0"] {
+            let (args, sd, _) = try HFCheckpoint.loadModel(folder: "\(fixtures)/\(kind)")
+            guard case .deepseekV3 = args else { return XCTFail("\(kind) is not a DeepSeek-V3 fixture") }
+            let model = try XCTUnwrap(try args.build(materialize: false) as? DeepSeekV3Model)
+            try model.load(stateDict: sd, allowMissingBuffers: true)
+            let T = min(40, args.max_seq_len)
+            let tokens = randomTokens(T, vocab: args.vocab_size, seed: 5)
+            let full = model.logits(inputs: tokens, B: 1, T: T)
+            for chunks in [[T], [Int](repeating: 1, count: T), [7, 1, 1, 12] + [Int](repeating: 1, count: T - 21)] {
+                let cached = cachedLogits(model, tokens, chunks: chunks)
+                var worst: Float = 0
+                for i in full.indices { worst = max(worst, abs(cached[i] - full[i])) }
+                XCTAssertLessThanOrEqual(worst, 1e-5, "\(kind), chunks \(chunks.prefix(4))...: max |cached − full| \(worst)")
             }
         }
     }
