@@ -4,6 +4,7 @@
 #   ./run_cluster.sh topologies/NAME.toml [--section.field value ...]
 #   ./run_cluster.sh 8 collectives                  collective correctness suite
 #   ./run_cluster.sh 8 bench                        collective bandwidth table
+#   ./run_cluster.sh 1 generate --generate.prompt_ids 1,2,3 ...   generate from a model (one process; see README)
 #   ./run_cluster.sh 8 --max-restarts 2 ...         restart the job from its latest checkpoint when a rank fails
 #   ./run_cluster.sh 8 --single-process ...         every rank as a thread of one process (inproc)
 #   ./run_cluster.sh topologies/two-host-tcp.toml --node 1 ...   start one host's ranks

@@ -7,7 +7,7 @@ import Train
 /// `titan launch`: starts the ranks of a topology and supervises them (what run_cluster.sh calls).
 struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start every rank of a topology running PROGRAM (train, collectives, bench; default train).",
+        abstract: "Start every rank of a topology running PROGRAM (train, collectives, bench; default train), or generate (one process).",
         discussion: """
             Launcher options and the program's arguments may be mixed: every argument this command does not know goes             to the program (a `--` ends the launcher's options). Examples: titan launch --ranks 8 collectives;             titan launch --ranks 8 --max-restarts 2 --training.steps 20.
             """)
@@ -38,10 +38,10 @@ struct Launch: ParsableCommand {
     var rdzvTimeout: Double = 30
     @Option(name: .customLong("job-secret-file"), help: "The job's secret, which every rank's CURVE keys (tcp) derive from: created 0600 with a fresh secret when absent, refused when others may read it. Give every launcher of a job started host by host (--node) the same file; without it a launcher that starts every host makes its own.")
     var jobSecretFile: String?
-    @Argument(parsing: .allUnrecognized, help: "The rank program (train, collectives, bench; default train) and its arguments.")
+    @Argument(parsing: .allUnrecognized, help: "The rank program (train, collectives, bench; default train; generate on one rank) and its arguments.")
     var program: [String] = []
 
-    static let programs = ["train", "collectives", "bench"]
+    static let programs = ["train", "collectives", "bench", "generate"]
 
     func run() throws {
         var args = program
@@ -51,12 +51,21 @@ struct Launch: ParsableCommand {
         let jobSecretFile = self.jobSecretFile ?? programSecretFile
         if let first = args.first, !Self.programs.contains(first) {
             guard first.hasPrefix("-") else {
-                throw ValidationError("unknown rank program '\(first)': train, collectives or bench")
+                throw ValidationError("unknown rank program '\(first)': train, collectives, bench or generate")
             }
             args.insert("train", at: 0)   // only options: they are train's
         }
-        guard let name = args.first else { throw ValidationError("name the rank program: train, collectives or bench") }
+        guard let name = args.first else { throw ValidationError("name the rank program: train, collectives, bench or generate") }
         let topo = try resolveTopology()
+        if name == "generate" {
+            // One process decodes with the whole model: no ranks to start, so it runs here (`./run_cluster.sh 1 generate`).
+            guard topo.worldSize == 1 else {
+                throw ValidationError("generate runs in one process: use ./run_cluster.sh 1 generate ... (this topology has \(topo.worldSize) ranks)")
+            }
+            let command = try GenerateCommand.parse(Array(args.dropFirst()))
+            try command.run()
+            return
+        }
         let dump = dumpFolder ?? Self.value(of: "--job.dump_folder", in: args) ?? Self.defaultDumpFolder(program: name)
         if name == "train", Self.value(of: "--job.dump_folder", in: args) == nil {
             args += ["--job.dump_folder", dump]

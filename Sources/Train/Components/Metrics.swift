@@ -111,6 +111,7 @@ public struct StepMetrics {
         s += "  lr \(String(format: "%.2e", lr))  tok/s \(String(format: "%.0f", tokens_per_sec))  \(String(format: "%.3f", step_time_s))s"
         if let rss = self["max_rss_mb"] { s += "  rss \(String(format: "%.0f", rss))MB" }
         if let mfu = self["mfu"] { s += "  mfu \(String(format: "%.1f", mfu))%" }
+        if let v = self["validation_loss"] { s += "  validation_loss \(String(format: "%.4f", v))" }
         return s
     }
 
@@ -174,13 +175,14 @@ public final class MetricsProcessor {
     }
 
     public func record(step: Int, stats: StepStats, gradNorm: Double, lr: Double, seconds: Double, blockedSeconds: Double,
-                       expertParallel: Bool) {
+                       expertParallel: Bool, validationLoss: Double? = nil) {
         let tokensPerSecond = Double(tokensPerStep) / seconds
         // torchtitan's: achieved model FLOP/s (here of the whole job, whose ranks share the CPUs) over the peak.
         let achievedFlops = flopsPerToken * tokensPerSecond
         var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes()), ("comm_wait_s", blockedSeconds),
                                                      ("current_rss_mb", currentRSSMegabytes()),
                                                      ("tflops", achievedFlops / 1e12), ("mfu", 100 * achievedFlops / peakFlops)]
+        if let validationLoss { extra.append(("validation_loss", validationLoss)) }
         // torchtitan's global_max_loss: the largest of the data-parallel ranks' mean losses (each has 1/world of the tokens).
         if let worst = stats.lossSumPerRank.max(), worldSize > 1 {
             extra.append(("max_rank_loss", worst / (Double(tokensPerStep) / Double(worldSize))))
@@ -212,7 +214,7 @@ public final class MetricsProcessor {
         writer.write(m)
         tensorBoard?.write(m)
         console.record(m, peakRSSMegabytes: m.lists.first(where: { $0.key == "max_rss_mb_per_rank" })?.values.max())
-        if m.step % config.log_freq == 0 || m.step == lastStep { console.line(m.consoleLine) }
+        if m.step % config.log_freq == 0 || m.step == lastStep || m["validation_loss"] != nil { console.line(m.consoleLine) }
     }
 
     /// At the end of the run: DUMP/report.html (`titan report` writes it again from the folder at any time), and the
