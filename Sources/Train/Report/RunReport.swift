@@ -9,7 +9,7 @@ public enum RunReport {
         case noMetrics(String)
         public var description: String {
             switch self {
-            case .noMetrics(let path): return "report: no metrics rows in \(path) (is this a run folder? --job.dump_folder names it)"
+            case .noMetrics(let path): return "no metrics rows in \(path) (is this a run folder? --job.dump_folder names it)"
             }
         }
     }
