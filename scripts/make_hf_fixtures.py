@@ -26,7 +26,7 @@ The DeepSeek-V3 fixtures need transformers 5.x (DeepseekV3ForCausalLM as 5.x def
 alone, without rewriting tokens.npy, dtypes/ or the qwen3 folders:
     /tmp/ref/bin/python scripts/make_hf_fixtures.py --only deepseek_v3,deepseek_v3_q0
 Generation expectations (KIND/generate.json, any transformers version; other files untouched):
-    /tmp/ref/bin/python scripts/make_hf_fixtures.py --generate-expectations qwen3_moe,qwen3_dense,qwen3_tied
+    /tmp/ref/bin/python scripts/make_hf_fixtures.py --generate-expectations qwen3_moe,qwen3_dense,qwen3_tied,deepseek_v3,deepseek_v3_q0
 """
 
 import argparse
