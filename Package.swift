@@ -66,7 +66,7 @@ let package = Package(
         .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Collectives", "Model", "Tensor"]),
         // Real rank processes started through the titan binary, as users start them (Cluster reads their flight records).
-        .testTarget(name: "EndToEndTests", dependencies: ["Cluster", "Collectives", "CZeroMQ"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Cluster", "Collectives", "CZeroMQ", "Train"]),
     ],
     swiftLanguageModes: [.v5]
 )

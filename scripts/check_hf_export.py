@@ -15,7 +15,8 @@ trainer logged for step S in DUMP/metrics.jsonl (computed with the same weights)
     titan convert --from DUMP/checkpoint/step-5 --to /tmp/hf5
     /tmp/ref/bin/python scripts/check_hf_export.py --loss /tmp/hf5 --run DUMP --step 6
 
-(Token datasets only. Train without --model.moe.load_balance_coeff: HF has no expert bias.)
+(Token datasets only. Qwen3: train without --model.moe.load_balance_coeff, HF has no expert bias there;
+DeepSeek-V3 exports it as e_score_correction_bias.)
 """
 
 import argparse

@@ -7,6 +7,11 @@ Creates, deterministically, under Tests/ModelTests/Fixtures/:
   qwen3_moe/                 Qwen3MoeForCausalLM, fp32 random init   (config.json, model.safetensors, expected.json)
   qwen3_dense/               Qwen3ForCausalLM, untied embeddings     (same files)
   qwen3_tied/                Qwen3ForCausalLM, tie_word_embeddings   (same files)
+  deepseek_v3/               DeepseekV3ForCausalLM (transformers 5.x): MLA with q_lora_rank, YaRN, interleaved
+                             rope, group-limited sigmoid routing with a nonzero e_score_correction_bias,
+                             shared expert, first layer dense               (same files)
+  deepseek_v3_q0/            DeepseekV3ForCausalLM with q_lora_rank null (plain q_proj), rotate-half rope,
+                             YaRN with mscale != mscale_all_dim            (same files)
   dtypes/                    dtypes.safetensors (F32 / F16 / BF16 / 0-d / empty tensors written by the
                              safetensors library) + expected.json (their exact decoded values)
 
@@ -17,6 +22,9 @@ losses / grad norms of 10 steps trained with the numerics of DESIGN.md, in float
 Usage (needs torch, transformers<5, numpy, safetensors):
     python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch "transformers<5" numpy safetensors
     /tmp/ref/bin/python scripts/make_hf_fixtures.py [--out Tests/ModelTests/Fixtures]
+The DeepSeek-V3 fixtures need transformers 5.x (DeepseekV3ForCausalLM as 5.x defines it); they are made
+alone, without rewriting tokens.npy, dtypes/ or the qwen3 folders:
+    /tmp/ref/bin/python scripts/make_hf_fixtures.py --only deepseek_v3,deepseek_v3_q0
 Generation expectations (KIND/generate.json, any transformers version; other files untouched):
     /tmp/ref/bin/python scripts/make_hf_fixtures.py --generate-expectations qwen3_moe,qwen3_dense,qwen3_tied
 """
@@ -86,6 +94,48 @@ MOE_EXTRA = dict(
 )
 
 
+DEEPSEEK_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    moe_intermediate_size=16,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    n_shared_experts=1,
+    n_routed_experts=8,
+    routed_scaling_factor=2.5,
+    kv_lora_rank=32,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=16,
+    v_head_dim=16,
+    num_experts_per_tok=3,
+    first_k_dense_replace=1,
+    norm_topk_prob=True,
+    hidden_act="silu",
+    max_position_embeddings=163840,
+    initializer_range=0.05,
+    rms_norm_eps=1e-6,
+    attention_bias=False,
+    attention_dropout=0.0,
+    use_cache=False,
+    tie_word_embeddings=False,
+    num_nextn_predict_layers=1,
+)
+DEEPSEEK = {
+    # DeepSeek-V3's own rope scaling (factor 40 over 4096 positions, mscale = mscale_all_dim = 1), 4 expert groups of
+    # which 2 are kept: selection really is group-limited.
+    "deepseek_v3": dict(
+        **DEEPSEEK_COMMON, num_hidden_layers=3, q_lora_rank=24, n_group=4, topk_group=2, rope_interleave=True,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, mscale=1.0, mscale_all_dim=1.0,
+                             beta_fast=32, beta_slow=1, original_max_position_embeddings=4096)),
+    # q_lora_rank null (q_proj), rotate-half rope, mscale != mscale_all_dim (attention_factor != 1).
+    "deepseek_v3_q0": dict(
+        **(DEEPSEEK_COMMON | dict(max_position_embeddings=8192)), num_hidden_layers=2, q_lora_rank=None, n_group=2, topk_group=1, rope_interleave=False,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, mscale=0.8, mscale_all_dim=1.0,
+                             beta_fast=32, beta_slow=1, original_max_position_embeddings=1024)),
+}
+
+
 def make_tokens(n, seed):
     """Structured stream so that the loss can fall: a noisy affine Markov chain."""
     rng = np.random.default_rng(seed)
@@ -123,12 +173,29 @@ def perturb_norms(model, gen):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
+def perturb_correction_bias(model, gen):
+    """HF initialises e_score_correction_bias to 0; a nonzero bias (used for expert selection only, never in
+    the weights) shows whether it is imported and applied where DeepseekV3TopkRouter applies it."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn(b.shape, generator=gen, dtype=b.dtype))
+
+
 def tokens_per_expert_hooks(model, store):
     """Record, per MoE layer, how many (token, slot) assignments each expert receives."""
     handles = []
     for i, layer in enumerate(model.model.layers):
         mlp = layer.mlp
         if not hasattr(mlp, "gate") or not hasattr(mlp, "experts"):
+            continue
+        if not hasattr(mlp, "top_k"):  # DeepseekV3TopkRouter returns (logits, weights, indices)
+            n_exp = mlp.gate.num_experts
+
+            def ds_hook(_mod, _inp, out, i=i, n_exp=n_exp):
+                store.setdefault(i, torch.bincount(out[2].flatten(), minlength=n_exp).tolist())
+
+            handles.append(mlp.gate.register_forward_hook(ds_hook))
             continue
         top_k = mlp.top_k
         n_exp = mlp.num_experts
@@ -140,6 +207,25 @@ def tokens_per_expert_hooks(model, store):
 
         handles.append(mlp.gate.register_forward_hook(hook))
     return handles
+
+
+def per_expert_names(tensors, f):
+    """{name: f(tensor)} under the names of the saved checkpoint: transformers 5 holds routed experts fused
+    (experts.gate_up_proj [E, 2F, D], experts.down_proj [E, D, F]) and saves them per expert."""
+    out = {}
+    for n, t in tensors.items():
+        if n.endswith(".experts.gate_up_proj"):
+            base, F_ = n[: -len("gate_up_proj")], t.shape[1] // 2
+            for e in range(t.shape[0]):
+                out[f"{base}{e}.gate_proj.weight"] = f(t[e, :F_])
+                out[f"{base}{e}.up_proj.weight"] = f(t[e, F_:])
+        elif n.endswith(".experts.down_proj"):
+            base = n[: -len("down_proj")]
+            for e in range(t.shape[0]):
+                out[f"{base}{e}.down_proj.weight"] = f(t[e])
+        else:
+            out[n] = f(t)
+    return out
 
 
 def train(model, tokens, dtype, record_debug):
@@ -171,19 +257,19 @@ def train(model, tokens, dtype, record_debug):
             debug["step1_logits_last_last_first8"] = lg[-1, -1, :8].tolist()
             if tpe:
                 debug["step1_tokens_per_expert"] = [tpe[k] for k in sorted(tpe)]
-            debug["step1_param_grad_norms_hf"] = {
-                n: p.grad.detach().to(torch.float64).norm().item()
+            debug["step1_param_grad_norms_hf"] = per_expert_names({
+                n: p.grad.detach().to(torch.float64)
                 for n, p in model.named_parameters()
                 if p.grad is not None
-            }
+            }, lambda t: t.norm().item())
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=MAX_NORM)
         opt.step()
         losses.append(loss.item())
         grad_norms.append(gn.item())
     if record_debug:
-        debug["final_param_sums_hf"] = {
-            n: p.detach().to(torch.float64).sum().item() for n, p in model.named_parameters()
-        }
+        debug["final_param_sums_hf"] = per_expert_names({
+            n: p.detach().to(torch.float64) for n, p in model.named_parameters()
+        }, lambda t: t.sum().item())
     return losses, grad_norms, debug
 
 
@@ -236,9 +322,15 @@ def build(kind):
     elif kind == "qwen3_tied":
         cfg = Qwen3Config(**COMMON, tie_word_embeddings=True)
         cls = Qwen3ForCausalLM
+    elif kind in DEEPSEEK:
+        from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+        cfg = DeepseekV3Config(**DEEPSEEK[kind])
+        cls = DeepseekV3ForCausalLM
     else:
         raise ValueError(kind)
     cfg._attn_implementation = "eager"
+    if kind in DEEPSEEK:
+        cfg._experts_implementation = "eager"  # the per-expert loop of DeepseekV3Experts.forward (fp64 too)
     return cls(cfg), cls.__name__
 
 
@@ -332,6 +424,9 @@ def main():
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "..", "Tests", "ModelTests", "Fixtures"))
+    ap.add_argument("--only", default=None,
+                    help="comma-separated model folders to make (e.g. deepseek_v3,deepseek_v3_q0); "
+                         "tokens.npy and dtypes/ are then left as they are")
     ap.add_argument("--generate-expectations", default=None, metavar="KINDS",
                     help="only write KIND/generate.json (greedy continuations, logits processors) for these "
                          "comma-separated existing fixtures, e.g. qwen3_moe,qwen3_dense,qwen3_tied")
@@ -348,14 +443,25 @@ def main():
 
     n_tokens = STEPS * GLOBAL_BATCH * (SEQ_LEN + 1)
     tokens = make_tokens(n_tokens, SEED)
-    np.save(os.path.join(out, "tokens.npy"), tokens)
-    make_dtype_fixture(out)
+    kinds = ["qwen3_moe", "qwen3_dense", "qwen3_tied"] + list(DEEPSEEK)
+    if args.only is None:
+        np.save(os.path.join(out, "tokens.npy"), tokens)
+        make_dtype_fixture(out)
+        selected = ["qwen3_moe", "qwen3_dense", "qwen3_tied"]
+    else:
+        selected = args.only.split(",")
+        for k in selected:
+            if k not in kinds:
+                raise SystemExit(f"--only: unknown fixture {k!r} (known: {', '.join(kinds)})")
 
-    for idx, kind in enumerate(["qwen3_moe", "qwen3_dense", "qwen3_tied"]):
+    for idx, kind in enumerate(kinds):
+        if kind not in selected:
+            continue
         torch.manual_seed(SEED + 1000 * (idx + 1))
         model, cls_name = build(kind)
         gen = torch.Generator().manual_seed(SEED + 1000 * (idx + 1) + 7)
         perturb_norms(model, gen)
+        perturb_correction_bias(model, gen)
         model = model.float()
 
         folder = os.path.join(out, kind)

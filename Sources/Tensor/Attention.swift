@@ -6,7 +6,9 @@
 //   q_BTHd: [B, T, H, hd], k_BTKd / v_BTKd: [B, T, KV, hd], out_BTHd: [B, T, H, hd]
 //   att_BHTT: [B, H, T, T] softmax probabilities (row t: keys 0...t, then zeros to the end of t's block of query rows;
 //             entries past the block are not written), saved for backward.
-// Query head h uses kv head h / (H / KV). Scale 1/sqrt(hd). Softmax in fp32.
+// Query head h uses kv head h / (H / KV). Scale 1/sqrt(hd) unless given (DeepSeek-V3's MLA folds YaRN's mscale into
+// it). Values may have their own head width `vd` (MLA: v_head_dim ≠ qk_nope_head_dim + qk_rope_head_dim); then
+// v_BTKd is [B, T, KV, vd] and out_BTHd [B, T, H, vd]. Softmax in fp32.
 
 import Runtime
 
@@ -15,11 +17,12 @@ public let attentionBlockRows = 64
 
 public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHTT: UnsafeMutablePointer<Float>,
                               _ q_BTHd: UnsafePointer<Float>, _ k_BTKd: UnsafePointer<Float>, _ v_BTKd: UnsafePointer<Float>,
-                              B: Int, T: Int, H: Int, KV: Int, hd: Int) {
+                              B: Int, T: Int, H: Int, KV: Int, hd: Int, vd: Int? = nil, scale: Float? = nil) {
     precondition(H % KV == 0, "attention: n_heads \(H) not a multiple of n_kv_heads \(KV)")
     let rep = H / KV
-    let scale = 1 / Float(hd).squareRoot()
-    let qs = H * hd, ks = KV * hd
+    let scale = scale ?? 1 / Float(hd).squareRoot()
+    let vd = vd ?? hd
+    let qs = H * hd, ks = KV * hd, vs = KV * vd, os = H * vd
     // One (batch, kv head) at a time, as in backward: Kᵀ of the kv head once, where it stays in cache (so every GEMM
     // takes B untransposed), then per query head of the group its score GEMMs, the causal softmax of its rows, its
     // value GEMMs. Groups are independent, so they run concurrently on the kernel threads with single-threaded GEMMs
@@ -28,13 +31,13 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
     func group(_ bg: Int) {
         let b = bg / KV, g = bg % KV
         let K = k_BTKd + b * T * ks + g * hd
-        let Vp = v_BTKd + b * T * ks + g * hd
+        let Vp = v_BTKd + b * T * vs + g * vd
         let Kt_dT = UnsafeMutablePointer<Float>.allocate(capacity: hd * T)
         defer { Kt_dT.deallocate() }
         transpose(Kt_dT, K, rows: T, cols: hd, srcStride: ks)
         for h in (g * rep)..<((g + 1) * rep) {
             let Q = q_BTHd + b * T * qs + h * hd
-            let O = out_BTHd + b * T * qs + h * hd
+            let O = out_BTHd + b * T * os + h * vd
             let P = att_BHTT + (b * H + h) * T * T
             // 1. S = scale · Q · Kᵀ (causal blocks)
             var r0 = 0
@@ -58,8 +61,8 @@ public func attention_forward(_ out_BTHd: UnsafeMutablePointer<Float>, _ att_BHT
             r0 = 0
             while r0 < T {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
-                                 B: Vp, ldb: ks, beta: 0, C: O + r0 * qs, ldc: qs)
+                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: vd, K: kn, alpha: 1, A: P + r0 * T, lda: T,
+                                 B: Vp, ldb: vs, beta: 0, C: O + r0 * os, ldc: os)
                 r0 = kn
             }
         }
@@ -80,10 +83,11 @@ func transpose(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, 
 public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: UnsafeMutablePointer<Float>, dv_BTKd: UnsafeMutablePointer<Float>,
                                scratch_BHTT: UnsafeMutablePointer<Float>, dout_BTHd: UnsafePointer<Float>, att_BHTT: UnsafePointer<Float>,
                                q_BTHd: UnsafePointer<Float>, k_BTKd: UnsafePointer<Float>, v_BTKd: UnsafePointer<Float>,
-                               B: Int, T: Int, H: Int, KV: Int, hd: Int) {
+                               B: Int, T: Int, H: Int, KV: Int, hd: Int, vd: Int? = nil, scale: Float? = nil) {
     let rep = H / KV
-    let scale = 1 / Float(hd).squareRoot()
-    let qs = H * hd, ks = KV * hd
+    let scale = scale ?? 1 / Float(hd).squareRoot()
+    let vd = vd ?? hd
+    let qs = H * hd, ks = KV * hd, vs = KV * vd, os = H * vd
     // Row blocks last first: the last block's GEMMs span every key row, so the first of them writes dK / dV whole
     // (beta 0) and the rest accumulate onto it.
     let blockStarts = Array(stride(from: 0, to: T, by: attentionBlockRows).reversed())
@@ -91,29 +95,29 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
     // heads only, in the same order as a serial loop, so concurrent kv heads give bit-identical results.
     func group(_ bg: Int) {
         let b = bg / KV, g = bg % KV
-        let Vp = v_BTKd + b * T * ks + g * hd
+        let Vp = v_BTKd + b * T * vs + g * vd
         let K = k_BTKd + b * T * ks + g * hd
-        let dV = dv_BTKd + b * T * ks + g * hd
+        let dV = dv_BTKd + b * T * vs + g * vd
         let dK = dk_BTKd + b * T * ks + g * hd
-        let Vt_dT = UnsafeMutablePointer<Float>.allocate(capacity: hd * T)   // Vᵀ: every GEMM takes B untransposed
+        let Vt_dT = UnsafeMutablePointer<Float>.allocate(capacity: vd * T)   // Vᵀ: every GEMM takes B untransposed
         defer { Vt_dT.deallocate() }
-        transpose(Vt_dT, Vp, rows: T, cols: hd, srcStride: ks)
+        transpose(Vt_dT, Vp, rows: T, cols: vd, srcStride: vs)
         gradients(b: b, g: g, Vt_dT: Vt_dT, K: K, dV: dV, dK: dK)
     }
     func gradients(b: Int, g: Int, Vt_dT: UnsafePointer<Float>, K: UnsafePointer<Float>,
                    dV: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>) {
         // 1. dP = dO · Vᵀ ; dV = Σ Pᵀ · dO over the group's heads and row blocks (causal blocks)
         for h in (g * rep)..<((g + 1) * rep) {
-            let dO = dout_BTHd + b * T * qs + h * hd
+            let dO = dout_BTHd + b * T * os + h * vd
             let P = att_BHTT + (b * H + h) * T * T
             let dS = scratch_BHTT + (b * H + h) * T * T
             for r0 in blockStarts {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: kn, K: hd, alpha: 1, A: dO + r0 * qs, lda: qs,
+                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: kn, K: vd, alpha: 1, A: dO + r0 * os, lda: os,
                            B: Vt_dT, ldb: T, beta: 0, C: dS + r0 * T, ldc: T)
                 let first = h == g * rep && kn == T
-                BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: 1, A: P + r0 * T, lda: T,
-                           B: dO + r0 * qs, ldb: qs, beta: first ? 0 : 1, C: dV, ldc: ks)
+                BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: vd, K: rn, alpha: 1, A: P + r0 * T, lda: T,
+                           B: dO + r0 * os, ldb: os, beta: first ? 0 : 1, C: dV, ldc: vs)
             }
             // 2. dS = P ⊙ (dP − rowsum(P ⊙ dP)) on causal entries; zeros up to the end of the row's block
             for t in 0..<T {

@@ -277,3 +277,66 @@ public func crossentropy_forward_backward(dlogits_TV: UnsafeMutablePointer<Float
     for t in 0..<T where labels_T[t] >= 0 { total += rowLoss[t]; count += 1 }
     return (total, count)
 }
+
+// MARK: - RoPE on a slice of each head (DeepSeek-V3's decoupled rope dims)
+
+/// YaRN-capable table for `rope_slice_forward`: cos_TP / sin_TP [T, P] = cos / sin(t · invFreq_P[i]) · attentionFactor,
+/// computed in Float in the order HF does (angle = position · inv_freq; cos(angle) · attention_scaling).
+public func rope_table(cos_TP: UnsafeMutablePointer<Float>, sin_TP: UnsafeMutablePointer<Float>, T: Int,
+                       invFreq_P: [Float], attentionFactor: Float) {
+    let P = invFreq_P.count
+    for i in 0..<P {
+        for t in 0..<T {
+            let a = Float(t) * invFreq_P[i]
+            cos_TP[t * P + i] = _cosf(a) * attentionFactor
+            sin_TP[t * P + i] = _sinf(a) * attentionFactor
+        }
+    }
+}
+
+/// Rotates the `rd` rope dims of every (position, head): x row (b·T + t)·H + h starts at x + that · xStride, out likewise
+/// with outStride (out must not alias x). Rotate-half (HF apply_rotary_pos_emb) or, when `interleaved`, HF's
+/// apply_rotary_pos_emb_interleave: pairs (x[2i], x[2i+1]) rotate by angle i and the result is written de-interleaved,
+///   out[i] = x[2i]·cos_i − x[2i+1]·sin_i,  out[P + i] = x[2i+1]·cos_i + x[2i]·sin_i   (P = rd / 2).
+public func rope_slice_forward(_ out: UnsafeMutablePointer<Float>, outStride: Int, _ x: UnsafePointer<Float>, xStride: Int,
+                               cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, rd: Int,
+                               interleaved: Bool) {
+    let P = rd / 2
+    parallelFor(B * T, costPerItem: 2 * H * rd) { rows in
+        for bt in rows {
+            let t = bt % T
+            let c = cos_TP + t * P, s = sin_TP + t * P
+            for h in 0..<H {
+                let xi = x + (bt * H + h) * xStride, o = out + (bt * H + h) * outStride
+                for i in 0..<P {
+                    let x1 = interleaved ? xi[2 * i] : xi[i], x2 = interleaved ? xi[2 * i + 1] : xi[i + P]
+                    o[i] = x1 * c[i] - x2 * s[i]
+                    o[i + P] = x2 * c[i] + x1 * s[i]
+                }
+            }
+        }
+    }
+}
+
+/// Backward of `rope_slice_forward` (the transpose of the rotation, re-interleaved when `interleaved`): WRITES dx's rope
+/// dims, or adds to them when `accumulate`. dx must not alias dout.
+public func rope_slice_backward(_ dx: UnsafeMutablePointer<Float>, dxStride: Int, _ dout: UnsafePointer<Float>, doutStride: Int,
+                                cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int, H: Int, rd: Int,
+                                interleaved: Bool, accumulate: Bool = false) {
+    let P = rd / 2
+    parallelFor(B * T, costPerItem: 3 * H * rd) { rows in
+        for bt in rows {
+            let t = bt % T
+            let c = cos_TP + t * P, s = sin_TP + t * P
+            for h in 0..<H {
+                let dy = dout + (bt * H + h) * doutStride, d = dx + (bt * H + h) * dxStride
+                for i in 0..<P {
+                    let dy1 = dy[i], dy2 = dy[i + P]
+                    let i1 = interleaved ? 2 * i : i, i2 = interleaved ? 2 * i + 1 : i + P
+                    d[i1] = (accumulate ? d[i1] : 0) + (dy1 * c[i] + dy2 * s[i])
+                    d[i2] = (accumulate ? d[i2] : 0) + (dy2 * c[i] - dy1 * s[i])
+                }
+            }
+        }
+    }
+}

@@ -33,16 +33,53 @@ public func router_scores_backward(_ dlogits_TE: UnsafeMutablePointer<Float>, _ 
 /// Top-k expert selection per token by (scores + bias_E) (bias may be nil), ties broken by the lower expert index;
 /// experts listed in descending biased score. The gate weights come from the UNBIASED scores:
 ///   g_k = scores[t, idx_k], renormalised g_k / (Σ_j g_j + 1e-20) when `routeNorm`, then × routeScale.
+///
+/// Group-limited routing (DeepSeek-V3, HF DeepseekV3TopkRouter) when `groups` > 1: the E experts form `groups`
+/// consecutive groups; a group's score is the sum of its two largest biased scores; only the experts of the
+/// `topkGroups` best groups (ties: lower group index) take part in the top-k. Group choice is piecewise constant, so
+/// `topk_backward` is the same.
 public func topk_forward(_ idx_TK: UnsafeMutablePointer<Int32>, _ gate_TK: UnsafeMutablePointer<Float>,
                          _ scores_TE: UnsafePointer<Float>, bias_E: UnsafePointer<Float>?,
-                         T: Int, E: Int, K: Int, routeNorm: Bool, routeScale: Float) {
+                         T: Int, E: Int, K: Int, routeNorm: Bool, routeScale: Float, groups: Int = 1, topkGroups: Int = 1) {
     precondition(K >= 1 && K <= E, "top-k: k = \(K) with \(E) experts")
+    precondition(groups >= 1 && E % groups == 0 && topkGroups >= 1 && topkGroups <= groups, "top-k: \(groups) groups, keep \(topkGroups), \(E) experts")
+    let perGroup = E / groups
+    precondition(groups == 1 || (perGroup >= 2 && K <= topkGroups * perGroup), "top-k: groups of \(perGroup) experts, keep \(topkGroups), k = \(K)")
+    var allowed = [Bool](repeating: true, count: E)
+    var groupScore = [Float](repeating: 0, count: groups)
+    var keep = [Int](repeating: 0, count: topkGroups)
     for t in 0..<T {
         let s = scores_TE + t * E
         let idx = idx_TK + t * K, g = gate_TK + t * K
+        if groups > 1 {
+            // group score: top-1 + top-2 of the biased scores (HF: topk(2).values.sum), added in that order
+            for gi in 0..<groups {
+                var a = -Float.infinity, b = -Float.infinity
+                for e in (gi * perGroup)..<((gi + 1) * perGroup) {
+                    let v = s[e] + (bias_E?[e] ?? 0)
+                    if v > a { b = a; a = v } else if v > b { b = v }
+                }
+                groupScore[gi] = a + b
+            }
+            // the topkGroups best groups (insertion, strict > keeps the lower index on ties)
+            var n = 0
+            for gi in 0..<groups {
+                let v = groupScore[gi]
+                if n == topkGroups {
+                    if !(v > groupScore[keep[n - 1]]) { continue }
+                    n -= 1
+                }
+                var j = n
+                while j > 0 && v > groupScore[keep[j - 1]] { keep[j] = keep[j - 1]; j -= 1 }
+                keep[j] = gi
+                n += 1
+            }
+            for e in 0..<E { allowed[e] = false }
+            for k in 0..<topkGroups { for e in (keep[k] * perGroup)..<((keep[k] + 1) * perGroup) { allowed[e] = true } }
+        }
         // insertion into a sorted list of k (value desc, index asc); strict > keeps the lower index on ties
         var n = 0
-        for e in 0..<E {
+        for e in 0..<E where allowed[e] {
             let v = s[e] + (bias_E?[e] ?? 0)
             if n == K {
                 let last = Int(idx[K - 1])

@@ -118,6 +118,7 @@ public struct JobConfig: Equatable {
     public var comm = CommConfig()
     public var metrics = MetricsConfig()
     public var fault = FaultConfig()
+    public var validation = ValidationConfig()
     public var generate = GenerateConfig()
     public init() {}
 
@@ -136,14 +137,18 @@ public struct JobConfig: Equatable {
         .section("comm", \.comm),
         .section("metrics", \.metrics),
         .section("fault", \.fault),
+        .section("validation", \.validation),
         .section("generate", \.generate),
     ])
 
     /// Every section's own rules, then the rules between sections (the degrees: `dims(worldSize:)`).
     public func validate() throws {
         try Self.schema.validate(self)
-        if training.seq_len > model.args.max_seq_len {
-            throw ConfigError.invalid(key: "training.seq_len", reason: "\(training.seq_len) exceeds model.max_seq_len \(model.args.max_seq_len)")
+        if training.seq_len > model.modelArgs.max_seq_len {
+            throw ConfigError.invalid(key: "training.seq_len", reason: "\(training.seq_len) exceeds model.max_seq_len \(model.modelArgs.max_seq_len)")
+        }
+        if validation.seq_len > model.modelArgs.max_seq_len {
+            throw ConfigError.invalid(key: "validation.seq_len", reason: "\(validation.seq_len) exceeds model.max_seq_len \(model.modelArgs.max_seq_len)")
         }
     }
 
@@ -162,7 +167,7 @@ public struct JobConfig: Equatable {
     /// The parallelism degrees for `worldSize` ranks and this model, checked; errors name the parallelism key.
     public func dims(worldSize: Int) throws -> ParallelDims {
         do {
-            return try parallelism.dims(worldSize: worldSize, numExperts: model.args.moe_enabled ? model.args.moe.num_experts : 0)
+            return try parallelism.dims(worldSize: worldSize, numExperts: model.modelArgs.routedExperts)
         } catch let ParallelError.invalidDegrees(key, reason) {
             throw ConfigError.invalid(key: key, reason: reason)
         }
@@ -210,7 +215,7 @@ extension JobConfig {
         if let t = topology {
             cfg.parallelism.data_parallel_replicate_degree = t.data_parallel_replicate_degree
             cfg.parallelism.data_parallel_shard_degree = t.data_parallel_shard_degree
-            if cfg.model.args.moe_enabled { cfg.parallelism.expert_parallel_degree = t.expert_parallel_degree }
+            if cfg.model.modelArgs.hasMoE { cfg.parallelism.expert_parallel_degree = t.expert_parallel_degree }
         }
         try schema.apply(cl.assignments.filter { !selectsModel($0) }, to: &cfg)
 
@@ -266,6 +271,28 @@ public func jobConfigRegistry() -> ConfigRegistry<JobConfig> {
     }
     r.register(module: "qwen3", name: "debugmodel_moe", doc: "MoE 2-layer D=64, 8 experts top-2, seq 64, trains in seconds on CPU") {
         debugJobConfig(flavor: "debugmodel_moe")
+    }
+    r.register(module: "deepseek_v3", name: "debugmodel",
+               doc: "DeepSeek-V3 3-layer D=64 (1 dense), MLA, 8 experts in 4 groups keep 2, top-2, 1 shared, seq 64, trains in seconds on CPU") {
+        var c = debugJobConfig(flavor: "debugmodel_moe")
+        c.job.description = "deepseek_v3 debugmodel"
+        c.model.name = "deepseek_v3"
+        c.model.flavor = "debugmodel"
+        c.model.deepseek_v3 = DeepSeekV3Flavors.all["debugmodel"]!
+        return c
+    }
+    r.register(module: "deepseek_v3", name: "bench_moe",
+               doc: "DeepSeek-V3 4-layer D=256 (1 dense), MLA q_lora 128 kv_lora 64, YaRN, 16 experts in 4 groups keep 2, top-4, seq 256, local batch 16") {
+        var c = debugJobConfig(flavor: "bench_moe")
+        c.job.description = "deepseek_v3 bench_moe"
+        c.model.name = "deepseek_v3"
+        c.model.flavor = "bench_moe"
+        c.model.deepseek_v3 = DeepSeekV3Flavors.all["bench_moe"]!
+        c.training.seq_len = 256
+        c.training.local_batch_size = 16
+        c.training.steps = 10
+        c.optimizer.lr = 8e-4
+        return c
     }
     r.register(module: "qwen3", name: "bench_moe", doc: "MoE 4-layer D=256, 16 experts top-2, seq 256, local batch 16") {
         var c = debugJobConfig(flavor: "bench_moe")

@@ -15,12 +15,14 @@ public final class Trainer {
     let log: (String) -> Void
 
     /// The architecture built: the config's, or an HF folder's when training starts from one.
-    let modelArgs: Qwen3ModelArgs
-    let model: Qwen3Model
+    let modelArgs: ModelArgs
+    let model: TrainableModel
     let mesh: DeviceMesh
     /// The model with expert parallelism and FSDP applied: this rank's parameter shards.
     let parallel: FullyShardedModel
     let dataLoader: DataLoader
+    /// The validation loss every validation.freq steps, when enabled.
+    let validator: Validator?
     let optimizer: AdamW
     let lrSchedule: LRSchedule
     let checkpointer: Checkpointer
@@ -48,13 +50,13 @@ public final class Trainer {
         let resumeFolder = try checkpointer.resumeFolder()
         let (args, initialWeights) = try checkpointer.initialModel(config.model, resuming: resumeFolder != nil)
         var built = config
-        built.model.args = args
+        built.model.modelArgs = args
         try built.validate()
         modelArgs = args
 
         // Nothing is materialized: parallelizing (expert parallelism, then FSDP) initialises only this rank's shards,
         // with the values the whole model would hold there (torchtitan's meta-device init).
-        model = try Qwen3Model(args: args, seed: UInt64(config.training.seed), materialize: false)
+        model = try args.build(seed: UInt64(config.training.seed), materialize: false)
         if let initialWeights { try model.setInitialWeights(initialWeights) }
         let dims = try built.dims(worldSize: comm.worldSize)
         let microBatches = try built.microBatches(dims)
@@ -68,20 +70,28 @@ public final class Trainer {
 
         let globalBatch = B * mesh.dataParallelDegree * microBatches
         tokensPerStep = globalBatch * L
-        let tokens = try config.dataloader.loadTokens(seqLen: L, globalBatch: globalBatch, steps: config.training.steps,
-                                                      seed: config.training.seed, vocabSize: args.vocab_size)
-        dataLoader = DataLoader(tokens: tokens, seqLen: L, localBatchSize: B, dpDegree: mesh.dataParallelDegree,
-                                dpRank: mesh.dataParallelRank, microBatches: microBatches)
         optimizer = config.optimizer.build(shards: parallel.shards)
         lrSchedule = LRSchedule(config.lr_scheduler, baseLR: config.optimizer.lr, trainingSteps: config.training.steps)
         step = try checkpointer.load(resumeFolder: resumeFolder, model: parallel, optimizer: optimizer, modelArgs: args)
+        // The data continue where the checkpoint's left off: its next window (older checkpoints: step × this global
+        // batch), and for a document file where that window starts.
+        let resumedData = checkpointer.resumedDataLoader
+        let source = try config.dataloader.windows(seqLen: L, globalBatch: globalBatch, steps: config.training.steps,
+                                                   seed: config.training.seed, vocabSize: args.vocab_size, resume: resumedData?.document)
+        dataLoader = DataLoader(source: source, localBatchSize: B, dpDegree: mesh.dataParallelDegree, dpRank: mesh.dataParallelRank,
+                                microBatches: microBatches, startStep: step, startWindow: resumedData?.next_window ?? step * globalBatch)
+        validator = config.validation.enable
+            ? try Validator(config.validation, training: config, vocabSize: args.vocab_size, dpDegree: mesh.dataParallelDegree,
+                            dpRank: mesh.dataParallelRank)
+            : nil
 
         if rank == 0 {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
             metrics = try MetricsProcessor(config.metrics, dumpFolder: config.job.dump_folder, resumedAt: step,
                                            worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps, log: log)
-            log("model \(config.model.name)/\(config.model.flavor): \(model.parameterCount) parameters, \(args.n_layers) layers"
-                + (args.moe_enabled ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : ""))
+            let source = config.checkpoint.initial_load_in_hf && config.checkpoint.initial_load_path != nil ? "HF config.json" : config.model.flavor
+            log("model \(args.family)/\(source): \(model.parameterCount) parameters, \(args.n_layers) layers"
+                + (args.hasMoE ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "") + " (\(args.summary))")
             log("mesh: world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
                 + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : ""))
         } else {
@@ -123,7 +133,8 @@ public final class Trainer {
     }
 
     /// One optimizer step, llm.c style: zero grad → forward/backward of each micro-batch (gradients reduced after the
-    /// last) → finish backward → clip → optimizer step → expert-load balancing → metrics → checkpoint.
+    /// last) → finish backward → clip → optimizer step → expert-load balancing → validation (when due) → metrics →
+    /// checkpoint.
     func trainStep(_ step: Int) throws {
         try fault?.apply(atStep: step, comm: comm, log: log)
         let start = Runtime.now()
@@ -133,7 +144,7 @@ public final class Trainer {
         parallel.zeroGrad()
         var result: StepResult?
         for m in 0..<dataLoader.microBatches {
-            let batch = dataLoader.batch(step: step, microBatch: m)
+            let batch = try dataLoader.batch(step: step, microBatch: m)
             parallel.requiresGradientSync = m == dataLoader.microBatches - 1   // reduce once, after the last
             let r = model.forwardBackward(inputs: batch.inputs_BL, labels: batch.labels_BL, B: batch.batchSize, T: batch.seqLen,
                                           lossScale: 1 / Float(tokensPerStep))
@@ -153,9 +164,18 @@ public final class Trainer {
         model.updateExpertBias(tokensPerExpert: stats.tokensPerExpert)   // aux-loss-free balancing (when on)
         let end = Runtime.now()
         Trace.record("step", arg: .step(step), pid: comm.rank, tid: 0, start: start, end: end)
+        // Validation is not part of the step's time: tokens/s stays the training's.
+        var validationLoss: Double?
+        if let validator, validator.isDue(step: step, lastStep: config.training.steps) {
+            let validationStart = Runtime.now()
+            validationLoss = try validator.run(model: model, parallel: parallel, world: comm.world)
+            Trace.record("validation", pid: comm.rank, tid: 0, start: validationStart, end: Runtime.now())
+        }
         metrics?.record(step: step, stats: stats, gradNorm: gradNorm, lr: lr, seconds: Double(end - start) / 1e9,
-                        blockedSeconds: Double(BlockedTime.nanoseconds) / 1e9, expertParallel: mesh.ep != nil)
-        try checkpointer.saveIfDue(step: step, lastStep: config.training.steps, model: parallel, optimizer: optimizer, modelArgs: modelArgs)
+                        blockedSeconds: Double(BlockedTime.nanoseconds) / 1e9, expertParallel: mesh.ep != nil,
+                        validationLoss: validationLoss)
+        try checkpointer.saveIfDue(step: step, lastStep: config.training.steps, model: parallel, optimizer: optimizer,
+                                   modelArgs: modelArgs, dataloader: { try dataLoader.state(after: step) })
     }
 }
 

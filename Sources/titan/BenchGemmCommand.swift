@@ -22,6 +22,8 @@ struct BenchGemm: ParsableCommand {
     var threads: Int?
     @Option(help: "Model flavor whose FLOPs per token are printed.")
     var flavor: String = "bench_moe"
+    @Option(help: "Model family of the flavor: qwen3 or deepseek_v3.")
+    var module: String = "qwen3"
     @Option(help: "Sequence length for the attention FLOPs.")
     var seqLen: Int = 256
     @Flag(help: "Instead: time each GEMM implementation on one thread over the shapes behind BLAS's routing.")
@@ -50,9 +52,11 @@ struct BenchGemm: ParsableCommand {
         }
         let flop = 2 * Double(n) * Double(n) * Double(n)
         let peak = flop / best / 1e9, mean = flop / (total / Double(max(reps, 1))) / 1e9
-        guard let args = Qwen3Flavors.all[flavor] else {
-            throw ValidationError("no flavor '\(flavor)' (available: \(Qwen3Flavors.all.keys.sorted().joined(separator: ", ")))")
-        }
+        var model = ModelConfig()
+        model.name = module
+        model.flavor = flavor
+        let args: ModelArgs
+        do { args = try model.withFlavorArgs().modelArgs } catch { throw ValidationError("\(error)") }
         let fpt = args.flopsPerToken(seqLen: seqLen)
         let what = bf16 ? "bf16 gemm (fp32 accumulation)" : "sgemm", on = bf16 ? BLAS.bf16Kernel.rawValue : BLAS.description
         print("\(what) \(n)x\(n)x\(n), \(KernelThreads.count) thread(s), \(on): best \(String(format: "%.1f", peak)) GFLOP/s, mean \(String(format: "%.1f", mean)) GFLOP/s")

@@ -3,7 +3,7 @@ import Foundation
 import Train
 
 /// `titan convert`: a distributed checkpoint (any topology) → an HF folder (config.json + model.safetensors)
-/// that transformers loads as Qwen3MoeForCausalLM / Qwen3ForCausalLM. One process, no ranks.
+/// that transformers loads as Qwen3MoeForCausalLM / Qwen3ForCausalLM / DeepseekV3ForCausalLM. One process, no ranks.
 struct ConvertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "convert",

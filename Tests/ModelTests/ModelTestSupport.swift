@@ -23,11 +23,12 @@ func randomTokens(_ n: Int, vocab: Int, seed: UInt64) -> [Int32] {
 
 /// Directional finite-difference check of the whole model: for each parameter (and once for all parameters at once)
 /// compares g·v with (L(θ+εv) − L(θ−εv)) / 2ε for a random unit direction v, L = mean loss.
-func checkModelGradients(_ model: Qwen3Model, B: Int, T: Int, seed: UInt64 = 99, eps: Float = 1e-2,
+func checkModelGradients(_ model: TrainableModel, B: Int, T: Int, seed: UInt64 = 99, eps: Float = 1e-2,
                          rtol: Double = 5e-3, atol: Double = 5e-5, file: StaticString = #filePath, line: UInt = #line) {
     let N = B * T
-    let inputs = randomTokens(N, vocab: model.args.vocab_size, seed: seed)
-    var labels = randomTokens(N, vocab: model.args.vocab_size, seed: seed + 1)
+    let vocab = model.parameters.first { $0.fqn == "tok_embeddings.weight" }!.shape[0]
+    let inputs = randomTokens(N, vocab: vocab, seed: seed)
+    var labels = randomTokens(N, vocab: vocab, seed: seed + 1)
     labels[1] = -100  // an ignored position
     model.zeroGrad()
     let res = model.forwardBackward(inputs: inputs, labels: labels, B: B, T: T, lossScale: 1 / Float(N - 1))
@@ -86,4 +87,22 @@ func checkModelGradients(_ model: Qwen3Model, B: Int, T: Int, seed: UInt64 = 99,
     // gradients must not be trivially zero
     let total = grads.reduce(0.0) { acc, g in acc + g.reduce(0.0) { $0 + Double($1) * Double($1) } }
     XCTAssertGreaterThan(total, 1e-8, file: file, line: line)
+}
+
+/// A tiny DeepSeek-V3: 3 layers (the first dense), MLA, 8 experts in 4 groups of which 2 are kept, top-3, one shared
+/// expert; q low-rank path, interleaved rope and YaRN unless told otherwise.
+func tinyDeepSeekArgs(qLoraRank: Int = 6, interleave: Bool = true, yarn: Bool = true, groups: Int = 4, keep: Int = 2,
+                      grouped: Bool = true) -> DeepSeekV3ModelArgs {
+    var a = DeepSeekV3ModelArgs()
+    a.vocab_size = 24; a.dim = 16; a.n_layers = 3; a.n_dense_layers = 1; a.n_heads = 2; a.hidden_dim = 20
+    a.norm_eps = 1e-6; a.max_seq_len = 64; a.init_std = 0.2
+    a.q_lora_rank = qLoraRank; a.kv_lora_rank = 10; a.qk_nope_head_dim = 6; a.qk_rope_head_dim = 4; a.v_head_dim = 5
+    a.rope_theta = 10000; a.rope_interleave = interleave
+    if yarn {
+        a.rope_scaling = .yarn; a.rope_factor = 8; a.original_seq_len = 16; a.mscale = 0.8; a.mscale_all_dim = 1
+    }
+    a.moe.num_experts = 8; a.moe.top_k = 3; a.moe.hidden_dim = 12; a.moe.num_shared_experts = 1
+    a.moe.score_func = .sigmoid; a.moe.route_norm = true; a.moe.route_scale = 2.5; a.moe.use_grouped_mm = grouped
+    a.n_expert_groups = groups; a.n_limited_groups = keep
+    return a
 }

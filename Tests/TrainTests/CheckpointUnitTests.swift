@@ -62,7 +62,7 @@ final class CheckpointUnitTests: XCTestCase {
 
     func meta(_ pieces: [(Int, Int)], numel: Int) -> CheckpointMetadata {
         CheckpointMetadata(format: CheckpointMetadata.formatName, format_version: 1, step: 1, dataloader_position: 1,
-                           lr_scheduler_step: 1, rng: "", model_args: Self.args,
+                           lr_scheduler_step: 1, rng: "", model_args: .qwen3(Self.args),
                            topology: CheckpointTopology(world_size: 1, replicate: 1, shard: 1, ep: 1), job_id: "t",
                            files: ["rank-0.safetensors"],
                            state: ["model/w": CheckpointEntry(shape: [numel], pieces: pieces.map {
@@ -82,7 +82,7 @@ final class CheckpointUnitTests: XCTestCase {
 
     func testModelMismatchIsAClearError() {
         let m = meta([(0, 10)], numel: 10)
-        XCTAssertThrowsError(try Checkpoint.validateModel(m, expected: ["model/w": [2, 5]], bufferShapes: [:], args: Self.args, path: "x/metadata.json")) { e in
+        XCTAssertThrowsError(try Checkpoint.validateModel(m, expected: ["model/w": [2, 5]], bufferShapes: [:], args: .qwen3(Self.args), path: "x/metadata.json")) { e in
             let s = "\(e)"
             XCTAssertTrue(s.contains("x/metadata.json") && s.contains("does not match the model") && s.contains("'model/w' has shape [10]"), s)
         }
@@ -115,7 +115,8 @@ final class CheckpointUnitTests: XCTestCase {
                     st.expAvgSq.data[j] = Self.marker(st.shard.fqn, st.shard.offset + j, 2)
                 }
             }
-            try self.checkpointer(ckpt, comm).saveIfDue(step: 7, lastStep: 7, model: fsdp, optimizer: optimizer, modelArgs: args)
+            try self.checkpointer(ckpt, comm).saveIfDue(step: 7, lastStep: 7, model: fsdp, optimizer: optimizer, modelArgs: .qwen3(args),
+                                                             dataloader: { DataLoaderState(next_window: 7, document: nil) })
         }
         XCTAssertTrue(failures.allSatisfy { $0 == nil }, "\(failures)")
         XCTAssertEqual(try String(contentsOfFile: ckpt + "/latest", encoding: .utf8), "step-7\n")
@@ -135,7 +136,7 @@ final class CheckpointUnitTests: XCTestCase {
                 let fsdp = try parallelize(model, mesh: mesh, reshardAfterForward: .default)
                 let optimizer = OptimizerConfig().build(shards: fsdp.shards)
                 let checkpointer = self.checkpointer(ckpt, comm)
-                let step = try checkpointer.load(resumeFolder: try checkpointer.resumeFolder(), model: fsdp, optimizer: optimizer, modelArgs: args)
+                let step = try checkpointer.load(resumeFolder: try checkpointer.resumeFolder(), model: fsdp, optimizer: optimizer, modelArgs: .qwen3(args))
                 XCTAssertEqual(step, 7)
                 for st in optimizer.states {
                     let s = st.shard

@@ -77,18 +77,18 @@ final class DataLoaderTests: XCTestCase {
     /// tokens[i] = i, so a window's content spells out its index arithmetic.
     func iota(_ n: Int) -> [Int32] { (0..<n).map { Int32($0) } }
 
-    func testWindowsInputsAndLabels() {
+    func testWindowsInputsAndLabels() throws {
         let L = 3
         let dl = DataLoader(tokens: iota(4 * 10 + 2), seqLen: L, localBatchSize: 2)
         XCTAssertEqual(dl.numWindows, 10)  // the 2-token tail is never used
-        let b = dl.batch(step: 1)
+        let b = try dl.batch(step: 1)
         XCTAssertEqual(b.inputs_BL, [0, 1, 2, 4, 5, 6])     // windows 0 and 1: tokens[0..<4], tokens[4..<8]
         XCTAssertEqual(b.labels_BL, [1, 2, 3, 5, 6, 7])
-        let b2 = dl.batch(step: 2)
+        let b2 = try dl.batch(step: 2)
         XCTAssertEqual(b2.inputs_BL, [8, 9, 10, 12, 13, 14])
     }
 
-    func testDataParallelRanksAndWrapAround() {
+    func testDataParallelRanksAndWrapAround() throws {
         let L = 3, B = 2, dp = 2
         let toks = iota(4 * 10 + 2)
         let loaders = (0..<dp).map { DataLoader(tokens: toks, seqLen: L, localBatchSize: B, dpDegree: dp, dpRank: $0) }
@@ -100,7 +100,7 @@ final class DataLoaderTests: XCTestCase {
         // step 3 covers windows 8..<12 → 8, 9, 0, 1 (mod 10)
         XCTAssertEqual(loaders[0].windowIndices(step: 3), [8, 9])
         XCTAssertEqual(loaders[1].windowIndices(step: 3), [0, 1])
-        XCTAssertEqual(loaders[1].batch(step: 3).inputs_BL, [0, 1, 2, 4, 5, 6])
+        XCTAssertEqual(try loaders[1].batch(step: 3).inputs_BL, [0, 1, 2, 4, 5, 6])
         XCTAssertEqual(loaders[0].windowIndices(step: 4), [2, 3])
 
         // Any dp split of the same global batch sees the same windows as one rank with B*dp.
@@ -108,24 +108,24 @@ final class DataLoaderTests: XCTestCase {
         for dp4 in [1, 2, 4] {
             let ranks = (0..<dp4).map { DataLoader(tokens: toks, seqLen: L, localBatchSize: B * dp / dp4, dpDegree: dp4, dpRank: $0) }
             for s in 1...7 {
-                XCTAssertEqual(ranks.flatMap { $0.batch(step: s).labels_BL }, single.batch(step: s).labels_BL, "dp=\(dp4) step=\(s)")
+                XCTAssertEqual(try ranks.flatMap { try $0.batch(step: s).labels_BL }, try single.batch(step: s).labels_BL, "dp=\(dp4) step=\(s)")
             }
         }
     }
 
-    func testThreeRanksUnevenWrap() {
+    func testThreeRanksUnevenWrap() throws {
         // 7 windows, B=2, dp=3 → G=6; step 2 covers windows 6..<12 → 6,0 | 1,2 | 3,4
         let dl = (0..<3).map { DataLoader(tokens: iota(7 * 5), seqLen: 4, localBatchSize: 2, dpDegree: 3, dpRank: $0) }
         XCTAssertEqual(dl.map { $0.windowIndices(step: 2) }, [[6, 0], [1, 2], [3, 4]])
-        XCTAssertEqual(dl[0].batch(step: 2).inputs_BL, [30, 31, 32, 33, 0, 1, 2, 3])
-        XCTAssertEqual(dl[0].batch(step: 2).labels_BL, [31, 32, 33, 34, 1, 2, 3, 4])
+        XCTAssertEqual(try dl[0].batch(step: 2).inputs_BL, [30, 31, 32, 33, 0, 1, 2, 3])
+        XCTAssertEqual(try dl[0].batch(step: 2).labels_BL, [31, 32, 33, 34, 1, 2, 3, 4])
     }
 
     /// A batch is a function of the step alone: a loader built later (a resumed run) serves the same batch.
-    func testBatchesArePureFunctionsOfTheStep() {
+    func testBatchesArePureFunctionsOfTheStep() throws {
         let a = DataLoader(tokens: iota(200), seqLen: 4, localBatchSize: 3)
-        let first = (1...3).map { a.batch(step: $0) }
-        XCTAssertEqual(DataLoader(tokens: iota(200), seqLen: 4, localBatchSize: 3).batch(step: 3), first[2])
+        let first = try (1...3).map { try a.batch(step: $0) }
+        XCTAssertEqual(try DataLoader(tokens: iota(200), seqLen: 4, localBatchSize: 3).batch(step: 3), first[2])
         XCTAssertNotEqual(first[1], first[2])
     }
 
@@ -176,9 +176,12 @@ final class DataLoaderTests: XCTestCase {
         }
         XCTAssertThrowsError(try c.loadTokens(seqLen: 60, globalBatch: 2, steps: 3, seed: 0, vocabSize: 100))
 
+        // Document files stream: one line one document, BOS and EOS around it (the byte tokenizer's 256 and 257).
         let txt = dir.appendingPathComponent("t.txt").path
         try "hello, world".write(toFile: txt, atomically: true, encoding: .utf8)
         c.dataset = .text; c.dataset_path = txt
-        XCTAssertEqual(try c.loadTokens(seqLen: 4, globalBatch: 2, steps: 3, seed: 0, vocabSize: 256), "hello, world".utf8.map { Int32($0) })
+        let w = try c.windows(seqLen: 4, globalBatch: 2, steps: 3, seed: 0, vocabSize: 258)
+        XCTAssertNil(w.count)
+        XCTAssertEqual(Array(try w.window(0)), [256] + "hell".utf8.map { Int32($0) })
     }
 }

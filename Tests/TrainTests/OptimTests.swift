@@ -172,7 +172,7 @@ final class BigramTrainingTests: XCTestCase {
         var w = [Float](repeating: 0, count: V * V), m = w, v = w
         var losses: [Double] = []
         for step in 1...steps {
-            let batch = loader.batch(step: step)
+            let batch = try loader.batch(step: step)
             var grad = [Float](repeating: 0, count: V * V)
             var loss = 0.0
             let n = Float(batch.inputs_BL.count)

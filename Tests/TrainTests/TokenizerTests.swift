@@ -91,6 +91,9 @@ final class TokenizerTests: XCTestCase {
         let t = ByteTokenizer()
         XCTAssertEqual(t.encode("hé"), [104, 195, 169])
         XCTAssertEqual(t.decode(t.encode("héllo 世界")), "héllo 世界")
-        XCTAssertEqual(t.vocabSize, 256)
+        // Bytes, then BOS and EOS for document datasets; decoding drops them.
+        XCTAssertEqual(t.vocabSize, 258)
+        XCTAssertEqual([t.bosID, t.eosID], [256, 257])
+        XCTAssertEqual(t.decode([256] + t.encode("ok") + [257]), "ok")
     }
 }

@@ -13,6 +13,10 @@ public final class ModelSpec {
     public var hfArchitecture = ""
     public var hfIgnoredSuffixes: [String] = []
     public var hfTied: [String: String] = [:]
+    /// HF decoder layers `model.layers.{i}.*` with i >= this hold nothing of ours and are skipped on import:
+    /// DeepSeek-V3's multi-token-prediction layers (num_nextn_predict_layers) follow the decoder layers, and
+    /// transformers ignores them likewise (_keys_to_ignore_on_load_unexpected). nil: no such layers are expected.
+    public var hfIgnoredLayersFrom: Int?
     /// Whether declared parameters get storage (false: torchtitan's meta-device init).
     let materialize: Bool
     private var names = Set<String>()

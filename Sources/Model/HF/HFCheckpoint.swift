@@ -73,6 +73,27 @@ public enum HFCheckpoint {
         return out
     }
 
+    /// Loads an HF folder of any family: model args from config.json, weights (and buffers, zero where HF has none)
+    /// with torchtitan FQNs; `skipped`: the line naming multi-token-prediction layers skipped, if any.
+    public static func loadModel(folder: String) throws -> (args: ModelArgs, stateDict: StateDict, skipped: String?) {
+        let args = try HFModelConfig.load(path: (folder as NSString).appendingPathComponent("config.json"))
+        let hf = try readHFTensors(folder: folder)
+        let adapter = try args.adapter()
+        let note = adapter.skippedLayersNote(Array(hf.keys), source: folder)
+        return (args, try adapter.fromHF(hf), note)
+    }
+
+    /// Writes an HF folder of any family (see `save(args:stateDict:folder:maxShardBytes:)`).
+    public static func save(model args: ModelArgs, stateDict: StateDict, folder: String, maxShardBytes: Int? = nil) throws {
+        let hf = try args.adapter().toHF(stateDict)
+        let fm = FileManager.default
+        do { try fm.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
+            throw HFCheckpointError(path: folder, "cannot create the folder: \(error)")
+        }
+        try HFModelConfig.write(args, toFolder: folder)
+        try saveTensors(hf, folder: folder, maxShardBytes: maxShardBytes)
+    }
+
     /// Loads an HF folder: model args from config.json, weights (and buffers, zero where HF has none) with
     /// torchtitan FQNs.
     public static func load(folder: String) throws -> (args: Qwen3ModelArgs, stateDict: StateDict) {
@@ -101,6 +122,12 @@ public enum HFCheckpoint {
             throw HFCheckpointError(path: folder, "cannot create the folder: \(error)")
         }
         try HFConfig.write(args, toFolder: folder)
+        try saveTensors(hf, folder: folder, maxShardBytes: maxShardBytes)
+    }
+
+    /// Writes HF-named tensors into `folder`: one model.safetensors, or shards plus the index above `maxShardBytes`.
+    static func saveTensors(_ hf: StateDict, folder: String, maxShardBytes: Int?) throws {
+        let fm = FileManager.default
         let meta = ["format": "pt"]
         let names = hf.keys.sorted()
         let total = hf.values.reduce(0) { $0 + $1.values.count * 4 }

@@ -62,7 +62,34 @@ public struct StateDictAdapter {
     }
 
     /// HF names a checkpoint may carry that hold nothing of ours (ignored on import).
-    func isIgnorable(_ name: String) -> Bool { spec.hfIgnoredSuffixes.contains { name.hasSuffix($0) } }
+    func isIgnorable(_ name: String) -> Bool {
+        spec.hfIgnoredSuffixes.contains { name.hasSuffix($0) } || skippedLayer(name) != nil
+    }
+
+    /// The layer index of an HF name under `model.layers.{i}.` with i >= the spec's `hfIgnoredLayersFrom`.
+    func skippedLayer(_ name: String) -> Int? {
+        guard let from = spec.hfIgnoredLayersFrom, name.hasPrefix("model.layers.") else { return nil }
+        let rest = name.dropFirst("model.layers.".count)
+        guard let dot = rest.firstIndex(of: "."), let i = Int(rest[..<dot]), i >= from else { return nil }
+        return i
+    }
+
+    /// The skipped layers (multi-token prediction) among `names`, with how many tensors each holds, for one log line.
+    public func skippedLayers(_ names: [String]) -> [Int: Int] {
+        var r: [Int: Int] = [:]
+        for n in names { if let i = skippedLayer(n) { r[i, default: 0] += 1 } }
+        return r
+    }
+
+    /// One line saying which layers an import skipped, or nil when none were.
+    public func skippedLayersNote(_ names: [String], source: String) -> String? {
+        let s = skippedLayers(names)
+        guard !s.isEmpty else { return nil }
+        let layers = s.keys.sorted()
+        return "HF checkpoint \(source): skipped \(s.values.reduce(0, +)) tensor(s) of layer(s) \(layers.map(String.init).joined(separator: ", ")) "
+            + "beyond num_hidden_layers (\(spec.hfIgnoredLayersFrom ?? 0)): multi-token-prediction layers (num_nextn_predict_layers), "
+            + "not part of \(spec.hfArchitecture), as transformers skips them"
+    }
 
     private func checked(_ sd: StateDict, _ name: String, _ shape: [Int], side: String) throws -> HostTensor {
         guard let t = sd[name] else {
@@ -93,6 +120,7 @@ public struct StateDictAdapter {
     /// are errors (apart from ignorable ones, and a tied copy equal to its original). Buffers HF lacks are zeros.
     public func fromHF(_ hf: StateDict) throws -> StateDict {
         try checkConvertible()
+        let hf = FusedExperts.unfused(hf)
         try checkNoUnexpected(Array(hf.keys)) { name, original in
             hf[name] == (try checked(hf, original, hfShapes[original] ?? [], side: "HF"))
         }
@@ -150,6 +178,9 @@ public final class HFInitialWeights: InitialWeights {
     private let file: [String: String]                 // HF name → file path
     private let pieces: [String: [(hf: String, count: Int)]]   // torchtitan FQN → its HF tensors, in flat order
     private let bufferNames: [String: String]          // torchtitan buffer FQN → HF name
+    private let slices: [String: FusedExperts.Slice]   // per-expert HF name → its part of a fused experts tensor
+    /// One line naming the multi-token-prediction layers the checkpoint holds and the import skips, if any.
+    public let skippedNote: String?
 
     public init(folder: String, adapter: StateDictAdapter) throws {
         self.folder = folder
@@ -168,12 +199,21 @@ public final class HFInitialWeights: InitialWeights {
             }
             return try readers[f]!.info(name)
         }
+        // Routed experts stored fused (transformers 5's gate_up_proj / down_proj): per-expert names read slices of them.
+        var fusedShapes: [String: [Int]] = [:]
+        for name in map.keys where FusedExperts.isFused(name) { fusedShapes[name] = try info(name).shape }
+        let slices = FusedExperts.slices(fusedShapes).filter { map[$0.key] == nil }
+        self.slices = slices
+        func shape(_ name: String) throws -> [Int] {
+            if let s = slices[name] { return s.shape }
+            return try info(name).shape
+        }
         let expected = adapter.hfShapes
         for name in expected.keys.sorted() {
-            let t = try info(name)
-            guard t.shape == expected[name]! else {
+            let got = try shape(name)
+            guard got == expected[name]! else {
                 throw StateDictAdapterError(.shapeMismatch, tensor: name,
-                                            "shape \(t.shape) in the HF checkpoint, expected \(expected[name]!) for the config (\(adapter.shapeHint))")
+                                            "shape \(got) in the HF checkpoint, expected \(expected[name]!) for the config (\(adapter.shapeHint))")
             }
         }
         var pieces: [String: [(hf: String, count: Int)]] = [:]
@@ -181,7 +221,9 @@ public final class HFInitialWeights: InitialWeights {
         self.pieces = pieces
         bufferNames = Dictionary(uniqueKeysWithValues: adapter.spec.buffers.compactMap { b in b.hf.map { (b.fqn, $0) } })
         parameterShapes = adapter.spec.parameterShapes
-        try adapter.checkNoUnexpected(Array(map.keys)) { name, original in
+        skippedNote = adapter.skippedLayersNote(Array(map.keys), source: folder)
+        let consumed = Set(slices.values.map(\.source))
+        try adapter.checkNoUnexpected(map.keys.filter { !consumed.contains($0) }) { name, original in
             let shape = try info(name).shape
             guard shape == expected[original] else { return false }
             return try self.equal(name, original, count: shape.reduce(1, *))
@@ -204,6 +246,10 @@ public final class HFInitialWeights: InitialWeights {
     }
 
     private func readHF(_ name: String, _ elements: Range<Int>, _ out: UnsafeMutablePointer<Float>) throws {
+        if let s = slices[name] {
+            let r = (elements.lowerBound + s.offset)..<(elements.upperBound + s.offset)
+            return try readers[file[s.source]!]!.read(s.source, elements: r, into: out)
+        }
         try readers[file[name]!]!.read(name, elements: elements, into: out)
     }
 
@@ -227,5 +273,51 @@ public final class HFInitialWeights: InitialWeights {
     public func buffer(_ fqn: String) -> HostTensor? {
         guard let name = bufferNames[fqn], let r = readers[file[name] ?? ""] else { return nil }
         return try? r.tensor(name)
+    }
+}
+
+/// transformers 5 holds a layer's routed experts fused: `experts.gate_up_proj` [E, 2F, D] (expert e: its F gate rows,
+/// then its F up rows) and `experts.down_proj` [E, D, F]. A checkpoint stored that way imports as one stored per expert
+/// (what save_pretrained writes): each per-expert HF name is a contiguous element range of the fused tensor.
+enum FusedExperts {
+    struct Slice {
+        let source: String
+        let offset: Int
+        let shape: [Int]
+    }
+
+    static func isFused(_ name: String) -> Bool { name.hasSuffix(".experts.gate_up_proj") || name.hasSuffix(".experts.down_proj") }
+
+    /// Per-expert HF names → their slices, for the fused tensors among `shapes` (HF name → shape; 3-D ones only).
+    static func slices(_ shapes: [String: [Int]]) -> [String: Slice] {
+        var r: [String: Slice] = [:]
+        for (name, s) in shapes where s.count == 3 {
+            if name.hasSuffix(".experts.gate_up_proj"), s[1] % 2 == 0 {
+                let base = String(name.dropLast("gate_up_proj".count)), E = s[0], F = s[1] / 2, D = s[2]
+                for e in 0..<E {
+                    r["\(base)\(e).gate_proj.weight"] = Slice(source: name, offset: e * 2 * F * D, shape: [F, D])
+                    r["\(base)\(e).up_proj.weight"] = Slice(source: name, offset: e * 2 * F * D + F * D, shape: [F, D])
+                }
+            } else if name.hasSuffix(".experts.down_proj") {
+                let base = String(name.dropLast("down_proj".count)), E = s[0], D = s[1], F = s[2]
+                for e in 0..<E { r["\(base)\(e).down_proj.weight"] = Slice(source: name, offset: e * D * F, shape: [D, F]) }
+            }
+        }
+        return r
+    }
+
+    /// `hf` with its fused expert tensors split per expert (names already present per expert are kept, and then the
+    /// fused tensor stays, to be reported as unexpected).
+    static func unfused(_ hf: StateDict) -> StateDict {
+        let fused = hf.filter { isFused($0.key) }
+        guard !fused.isEmpty else { return hf }
+        var out = hf
+        let slices = slices(fused.mapValues(\.shape)).filter { hf[$0.key] == nil }
+        for (name, s) in slices {
+            let n = s.shape.reduce(1, *)
+            out[name] = HostTensor(shape: s.shape, values: Array(hf[s.source]!.values[s.offset..<(s.offset + n)]))
+        }
+        for source in Set(slices.values.map(\.source)) { out.removeValue(forKey: source) }
+        return out
     }
 }

@@ -63,21 +63,32 @@ public final class MoE {
     /// Load-balancing bias [E], added to the scores for top-k selection only. Used when load_balance_coeff > 0.
     public let expertBias: Tensor
 
-    init(_ t: ParameterScope, args a: MoEArgs, dim D: Int, initStd: Float) {
+    /// Group-limited routing (DeepSeek-V3's n_group / topk_group; 1 / 1: every expert competes).
+    public let groups: Int, topkGroups: Int
+    /// The bias is an HF buffer (DeepSeek-V3's e_score_correction_bias): always applied to the selection, imported
+    /// and exported, and still updated by load balancing when load_balance_coeff > 0.
+    let correctionBias: Bool
+
+    /// `hf` names for what Qwen3-MoE lacks and DeepSeek-V3 has: `sharedExpertsHF` (e.g. "shared_experts.") and
+    /// `correctionBiasHF` (e.g. "gate.e_score_correction_bias", which makes the bias always used).
+    init(_ t: ParameterScope, args a: MoEArgs, dim D: Int, initStd: Float, groups: Int = 1, topkGroups: Int = 1,
+         sharedExpertsHF: String? = nil, correctionBiasHF: String? = nil) {
         args = a; dim = D; fqn = t.fqn
+        self.groups = groups; self.topkGroups = topkGroups
+        correctionBias = correctionBiasHF != nil
         gate = t.parameter("router.gate.weight", [a.num_experts, D], init: .normal(std: initStd), hf: "gate.weight")
         localExperts = GroupedExperts(t.scope("experts.", hf: "experts."), numExperts: a.num_experts, dim: D, hiddenDim: a.hidden_dim,
                                       initStd: initStd, useGroupedMM: a.use_grouped_mm)
         w1 = localExperts.w1; w2 = localExperts.w2; w3 = localExperts.w3
         experts = localExperts
         shared = a.num_shared_experts > 0
-            ? FeedForward(t.scope("shared_experts.", hf: nil), dim: D, hiddenDim: a.hidden_dim * a.num_shared_experts, initStd: initStd)
+            ? FeedForward(t.scope("shared_experts.", hf: sharedExpertsHF), dim: D, hiddenDim: a.hidden_dim * a.num_shared_experts, initStd: initStd)
             : nil
         expertBias = Tensor(shape: [a.num_experts])
-        if usesBias { t.buffer("expert_bias", expertBias, hf: nil) }
+        if correctionBias || args.load_balance_coeff > 0 { t.buffer("expert_bias", expertBias, hf: correctionBiasHF) }
     }
 
-    var usesBias: Bool { args.load_balance_coeff > 0 }
+    var usesBias: Bool { args.load_balance_coeff > 0 || correctionBias }
 
     /// The routed experts' weights, whose leading dimension indexes the experts: w1 [E, F, D], w2 [E, D, F], w3 [E, F, D].
     public var routedExpertParameters: [Parameter] { [w1, w2, w3] }
@@ -90,7 +101,7 @@ public final class MoE {
         matmul_forward(logits, xn_ND, gate.v, T: N, D: D, N: E)
         router_scores_forward(a.scores.data, logits, T: N, E: E, sigmoid: args.score_func == .sigmoid)
         topk_forward(a.idx.data, a.gate.data, a.scores.data, bias_E: usesBias ? UnsafePointer(expertBias.data) : nil,
-                     T: N, E: E, K: K, routeNorm: args.route_norm, routeScale: args.route_scale)
+                     T: N, E: E, K: K, routeNorm: args.route_norm, routeScale: args.route_scale, groups: groups, topkGroups: topkGroups)
         // stable counting sort of the (token, k) pairs by expert
         var counts = [Int](repeating: 0, count: E)
         for p in 0..<(N * K) { counts[Int(a.idx.data[p])] += 1 }

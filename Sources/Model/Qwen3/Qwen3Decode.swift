@@ -139,7 +139,7 @@ extension MoE {
         matvec_forward(logits, xn_D, gate.v, D: D, N: E)
         router_scores_forward(a.scores.data, logits, T: 1, E: E, sigmoid: args.score_func == .sigmoid)
         topk_forward(a.idx.data, a.gate.data, a.scores.data, bias_E: usesBias ? UnsafePointer(expertBias.data) : nil,
-                     T: 1, E: E, K: K, routeNorm: args.route_norm, routeScale: args.route_scale)
+                     T: 1, E: E, K: K, routeNorm: args.route_norm, routeScale: args.route_scale, groups: groups, topkGroups: topkGroups)
         let h1 = ws.dh1.get(F), h3 = ws.dh3.get(F), h = ws.dh.get(F), y = ws.dys.get(D)
         for k in 0..<K {
             let e = Int(a.idx.data[k])

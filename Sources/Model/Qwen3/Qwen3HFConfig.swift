@@ -88,7 +88,7 @@ public enum HFConfig {
             }
             guard let a = HFArchitecture(rawValue: first) else {
                 throw HFConfigError(source: source, key: "architectures",
-                                    "unsupported architecture \"\(first)\"; supported: \(HFArchitecture.allCases.map { $0.rawValue }.joined(separator: ", "))")
+                                    "unsupported architecture \"\(first)\"; supported: \((HFArchitecture.allCases.map { $0.rawValue } + [DeepSeekV3HFConfig.architecture]).joined(separator: ", "))")
             }
             if let mt = obj["model_type"] as? String, HFArchitecture(modelType: mt) != a {
                 throw HFConfigError(source: source, key: "model_type", "\"\(mt)\" does not match architecture \(a.rawValue) (expected \"\(a.modelType)\")")
@@ -99,7 +99,7 @@ public enum HFConfig {
             throw HFConfigError(source: source, key: "architectures", "missing; neither architectures nor model_type says which model this is")
         }
         guard let a = HFArchitecture(modelType: mt) else {
-            throw HFConfigError(source: source, key: "model_type", "unsupported model_type \"\(mt)\"; supported: qwen3, qwen3_moe")
+            throw HFConfigError(source: source, key: "model_type", "unsupported model_type \"\(mt)\"; supported: qwen3, qwen3_moe, \(DeepSeekV3HFConfig.modelType)")
         }
         return a
     }

@@ -89,11 +89,14 @@ public struct CheckpointMetadata: Codable, Equatable, Sendable {
     public var format: String
     public var format_version: Int
     public var step: Int
-    /// Next step the data loader serves is dataloader_position + 1 (the loader's whole state is the step).
+    /// The step after which the data loader's state below was taken (the step, in checkpoints of before it).
     public var dataloader_position: Int
+    /// The next window and, for a document file, where it starts (nil in older checkpoints: the next window is then
+    /// step × the global batch size).
+    public var dataloader: DataLoaderState?
     public var lr_scheduler_step: Int
     public var rng: String
-    public var model_args: Qwen3ModelArgs
+    public var model_args: ModelArgs
     public var topology: CheckpointTopology
     public var job_id: String
     /// Rank files of this checkpoint.
@@ -215,7 +218,7 @@ public enum Checkpoint {
 
     /// Compares the checkpoint's state keys (`expected`: every key with its full shape) and buffers with the run's.
     public static func validateModel(_ meta: CheckpointMetadata, expected: [String: [Int]], bufferShapes: [String: [Int]],
-                                     args: Qwen3ModelArgs, path: String) throws {
+                                     args: ModelArgs, path: String) throws {
         var problems: [String] = []
         for (key, shape) in expected.sorted(by: { $0.key < $1.key }) {
             guard let e = meta.state[key] else { problems.append("missing '\(key)'"); continue }
@@ -349,8 +352,8 @@ public enum Checkpoint {
     /// on rank 0 the `buffers`. Collective over `world`: every rank must call it. Returns the step folder.
     @discardableResult
     public static func save(folder: String, step: Int, pieces: [StatePiece], buffers: [ModelBuffer], isWriter: Bool,
-                            world: ProcessGroup, jobID: String, modelArgs: Qwen3ModelArgs, topology: CheckpointTopology,
-                            keepLatestK: Int, log: (String) -> Void) throws -> String {
+                            world: ProcessGroup, jobID: String, modelArgs: ModelArgs, topology: CheckpointTopology,
+                            dataloader: DataLoaderState? = nil, keepLatestK: Int, log: (String) -> Void) throws -> String {
         let rank = world.members[world.rank]
         let fm = FileManager.default
         let tmp = join(folder, stepFolderName(step) + ".tmp-" + sanitized(jobID))
@@ -395,7 +398,7 @@ public enum Checkpoint {
         if rank == 0 {
             var meta = CheckpointMetadata(
                 format: CheckpointMetadata.formatName, format_version: CheckpointMetadata.currentFormatVersion,
-                step: step, dataloader_position: step, lr_scheduler_step: step,
+                step: step, dataloader_position: step, dataloader: dataloader, lr_scheduler_step: step,
                 rng: "none (training draws no random numbers after initialisation)",
                 model_args: modelArgs, topology: topology, job_id: jobID, files: [], state: [:], buffers: bufferEntries)
             for (r, blob) in written.enumerated() where !blob.isEmpty {
@@ -469,7 +472,7 @@ public enum Checkpoint {
     /// this rank's `pieces` with the overlapping byte ranges of the saved pieces, and `buffers` (zero where the
     /// checkpoint has none; nil: buffers are not loaded). Every rank; no collective. A failure changes nothing.
     public static func load(stepFolder: String, pieces: [StatePiece], buffers: [ModelBuffer]?, expected: [String: [Int]],
-                            modelArgs: Qwen3ModelArgs) throws -> CheckpointMetadata {
+                            modelArgs: ModelArgs) throws -> CheckpointMetadata {
         let meta = try readMetadata(stepFolder: stepFolder)
         let metaPath = join(stepFolder, metadataFileName)
         let bufferShapes = Dictionary((buffers ?? []).map { ($0.fqn, $0.tensor.shape) }, uniquingKeysWith: { a, _ in a })
@@ -523,7 +526,7 @@ public enum Checkpoint {
             sd[fqn] = HostTensor(shape: e.shape, values: values)
         }
         // The model's own check: every parameter present with the args' shapes.
-        let expected = try Qwen3Model.spec(meta.model_args).parameterShapes
+        let expected = try meta.model_args.spec().parameterShapes
         let missing = expected.keys.filter { sd[$0] == nil }.sorted()
         if !missing.isEmpty {
             throw CheckpointError(path: metaPath, "lacks parameters of its own model_args: \(missing.prefix(5).joined(separator: ", "))")
@@ -534,7 +537,7 @@ public enum Checkpoint {
     /// Writes an HF folder (config.json + model.safetensors) from a distributed checkpoint.
     public static func exportHF(stepFolder: String, to hfFolder: String) throws -> CheckpointMetadata {
         let (meta, sd) = try assembleFull(stepFolder: stepFolder)
-        try HFCheckpoint.save(args: meta.model_args, stateDict: sd, folder: hfFolder)
+        try HFCheckpoint.save(model: meta.model_args, stateDict: sd, folder: hfFolder)
         return meta
     }
 

@@ -79,12 +79,13 @@ public final class Checkpointer {
     /// The architecture to build and what initialises it: with initial_load_in_hf, the HF folder's config.json (how
     /// experts are computed and balanced stays `model`'s) and, unless resuming (the checkpoint overwrites the weights),
     /// its weights, read on demand; otherwise `model`'s args and no initial weights (the seed's random values).
-    public func initialModel(_ model: ModelConfig, resuming: Bool) throws -> (args: Qwen3ModelArgs, weights: InitialWeights?) {
-        guard config.initial_load_in_hf, let path = config.initial_load_path else { return (model.args, nil) }
-        var args = try HFConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
-        args.moe.use_grouped_mm = model.args.moe.use_grouped_mm
-        args.moe.load_balance_coeff = model.args.moe.load_balance_coeff
-        let weights = resuming ? nil : try HFInitialWeights(folder: path, adapter: try StateDictAdapter(qwen3: args))
+    public func initialModel(_ model: ModelConfig, resuming: Bool) throws -> (args: ModelArgs, weights: InitialWeights?) {
+        guard config.initial_load_in_hf, let path = config.initial_load_path else { return (model.modelArgs, nil) }
+        var args = try HFModelConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
+        args.moe.use_grouped_mm = model.modelArgs.moe.use_grouped_mm
+        args.moe.load_balance_coeff = model.modelArgs.moe.load_balance_coeff
+        let weights = resuming ? nil : try HFInitialWeights(folder: path, adapter: try args.adapter())
+        if let note = weights?.skippedNote, comm.rank == 0 { log(note) }
         return (args, weights)
     }
 
@@ -111,7 +112,8 @@ public final class Checkpointer {
     /// Restores the run's state before training: from `resumeFolder` (model, optimizer, buffers; returns its step),
     /// else from initial_load_path when it is a distributed checkpoint (the weights only: torchtitan's
     /// initial_load_model_only; returns 0), else nothing (0). Resharded onto this topology; validated first.
-    public func load(resumeFolder: String?, model: FullyShardedModel, optimizer: AdamW, modelArgs: Qwen3ModelArgs) throws -> Int {
+    public func load(resumeFolder: String?, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs) throws -> Int {
+        resumedDataLoader = nil
         let stepFolder: String
         let weightsOnly: Bool
         if let resumeFolder {
@@ -125,31 +127,38 @@ public final class Checkpointer {
                                        buffers: weightsOnly ? nil : model.model.buffers, expected: Self.expectedKeys(model),
                                        modelArgs: modelArgs)
         model.reshard()
+        if !weightsOnly { resumedDataLoader = meta.dataloader }
         if comm.rank == 0 {
             log(weightsOnly ? "checkpoint: initial weights from \(stepFolder)" : "checkpoint: resumed from \(stepFolder) at step \(meta.step)")
         }
         return weightsOnly ? 0 : meta.step
     }
 
-    /// Saves step `step` when checkpointing is on and it is due (every `interval` steps and the last one). Collective.
-    public func saveIfDue(step: Int, lastStep: Int, model: FullyShardedModel, optimizer: AdamW, modelArgs: Qwen3ModelArgs) throws {
+    /// The data loader's state in the checkpoint `load` resumed from (nil: none, or one written before it was kept).
+    public private(set) var resumedDataLoader: DataLoaderState?
+
+    /// Saves step `step` when checkpointing is on and it is due (every `interval` steps and the last one), with the data
+    /// loader's state. Collective.
+    public func saveIfDue(step: Int, lastStep: Int, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs,
+                          dataloader: () throws -> DataLoaderState) throws {
         guard config.enable, step % config.interval == 0 || step == lastStep else { return }
+        let dataState = try dataloader()
         let mesh = model.mesh
         try Checkpoint.save(folder: folder, step: step, pieces: Self.pieces(model, optimizer), buffers: model.model.buffers,
                             isWriter: mesh.replicaIndex == 0, world: mesh.world, jobID: comm.spec.jobID, modelArgs: modelArgs,
                             topology: CheckpointTopology(world_size: comm.worldSize, replicate: mesh.dims.replicate,
                                                          shard: mesh.dims.shard, ep: mesh.dims.ep),
-                            keepLatestK: config.keep_latest_k, log: log)
+                            dataloader: dataState, keepLatestK: config.keep_latest_k, log: log)
     }
 
     /// With last_save_in_hf, the final weights as an HF folder, checkpoint.folder/step-N-hf (gathered on rank 0 only).
     /// Collective.
-    public func exportHFIfAsked(step: Int, model: FullyShardedModel, modelArgs: Qwen3ModelArgs) throws {
+    public func exportHFIfAsked(step: Int, model: FullyShardedModel, modelArgs: ModelArgs) throws {
         guard config.last_save_in_hf else { return }
         let sd = try model.fullStateDict(root: 0)
         if comm.rank == 0 {
             let hf = Checkpoint.hfExportFolder(folder: folder, step: step)
-            try HFCheckpoint.save(args: modelArgs, stateDict: sd, folder: hf)
+            try HFCheckpoint.save(model: modelArgs, stateDict: sd, folder: hf)
             log("checkpoint: HF export to \(hf)")
         }
         try comm.world.barrier()

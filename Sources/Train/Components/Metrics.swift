@@ -89,6 +89,7 @@ public struct StepMetrics {
         var s = "step \(String(step).leftPad(4))  loss \(String(format: "%.4f", loss))  grad_norm \(String(format: "%.4f", grad_norm))"
         s += "  lr \(String(format: "%.2e", lr))  tok/s \(String(format: "%.0f", tokens_per_sec))  \(String(format: "%.3f", step_time_s))s"
         if let rss = extra.first(where: { $0.key == "max_rss_mb" }) { s += "  rss \(String(format: "%.0f", rss.value))MB" }
+        if let v = extra.first(where: { $0.key == "validation_loss" }) { s += "  validation_loss \(String(format: "%.4f", v.value))" }
         return s
     }
 }
@@ -122,9 +123,10 @@ public final class MetricsProcessor {
     }
 
     public func record(step: Int, stats: StepStats, gradNorm: Double, lr: Double, seconds: Double, blockedSeconds: Double,
-                       expertParallel: Bool) {
+                       expertParallel: Bool, validationLoss: Double? = nil) {
         var extra: [(key: String, value: Double)] = [("max_rss_mb", maxRSSMegabytes()), ("comm_wait_s", blockedSeconds),
                                                      ("current_rss_mb", currentRSSMegabytes())]
+        if let validationLoss { extra.append(("validation_loss", validationLoss)) }
         if expertParallel { extra.append(("ep_dispatch_bytes", stats.epDispatchBytes)) }
         if worldSize > 1 {
             // Payload MiB each rank handed to its sockets in this step, the mean over ranks: in total and per kind.
@@ -142,7 +144,7 @@ public final class MetricsProcessor {
         let m = StepMetrics(step: step, loss: stats.lossSum / Double(tokensPerStep), grad_norm: gradNorm, lr: lr,
                             tokens_per_sec: Double(tokensPerStep) / seconds, step_time_s: seconds, extra: extra)
         writer.write(m)
-        if step % config.log_freq == 0 || step == lastStep { log(m.consoleLine) }
+        if step % config.log_freq == 0 || step == lastStep || validationLoss != nil { log(m.consoleLine) }
     }
 }
 

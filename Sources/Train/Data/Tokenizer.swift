@@ -5,14 +5,21 @@ import Foundation
 
 public protocol Tokenizer {
     var vocabSize: Int { get }
+    /// The ids document datasets put before and after each document (torchtitan: encode(add_bos, add_eos)); nil when
+    /// the tokenizer has none.
+    var bosID: Int32? { get }
+    var eosID: Int32? { get }
     func encode(_ text: String) -> [Int32]
     func decode(_ ids: [Int32]) -> String
 }
 
-/// One token per UTF-8 byte, ids 0..<256. The fallback when no tokenizer.json is given.
+/// One token per UTF-8 byte, ids 0..<256, plus BOS 256 and EOS 257 around documents. The fallback when no
+/// tokenizer.json is given.
 public struct ByteTokenizer: Tokenizer {
     public init() {}
-    public var vocabSize: Int { 256 }
+    public var vocabSize: Int { 258 }
+    public var bosID: Int32? { 256 }
+    public var eosID: Int32? { 257 }
     public func encode(_ text: String) -> [Int32] { text.utf8.map { Int32($0) } }
     public func decode(_ ids: [Int32]) -> String {
         String(decoding: ids.compactMap { (0..<256).contains($0) ? UInt8($0) : nil }, as: UTF8.self)
@@ -72,6 +79,9 @@ public final class BPETokenizer: Tokenizer {
     private let charToByte: [Character: UInt8]
     private var cache: [String: [Int32]] = [:]
     public let vocabSize: Int
+    /// From tokenizer_config.json's bos_token / eos_token beside tokenizer.json, when it names them (`loadTokenizer`).
+    public internal(set) var bosID: Int32?
+    public internal(set) var eosID: Int32?
 
     public convenience init(path: String) throws {
         let data: Data
@@ -298,7 +308,25 @@ public final class BPETokenizer: Tokenizer {
 }
 
 /// Tokenizer for `--dataloader.tokenizer_path`: an HF tokenizer.json, or bytes when nil.
+/// Its BOS and EOS come from tokenizer_config.json in the same folder (as HF's AutoTokenizer reads them), if present.
 public func loadTokenizer(path: String?) throws -> Tokenizer {
     guard let path else { return ByteTokenizer() }
-    return try BPETokenizer(path: path)
+    let tokenizer = try BPETokenizer(path: path)
+    let configPath = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("tokenizer_config.json").path
+    guard let data = FileManager.default.contents(atPath: configPath) else { return tokenizer }
+    guard let config = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+        throw TokenizerError.invalid(path: configPath, reason: "not a JSON object")
+    }
+    func special(_ key: String) throws -> Int32? {
+        // A string, or an AddedToken object {"content": ...}; null or absent: none.
+        let value = config[key]
+        guard let name = value as? String ?? (value as? [String: Any])?["content"] as? String else { return nil }
+        guard let id = tokenizer.tokenId(name) else {
+            throw TokenizerError.invalid(path: configPath, reason: "\(key) '\(name)' is not a token of \(path)")
+        }
+        return id
+    }
+    tokenizer.bosID = try special("bos_token")
+    tokenizer.eosID = try special("eos_token")
+    return tokenizer
 }
