@@ -6,16 +6,29 @@ import Tensor
 /// Qwen3 variant the trainer builds (dense, MoE with softmax / sigmoid routing, shared experts, expert bias, tied
 /// embeddings), whether the prompt is prefilled at once, in chunks or one position at a time.
 final class IncrementalDecodingTests: XCTestCase {
-    func variants() -> [(String, Qwen3ModelArgs)] {
+    /// Every variant, built with distinct expert biases where a layer has them (so they change the routing).
+    func variants() throws -> [(String, IncrementalDecoding)] {
         var biased = tinyArgs(moe: true, lbCoeff: 1e-3)
         biased.decoder_sparse_step = 2   // layer 0 dense, layer 1 MoE
-        return [("dense", tinyArgs(moe: false)), ("moe", tinyArgs(moe: true)), ("tied", tinyArgs(moe: true, tied: true)),
-                ("sigmoid+shared", tinyArgs(moe: true, scoreFunc: .sigmoid, routeNorm: false, routeScale: 2, shared: 1)),
-                ("mixed+bias", biased)]
+        var models: [(String, IncrementalDecoding & TrainableModel)] = try [
+            ("dense", tinyArgs(moe: false)), ("moe", tinyArgs(moe: true)), ("tied", tinyArgs(moe: true, tied: true)),
+            ("sigmoid+shared", tinyArgs(moe: true, scoreFunc: .sigmoid, routeNorm: false, routeScale: 2, shared: 1)),
+            ("mixed+bias", biased),
+        ].map { ($0.0, try Qwen3Model(args: $0.1, seed: 11)) }
+        // DeepSeek-V3: MLA with the q low-rank path, interleaved rope and YaRN; q_proj, rotate-half, no YaRN; group-limited
+        // routing with the correction bias; a dense first layer; shared experts
+        models += try [("deepseek_v3", tinyDeepSeekArgs()), ("deepseek_v3_q0", tinyDeepSeekArgs(qLoraRank: 0, interleave: false, yarn: false))]
+            .map { ($0.0, try DeepSeekV3Model(args: $0.1, seed: 11)) }
+        for (_, m) in models {
+            for moe in m.moeModules where moe.expertBias.count > 0 {
+                for e in 0..<moe.args.num_experts { moe.expertBias.data[e] = Float(e % 3) * 0.05 }
+            }
+        }
+        return models
     }
 
     /// Logits of positions cache.length ..< +chunk for each chunk, concatenated.
-    func cachedLogits(_ model: Qwen3Model, _ tokens: [Int32], chunks: [Int]) -> [Float] {
+    func cachedLogits(_ model: IncrementalDecoding, _ tokens: [Int32], chunks: [Int]) -> [Float] {
         let V = model.vocabSize
         let cache = model.makeKVCache(capacity: tokens.count)
         var out: [Float] = []
@@ -31,13 +44,9 @@ final class IncrementalDecodingTests: XCTestCase {
     }
 
     func testCachedLogitsEqualFullForwardAtEveryPosition() throws {
-        for (name, args) in variants() {
-            let model = try Qwen3Model(args: args, seed: 11)
-            if let m = model.layers.compactMap(\.moe).first, m.args.load_balance_coeff > 0 {
-                for e in 0..<m.args.num_experts { m.expertBias.data[e] = Float(e % 3) * 0.05 }   // a bias that changes the routing
-            }
+        for (name, model) in try variants() {
             let T = 40
-            let tokens = randomTokens(T, vocab: args.vocab_size, seed: 3)
+            let tokens = randomTokens(T, vocab: model.vocabSize, seed: 3)
             let full = model.logits(inputs: tokens, B: 1, T: T)
             for chunks in [[T], [Int](repeating: 1, count: T), [7, 1, 1, 12] + [Int](repeating: 1, count: T - 21)] {
                 let cached = cachedLogits(model, tokens, chunks: chunks)

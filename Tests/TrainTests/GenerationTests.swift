@@ -22,17 +22,17 @@ final class GenerationTests: XCTestCase {
         var cases: [Case]
     }
 
-    func fixture(_ kind: String) throws -> (Qwen3Model, Expectations) {
+    func fixture(_ kind: String) throws -> (TrainableModel & IncrementalDecoding, Expectations) {
         let folder = "\(Self.fixtures)/\(kind)"
-        let (args, sd) = try HFCheckpoint.load(folder: folder)
-        let model = try Qwen3Model(args: args, materialize: false)
+        let (args, sd, _) = try HFCheckpoint.loadModel(folder: folder)
+        let model = try XCTUnwrap(try args.build(materialize: false) as? TrainableModel & IncrementalDecoding)
         try model.load(stateDict: sd, allowMissingBuffers: true)
         let e = try JSONDecoder().decode(Expectations.self, from: Data(contentsOf: URL(fileURLWithPath: folder + "/generate.json")))
         return (model, e)
     }
 
     func testGreedyEqualsHFGenerateWithAndWithoutKVCache() throws {
-        for kind in ["qwen3_moe", "qwen3_dense", "qwen3_tied"] {
+        for kind in ["qwen3_moe", "qwen3_dense", "qwen3_tied", "deepseek_v3", "deepseek_v3_q0"] {
             let (model, e) = try fixture(kind)
             for c in e.cases {
                 XCTAssertGreaterThan(c.min_top2_gap, 1e-4, "\(kind): the reference's greedy choice is at round-off")
@@ -46,7 +46,7 @@ final class GenerationTests: XCTestCase {
     }
 
     func testLogitsProcessorsMatchHF() throws {
-        for kind in ["qwen3_moe", "qwen3_dense"] {
+        for kind in ["qwen3_moe", "qwen3_dense", "deepseek_v3"] {
             let (model, e) = try fixture(kind)
             for c in e.cases {
                 let V = model.vocabSize
