@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "CLinux", "Runtime"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tensor", "Runtime"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"]),
+        .testTarget(name: "TrainTests", dependencies: ["Train", "Config", "Model", "Tensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Collectives", "Model", "Tensor"]),
         // Real rank processes started through the titan binary, as users start them (Cluster reads their flight records).
         .testTarget(name: "EndToEndTests", dependencies: ["Cluster", "Collectives", "CZeroMQ", "Train"]),

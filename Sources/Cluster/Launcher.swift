@@ -279,6 +279,8 @@ public struct Launcher {
             var environment = baseEnvironment.merging(identity.environment) { $1 }
             environment[JobSecret.environmentVariable] = secret?.hex   // only this user (and root) can read it
             environment[RankEnvironment.cpuBoard] = placement[i]?.count == 1 ? board : nil
+            // Rank 0 draws a progress line only when the console it reaches through this launcher is a terminal.
+            environment["TITAN_PROGRESS"] = isatty(stdoutFD) != 0 ? "1" : "0"
             if baseEnvironment[RankEnvironment.openBLASThreads] == nil {
                 // Ranks on this machine share the CPUs this launcher may use; a kernel thread per CPU each would
                 // oversubscribe. A bound rank gets one kernel thread per CPU of its block.
@@ -444,6 +446,10 @@ private final class OutputPipe {
     }
 }
 
+private final class ProgressLine {
+    var line: [UInt8]?
+}
+
 private final class RankProcess {
     let rank: Int
     let pid: pid_t
@@ -468,6 +474,8 @@ private struct Supervisor {
     /// A restart: the rank logs go on after the earlier attempts' lines.
     let appendLogs: Bool
     var processes: [RankProcess] = []
+    /// The progress line on the terminal (prefixed), redrawn below every other line.
+    let progress = ProgressLine()
     var failure: LaunchFailure?
     var exitStatus: Int32 = 0
     /// The failure came from outside the ranks: a signal to the launcher or its timeout.
@@ -704,8 +712,22 @@ private struct Supervisor {
     /// One line: to the log file as is, to the terminal with the rank prefix, each in a single
     /// write so lines of different ranks never interleave.
     func emit(_ line: [UInt8], of process: RankProcess, to destination: Int32) {
+        let clear = Array("\r\u{1B}[K".utf8)
+        if line.first == UInt8(ascii: "\r") {
+            // A progress line (the trainer's `progressLinePrefix`): redrawn in place on the terminal, never logged;
+            // an empty one removes it.
+            progress.line = line.count > 1 ? Array("[rank \(process.rank)] ".utf8) + line.dropFirst() : nil
+            writeAll(destination, clear + (progress.line ?? []))
+            return
+        }
         writeAll(process.logFD, line + [UInt8(ascii: "\n")])
-        writeAll(destination, Array("[rank \(process.rank)] ".utf8) + line + [UInt8(ascii: "\n")])
+        let prefixed = Array("[rank \(process.rank)] ".utf8) + line + [UInt8(ascii: "\n")]
+        if let progressLine = progress.line {   // the line goes above the progress line, which is drawn again below it
+            writeAll(destination, clear + prefixed)
+            writeAll(launcher.stdoutFD, progressLine)
+        } else {
+            writeAll(destination, prefixed)
+        }
         process.tail.append(String(decoding: line, as: UTF8.self))
         if process.tail.count > launcher.tailLineCount { process.tail.removeFirst() }
     }

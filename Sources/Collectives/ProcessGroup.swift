@@ -78,7 +78,7 @@ public final class ProcessGroup: @unchecked Sendable {
                 let start = Runtime.now()
                 try body(channel)
                 try channel.waitForSends()
-                Runtime.collectiveRan(kind.name, rank: me, group: slot, bytesSent: channel.bytesSent, start: start)
+                Runtime.collectiveRan(kind.name, rank: me, group: slot, sequence: Int(sequence), bytesSent: channel.bytesSent, start: start)
                 recorder.ended(record, error: nil)
                 work.finish(nil)
             } catch {

@@ -12,14 +12,15 @@ public protocol CollectiveObserver: AnyObject, Sendable {
     func waitBegan()
     /// ...and stopped blocking. `rank`: the global rank that issued the collective; times are `Runtime.now()`.
     func waitEnded(rank: Int, start: UInt64, end: UInt64)
-    /// A collective ran on the worker thread of process group `group` (its slot), sending `bytesSent` payload bytes.
-    func collectiveRan(_ name: StaticString, rank: Int, group: Int, bytesSent: Int, start: UInt64, end: UInt64)
+    /// A collective ran on the worker thread of process group `group` (its slot), the group's `sequence`-th, sending
+    /// `bytesSent` payload bytes.
+    func collectiveRan(_ name: StaticString, rank: Int, group: Int, sequence: Int, bytesSent: Int, start: UInt64, end: UInt64)
 }
 
 public extension CollectiveObserver {
     func waitBegan() {}
     func waitEnded(rank: Int, start: UInt64, end: UInt64) {}
-    func collectiveRan(_ name: StaticString, rank: Int, group: Int, bytesSent: Int, start: UInt64, end: UInt64) {}
+    func collectiveRan(_ name: StaticString, rank: Int, group: Int, sequence: Int, bytesSent: Int, start: UInt64, end: UInt64) {}
 }
 
 public enum Runtime {
@@ -64,10 +65,10 @@ public enum Runtime {
         for o in current { o.waitEnded(rank: rank, start: start, end: end) }
     }
 
-    public static func collectiveRan(_ name: StaticString, rank: Int, group: Int, bytesSent: Int, start: UInt64) {
+    public static func collectiveRan(_ name: StaticString, rank: Int, group: Int, sequence: Int, bytesSent: Int, start: UInt64) {
         let observers = current
         guard !observers.isEmpty else { return }
         let end = now()
-        for o in observers { o.collectiveRan(name, rank: rank, group: group, bytesSent: bytesSent, start: start, end: end) }
+        for o in observers { o.collectiveRan(name, rank: rank, group: group, sequence: sequence, bytesSent: bytesSent, start: start, end: end) }
     }
 }

@@ -18,6 +18,8 @@ public enum Trace {
         public var arg: SpanArg
         /// Payload bytes a collective's span sent (-1: not a collective).
         public var bytesSent: Int64
+        /// A collective's sequence number in its process group (-1: not a collective).
+        public var sequence: Int64
         public var pid: Int32
         public var tid: Int32
         public var start: UInt64
@@ -31,6 +33,7 @@ public enum Trace {
     public private(set) static var dropped = 0
     private static var lock = pthread_mutex_t()
     private static var threadNames: [Int32: [Int32: String]] = [:]   // pid -> tid -> name
+    private static var groupMembers: [Int32: [Int32: [Int]]] = [:]   // pid -> tid -> a process group's members
 
     /// The track of a process group's worker thread.
     public static func collectiveTrack(group: Int) -> Int { 1 + group }
@@ -39,8 +42,9 @@ public enum Trace {
         func waitEnded(rank: Int, start: UInt64, end: UInt64) {
             Trace.record("wait", pid: rank, tid: 0, start: start, end: end)
         }
-        func collectiveRan(_ name: StaticString, rank: Int, group: Int, bytesSent: Int, start: UInt64, end: UInt64) {
-            Trace.record(name, arg: .group(group), bytesSent: bytesSent, pid: rank, tid: Trace.collectiveTrack(group: group), start: start, end: end)
+        func collectiveRan(_ name: StaticString, rank: Int, group: Int, sequence: Int, bytesSent: Int, start: UInt64, end: UInt64) {
+            Trace.record(name, arg: .group(group), bytesSent: bytesSent, sequence: sequence, pid: rank,
+                         tid: Trace.collectiveTrack(group: group), start: start, end: end)
         }
     }
     private static let observer = Observer()
@@ -59,11 +63,12 @@ public enum Trace {
 
     /// Records a span [start, end) in nanoseconds of `Runtime.now()`.
     @inline(__always)
-    public static func record(_ name: StaticString, arg: SpanArg = .none, bytesSent: Int = -1, pid: Int, tid: Int, start: UInt64, end: UInt64) {
+    public static func record(_ name: StaticString, arg: SpanArg = .none, bytesSent: Int = -1, sequence: Int = -1, pid: Int, tid: Int,
+                              start: UInt64, end: UInt64) {
         guard enabled else { return }
         pthread_mutex_lock(&lock)
         if count < capacity {
-            events[count] = Event(name: name, arg: arg, bytesSent: Int64(bytesSent),
+            events[count] = Event(name: name, arg: arg, bytesSent: Int64(bytesSent), sequence: Int64(sequence),
                                   pid: Int32(truncatingIfNeeded: pid), tid: Int32(truncatingIfNeeded: tid), start: start, end: end)
             count += 1
         } else {
@@ -73,16 +78,19 @@ public enum Trace {
     }
 
     /// Names a thread of a rank in the trace (e.g. "train", "collectives: group 1 [0, 1, 2, 3]").
-    public static func nameThread(pid: Int, tid: Int, _ name: String) {
+    /// `members`: a process group's worker's track lists the group's global ranks (in its thread_name's args), so a
+    /// merge of the ranks' traces can match the spans of one collective.
+    public static func nameThread(pid: Int, tid: Int, _ name: String, members: [Int]? = nil) {
         pthread_mutex_lock(&lock)
         defer { pthread_mutex_unlock(&lock) }
         threadNames[Int32(pid), default: [:]][Int32(tid)] = name
+        if let members { groupMembers[Int32(pid), default: [:]][Int32(tid)] = members }
     }
 
     /// The Chrome trace format (microseconds; metadata events "M" name the tracks).
     private struct TraceFile: Encodable {
         struct Args: Encodable {
-            var name: String?, sort_index: Int?, group: Int?, step: Int?, bytes_sent: Int?
+            var name: String?, sort_index: Int?, group: Int?, step: Int?, bytes_sent: Int?, seq: Int?, members: [Int]?
         }
         struct Event: Encodable {
             var name: String, ph: String, pid: Int, tid: Int
@@ -99,12 +107,13 @@ public enum Trace {
         pthread_mutex_lock(&lock)
         let n = count
         let names = threadNames[Int32(pid)] ?? [:]
+        let members = groupMembers[Int32(pid)] ?? [:]
         pthread_mutex_unlock(&lock)
         typealias E = TraceFile.Event
         typealias A = TraceFile.Args
         var out = [E(name: "process_name", ph: "M", pid: pid, tid: 0, args: A(name: "rank \(pid)"))]
         for (tid, name) in names.sorted(by: { $0.key < $1.key }) {
-            out.append(E(name: "thread_name", ph: "M", pid: pid, tid: Int(tid), args: A(name: name)))
+            out.append(E(name: "thread_name", ph: "M", pid: pid, tid: Int(tid), args: A(name: name, members: members[tid])))
             out.append(E(name: "thread_sort_index", ph: "M", pid: pid, tid: Int(tid), args: A(sort_index: Int(tid))))
         }
         for i in 0..<n where events[i].pid == Int32(pid) {
@@ -116,6 +125,7 @@ public enum Trace {
             case .step(let s): args.step = s
             }
             if e.bytesSent >= 0 { args.bytes_sent = Int(e.bytesSent) }
+            if e.sequence >= 0 { args.seq = Int(e.sequence) }
             let hasArgs = args.group != nil || args.step != nil || args.bytes_sent != nil
             out.append(E(name: e.name.description, ph: "X", pid: pid, tid: Int(e.tid), ts: Double(e.start) / 1000,
                          dur: Double(e.end &- e.start) / 1000, args: hasArgs ? args : nil))

@@ -85,15 +85,19 @@ public final class Trainer {
                             dpRank: mesh.dataParallelRank)
             : nil
 
+        var modelLine = "", meshLine = ""   // rank 0's description of the run, for the log and DUMP/run.json
         if rank == 0 {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
             metrics = try MetricsProcessor(config.metrics, dumpFolder: config.job.dump_folder, resumedAt: step,
-                                           worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps, log: log)
+                                           worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps,
+                                           flopsPerToken: args.flopsPerToken(seqLen: L), log: log)
             let source = config.checkpoint.initial_load_in_hf && config.checkpoint.initial_load_path != nil ? "HF config.json" : config.model.flavor
-            log("model \(args.family)/\(source): \(model.parameterCount) parameters, \(args.n_layers) layers"
-                + (args.hasMoE ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "") + " (\(args.summary))")
-            log("mesh: world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
-                + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : ""))
+            modelLine = "\(args.family)/\(source): \(model.parameterCount) parameters, \(args.n_layers) layers"
+                + (args.hasMoE ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "") + " (\(args.summary))"
+            meshLine = "world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
+                + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : "")
+            log("model " + modelLine)
+            log("mesh: " + meshLine)
         } else {
             metrics = nil
         }
@@ -108,11 +112,16 @@ public final class Trainer {
         // bits whatever the thread count and lending (every GEMM implementation runs single-threaded).
         if config.debug.deterministic { IdleCPUs.lendsWork = false } else { BLAS.splitOnKernelThreads() }
         Runtime.install(BlockedTime.observer)
+        // The MFU's peak, timed now that GEMMs run as the steps will run them (kernel threads, precision).
+        let peakFlops = try jobPeakFlops(config.metrics, world: comm.world)
+        metrics?.setPeak(flops: peakFlops, measured: config.metrics.peak_tflops <= 0)
         if rank == 0 {
-            log("compute: \(KernelThreads.count) kernel thread(s) per rank; GEMMs on "
+            let computeLine = "\(KernelThreads.count) kernel thread(s) per rank; GEMMs on "
                 + (BLAS.matmulPrecision == .bfloat16 ? "bfloat16 inputs with fp32 accumulation, \(BLAS.bf16Kernel.rawValue)" : BLAS.description)
                 + (IdleCPUs.enabled ? "; idle CPUs lent (GEMMs of >= 2^24 multiply-adds run in two halves)" : "")
-                + (config.debug.deterministic ? "; deterministic: GEMMs never split or lent" : ""))
+                + (config.debug.deterministic ? "; deterministic: GEMMs never split or lent" : "")
+            log("compute: " + computeLine)
+            try recordRunInfo(attempt: attempt, model: modelLine, mesh: meshLine, compute: computeLine, peakFlops: peakFlops)
         }
     }
 
@@ -126,9 +135,13 @@ public final class Trainer {
         try checkpointer.exportHFIfAsked(step: step, model: parallel, modelArgs: modelArgs)
         if IdleCPUs.enabled { log("idle CPUs: \(IdleCPUs.lentTasks) GEMM or loop half(s) of this rank ran on another rank's idle CPU") }
         if comm.rank == 0 { log("metrics: \(config.job.dump_folder)/metrics.jsonl") }
+        metrics?.finish()
         if let profiler {
             let (path, dropped) = try profiler.write()
             log("trace: \(path)" + (dropped > 0 ? " (\(dropped) events dropped: buffer full)" : ""))
+            if let (merged, missing) = try profiler.mergeAfterEveryRankWrote(world: comm.world) {
+                log("merged trace: \(merged)" + (missing.isEmpty ? "" : " (without ranks \(missing): their files are on other hosts)"))
+            }
         }
     }
 

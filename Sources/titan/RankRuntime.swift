@@ -4,6 +4,7 @@ import Collectives
 import Foundation
 import Runtime
 import Tensor
+import Train
 
 /// How a rank program prints: plain lines in its own process (the launcher prefixes them and writes
 /// the log file), or prefixed and logged here when every rank is a thread of one process.
@@ -22,11 +23,24 @@ struct RankOutput: @unchecked Sendable {
         }
     }
 
+    /// The progress line on screen (a line starting with `progressLinePrefix`): redrawn below every other line.
+    nonisolated(unsafe) private static var progress: String?
+    private static let onTerminal = isatty(STDOUT_FILENO) != 0
+
     func print(_ line: String) {
         Self.lock.lock(); defer { Self.lock.unlock() }
-        Swift.print(prefix + line)
+        if line.hasPrefix(progressLinePrefix) && !Self.onTerminal {
+            Swift.print(line)   // to the launcher, which draws it in place (and never logs it)
+        } else if line.hasPrefix(progressLinePrefix) {   // redrawn in place, never logged; an empty one clears it
+            let text = line.dropFirst(progressLinePrefix.count)
+            Self.progress = text.isEmpty ? nil : prefix + text
+            Swift.print("\r\u{1B}[K" + (Self.progress ?? ""), terminator: "")
+        } else {
+            Swift.print((Self.progress == nil ? "" : "\r\u{1B}[K") + prefix + line)
+            if let p = Self.progress { Swift.print(p, terminator: "") }
+            logFile?.write(Data((line + "\n").utf8))
+        }
         fflush(stdout)
-        logFile?.write(Data((line + "\n").utf8))
     }
 
     func error(_ line: String) {

@@ -33,3 +33,21 @@ final class MetricsTests: XCTestCase {
         XCTAssertGreaterThan(maxRSSMegabytes(), 1)
     }
 }
+
+final class ConsoleProgressTests: XCTestCase {
+    func testProgressTextHasStepRateAndETA() {
+        // 25 of steps 1...100 in 10 s: 2.5 steps/s, 75 steps left → 30 s.
+        XCTAssertEqual(ConsoleProgress.progressText(step: 25, firstStep: 1, lastStep: 100, elapsed: 10, loss: 2.34567),
+                       "[#####...............] 25/100  2.50 steps/s  ETA 0:30  loss 2.3457")
+        // A resumed run counts from its first step.
+        XCTAssertTrue(ConsoleProgress.progressText(step: 60, firstStep: 51, lastStep: 60, elapsed: 5, loss: 1)
+            .hasPrefix("[####################] 60/60  2.00 steps/s  ETA 0:00"))
+        XCTAssertEqual(ConsoleProgress.duration(3725), "1:02:05")
+    }
+
+    func testSteadyStepsSkipTheFirstTenth() {
+        XCTAssertEqual(Array(ConsoleProgress.steadyRows(Array(1...30))), Array(4...30))
+        XCTAssertEqual(Array(ConsoleProgress.steadyRows(Array(1...5))), Array(2...5))
+        XCTAssertEqual(Array(ConsoleProgress.steadyRows([7])), [7])
+    }
+}

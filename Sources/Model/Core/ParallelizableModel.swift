@@ -11,6 +11,9 @@ public protocol ParallelizableModel: AnyObject {
     /// The MoE modules, in execution order (empty for a dense model). Their routed-expert parameters are the ones
     /// expert parallelism narrows and FSDP shards over the expert-shard group; their `experts` can be replaced.
     var moeModules: [MoE] { get }
+    /// Model FLOPs per training token at `seqLen` (torchtitan's `get_num_flop_per_token`), for the metrics' MFU: each
+    /// family counts its own architecture.
+    func flopsPerToken(seqLen: Int) -> Double
 }
 
 public extension ParallelizableModel {

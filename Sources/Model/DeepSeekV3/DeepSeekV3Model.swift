@@ -146,6 +146,7 @@ public final class DeepSeekV3Model {
     }
 
     public var moeModules: [MoE] { layers.compactMap { $0.moe } }
+    public func flopsPerToken(seqLen: Int) -> Double { args.flopsPerToken(seqLen: seqLen) }
 
     public func setUseGroupedMM(_ on: Bool) {
         for l in layers { l.moe?.localExperts.useGroupedMM = on }

@@ -142,4 +142,6 @@ public final class Qwen3Model {
     }
 }
 
-extension Qwen3Model: ParallelizableModel {}
+extension Qwen3Model: ParallelizableModel {
+    public func flopsPerToken(seqLen: Int) -> Double { args.flopsPerToken(seqLen: seqLen) }
+}

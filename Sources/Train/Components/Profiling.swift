@@ -32,7 +32,7 @@ public struct Profiler {
         Trace.nameThread(pid: rank, tid: 0, "train")
         var named = Set<Int>()
         for g in [mesh.world, mesh.dpShard, mesh.dpReplicate, mesh.ep, mesh.expertShard].compactMap({ $0 }) where named.insert(g.slot).inserted {
-            Trace.nameThread(pid: rank, tid: Trace.collectiveTrack(group: g.slot), "collectives: group \(g.slot) \(g.members)")
+            Trace.nameThread(pid: rank, tid: Trace.collectiveTrack(group: g.slot), "collectives: group \(g.slot) \(g.members)", members: g.members)
         }
         model.hooks = ModelHookChain([GroupSpans(rank: rank), model.hooks])
         return Profiler(rank: rank, dumpFolder: dumpFolder)

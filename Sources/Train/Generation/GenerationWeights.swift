@@ -1,4 +1,3 @@
-import Config
 import Foundation
 import Model
 import Tensor
@@ -6,32 +5,33 @@ import Tensor
 /// The model `titan generate` decodes with, whole in one process, from the same sources training starts from
 /// (checkpoint.initial_load_path): an HF folder (initial_load_in_hf: architecture from its config.json), a distributed
 /// checkpoint folder (its latest step) or step folder (architecture from its metadata, resharded from any topology
-/// into one), or, with neither, the config's architecture initialised from training.seed. Any family; decoding needs
-/// the family's `IncrementalDecoding`.
+/// into one), or, with neither, the config's architecture initialised from training.seed.
 public enum GenerationWeights {
-    public static func load(_ config: JobConfig, log: (String) -> Void = { _ in }) throws -> TrainableModel & IncrementalDecoding {
-        var args: ModelArgs
-        var stateDict: StateDict?
+    /// A model that decodes: a family implementing `IncrementalDecoding`, with its parameters.
+    public typealias Decoder = IncrementalDecoding & ParallelizableModel
+
+    public static func load(_ config: JobConfig, log: (String) -> Void = { _ in }) throws -> Decoder {
+        let built: TrainableModel
         if config.checkpoint.initial_load_in_hf, let path = config.checkpoint.initial_load_path {
-            let (a, sd, skipped) = try HFCheckpoint.loadModel(folder: path)
-            (args, stateDict) = (a, sd)
+            var (args, sd, skipped) = try HFCheckpoint.loadModel(folder: path)
+            args.moe.use_grouped_mm = config.model.modelArgs.moe.use_grouped_mm   // how experts run is the config's (as training)
+            built = try args.build(materialize: false)
+            try built.load(stateDict: sd, allowMissingBuffers: true)
             if let skipped { log(skipped) }
-            log("weights: HF folder \(path) (\(a.family): \(a.summary))")
+            log("weights: HF folder \(path) (\(args.family): \(args.summary))")
         } else if let path = config.checkpoint.initial_load_path {
             let step = try Checkpoint.resolveStepFolder(path)
-            let (meta, sd) = try Checkpoint.assembleFull(stepFolder: step)
-            (args, stateDict) = (meta.model_args, sd)
-            log("weights: checkpoint \(step) (step \(meta.step), saved on \(meta.topology.world_size) ranks; \(args.family): \(args.summary))")
+            var (meta, sd) = try Checkpoint.assembleFull(stepFolder: step)
+            meta.model_args.moe.use_grouped_mm = config.model.modelArgs.moe.use_grouped_mm
+            built = try meta.model_args.build(materialize: false)
+            try built.load(stateDict: sd, allowMissingBuffers: true)
+            log("weights: checkpoint \(step) (step \(meta.step), saved on \(meta.topology.world_size) ranks: \(meta.model_args.family): \(meta.model_args.summary))")
         } else {
-            args = config.model.modelArgs
-            log("weights: none given (checkpoint.initial_load_path): \(config.model.name)/\(config.model.flavor) initialised from training.seed \(config.training.seed)")
+            built = try config.model.modelArgs.build(seed: UInt64(config.training.seed))
+            log("weights: none given (checkpoint.initial_load_path): \(config.model.flavor) initialised from training.seed \(config.training.seed)")
         }
-        args.moe.use_grouped_mm = config.model.modelArgs.moe.use_grouped_mm   // how experts run is the config's (as training)
-        let built = try args.build(seed: UInt64(config.training.seed), materialize: stateDict == nil)
-        if let stateDict { try built.load(stateDict: stateDict, allowMissingBuffers: true) }
-        guard let model = built as? TrainableModel & IncrementalDecoding else {
-            throw ConfigError.invalid(key: "model.name", reason: "model family \(args.family) has no incremental decoding yet "
-                + "(IncrementalDecoding, Model/Core/IncrementalDecoding.swift): titan generate cannot run it")
+        guard let model = built as? Decoder else {
+            throw GenerateError.unsupportedFamily(String(describing: type(of: built)))
         }
         // Mixed precision as training runs it on one rank: parameters at bfloat16 values, matmuls on bfloat16 inputs.
         if config.training.mixed_precision_param == .bfloat16 {
@@ -39,5 +39,15 @@ public enum GenerationWeights {
         }
         BLAS.matmulPrecision = config.training.mixed_precision_param
         return model
+    }
+}
+
+public enum GenerateError: Error, CustomStringConvertible {
+    case unsupportedFamily(String)
+    public var description: String {
+        switch self {
+        case .unsupportedFamily(let t):
+            return "\(t) does not implement incremental decoding yet (IncrementalDecoding: Sources/Model/Core/IncrementalDecoding.swift)"
+        }
     }
 }
