@@ -37,7 +37,7 @@ final class GenerateCommandTests: XCTestCase {
     func ids(_ a: [Int32]) -> String { a.map(String.init).joined(separator: ",") }
 
     func testGreedyFromHFFolderEqualsHFGenerate() throws {
-        for kind in ["qwen3_moe", "qwen3_dense"] {
+        for kind in ["qwen3_moe", "qwen3_dense", "deepseek_v3"] {
             let e = try Self.expectations(kind)
             for c in e.cases {
                 for kv in ["true", "false"] {
