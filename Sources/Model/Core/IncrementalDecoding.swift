@@ -32,6 +32,22 @@ public final class KVCache {
         return c
     }
 
+    /// The family's scratch, made by `make` on first use.
+    public func scratch<S: AnyObject>(orMake make: () -> S) -> S {
+        if let s = scratch as? S { return s }
+        let s = make()
+        scratch = s
+        return s
+    }
+
+    /// Checks, before a family's `forwardCached` writes anything, that `T` new positions fit this cache and the model.
+    public func checkRoom(for T: Int, maxSeqLen: Int, layers: Int) {
+        precondition(T >= 1, "forwardCached: no tokens")
+        precondition(length + T <= min(capacity, maxSeqLen),
+                     "forwardCached: positions up to \(length + T) exceed the cache (\(capacity)) or max_seq_len (\(maxSeqLen))")
+        precondition(self.layers.count == layers, "forwardCached: a cache of \(self.layers.count) layers for \(layers)")
+    }
+
     /// Marks `count` more positions filled (the family's `forwardCached` calls it after writing their rows).
     public func advance(by count: Int) {
         precondition(length + count <= capacity, "KVCache: \(length) + \(count) positions exceed its capacity \(capacity)")

@@ -57,15 +57,8 @@ extension DeepSeekV3Model: IncrementalDecoding {
 
     public func forwardCached(tokens: [Int32], cache: KVCache, logits_TV: UnsafeMutablePointer<Float>) {
         let T = tokens.count, P = cache.length, D = args.dim, V = args.vocab_size
-        precondition(T >= 1, "forwardCached: no tokens")
-        precondition(P + T <= min(cache.capacity, args.max_seq_len),
-                     "forwardCached: positions up to \(P + T) exceed the cache (\(cache.capacity)) or max_seq_len (\(args.max_seq_len))")
-        precondition(cache.layers.count == layers.count, "forwardCached: a cache of \(cache.layers.count) layers for \(layers.count)")
-        let scratch: DeepSeekV3DecodeScratch
-        if let s = cache.scratch as? DeepSeekV3DecodeScratch { scratch = s } else {
-            scratch = DeepSeekV3DecodeScratch(args: args, capacity: cache.capacity)
-            cache.scratch = scratch
-        }
+        cache.checkRoom(for: T, maxSeqLen: args.max_seq_len, layers: layers.count)
+        let scratch = cache.scratch { DeepSeekV3DecodeScratch(args: args, capacity: cache.capacity) }
         let a = scratch.acts(args: args, T: T)
         tokens.withUnsafeBufferPointer { embedding_forward(a.x.data, $0.baseAddress!, tokEmbeddings.v, T: T, D: D, V: V) }
         for (i, layer) in layers.enumerated() {
@@ -92,23 +85,9 @@ extension MLA {
     /// the new keys and values go into cache rows P ..< P+T first).
     func forwardCached(_ xn_TD: UnsafePointer<Float>, accumulateInto out_TD: UnsafeMutablePointer<Float>, _ a: MLAActs, T: Int,
                        kCache: Tensor, vCache: Tensor, P: Int, scratch: DeepSeekV3DecodeScratch) {
-        let KVA = Rkv + Dr, KVB = Dn + Dv
-        if let wqA, let wqB, let qNorm {
-            linear(a.qa_NR!.data, xn_TD, wqA.v, T: T, D: D, N: Rq)
-            rmsnorm_forward(a.qan_NR!.data, a.qaRstd_N!.data, a.qa_NR!.data, qNorm.v, N: T, D: Rq, eps: Self.latentNormEps)
-            linear(a.qRaw_NHQ.data, a.qan_NR!.data, wqB.v, T: T, D: Rq, N: H * Q)
-        } else {
-            linear(a.qRaw_NHQ.data, xn_TD, wq!.v, T: T, D: D, N: H * Q)
-        }
-        linear(a.kva_NC.data, xn_TD, wkvA.v, T: T, D: D, N: KVA)
-        for n in 0..<T { (a.kvc_NL.data + n * Rkv).update(from: a.kva_NC.data + n * KVA, count: Rkv) }
-        rmsnorm_forward(a.kvn_NL.data, a.kvRstd_N.data, a.kvc_NL.data, kvNorm.v, N: T, D: Rkv, eps: Self.latentNormEps)
-        linear(a.kv_NHX.data, a.kvn_NL.data, wkvB.v, T: T, D: Rkv, N: H * KVB)
-        let half = Dr / 2, cos = scratch.cos.ptr + P * half, sin = scratch.sin.ptr + P * half   // positions P ..< P+T
-        rope_slice_forward(a.q_NHQ.data + Dn, outStride: Q, a.qRaw_NHQ.data + Dn, xStride: Q, cos_TP: cos, sin_TP: sin,
-                           B: 1, T: T, H: H, rd: Dr, interleaved: interleaved)
-        rope_slice_forward(a.kpe_NP.data, outStride: Dr, a.kva_NC.data + Rkv, xStride: KVA, cos_TP: cos, sin_TP: sin,
-                           B: 1, T: T, H: 1, rd: Dr, interleaved: interleaved)
+        let KVB = Dn + Dv
+        let half = Dr / 2
+        project(xn_TD, a, cos_TP: scratch.cos.ptr + P * half, sin_TP: scratch.sin.ptr + P * half, B: 1, T: T)   // positions P ..< P+T
         let k_SHQ = kCache.data + P * H * Q, v_SHV = vCache.data + P * H * Dv
         for n in 0..<T {
             for h in 0..<H {

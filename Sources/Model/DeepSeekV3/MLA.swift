@@ -79,25 +79,8 @@ public final class MLA {
     /// out_ND += MLA(xn_ND).
     func forward(_ xn_ND: UnsafePointer<Float>, accumulateInto out_ND: UnsafeMutablePointer<Float>, acts a: MLAActs,
                  cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int) {
-        let N = B * T, KVA = Rkv + Dr, KVB = Dn + Dv
-        // queries: low-rank path with its norm, or one projection
-        if let wqA, let wqB, let qNorm {
-            matmul_forward(a.qa_NR!.data, xn_ND, wqA.v, T: N, D: D, N: Rq)
-            rmsnorm_forward(a.qan_NR!.data, a.qaRstd_N!.data, a.qa_NR!.data, qNorm.v, N: N, D: Rq, eps: Self.latentNormEps)
-            matmul_forward(a.qRaw_NHQ.data, a.qan_NR!.data, wqB.v, T: N, D: Rq, N: H * Q)
-        } else {
-            matmul_forward(a.qRaw_NHQ.data, xn_ND, wq!.v, T: N, D: D, N: H * Q)
-        }
-        // keys / values: one compressed latent per token (+ the rope key), normed, expanded per head
-        matmul_forward(a.kva_NC.data, xn_ND, wkvA.v, T: N, D: D, N: KVA)
-        for n in 0..<N { (a.kvc_NL.data + n * Rkv).update(from: a.kva_NC.data + n * KVA, count: Rkv) }
-        rmsnorm_forward(a.kvn_NL.data, a.kvRstd_N.data, a.kvc_NL.data, kvNorm.v, N: N, D: Rkv, eps: Self.latentNormEps)
-        matmul_forward(a.kv_NHX.data, a.kvn_NL.data, wkvB.v, T: N, D: Rkv, N: H * KVB)
-        // rope: q_pe per head (into q's rope slots), k_pe once (shared)
-        rope_slice_forward(a.q_NHQ.data + Dn, outStride: Q, a.qRaw_NHQ.data + Dn, xStride: Q, cos_TP: cos_TP, sin_TP: sin_TP,
-                           B: B, T: T, H: H, rd: Dr, interleaved: interleaved)
-        rope_slice_forward(a.kpe_NP.data, outStride: Dr, a.kva_NC.data + Rkv, xStride: KVA, cos_TP: cos_TP, sin_TP: sin_TP,
-                           B: B, T: T, H: 1, rd: Dr, interleaved: interleaved)
+        let N = B * T, KVB = Dn + Dv
+        project(xn_ND, a, cos_TP: cos_TP, sin_TP: sin_TP, B: B, T: T)
         // assemble q = [q_nope | q_pe], k = [k_nope | k_pe], v per head
         for n in 0..<N {
             for h in 0..<H {
@@ -110,6 +93,30 @@ public final class MLA {
         }
         attention_forward(a.ao_NHV.data, a.att_BHTT.data, a.q_NHQ.data, a.k_NHQ.data, a.v_NHV.data, B: B, T: T, H: H, KV: H, hd: Q, vd: Dv, scale: scale)
         matmul_forward(out_ND, a.ao_NHV.data, wo.v, T: N, D: H * Dv, N: D, accumulate: true)
+    }
+
+    /// MLA's projections of N = B·T tokens into `a`: q (low-rank path with its norm, or one projection), the compressed
+    /// kv latent normed and expanded per head (kv_NHX), q_pe rotated into q_NHQ's rope slots, the shared k_pe rotated
+    /// (kpe_NP). `cos_TP` / `sin_TP`: the rows of the tokens' positions. (`linear`: a matrix-vector product for one token.)
+    func project(_ xn_ND: UnsafePointer<Float>, _ a: MLAActs, cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int) {
+        let N = B * T, KVA = Rkv + Dr, KVB = Dn + Dv
+        if let wqA, let wqB, let qNorm {
+            linear(a.qa_NR!.data, xn_ND, wqA.v, T: N, D: D, N: Rq)
+            rmsnorm_forward(a.qan_NR!.data, a.qaRstd_N!.data, a.qa_NR!.data, qNorm.v, N: N, D: Rq, eps: Self.latentNormEps)
+            linear(a.qRaw_NHQ.data, a.qan_NR!.data, wqB.v, T: N, D: Rq, N: H * Q)
+        } else {
+            linear(a.qRaw_NHQ.data, xn_ND, wq!.v, T: N, D: D, N: H * Q)
+        }
+        // keys / values: one compressed latent per token (+ the rope key), normed, expanded per head
+        linear(a.kva_NC.data, xn_ND, wkvA.v, T: N, D: D, N: KVA)
+        for n in 0..<N { (a.kvc_NL.data + n * Rkv).update(from: a.kva_NC.data + n * KVA, count: Rkv) }
+        rmsnorm_forward(a.kvn_NL.data, a.kvRstd_N.data, a.kvc_NL.data, kvNorm.v, N: N, D: Rkv, eps: Self.latentNormEps)
+        linear(a.kv_NHX.data, a.kvn_NL.data, wkvB.v, T: N, D: Rkv, N: H * KVB)
+        // rope: q_pe per head (into q's rope slots), k_pe once (shared)
+        rope_slice_forward(a.q_NHQ.data + Dn, outStride: Q, a.qRaw_NHQ.data + Dn, xStride: Q, cos_TP: cos_TP, sin_TP: sin_TP,
+                           B: B, T: T, H: H, rd: Dr, interleaved: interleaved)
+        rope_slice_forward(a.kpe_NP.data, outStride: Dr, a.kva_NC.data + Rkv, xStride: KVA, cos_TP: cos_TP, sin_TP: sin_TP,
+                           B: B, T: T, H: 1, rd: Dr, interleaved: interleaved)
     }
 
     /// dxn_ND = ∂/∂xn (written: no zeroing pass first); weight grads accumulated.

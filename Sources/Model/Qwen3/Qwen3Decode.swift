@@ -63,15 +63,8 @@ extension Qwen3Model: IncrementalDecoding {
     public func forwardCached(tokens: [Int32], cache: KVCache, logits_TV: UnsafeMutablePointer<Float>) {
         let T = tokens.count, P = cache.length
         let D = args.dim, V = args.vocab_size
-        precondition(T >= 1, "forwardCached: no tokens")
-        precondition(P + T <= min(cache.capacity, args.max_seq_len),
-                     "forwardCached: positions up to \(P + T) exceed the cache (\(cache.capacity)) or max_seq_len (\(args.max_seq_len))")
-        precondition(cache.layers.count == layers.count, "forwardCached: a cache of \(cache.layers.count) layers for \(layers.count)")
-        let scratch: Qwen3DecodeScratch
-        if let s = cache.scratch as? Qwen3DecodeScratch { scratch = s } else {
-            scratch = Qwen3DecodeScratch(args: args, capacity: cache.capacity)
-            cache.scratch = scratch
-        }
+        cache.checkRoom(for: T, maxSeqLen: args.max_seq_len, layers: layers.count)
+        let scratch = cache.scratch { Qwen3DecodeScratch(args: args, capacity: cache.capacity) }
         let a = scratch.acts(args: args, T: T)
         tokens.withUnsafeBufferPointer { embedding_forward(a.x.data, $0.baseAddress!, tokEmbeddings.v, T: T, D: D, V: V) }
         for (i, layer) in layers.enumerated() {
