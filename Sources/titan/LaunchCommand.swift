@@ -49,13 +49,14 @@ struct Launch: ParsableCommand {
         // The rank programs' --job-secret-file, given after `--`, is the launcher's: it hands the secret to every rank.
         let programSecretFile = try JobSecretOption.extract(from: &args)
         let jobSecretFile = self.jobSecretFile ?? programSecretFile
+        if args.isEmpty { args = ["train"] }   // `./run_cluster.sh 8`: train with the defaults
         if let first = args.first, !Self.programs.contains(first) {
             guard first.hasPrefix("-") else {
                 throw ValidationError("unknown rank program '\(first)': train, collectives, bench or generate")
             }
             args.insert("train", at: 0)   // only options: they are train's
         }
-        guard let name = args.first else { throw ValidationError("name the rank program: train, collectives, bench or generate") }
+        let name = args[0]
         let topo = try resolveTopology()
         if name == "generate" {
             // One process decodes with the whole model: no ranks to start, so it runs here (`./run_cluster.sh 1 generate`).

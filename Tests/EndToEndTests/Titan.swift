@@ -14,11 +14,13 @@ enum Titan {
     /// Runs titan with `arguments`; `whileRunning` gets its pid once it started.
     @discardableResult
     /// `environment` is added over the test's own (and over OPENBLAS_NUM_THREADS=1).
-    static func run(_ arguments: [String], environment extra: [String: String] = [:],
+    /// `directory`: its working directory (default: the test's).
+    static func run(_ arguments: [String], environment extra: [String: String] = [:], directory: String? = nil,
                     whileRunning: ((Int32) -> Void)? = nil) throws -> Run {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = arguments
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
         env.merge(extra) { $1 }

@@ -27,6 +27,23 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("[rank 0] step    4"), String(r.stdout.suffix(2000)))
     }
 
+    /// What a newcomer types (`./run_cluster.sh 8` hands `titan launch --ranks 8` nothing else): the ranks train the
+    /// default model with the defaults into a run folder under ./outputs, every step of its config.
+    func testBareLaunchTrainsWithTheDefaults() throws {
+        let dir = temporaryFolder()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let r = try Titan.run(["launch", "--ranks", "8"], directory: dir)
+        XCTAssertEqual(r.status, 0, String(r.stderr.suffix(3000)))
+        let runs = try FileManager.default.contentsOfDirectory(atPath: dir + "/outputs")
+        XCTAssertEqual(runs.count, 1, "\(runs)")
+        let run = dir + "/outputs/" + (runs.first ?? "")
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/config.json"))) as? [String: Any]
+        let steps = try XCTUnwrap((config?["training"] as? [String: Any])?["steps"] as? Int)
+        let lines = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, steps)
+        XCTAssertTrue(r.stdout.contains("titan: all 8 rank(s) finished") || r.stderr.contains("titan: all 8 rank(s) finished"), r.stdout.suffix(500).description)
+    }
+
     /// `--profiling.enable_trace true` writes one Chrome/Perfetto trace per rank with forward/backward spans per
     /// parameter group, the optimizer, waits and every collective kind, and every track's spans nest (a viewer draws
     /// overlapping spans of one track wrongly) — also with tied weights, whose embedding group stays open across the
