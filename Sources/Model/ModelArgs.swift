@@ -108,7 +108,23 @@ extension ModelArgs: Codable {
 
 /// config.json of any family: DeepSeek-V3 (architectures DeepseekV3ForCausalLM / model_type deepseek_v3) or Qwen3.
 public enum HFModelConfig {
+    /// Reads `path` (a config.json file, or a folder containing one).
     public static func load(path: String) throws -> ModelArgs {
+        let (obj, file) = try readObject(path: path)
+        return try parse(object: obj, source: file)
+    }
+
+    public static func parse(_ data: Data, source: String = "config.json") throws -> ModelArgs {
+        try parse(object: object(data, source: source), source: source)
+    }
+
+    static func parse(object obj: [String: Any], source: String) throws -> ModelArgs {
+        if DeepSeekV3HFConfig.describes(obj) { return .deepseekV3(try DeepSeekV3HFConfig.parse(object: obj, source: source)) }
+        return .qwen3(try HFConfig.parse(object: obj, source: source))
+    }
+
+    /// The JSON object of a config.json (`path`: the file or its folder), and the file's path for errors.
+    static func readObject(path: String) throws -> (object: [String: Any], file: String) {
         var isDir: ObjCBool = false
         var file = path
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
@@ -117,10 +133,11 @@ public enum HFModelConfig {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw HFConfigError(source: file, key: nil, "cannot read the file (missing or no permission)")
         }
-        return try parse(data, source: file)
+        return (try object(data, source: file), file)
     }
 
-    public static func parse(_ data: Data, source: String = "config.json") throws -> ModelArgs {
+    /// `data` as a JSON object.
+    static func object(_ data: Data, source: String) throws -> [String: Any] {
         let root: Any
         do { root = try JSONValue.parse(data) } catch {
             throw HFConfigError(source: source, key: nil, "not valid JSON: \(error)")
@@ -128,8 +145,7 @@ public enum HFModelConfig {
         guard let obj = root as? [String: Any] else {
             throw HFConfigError(source: source, key: nil, "top level is a JSON \(JSONValue.typeName(root)), expected an object")
         }
-        if DeepSeekV3HFConfig.describes(obj) { return .deepseekV3(try DeepSeekV3HFConfig.parse(object: obj, source: source)) }
-        return .qwen3(try HFConfig.parse(object: obj, source: source))
+        return obj
     }
 
     /// Writes `config.json` into `folder` (created if needed).

@@ -218,20 +218,6 @@ enum JobSecretOption {
     /// Takes `--job-secret-file PATH` (or `--job-secret-file=PATH`) out of `arguments`, before the config overrides are
     /// parsed; the path, or nil.
     static func extract(from arguments: inout [String]) throws -> String? {
-        var path: String?
-        var i = 0
-        while i < arguments.count {
-            if arguments[i] == name {
-                guard i + 1 < arguments.count else { throw ValidationError("\(name) needs a path") }
-                path = arguments[i + 1]
-                arguments.removeSubrange(i ... i + 1)
-            } else if arguments[i].hasPrefix(name + "=") {
-                path = String(arguments[i].dropFirst(name.count + 1))
-                arguments.remove(at: i)
-            } else {
-                i += 1
-            }
-        }
-        return path
+        try TrainCommand.take(name, from: &arguments)
     }
 }

@@ -66,15 +66,8 @@ public enum HFArchitecture: String, Sendable, CaseIterable {
 public enum HFConfig {
     /// Reads `path` (a config.json file, or a folder containing one).
     public static func load(path: String) throws -> Qwen3ModelArgs {
-        var isDir: ObjCBool = false
-        var file = path
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
-            file = (path as NSString).appendingPathComponent("config.json")
-        }
-        guard let data = FileManager.default.contents(atPath: file) else {
-            throw HFConfigError(source: file, key: nil, "cannot read the file (missing or no permission)")
-        }
-        return try parse(data, source: file)
+        let (obj, file) = try HFModelConfig.readObject(path: path)
+        return try parse(object: obj, source: file)
     }
 
     /// Which architecture a config describes (`architectures[0]`, else `model_type`).
@@ -106,16 +99,7 @@ public enum HFConfig {
 
     /// Parses config.json text into model args.
     public static func parse(_ data: Data, source: String = "config.json") throws -> Qwen3ModelArgs {
-        let root: Any
-        do {
-            root = try JSONValue.parse(data)
-        } catch {
-            throw HFConfigError(source: source, key: nil, "not valid JSON: \(error)")
-        }
-        guard let obj = root as? [String: Any] else {
-            throw HFConfigError(source: source, key: nil, "top level is a JSON \(JSONValue.typeName(root)), expected an object")
-        }
-        return try parse(object: obj, source: source)
+        try parse(object: HFModelConfig.object(data, source: source), source: source)
     }
 
     public static func parse(object obj: [String: Any], source: String = "config.json") throws -> Qwen3ModelArgs {
