@@ -123,6 +123,25 @@ public enum HFModelConfig {
         return .qwen3(try HFConfig.parse(object: obj, source: source))
     }
 
+    /// The token ids HF generate() stops at for the model in `folder`: generation_config.json's eos_token_id when that
+    /// file exists and names one, else config.json's (an integer or a list of them; null or absent: none).
+    public static func eosTokenIDs(folder: String) throws -> [Int32] {
+        for name in ["generation_config.json", "config.json"] {
+            let file = (folder as NSString).appendingPathComponent(name)
+            guard FileManager.default.fileExists(atPath: file) else { continue }
+            let (obj, _) = try readObject(path: file)
+            guard let value = obj["eos_token_id"], !(value is NSNull) else { continue }
+            let ids = (value as? [Any]) ?? [value]
+            return try ids.map { v in
+                guard let i = (v as? NSNumber).flatMap({ Int32(exactly: $0.doubleValue) }), i >= 0 else {
+                    throw HFConfigError(source: file, key: "eos_token_id", "expected a token id or a list of them, got \(v)")
+                }
+                return i
+            }
+        }
+        return []
+    }
+
     /// The JSON object of a config.json (`path`: the file or its folder), and the file's path for errors.
     static func readObject(path: String) throws -> (object: [String: Any], file: String) {
         var isDir: ObjCBool = false

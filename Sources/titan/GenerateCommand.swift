@@ -40,18 +40,24 @@ struct GenerateCommand: ParsableCommand {
         let streamsText = config.dataloader.tokenizer_path != nil || g.prompt != nil
         let model = try GenerationWeights.load(config, log: log)
         let prompt = try g.promptTokens(tokenizer: tokenizer, vocabSize: model.vocabSize, maxSeqLen: model.maxSeqLen)
+        // The byte tokenizer's EOS counts only for an HF tokenizer: a model trained on synthetic tokens may emit 257.
+        let hfFolder = config.checkpoint.initial_load_in_hf ? config.checkpoint.initial_load_path : nil
+        let stopIDs = try g.stopIDs(modelEOS: try hfFolder.map(HFModelConfig.eosTokenIDs(folder:)) ?? [],
+                                    tokenizerEOS: config.dataloader.tokenizer_path != nil ? tokenizer.eosID : nil,
+                                    vocabSize: model.vocabSize)
         if !config.debug.deterministic { BLAS.splitOnKernelThreads() }
         BLAS.prepare()   // the GEMM libraries' one-time set-up, before the prefill is timed
         log("\(prompt.count) prompt tokens, \(g.max_new_tokens) new, " + (g.sampling.isGreedy ? "greedy" :
             "temperature \(g.temperature), top_k \(g.top_k), top_p \(g.top_p), seed \(g.seed)")
-            + ", \(g.num_samples) sample(s), " + (g.kv_cache ? "KV cache" : "no KV cache") + ", \(KernelThreads.count) kernel thread(s)")
+            + ", \(g.num_samples) sample(s), " + (g.kv_cache ? "KV cache" : "no KV cache") + ", \(KernelThreads.count) kernel thread(s)"
+            + (stopIDs.isEmpty ? "" : ", stopping at token(s) \(stopIDs.sorted().map(String.init).joined(separator: ","))"))
 
         var streamer: TextStreamer?
         var current = -1
         let out = FileHandle.standardOutput
         let results = Generator(model: model).generate(
             prompt: prompt, maxNewTokens: g.max_new_tokens, sampling: g.sampling, seed: g.seed, numSamples: g.num_samples,
-            kvCache: g.kv_cache
+            kvCache: g.kv_cache, stopIDs: stopIDs
         ) { sample, token in
             guard streamsText else { return }
             if sample != current {

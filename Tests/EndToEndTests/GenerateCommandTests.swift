@@ -41,8 +41,10 @@ final class GenerateCommandTests: XCTestCase {
             let e = try Self.expectations(kind)
             for c in e.cases {
                 for kv in ["true", "false"] {
+                    // eos_ids none: the fixtures' generate() ran with eos_token_id=None
                     let (s, r) = try generate(Self.hf(kind) + ["--generate.prompt_ids", ids(c.prompt_ids),
-                                                               "--generate.max_new_tokens", "\(e.max_new_tokens)", "--generate.kv_cache", kv])
+                                                               "--generate.max_new_tokens", "\(e.max_new_tokens)", "--generate.kv_cache", kv,
+                                                               "--generate.eos_ids", "none"])
                     XCTAssertEqual(s, [Sample(prompt_ids: c.prompt_ids, new_ids: c.new_ids)], "\(kind) kv_cache \(kv)")
                     XCTAssertTrue(r.stdout.contains("\"tokens_per_sec\": "), r.stdout)
                 }
@@ -109,6 +111,53 @@ final class GenerateCommandTests: XCTestCase {
         XCTAssertTrue(a.allSatisfy { $0.new_ids.count == 25 && $0.prompt_ids == [1, 2, 3] })
     }
 
+    /// A sample ends with the first end-of-sequence token, which it keeps (HF generate(): greedy with eos_token_id E is
+    /// its eos-free continuation cut after E's first appearance): E given by --generate.eos_ids, or by the HF folder's
+    /// config.json (a list) or generation_config.json (which wins, as in HF); "none" runs to max_new_tokens.
+    func testGenerationStopsAtTheEndOfSequenceToken() throws {
+        let e = try Self.expectations("qwen3_moe"), c = e.cases[0]
+        let eos = c.new_ids[6], cut = c.new_ids.firstIndex(of: eos)!
+        XCTAssertLessThan(cut, e.max_new_tokens - 1, "the fixture's continuation must hold the stop token before its end")
+        let expected = Array(c.new_ids[...cut])
+        let base = ["--generate.prompt_ids", ids(c.prompt_ids), "--generate.max_new_tokens", "\(e.max_new_tokens)"]
+
+        func finishReasons(_ r: Titan.Run) -> [String] {
+            r.stdout.split(separator: "\n").filter { $0.hasPrefix("{\"prompt_ids\"") }.compactMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["finish_reason"] as? String
+            }
+        }
+        for kv in ["true", "false"] {
+            let (s, r) = try generate(Self.hf("qwen3_moe") + base + ["--generate.eos_ids", "250,\(eos)", "--generate.kv_cache", kv])
+            XCTAssertEqual(s.map(\.new_ids), [expected], "kv_cache \(kv)")
+            XCTAssertEqual(finishReasons(r), ["eos"])
+        }
+
+        // From the HF folder: config.json's list, then generation_config.json's id over it.
+        let folder = temporaryFolder()
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let source = "\(Self.fixtures)/qwen3_moe"
+        try FileManager.default.createSymbolicLink(atPath: folder + "/model.safetensors", withDestinationPath: source + "/model.safetensors")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: source + "/config.json"))) as! [String: Any]
+        config["eos_token_id"] = [999_999, Int(eos)]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: folder + "/config.json"))
+        let hf = ["--checkpoint.initial_load_path", folder, "--checkpoint.initial_load_in_hf", "true"]
+        var (s, r) = try generate(hf + base)
+        XCTAssertEqual(s.map(\.new_ids), [expected], "config.json's eos_token_id")
+        XCTAssertTrue(r.stderr.contains("stopping at token(s) \(eos)"), r.stderr)
+        (s, r) = try generate(hf + base + ["--generate.eos_ids", "none"])
+        XCTAssertEqual(s.map(\.new_ids), [c.new_ids], "eos_ids none")
+        XCTAssertEqual(finishReasons(r), ["length"])
+        let other = c.new_ids[2], otherCut = c.new_ids.firstIndex(of: other)!
+        try Data("{\"eos_token_id\": \(other)}".utf8).write(to: URL(fileURLWithPath: folder + "/generation_config.json"))
+        (s, _) = try generate(hf + base)
+        XCTAssertEqual(s.map(\.new_ids), [Array(c.new_ids[...otherCut])], "generation_config.json's eos_token_id wins")
+
+        try Data("{\"eos_token_id\": \"x\"}".utf8).write(to: URL(fileURLWithPath: folder + "/generation_config.json"))
+        (_, r) = try generate(hf + base, expectSuccess: false)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("generation_config.json") && r.stderr.contains("eos_token_id"), r.stderr)
+    }
+
     func testTextPromptStreamsTextThenJSON() throws {
         let (s, r) = try generate(Self.hf("qwen3_moe") + ["--generate.prompt", "Hi", "--generate.max_new_tokens", "8"])
         XCTAssertEqual(s.map(\.prompt_ids), [[72, 105]])   // byte-level: no tokenizer_path
@@ -139,6 +188,8 @@ final class GenerateCommandTests: XCTestCase {
             (hf + ["--generate.prompt_ids", "1", "--generate.top_k", "-3"], "--generate.top_k': must be >= 0"),
             (hf + ["--generate.prompt_ids", "1", "--generate.prompt", "x"], "not both"),
             (hf + ["--generate.prompt_ids", "1", "--generate.top_kk", "3"], "unknown config key '--generate.top_kk'; did you mean '--generate.top_k'?"),
+            (hf + ["--generate.prompt_ids", "1", "--generate.eos_ids", "1,x"], "--generate.eos_ids': entry 1 'x' is not a token id"),
+            (hf + ["--generate.prompt_ids", "1", "--generate.eos_ids", "256"], "--generate.eos_ids': 256 is not < the model's vocab_size 256"),
         ]
         for (args, message) in cases {
             let (_, r) = try generate(args, expectSuccess: false)

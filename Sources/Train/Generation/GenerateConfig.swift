@@ -19,6 +19,10 @@ public struct GenerateConfig: ConfigSection {
     public var num_samples = 1
     /// false: recompute the whole sequence for every new token (the reference the KV cache must equal).
     public var kv_cache = true
+    /// Token ids that end a sample (HF's eos_token_id), comma-separated; "none": every sample runs to max_new_tokens;
+    /// "auto": the HF folder's generation_config.json / config.json eos_token_id, else tokenizer_config.json's
+    /// eos_token (of dataloader.tokenizer_path), else none.
+    public var eos_ids = "auto"
     public init() {}
 
     public static let doc = "titan generate: prompt, length, sampling"
@@ -32,6 +36,7 @@ public struct GenerateConfig: ConfigSection {
         ConfigField("seed", \.seed, "seed of the sampling draws"),
         ConfigField("num_samples", \.num_samples, "samples generated from the prompt"),
         ConfigField("kv_cache", \.kv_cache, "decode incrementally with a per-layer key/value cache (false: recompute the prefix per token)"),
+        ConfigField("eos_ids", \.eos_ids, "token ids that end a sample, e.g. 1,2; none: always max_new_tokens; auto: the HF folder's eos_token_id, else the tokenizer's eos_token"),
     ]
 
     public func validate() throws {
@@ -46,19 +51,37 @@ public struct GenerateConfig: ConfigSection {
             throw ConfigError.invalid(key: "prompt", reason: "give either generate.prompt or generate.prompt_ids, not both")
         }
         if let ids = prompt_ids { _ = try Self.parseIDs(ids) }
+        if eos_ids != "none" && eos_ids != "auto" { _ = try Self.parseIDs(eos_ids, key: "eos_ids") }
+    }
+
+    /// The ids that end a sample: eos_ids as given (each must be < vocabSize), or, "auto", the model's `modelEOS` (an HF
+    /// folder's eos_token_id) when it names any, else `tokenizerEOS`; ids a model cannot produce are left out of those.
+    public func stopIDs(modelEOS: [Int32], tokenizerEOS: Int32?, vocabSize: Int) throws -> Set<Int32> {
+        switch eos_ids {
+        case "none": return []
+        case "auto":
+            let ids = modelEOS.isEmpty ? tokenizerEOS.map { [$0] } ?? [] : modelEOS
+            return Set(ids.filter { Int($0) < vocabSize })
+        default:
+            let ids = try Self.prefixingKey { try Self.parseIDs(eos_ids, key: "eos_ids") }
+            if let id = ids.first(where: { Int($0) >= vocabSize }) {
+                throw ConfigError.invalid(key: "generate.eos_ids", reason: "\(id) is not < the model's vocab_size \(vocabSize)")
+            }
+            return Set(ids)
+        }
     }
 
     public var sampling: SamplingOptions { SamplingOptions(temperature: temperature, topK: top_k, topP: top_p) }
 
     /// "1, 2,3" → [1, 2, 3]; errors name the key.
-    static func parseIDs(_ text: String) throws -> [Int32] {
+    static func parseIDs(_ text: String, key: String = "prompt_ids") throws -> [Int32] {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
         if parts.count == 1 && parts[0].isEmpty {
-            throw ConfigError.invalid(key: "prompt_ids", reason: "is empty: give at least one token id, e.g. 1,2,3")
+            throw ConfigError.invalid(key: key, reason: "is empty: give at least one token id, e.g. 1,2,3")
         }
         return try parts.enumerated().map { i, p in
             guard let v = Int32(p), v >= 0 else {
-                throw ConfigError.invalid(key: "prompt_ids", reason: "entry \(i) '\(p)' is not a token id (a non-negative integer)")
+                throw ConfigError.invalid(key: key, reason: "entry \(i) '\(p)' is not a token id (a non-negative integer)")
             }
             return v
         }

@@ -12,6 +12,8 @@ import Tensor
 public struct GenerationResult: Equatable {
     public var promptIDs: [Int32]
     public var newIDs: [Int32]
+    /// Why the sample ended: "eos" (its last token is one of the stop ids) or "length" (max_new_tokens).
+    public var finishReason = "length"
     /// The prompt's forward (the prefill; with several samples, shared: each sample reports it).
     public var prefillSeconds: Double
     /// From the first new token's choice to the last's.
@@ -27,7 +29,7 @@ public struct GenerationResult: Equatable {
         func num(_ x: Double) -> String { String(format: "%.6g", x) }
         return "{\"prompt_ids\": \(ids(promptIDs)), \"new_ids\": \(ids(newIDs)), \"tokens_per_sec\": \(num(tokensPerSecond)), "
             + "\"decode_tokens_per_sec\": \(num(decodeTokensPerSecond)), \"prefill_s\": \(num(prefillSeconds)), "
-            + "\"decode_s\": \(num(decodeSeconds))}"
+            + "\"decode_s\": \(num(decodeSeconds)), \"finish_reason\": \"\(finishReason)\"}"
     }
 }
 
@@ -35,10 +37,12 @@ public final class Generator {
     public let model: IncrementalDecoding
     public init(model: IncrementalDecoding) { self.model = model }
 
-    /// `numSamples` continuations of `prompt`, `maxNewTokens` tokens each. `onToken(sample, token)` is called as each
-    /// token is chosen (to stream text). Sample i draws from `Sampler.rng(seed:sample:)`.
+    /// `numSamples` continuations of `prompt`, each ending after `maxNewTokens` tokens or with the first of `stopIDs`
+    /// (kept, as HF generate() keeps its eos token). `onToken(sample, token)` is called as each token is chosen (to
+    /// stream text). Sample i draws from `Sampler.rng(seed:sample:)`.
     public func generate(prompt: [Int32], maxNewTokens: Int, sampling: SamplingOptions, seed: Int, numSamples: Int = 1,
-                         kvCache: Bool = true, onToken: (Int, Int32) -> Void = { _, _ in }) -> [GenerationResult] {
+                         kvCache: Bool = true, stopIDs: Set<Int32> = [],
+                         onToken: (Int, Int32) -> Void = { _, _ in }) -> [GenerationResult] {
         precondition(!prompt.isEmpty && maxNewTokens >= 1 && numSamples >= 1, "generate: empty prompt or nothing to generate")
         precondition(prompt.count + maxNewTokens <= model.maxSeqLen, "generate: prompt + new tokens exceed max_seq_len")
         let V = model.vocabSize
@@ -66,12 +70,14 @@ public final class Generator {
             var logits_V = promptLogits_V
             var sequence = prompt
             var newIDs: [Int32] = []
+            var finishReason = "length"
             let decodeStart = Runtime.now()
             while true {
                 let token = logits_V.withUnsafeBufferPointer { Sampler.next($0, sampling, rng: &rng) }
                 newIDs.append(token)
                 sequence.append(token)
                 onToken(sample, token)
+                if stopIDs.contains(token) { finishReason = "eos"; break }
                 if newIDs.count == maxNewTokens { break }
                 if let cache {
                     model.forwardCached(tokens: [token], cache: cache, logits_TV: &logits_V)   // one position
@@ -79,8 +85,8 @@ public final class Generator {
                     logits_V = lastRow(model.logits(inputs: sequence, B: 1, T: sequence.count), V)   // the whole sequence
                 }
             }
-            results.append(GenerationResult(promptIDs: prompt, newIDs: newIDs, prefillSeconds: prefillSeconds,
-                                            decodeSeconds: seconds(since: decodeStart)))
+            results.append(GenerationResult(promptIDs: prompt, newIDs: newIDs, finishReason: finishReason,
+                                            prefillSeconds: prefillSeconds, decodeSeconds: seconds(since: decodeStart)))
         }
         return results
     }
