@@ -127,7 +127,8 @@ struct Launch: ParsableCommand {
             rankProgram = Collectives.program(largeBytes: c.largeBytes)
         case "bench":
             let b = try Bench.parse(Array(args.dropFirst()))
-            rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) })
+            rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) },
+                                        collectives: b.collectives.split(separator: ",").map(String.init))
         default:
             guard let request = trainRequest, let (program, config) = TrainCommand.program(request) else { return 0 }
             return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: config.comm.init_timeout_seconds,
