@@ -84,6 +84,9 @@ struct Launch: ParsableCommand {
         }
         if singleProcess {
             guard maxRestarts == 0 && !elastic else { throw ValidationError("--max-restarts and --elastic need rank processes, not --single-process") }
+            if topo.networkSpec != nil {
+                FileHandle.standardError.write(Data("titan launch: warning: --single-process runs the ranks over inproc without the topology's simulated [network]\n".utf8))
+            }
             let status = try runAsThreads(topology: topo, args: args, trainRequest: trainRequest, dump: dump)
             throw ExitCode(status)
         }

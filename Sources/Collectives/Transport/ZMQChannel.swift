@@ -11,6 +11,9 @@ import Foundation
 ///
 /// With CURVE (`security`), the PULL socket is a CURVE server with this rank's keypair and each PUSH a CURVE client
 /// that knows its peer's public key; the context's `Authenticator` admits only the job's keys and reports refusals.
+///
+/// Under a simulated network (`LinkShaper`), a send first waits for its links and stamps the frame's delivery time,
+/// and a receive hands the frame on at that time.
 final class ZMQChannel: Channel {
     let spec: ClusterSpec
     let members: [Int]
