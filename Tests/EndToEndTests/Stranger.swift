@@ -114,7 +114,7 @@ final class Stranger: @unchecked Sendable {
         let n1 = zmq_recv(decoy, &received, received.count, 0)
         let n2 = zmq_recv(decoy, &received, received.count, 0)
         zmq_close(client)
-        guard n1 == 48, n2 == 64 else { throw StrangerError("the decoy did not receive the member's frames (\(n1), \(n2))") }
+        guard n1 == 56, n2 == 64 else { throw StrangerError("the decoy did not receive the member's frames (\(n1), \(n2))") }
         recordedSession = proxy.finish()
         guard recordedSession.count > 64 + 200 else { throw StrangerError("recorded only \(recordedSession.count) bytes") }
     }
