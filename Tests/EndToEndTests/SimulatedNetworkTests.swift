@@ -73,6 +73,7 @@ final class SimulatedNetworkTests: XCTestCase {
             let rows = try String(contentsOfFile: dump + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
                 try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
             }
+            XCTAssertEqual(rows.count, 2)
             for row in rows {
                 let interHost = try XCTUnwrap(row["comm_inter_host_mb"] as? Double), sent = try XCTUnwrap(row["comm_sent_mb"] as? Double)
                 XCTAssertGreaterThan(interHost, 0)
