@@ -6,7 +6,8 @@ import Collectives
 /// Placement. Topologies number ranks host by host, so groups of consecutive ranks stay within a host whenever its rank
 /// count is a multiple of the group's size: a replica's shard group (HSDP: shard within a host, replicate across
 /// hosts) and, by default, the expert-parallel groups, whose all-to-all is the most latency-bound traffic of a step.
-/// `ExpertParallelPlacement.strided` spreads each EP group over its replica instead (across hosts), for comparison.
+/// `ExpertParallelPlacement.strided` spreads each EP group over its replica instead (across hosts) and keeps the
+/// expert-shard groups within a host: better when the experts' weights outweigh the tokens (docs/simulated-network.md).
 public final class DeviceMesh {
     public let dims: ParallelDims
     public let comm: Communicator
@@ -15,7 +16,7 @@ public final class DeviceMesh {
     public let dpShard: ProcessGroup
     /// Ranks with the same shard index across replicas (nil when replicate == 1).
     public let dpReplicate: ProcessGroup?
-    /// `ep` ranks inside dpShard (nil when ep == 1): consecutive ones, or strided by shard/ep (`placement`).
+    /// `ep` ranks inside dpShard (nil when ep == 1): consecutive ones, or strided by shard/ep (`expertPlacement`).
     public let ep: ProcessGroup?
     /// Ranks of dpShard holding the same experts (the same EP index): shard/ep of them. Identical to `dpShard` when
     /// ep == 1.
