@@ -37,7 +37,7 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CBLIS", providers: [.apt(["libblis-dev"])]),
         // Linux calls the Glibc module does not declare (CPU affinity, mallopt, which library defines a symbol), and the
-        // board and helper thread of idle-CPU lending (shared memory and thread affinity).
+        // board and helper thread of idle-CPU lending (shared memory and thread affinity), the simulated network's shared links.
         .target(name: "CLinux"),
         // GEMM kernels: small fp32 GEMMs with AVX-512 (attention's blocks), bfloat16 GEMMs on AMX or AVX512_BF16, and
         // the bfloat16 conversions; compiled per function for those instructions and used where the CPU has them.
@@ -46,7 +46,7 @@ let package = Package(
         // Layers, bottom up: the runtime (kernel threads, idle-CPU lending, observers of collectives: blocked time, trace),
         // transport/collectives, tensors, model, parallelism, training.
         .target(name: "Runtime", dependencies: ["CLinux"], swiftSettings: kernelSettings),
-        .target(name: "Collectives", dependencies: ["CZeroMQ", "CSodium", "CKernels", "Runtime"], swiftSettings: kernelSettings),
+        .target(name: "Collectives", dependencies: ["CZeroMQ", "CSodium", "CKernels", "CLinux", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Cluster", dependencies: ["Collectives", "Config", "Parallel", "TOMLKit", "CLinux"]),
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CBLIS", "CLinux", "CKernels", "Runtime"], swiftSettings: kernelSettings),
         .target(name: "Config"),

@@ -13,6 +13,12 @@
 //     address = "127.0.0.1"          # tcp: required, where the other hosts reach this one
 //     ranks = 8                      # ranks on this host (>= 1)
 //     base_port = 29500              # optional, overrides the top-level base_port
+//     inter_host_gbit = 1.0          # optional, any [network] key: this host's own link (a slow host)
+//     [network]                      # optional: the simulated network (default: unlimited, no added latency)
+//     inter_host_gbit = 10           # each host's link to the other hosts, Gbit/s per direction (a NIC)
+//     inter_host_latency_us = 20     # one-way delay added to every message between hosts
+//     intra_host_gbit = 100          # each rank's link to the other ranks of its host, Gbit/s per direction
+//     intra_host_latency_us = 1      # one-way delay added to every message within a host
 //     [parallelism]                  # defaults; --parallelism.* overrides them at launch
 //     data_parallel_replicate_degree = 1
 //     data_parallel_shard_degree = -1    # -1 = fill the rest of the world
@@ -35,11 +41,44 @@ public struct Topology: Sendable, Equatable {
         public var ranks: Int
         /// First port of this host's rank 0 (tcp). nil: use the topology's basePort.
         public var basePort: Int?
+        /// This host's own [network] values (a slow host); unset ones come from the topology's `network`.
+        public var network: NetworkSettings
 
-        public init(address: String, ranks: Int, basePort: Int? = nil) {
+        public init(address: String, ranks: Int, basePort: Int? = nil, network: NetworkSettings = NetworkSettings()) {
             self.address = address
             self.ranks = ranks
             self.basePort = basePort
+            self.network = network
+        }
+    }
+
+    /// The keys of a `[network]` table (or of a host's overrides), as written: nil = not set.
+    public struct NetworkSettings: Sendable, Equatable {
+        public var inter_host_gbit: Double?
+        public var inter_host_latency_us: Double?
+        public var intra_host_gbit: Double?
+        public var intra_host_latency_us: Double?
+
+        public init(inter_host_gbit: Double? = nil, inter_host_latency_us: Double? = nil,
+                    intra_host_gbit: Double? = nil, intra_host_latency_us: Double? = nil) {
+            self.inter_host_gbit = inter_host_gbit
+            self.inter_host_latency_us = inter_host_latency_us
+            self.intra_host_gbit = intra_host_gbit
+            self.intra_host_latency_us = intra_host_latency_us
+        }
+
+        static let keys: [(name: String, path: WritableKeyPath<NetworkSettings, Double?>)] = [
+            ("inter_host_gbit", \.inter_host_gbit), ("inter_host_latency_us", \.inter_host_latency_us),
+            ("intra_host_gbit", \.intra_host_gbit), ("intra_host_latency_us", \.intra_host_latency_us),
+        ]
+
+        public var isEmpty: Bool { self == NetworkSettings() }
+
+        /// `self` where set, else `defaults`.
+        func over(_ defaults: NetworkSettings) -> NetworkSettings {
+            var merged = defaults
+            for key in Self.keys where self[keyPath: key.path] != nil { merged[keyPath: key.path] = self[keyPath: key.path] }
+            return merged
         }
     }
 
@@ -55,14 +94,17 @@ public struct Topology: Sendable, Equatable {
     /// Default parallelism degrees (torchtitan names), as written in the file (the shard degree may be -1, "fill the
     /// rest of the world"); `titan train` resolves and checks them with the model (`ParallelismConfig.dims`).
     public var parallelism: ParallelismConfig
+    /// The `[network]` table: every host's links unless the host overrides a key (empty: no simulated network).
+    public var network: NetworkSettings
     /// Absolute path of the file this topology was loaded from; nil when parsed from a string
     /// or built in code (e.g. `Topology.local`).
     public var sourcePath: String?
 
     public init(name: String, transport: TransportKind = .ipc, basePort: Int? = nil,
                 hosts: [Host], parallelism: ParallelismConfig = ParallelismConfig(), sourcePath: String? = nil,
-                transportSecurity: TransportSecurity? = nil) {
+                transportSecurity: TransportSecurity? = nil, network: NetworkSettings = NetworkSettings()) {
         self.name = name
+        self.network = network
         self.transport = transport
         self.transportSecurity = transportSecurity ?? (transport == .tcp ? .curve : .none)
         self.basePort = basePort
@@ -100,10 +142,12 @@ public struct Topology: Sendable, Equatable {
     /// so its portOfRank stays empty.
     public func clusterSpec(jobID: String, ipcDirectory: String, timeoutSeconds: Double) -> ClusterSpec {
         var hostOfRank: [String] = []
+        var hostIndexOfRank: [Int] = []
         var portOfRank: [Int] = []
         for (index, host) in hosts.enumerated() {
             for localRank in 0 ..< host.ranks {
                 hostOfRank.append(host.address)
+                hostIndexOfRank.append(index)
                 if transport == .tcp, let base = basePort(ofHost: index) {
                     portOfRank.append(base + localRank * ClusterSpec.maxGroupsPerRank)
                 }
@@ -111,7 +155,23 @@ public struct Topology: Sendable, Equatable {
         }
         return ClusterSpec(jobID: jobID, worldSize: worldSize, transport: transport,
                            hostOfRank: hostOfRank, portOfRank: portOfRank,
-                           ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds, transportSecurity: transportSecurity)
+                           ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds, transportSecurity: transportSecurity,
+                           hostIndexOfRank: hostIndexOfRank, network: networkSpec)
+    }
+
+    /// The simulated network per host (a host's own keys over the `[network]` table); nil when neither sets any key,
+    /// so a topology without the table runs exactly as before.
+    public var networkSpec: NetworkSpec? {
+        guard !network.isEmpty || hosts.contains(where: { !$0.network.isEmpty }) else { return nil }
+        func link(_ gbit: Double?, _ latencyMicroseconds: Double?) -> NetworkSpec.Link {
+            NetworkSpec.Link(bytesPerSecond: gbit.map { $0 * 1e9 / 8 },
+                             latencyNanoseconds: UInt64((latencyMicroseconds ?? 0) * 1000))
+        }
+        return NetworkSpec(hosts: hosts.map { host in
+            let settings = host.network.over(network)
+            return NetworkSpec.Host(interHost: link(settings.inter_host_gbit, settings.inter_host_latency_us),
+                                    intraHost: link(settings.intra_host_gbit, settings.intra_host_latency_us))
+        })
     }
 
     // MARK: - Derived local topology
@@ -209,6 +269,8 @@ public struct Topology: Sendable, Equatable {
                 }
             }
         }
+        found += networkProblems(network, prefix: "network.")
+        for (index, host) in hosts.enumerated() { found += networkProblems(host.network, prefix: "hosts[\(index)].") }
         found += portProblems()
         guard found.isEmpty else { return found }
 
@@ -217,6 +279,22 @@ public struct Topology: Sendable, Equatable {
             found.append(.init(kind: .degrees, key: key, reason: reason))
         } catch {
             found.append(.init(kind: .degrees, key: "parallelism", reason: "\(error)"))
+        }
+        return found
+    }
+
+    /// Bandwidths must be positive (leave the key out for an unlimited link), latencies at least 0, both finite.
+    private func networkProblems(_ settings: NetworkSettings, prefix: String) -> [TopologyError.Problem] {
+        var found: [TopologyError.Problem] = []
+        for key in NetworkSettings.keys {
+            guard let value = settings[keyPath: key.path] else { continue }
+            if key.name.hasSuffix("_gbit"), !(value > 0 && value.isFinite) {
+                found.append(.init(kind: .invalidValue, key: prefix + key.name,
+                                   reason: "must be a positive number of Gbit/s (got \(value)); leave the key out for an unlimited link"))
+            } else if key.name.hasSuffix("_latency_us"), !(value >= 0 && value.isFinite) {
+                found.append(.init(kind: .invalidValue, key: prefix + key.name,
+                                   reason: "must be a number of microseconds >= 0 (got \(value))"))
+            }
         }
         return found
     }
@@ -303,6 +381,7 @@ public struct Topology: Sendable, Equatable {
             table["address"] = host.address
             table["ranks"] = host.ranks
             if let port = host.basePort { table["base_port"] = port }
+            Self.write(host.network, into: table)
             hostTables.append(table)
         }
         root["hosts"] = hostTables
@@ -311,7 +390,16 @@ public struct Topology: Sendable, Equatable {
         degrees["data_parallel_shard_degree"] = parallelism.data_parallel_shard_degree
         degrees["expert_parallel_degree"] = parallelism.expert_parallel_degree
         root["parallelism"] = degrees
+        if !network.isEmpty {
+            let table = TOMLTable()
+            Self.write(network, into: table)
+            root["network"] = table
+        }
         return root.convert(to: .toml) + "\n"
+    }
+
+    private static func write(_ settings: NetworkSettings, into table: TOMLTable) {
+        for key in NetworkSettings.keys { if let value = settings[keyPath: key.path] { table[key.name] = value } }
     }
 }
 
@@ -347,8 +435,9 @@ public struct TopologyError: Error, CustomStringConvertible, Equatable {
 private struct TableReader {
     var problems: [TopologyError.Problem] = []
 
-    static let topKeys = ["name", "transport", "transport_security", "base_port", "hosts", "parallelism"]
-    static let hostKeys = ["address", "ranks", "base_port"]
+    static let topKeys = ["name", "transport", "transport_security", "base_port", "hosts", "parallelism", "network"]
+    static let networkKeys = Topology.NetworkSettings.keys.map(\.name)
+    static let hostKeys = ["address", "ranks", "base_port"] + networkKeys
     static let parallelismKeys = ["data_parallel_replicate_degree", "data_parallel_shard_degree",
                                   "expert_parallel_degree"]
 
@@ -397,7 +486,8 @@ private struct TableReader {
                                               reason: "every host needs `ranks` (the number of ranks it runs)"))
                     }
                     hosts.append(Topology.Host(address: address!, ranks: ranks ?? 0,
-                                               basePort: int(table, "base_port", path: path + ".base_port")))
+                                               basePort: int(table, "base_port", path: path + ".base_port"),
+                                               network: networkSettings(table, prefix: path + ".")))
                 }
             } else {
                 problems.append(.init(kind: .wrongType, key: "hosts",
@@ -428,9 +518,29 @@ private struct TableReader {
                                       reason: "expected a table ([parallelism] section), got \(value.type)"))
             }
         }
+        var network = Topology.NetworkSettings()
+        if let value = root["network"] {
+            if let table = value.table {
+                checkKeys(table, allowed: Self.networkKeys, prefix: "network.")
+                network = networkSettings(table, prefix: "network.")
+            } else {
+                problems.append(.init(kind: .wrongType, key: "network",
+                                      reason: "expected a table ([network] section), got \(value.type)"))
+            }
+        }
         guard problems.isEmpty else { return nil }
         return Topology(name: name, transport: transport, basePort: basePort, hosts: hosts,
-                        parallelism: parallelism, transportSecurity: transportSecurity)
+                        parallelism: parallelism, transportSecurity: transportSecurity, network: network)
+    }
+
+    /// The [network] keys present in `table` (a [network] table or a host's overrides); their values are checked
+    /// with the topology's other rules.
+    mutating func networkSettings(_ table: TOMLTable, prefix: String) -> Topology.NetworkSettings {
+        var settings = Topology.NetworkSettings()
+        for key in Topology.NetworkSettings.keys {
+            settings[keyPath: key.path] = number(table, key.name, path: prefix + key.name)
+        }
+        return settings
     }
 
     mutating func checkKeys(_ table: TOMLTable, allowed: [String], prefix: String) {
@@ -449,6 +559,17 @@ private struct TableReader {
             return nil
         }
         return text
+    }
+
+    /// An integer or a float (`1` and `1.6` are both Gbit/s).
+    mutating func number(_ table: TOMLTable, _ key: String, path: String) -> Double? {
+        guard let value = table[key] else { return nil }
+        if let number = value.int { return Double(number) }
+        guard let number = value.double else {
+            problems.append(.init(kind: .wrongType, key: path, reason: "expected a number, got \(value.type)"))
+            return nil
+        }
+        return number
     }
 
     mutating func int(_ table: TOMLTable, _ key: String, path: String) -> Int? {

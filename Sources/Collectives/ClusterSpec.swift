@@ -36,6 +36,16 @@ public struct ClusterSpec: Sendable, Equatable {
     public var transportSecurity: TransportSecurity
     /// The job's secret, from which every rank's CURVE keys derive (tcp with CURVE needs it; see CurveKeys.swift).
     public var jobSecret: JobSecret?
+    /// The index of the topology host that runs each global rank (ipc topologies may have several hosts too; their
+    /// addresses need not differ). Empty: every rank on one host.
+    public var hostIndexOfRank: [Int]
+    /// The simulated network the transport enforces (`LinkShaper`); nil: none, every link as fast as the sockets.
+    public var network: NetworkSpec?
+
+    /// Whether ranks `a` and `b` run on different hosts of the topology.
+    public func crossesHosts(_ a: Int, _ b: Int) -> Bool {
+        !hostIndexOfRank.isEmpty && hostIndexOfRank[a] != hostIndexOfRank[b]
+    }
 
     /// Whether this job's sockets use CURVE.
     public var usesCurve: Bool { transport == .tcp && transportSecurity == .curve }
@@ -46,7 +56,8 @@ public struct ClusterSpec: Sendable, Equatable {
     public init(jobID: String, worldSize: Int, transport: TransportKind,
                 hostOfRank: [String] = [], portOfRank: [Int] = [],
                 ipcDirectory: String = "/tmp", timeoutSeconds: Double = 300,
-                transportSecurity: TransportSecurity = .curve, jobSecret: JobSecret? = nil) {
+                transportSecurity: TransportSecurity = .curve, jobSecret: JobSecret? = nil,
+                hostIndexOfRank: [Int] = [], network: NetworkSpec? = nil) {
         self.jobID = jobID
         self.worldSize = worldSize
         self.transport = transport
@@ -56,6 +67,8 @@ public struct ClusterSpec: Sendable, Equatable {
         self.timeoutSeconds = timeoutSeconds
         self.transportSecurity = transportSecurity
         self.jobSecret = jobSecret
+        self.hostIndexOfRank = hostIndexOfRank
+        self.network = network
     }
 
     /// The endpoint rank `rank` binds for its process group number `groupSlot`. tcp binds only its host's address

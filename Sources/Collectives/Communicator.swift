@@ -19,6 +19,8 @@ public final class Communicator: @unchecked Sendable {
     /// CURVE (tcp, transport_security = "curve"): this rank's keys and the ZAP handler of its context.
     private let keys: JobKeys?
     private let authenticator: Authenticator?
+    /// The simulated network every group's messages obey (nil: the topology has none).
+    private let shaper: LinkShaper?
 
     /// torchtitan's comm.trace_buf_size default.
     public static let defaultTraceBufferSize = 20_000
@@ -93,6 +95,11 @@ public final class Communicator: @unchecked Sendable {
             keys = nil
             authenticator = nil
         }
+        if let network = spec.network, spec.worldSize > 1, spec.transport != .inproc {
+            do { shaper = try LinkShaper(spec: spec, network: network) } catch { authenticator?.stop(); throw error }
+        } else {
+            shaper = nil
+        }
         do {
             world = try newGroup(ranks: Array(0..<spec.worldSize))
         } catch {
@@ -145,7 +152,8 @@ public final class Communicator: @unchecked Sendable {
         var security: ChannelSecurity?
         if let keys, let authenticator, curve ?? true { security = ChannelSecurity(keys: keys, authenticator: authenticator) }
         let g = ProcessGroup(spec: spec, context: context, members: members, rank: members.firstIndex(of: rank)!, slot: slot,
-                             traffic: trafficCounter, settings: settings, recorder: recorder, security: security)
+                             traffic: trafficCounter, settings: settings, recorder: recorder, security: security,
+                             shaper: shaper)
         groups.append(g)
         recorder.addGroup(slot: slot, members: members)
         return g

@@ -26,7 +26,7 @@ public final class ProcessGroup: @unchecked Sendable {
     private let recorder: FlightRecorder
 
     init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int, traffic: TrafficCounter,
-         settings: GroupSettings, recorder: FlightRecorder, security: ChannelSecurity? = nil) {
+         settings: GroupSettings, recorder: FlightRecorder, security: ChannelSecurity? = nil, shaper: LinkShaper? = nil) {
         self.members = members
         self.rank = rank
         self.slot = slot
@@ -35,7 +35,7 @@ public final class ProcessGroup: @unchecked Sendable {
         worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
         worker.submit { [self] in
             do { channel = try ZMQChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic,
-                                          security: security) }
+                                          security: security, shaper: shaper) }
             catch { broken = error }
         }
     }

@@ -2,6 +2,12 @@ import Collectives
 
 /// The process groups of a (replicate, shard, ep) layout. Every rank creates them collectively, in the same order:
 /// dpShard, dpReplicate (replicate > 1), ep (ep > 1), expertShard (ep > 1; otherwise the dpShard group itself).
+///
+/// Placement. Topologies number ranks host by host, so groups of consecutive ranks stay within a host whenever its rank
+/// count is a multiple of the group's size: a replica's shard group (HSDP: shard within a host, replicate across
+/// hosts) and, by default, the expert-parallel groups, whose all-to-all is the most latency-bound traffic of a step.
+/// `ExpertParallelPlacement.strided` spreads each EP group over its replica instead (across hosts) and keeps the
+/// expert-shard groups within a host: better when the experts' weights outweigh the tokens (docs/simulated-network.md).
 public final class DeviceMesh {
     public let dims: ParallelDims
     public let comm: Communicator
@@ -10,31 +16,62 @@ public final class DeviceMesh {
     public let dpShard: ProcessGroup
     /// Ranks with the same shard index across replicas (nil when replicate == 1).
     public let dpReplicate: ProcessGroup?
-    /// `ep` consecutive ranks inside dpShard (nil when ep == 1).
+    /// `ep` ranks inside dpShard (nil when ep == 1): consecutive ones, or strided by shard/ep (`expertPlacement`).
     public let ep: ProcessGroup?
-    /// Ranks of dpShard holding the same experts: shard/ep of them, strided by ep. Identical to `dpShard` when ep == 1.
+    /// Ranks of dpShard holding the same experts (the same EP index): shard/ep of them. Identical to `dpShard` when
+    /// ep == 1.
     public let expertShard: ProcessGroup
+    /// Every group of each kind, as created (for `placementSummary`).
+    public let partitions: [(name: String, groups: [[Int]])]
 
     /// `numExperts`: routed experts per MoE layer (0: a dense model; nil: not checked here).
-    public init(comm: Communicator, dims: ParallelDims, numExperts: Int? = nil) throws {
+    public init(comm: Communicator, dims: ParallelDims, numExperts: Int? = nil,
+                expertPlacement: ExpertParallelPlacement = .consecutive) throws {
         try dims.validate(worldSize: comm.worldSize, numExperts: numExperts)
         self.dims = dims
         self.comm = comm
         world = comm.world
         let R = dims.replicate, S = dims.shard, E = dims.ep
-        dpShard = try comm.splitGroups((0..<R).map { r in Array((r * S)..<((r + 1) * S)) })
-        dpReplicate = R > 1 ? try comm.splitGroups((0..<S).map { s in (0..<R).map { r in r * S + s } }) : nil
+        let shardGroups = (0..<R).map { r in Array((r * S)..<((r + 1) * S)) }
+        var partitions = [(name: "dp_shard", groups: shardGroups)]
+        dpShard = try comm.splitGroups(shardGroups)
+        if R > 1 {
+            let replicateGroups = (0..<S).map { s in (0..<R).map { r in r * S + s } }
+            partitions.append(("dp_replicate", replicateGroups))
+            dpReplicate = try comm.splitGroups(replicateGroups)
+        } else {
+            dpReplicate = nil
+        }
         if E > 1 {
-            // EP groups: consecutive blocks of `E` ranks inside each replica.
-            ep = try comm.splitGroups((0..<(R * S / E)).map { b in Array((b * E)..<((b + 1) * E)) })
-            // Expert-shard groups: within a replica, ranks with the same index mod E.
-            var parts: [[Int]] = []
-            for r in 0..<R { for j in 0..<E { parts.append(stride(from: r * S + j, to: (r + 1) * S, by: E).map { $0 }) } }
-            expertShard = try comm.splitGroups(parts)
+            // Within replica r, EP group b's member j (EP index j): consecutive blocks of E ranks, or every (S/E)-th rank.
+            func member(_ r: Int, _ b: Int, _ j: Int) -> Int {
+                expertPlacement == .consecutive ? r * S + b * E + j : r * S + b + j * (S / E)
+            }
+            var epGroups: [[Int]] = [], expertShardGroups: [[Int]] = []
+            for r in 0..<R {
+                for b in 0..<(S / E) { epGroups.append((0..<E).map { member(r, b, $0) }) }
+                // Expert-shard groups: the ranks of a replica with the same EP index.
+                for j in 0..<E { expertShardGroups.append((0..<(S / E)).map { member(r, $0, j) }) }
+            }
+            partitions += [("ep", epGroups), ("expert_shard", expertShardGroups)]
+            ep = try comm.splitGroups(epGroups)
+            expertShard = try comm.splitGroups(expertShardGroups)
         } else {
             ep = nil
             expertShard = dpShard
         }
+        self.partitions = partitions
+    }
+
+    /// Where the groups run, e.g. "dp_shard across 2 hosts, ep within a host, expert_shard across 2 hosts"; nil on a
+    /// single-host topology.
+    public var placementSummary: String? {
+        let hostOf = comm.spec.hostIndexOfRank
+        guard Set(hostOf).count > 1 else { return nil }
+        return partitions.map { kind in
+            let spans = kind.groups.map { Set($0.map { hostOf[$0] }).count }.max() ?? 1
+            return kind.name + (spans == 1 ? " within a host" : " across \(spans) hosts")
+        }.joined(separator: ", ")
     }
 
     public var rank: Int { comm.rank }

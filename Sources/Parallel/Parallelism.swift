@@ -29,6 +29,13 @@ public enum ReshardAfterForward: String, ConfigEnum, Equatable, Sendable {
     case `default`, always, never
 }
 
+/// How expert-parallel groups are carved out of a replica's shard group. Topologies number ranks host by host, so
+/// consecutive ranks share a host: `consecutive` keeps each EP group's all-to-all within a host whenever the host's
+/// rank count is a multiple of ep; `strided` takes every (shard/ep)-th rank, spreading each group over the hosts.
+public enum ExpertParallelPlacement: String, ConfigEnum, Equatable, Sendable {
+    case consecutive, strided
+}
+
 /// The [parallelism] section (torchtitan's names).
 public struct ParallelismConfig: ConfigSection, Sendable {
     public var data_parallel_replicate_degree = 1
@@ -36,6 +43,7 @@ public struct ParallelismConfig: ConfigSection, Sendable {
     public var data_parallel_shard_degree = -1
     public var expert_parallel_degree = 1
     public var fsdp_reshard_after_forward = ReshardAfterForward.default
+    public var expert_parallel_placement = ExpertParallelPlacement.consecutive
 
     public init() {}
 
@@ -46,6 +54,8 @@ public struct ParallelismConfig: ConfigSection, Sendable {
         ConfigField("expert_parallel_degree", \.expert_parallel_degree, "ranks that split the experts of a layer"),
         ConfigField("fsdp_reshard_after_forward", \.fsdp_reshard_after_forward,
                     "free gathered parameters after forward (always; default keeps the last block) or keep them for backward (never)"),
+        ConfigField("expert_parallel_placement", \.expert_parallel_placement,
+                    "expert-parallel groups of consecutive ranks (within a host when its ranks allow) or strided over the shard group (across hosts)"),
     ]
 
     /// The degrees for `worldSize` ranks, data_parallel_shard_degree -1 filled in, checked by `ParallelDims.validate`.

@@ -60,7 +60,7 @@ public final class Trainer {
         if let initialWeights { try model.setInitialWeights(initialWeights) }
         let dims = try built.dims(worldSize: comm.worldSize)
         let microBatches = try built.microBatches(dims)
-        mesh = try DeviceMesh(comm: comm, dims: dims)
+        mesh = try DeviceMesh(comm: comm, dims: dims, expertPlacement: config.parallelism.expert_parallel_placement)
         let mixedPrecision = MixedPrecisionPolicy(param: config.training.mixed_precision_param,
                                                   reduce: config.training.mixed_precision_reduce)
         parallel = try parallelize(model, mesh: mesh, reshardAfterForward: config.parallelism.fsdp_reshard_after_forward,
@@ -89,13 +89,16 @@ public final class Trainer {
         if rank == 0 {
             try writeConfigJSON(config, dumpFolder: config.job.dump_folder)
             metrics = try MetricsProcessor(config.metrics, dumpFolder: config.job.dump_folder, resumedAt: step,
-                                           worldSize: comm.worldSize, tokensPerStep: tokensPerStep, lastStep: config.training.steps,
+                                           worldSize: comm.worldSize, hosts: Set(comm.spec.hostIndexOfRank).count,
+                                           tokensPerStep: tokensPerStep, lastStep: config.training.steps,
                                            flopsPerToken: args.flopsPerToken(seqLen: L), log: log)
             let source = config.checkpoint.initial_load_in_hf && config.checkpoint.initial_load_path != nil ? "HF config.json" : config.model.flavor
             modelLine = "\(args.family)/\(source): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.hasMoE ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "") + " (\(args.summary))"
-            meshLine = "world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep); "
+            meshLine = "world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep)"
+                + (mesh.dims.ep > 1 && config.parallelism.expert_parallel_placement == .strided ? " (strided)" : "") + "; "
                 + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : "")
+                + (mesh.placementSummary.map { "; " + $0 } ?? "")
             log("model " + modelLine)
             log("mesh: " + meshLine)
         } else {

@@ -53,10 +53,12 @@ struct Bench: ParsableCommand {
     @OptionGroup var comm: CommOptions
     @Option(help: "Comma-separated total buffer sizes in bytes.")
     var sizes: String = CollectiveBench.sizes.map(String.init).joined(separator: ",")
+    @Option(help: "Comma-separated collectives to time, of \(CollectiveBench.collectives.joined(separator: ", ")).")
+    var collectives: String = CollectiveBench.collectives.joined(separator: ",")
 
-    static func program(sizes: [Int]) -> RankProgram {
+    static func program(sizes: [Int], collectives: [String]) -> RankProgram {
         { comm, out in
-            _ = try CollectiveBench.run(comm: comm, sizes: sizes) { out.print($0) }
+            _ = try CollectiveBench.run(comm: comm, sizes: sizes, collectives: collectives) { out.print($0) }
             return 0
         }
     }
@@ -64,6 +66,11 @@ struct Bench: ParsableCommand {
     func run() throws {
         let parsed = sizes.split(separator: ",").compactMap { Int($0) }
         guard !parsed.isEmpty else { throw ValidationError("--sizes needs comma-separated byte counts") }
-        try comm.run("bench", Self.program(sizes: parsed))
+        let names = collectives.split(separator: ",").map(String.init)
+        if let unknown = names.first(where: { !CollectiveBench.collectives.contains($0) }) {
+            throw ValidationError("--collectives: unknown collective '\(unknown)' (\(CollectiveBench.collectives.joined(separator: ", ")))")
+        }
+        guard !names.isEmpty else { throw ValidationError("--collectives needs comma-separated collective names") }
+        try comm.run("bench", Self.program(sizes: parsed, collectives: names))
     }
 }

@@ -84,6 +84,9 @@ struct Launch: ParsableCommand {
         }
         if singleProcess {
             guard maxRestarts == 0 && !elastic else { throw ValidationError("--max-restarts and --elastic need rank processes, not --single-process") }
+            if topo.networkSpec != nil {
+                FileHandle.standardError.write(Data("titan launch: warning: --single-process runs the ranks over inproc without the topology's simulated [network]\n".utf8))
+            }
             let status = try runAsThreads(topology: topo, args: args, trainRequest: trainRequest, dump: dump)
             throw ExitCode(status)
         }
@@ -127,7 +130,8 @@ struct Launch: ParsableCommand {
             rankProgram = Collectives.program(largeBytes: c.largeBytes)
         case "bench":
             let b = try Bench.parse(Array(args.dropFirst()))
-            rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) })
+            rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) },
+                                        collectives: b.collectives.split(separator: ",").map(String.init))
         default:
             guard let request = trainRequest, let (program, config) = TrainCommand.program(request) else { return 0 }
             return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: config.comm.init_timeout_seconds,

@@ -347,4 +347,63 @@ final class TopologyTests: XCTestCase {
         XCTAssertEqual(error?.problems.count, 2)
         XCTAssertTrue(error?.description.contains("2 problems") ?? false)
     }
+
+    // MARK: [network]
+
+    func testNetworkTableAndHostOverridesResolvePerHost() throws {
+        let topology = try Topology.parse(toml: """
+            [[hosts]]
+            ranks = 2
+            [[hosts]]
+            ranks = 2
+            inter_host_gbit = 0.8
+            intra_host_latency_us = 3
+            [network]
+            inter_host_gbit = 1.6
+            inter_host_latency_us = 20
+            intra_host_gbit = 100
+            """, file: "net.toml")
+        let spec = topology.clusterSpec(jobID: "j", ipcDirectory: "/tmp", timeoutSeconds: 1)
+        XCTAssertEqual(spec.hostIndexOfRank, [0, 0, 1, 1], "ipc hosts are told apart by index, not address")
+        XCTAssertTrue(spec.crossesHosts(1, 2))
+        XCTAssertFalse(spec.crossesHosts(2, 3))
+        let hosts = try XCTUnwrap(spec.network).hosts
+        XCTAssertEqual(hosts[0].interHost, NetworkSpec.Link(bytesPerSecond: 0.2e9, latencyNanoseconds: 20_000))
+        XCTAssertEqual(hosts[0].intraHost, NetworkSpec.Link(bytesPerSecond: 12.5e9, latencyNanoseconds: 0))
+        XCTAssertEqual(hosts[1].interHost, NetworkSpec.Link(bytesPerSecond: 0.1e9, latencyNanoseconds: 20_000), "the slow host's own rate")
+        XCTAssertEqual(hosts[1].intraHost, NetworkSpec.Link(bytesPerSecond: 12.5e9, latencyNanoseconds: 3_000))
+        // What the launcher writes for its ranks reads back the same.
+        var reparsed = try Topology.parse(toml: topology.tomlString(), file: "net.toml")
+        reparsed.name = topology.name
+        XCTAssertEqual(reparsed, topology)
+    }
+
+    func testATopologyWithoutNetworkHasNoSimulatedNetwork() throws {
+        let spec = Topology.local(ranks: 4).clusterSpec(jobID: "j", ipcDirectory: "/tmp", timeoutSeconds: 1)
+        XCTAssertNil(spec.network)
+        XCTAssertEqual(spec.hostIndexOfRank, [0, 0, 0, 0])
+        XCTAssertNil(try Topology.load(path: topologiesFolder + "/two-host-tcp.toml").networkSpec)
+        XCTAssertFalse(Topology.local(ranks: 2).tomlString().contains("network"))
+        let shaped = try Topology.load(path: topologiesFolder + "/two-host-shaped.toml")
+        XCTAssertEqual(shaped.networkSpec?.hosts.map(\.interHost.bytesPerSecond), [0.2e9, 0.2e9])
+    }
+
+    func testBadNetworkValuesAreRejectedNamingTheKey() {
+        let hosts = "[[hosts]]\nranks = 1\n"
+        assertProblem(parseError(hosts + "[network]\ninter_host_gbit = -1\n"), .invalidValue, key: "network.inter_host_gbit",
+                      reason: "must be a positive number of Gbit/s (got -1.0)")
+        assertProblem(parseError(hosts + "[network]\nintra_host_gbit = 0\n"), .invalidValue, key: "network.intra_host_gbit",
+                      reason: "leave the key out for an unlimited link")
+        assertProblem(parseError(hosts + "[network]\ninter_host_latency_us = -5\n"), .invalidValue,
+                      key: "network.inter_host_latency_us", reason: "microseconds >= 0")
+        assertProblem(parseError(hosts + "[network]\ninter_host_gbit = \"fast\"\n"), .wrongType, key: "network.inter_host_gbit",
+                      reason: "expected a number, got string")
+        assertProblem(parseError(hosts + "[network]\ninter_host_gbps = 10\n"), .unknownKey, key: "network.inter_host_gbps",
+                      reason: "did you mean `network.inter_host_gbit`?")
+        assertProblem(parseError("network = 10\n" + hosts), .wrongType, key: "network", reason: "expected a table")
+        assertProblem(parseError("[[hosts]]\nranks = 1\ninter_host_latency_us = -1\n"), .invalidValue,
+                      key: "hosts[0].inter_host_latency_us", reason: "microseconds >= 0")
+        assertProblem(parseError("[[hosts]]\nranks = 1\nintra_host_gbit = true\n"), .wrongType,
+                      key: "hosts[0].intra_host_gbit", reason: "expected a number")
+    }
 }

@@ -37,7 +37,9 @@ final class InProcessSuiteTests: XCTestCase {
         XCTAssertGreaterThan(gbps, 0)
         for r in rows { XCTAssertEqual(r.ofRing, r.busbwGBps / gbps, accuracy: 1e-3 * r.ofRing + 1e-4) }
         let o = try XCTUnwrap(objects.first { $0["collective"] != nil })
-        XCTAssertEqual(Set(o.keys), ["collective", "world", "bytes", "time_us", "algbw_gbps", "busbw_gbps", "of_ring", "security"])
+        XCTAssertEqual(Set(o.keys), ["collective", "world", "bytes", "time_us", "algbw_gbps", "busbw_gbps", "of_ring", "security",
+                                     "inter_host_bytes"])
+        XCTAssertEqual(o["inter_host_bytes"] as? Int, 0, "one host")
         XCTAssertEqual(o["security"] as? String, "none", "inproc has no CURVE")
     }
 

@@ -63,15 +63,15 @@ final class Stranger: @unchecked Sendable {
         return h
     }
 
-    /// A 48-byte frame header as FrameHeader.swift lays it out, for the job's world group (slot 0), collective #1.
+    /// A 56-byte frame header as FrameHeader.swift lays it out, for the job's world group (slot 0), collective #1.
     func header(payloadBytes: Int, source: Int = 0, kind: UInt16 = 1) -> [UInt8] {
         var h: [UInt8] = []
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { h += $0 } }
-        put(UInt32(0x4E54_5453)); put(UInt16(1)); put(kind)
+        put(UInt32(0x4E54_5453)); put(UInt16(2)); put(kind)
         put(Self.fnv1a(Array(jobID.utf8)))
         put(UInt32(0))
         put(UInt32(truncatingIfNeeded: Self.fnv1a((0..<worldSize).flatMap { withUnsafeBytes(of: UInt32($0).littleEndian, Array.init) })))
-        put(UInt64(1)); put(UInt32(source)); put(UInt32(0)); put(UInt64(payloadBytes))
+        put(UInt64(1)); put(UInt32(source)); put(UInt32(0)); put(UInt64(payloadBytes)); put(UInt64(0))
         return h
     }
 
@@ -114,7 +114,7 @@ final class Stranger: @unchecked Sendable {
         let n1 = zmq_recv(decoy, &received, received.count, 0)
         let n2 = zmq_recv(decoy, &received, received.count, 0)
         zmq_close(client)
-        guard n1 == 48, n2 == 64 else { throw StrangerError("the decoy did not receive the member's frames (\(n1), \(n2))") }
+        guard n1 == 56, n2 == 64 else { throw StrangerError("the decoy did not receive the member's frames (\(n1), \(n2))") }
         recordedSession = proxy.finish()
         guard recordedSession.count > 64 + 200 else { throw StrangerError("recorded only \(recordedSession.count) bytes") }
     }

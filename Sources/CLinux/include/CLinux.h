@@ -57,3 +57,21 @@ titan_pool *titan_pool_start(int workers, long spin_ns);
 /// Runs parts 0..<parts, each once, on the caller and the workers; returns when all ran (1). 0, having run nothing,
 /// when another thread is running a region on this pool.
 int titan_pool_run(titan_pool *pool, long parts, titan_part_fn fn, void *ctx);
+
+// The simulated network's links, shared by the rank processes of one machine (see
+// Sources/Collectives/Transport/LinkShaper.swift).
+
+/// A shared file of `links` "next free" times, one per link and direction, in CLOCK_MONOTONIC nanoseconds.
+typedef struct titan_links titan_links;
+/// Maps the file at `path` (created if missing, zeros: every link free). NULL with errno.
+titan_links *titan_links_open(const char *path, int links);
+void titan_links_close(titan_links *links);
+/// Reserves `duration_ns` of link `link`, starting at `earliest_ns` or when the link is next free, whichever is later
+/// (one atomic compare-and-swap loop, so every process of the machine sees one timeline); returns the start.
+uint64_t titan_links_reserve(titan_links *links, int link, uint64_t earliest_ns, uint64_t duration_ns);
+/// Moves the end of the caller's reservation from `end_ns` to `later_end_ns` if no one reserved after it; 1 if moved.
+int titan_links_postpone(titan_links *links, int link, uint64_t end_ns, uint64_t later_end_ns);
+/// CLOCK_MONOTONIC in nanoseconds (one clock for every process of the machine).
+uint64_t titan_monotonic_ns(void);
+/// Sleeps (clock_nanosleep, absolute) until CLOCK_MONOTONIC reaches `deadline_ns`; returns at once if it has.
+void titan_sleep_until_ns(uint64_t deadline_ns);

@@ -10,6 +10,10 @@ import Runtime
 /// On a tcp job with CURVE it then runs the same table on a plaintext group of the same ranks (transport_security =
 /// "none": no encryption, and zero-copy sends stay zero-copy) and prints busbw with and without CURVE side by side, so
 /// CURVE's cost (a copy and an encryption per message, a decryption per received one) is known.
+///
+/// Each row also counts the payload bytes that crossed hosts in one call, summed over the ranks (`inter_host_bytes`;
+/// a column when the topology has several hosts). Under a simulated network (LinkShaper.swift) a ring crosses each host
+/// boundary once per direction, so a ring's busbw, the rate each link sustains, is the inter-host link's rate.
 public enum CollectiveBench {
     public struct Row: Sendable {
         public var collective: String
@@ -22,11 +26,13 @@ public enum CollectiveBench {
         public var ofRing: Double
         /// The group's transport security: "curve" or "none" (ipc and inproc are "none").
         public var security = "none"
+        /// Payload bytes sent to ranks on another host in one call, summed over the ranks.
+        public var interHostBytes = 0
 
         public var json: String {
             jsonLine(["collective": collective, "world": world, "bytes": bytes, "time_us": rounded(timeMicroseconds, places: 1),
                       "algbw_gbps": rounded(algbwGBps, places: 4), "busbw_gbps": rounded(busbwGBps, places: 4),
-                      "of_ring": rounded(ofRing, places: 3), "security": security])
+                      "of_ring": rounded(ofRing, places: 3), "security": security, "inter_host_bytes": interHostBytes])
         }
     }
 
@@ -35,15 +41,16 @@ public enum CollectiveBench {
 
     /// Runs every collective at every size on the world group; every rank returns the same rows
     /// (time = the slowest rank's mean).
-    public static func run(comm: Communicator, sizes: [Int] = sizes, print: (String) -> Void) throws -> [Row] {
+    public static func run(comm: Communicator, sizes: [Int] = sizes, collectives: [String] = collectives,
+                           print: (String) -> Void) throws -> [Row] {
         let security = comm.spec.usesCurve && comm.worldSize > 1 ? "curve" : "none"
-        var rows = try measure(comm.world!, rank: comm.rank, sizes: sizes, security: security, print: print)
+        var rows = try measure(comm.world!, comm: comm, sizes: sizes, collectives: collectives, security: security, print: print)
         guard security == "curve" else { return rows }
 
         // The same on a plaintext group of the same ranks: what CURVE costs.
         let plain = try comm.newGroup(ranks: Array(0..<comm.worldSize), transportSecurity: .none)!
         if comm.rank == 0 { print("\nthe same on a plaintext group of the same ranks (transport_security = \"none\"):") }
-        let plainRows = try measure(plain, rank: comm.rank, sizes: sizes, security: "none", print: print)
+        let plainRows = try measure(plain, comm: comm, sizes: sizes, collectives: collectives, security: "none", print: print)
         rows += plainRows
         if comm.rank == 0 {
             let curveRows = rows.prefix(plainRows.count)
@@ -58,15 +65,18 @@ public enum CollectiveBench {
     }
 
     /// The ring ceiling, then every collective at every size, on `g`; rank 0 prints the table and the JSON lines.
-    static func measure(_ g: ProcessGroup, rank: Int, sizes: [Int], security: String, print: (String) -> Void) throws -> [Row] {
-        let n = g.size
+    static func measure(_ g: ProcessGroup, comm: Communicator, sizes: [Int], collectives: [String], security: String,
+                        print: (String) -> Void) throws -> [Row] {
+        let n = g.size, rank = comm.rank
         var rows: [Row] = []
         let ceiling = try ringCeiling(g)
         let label = security == "curve" ? ", CURVE" : ""
+        let hosts = Set(comm.spec.hostIndexOfRank).count
         if rank == 0 {
+            if let network = comm.spec.network { print("simulated network: " + describe(network)) }
             print(String(format: "transport ring ceiling: %.3f GB/s per link (%d ranks passing 2 MiB messages, like zmq_ring_ceiling.py", ceiling, n)
                   + label + ")")
-            print("collective      world      bytes      time_us  algbw GB/s  busbw GB/s  of ring")
+            print("collective      world      bytes      time_us  algbw GB/s  busbw GB/s  of ring" + (hosts > 1 ? "  inter-host MiB" : ""))
         }
         for bytes in sizes {
             let count = bytes / 4 / n * n  // whole buffer, divisible by the world
@@ -92,18 +102,23 @@ public enum CollectiveBench {
                 let iterations = max(3, min(50, (64 << 20) / max(bytes, 1)))
                 try op()  // warm-up (connections, page faults)
                 try g.barrier()
+                let trafficBefore = comm.traffic
                 let start = DispatchTime.now().uptimeNanoseconds
                 for _ in 0..<iterations { try op() }
                 let mine = Float(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3 / Double(iterations))
+                let interHost = (comm.traffic - trafficBefore).totalSentInterHost.bytes / iterations
                 let slowest = try g.allReduce([mine], op: .max)[0]
+                let interHostBytes = Int(try g.allReduce([Int64(interHost)], op: .sum)[0])
                 let busbw = Double(count * 4) / (Double(slowest) * 1e-6) / 1e9 * factor
                 let row = Row(collective: name, world: n, bytes: count * 4, timeMicroseconds: Double(slowest),
-                              busbwGBps: busbw, ofRing: ceiling > 0 ? busbw / ceiling : 0, security: security)
+                              busbwGBps: busbw, ofRing: ceiling > 0 ? busbw / ceiling : 0, security: security,
+                              interHostBytes: interHostBytes)
                 rows.append(row)
                 if rank == 0 {
                     print(name.padding(toLength: 15, withPad: " ", startingAt: 0)
                           + String(format: " %5d %10d %12.1f %11.3f %11.3f %7.0f%%", n, row.bytes, row.timeMicroseconds, row.algbwGBps,
-                                   row.busbwGBps, row.ofRing * 100))
+                                   row.busbwGBps, row.ofRing * 100)
+                          + (hosts > 1 ? String(format: " %15.2f", Double(interHostBytes) / 1_048_576) : ""))
                 }
             }
         }
@@ -116,6 +131,19 @@ public enum CollectiveBench {
     }
 
     static let ringMessageBytes = 2 << 20
+
+    /// e.g. "between hosts 0.200 GB/s per direction, +20 us; within a host unlimited" (host 0's links, and every
+    /// host that differs from it).
+    static func describe(_ network: NetworkSpec) -> String {
+        func link(_ l: NetworkSpec.Link) -> String {
+            (l.bytesPerSecond.map { String(format: "%.3f GB/s per direction", $0 / 1e9) } ?? "unlimited")
+                + (l.latencyNanoseconds > 0 ? String(format: ", +%.0f us", Double(l.latencyNanoseconds) / 1e3) : "")
+        }
+        func host(_ h: NetworkSpec.Host) -> String { "between hosts \(link(h.interHost)); within a host \(link(h.intraHost))" }
+        var text = host(network.hosts[0])
+        for (index, h) in network.hosts.enumerated().dropFirst() where h != network.hosts[0] { text += "; host \(index): " + host(h) }
+        return text
+    }
 
     /// GB/s per link of `ringPass` with 2 MiB messages (0 on one rank: there is no link).
     static func ringCeiling(_ g: ProcessGroup) throws -> Double {

@@ -1,4 +1,4 @@
-// The fixed 48-byte header in front of every payload frame. The receiver checks each field it can
+// The fixed 56-byte header in front of every payload frame. The receiver checks each field it can
 // predict, so a frame from another job, group or collective is a typed error, never silent corruption.
 //
 //   offset size field
@@ -12,6 +12,7 @@
 //       32    4 source rank (global)
 //       36    4 message index from this source within the collective
 //       40    8 payload length in bytes
+//       48    8 delivery time, CLOCK_MONOTONIC ns, under a simulated network (LinkShaper.swift); 0: at once
 
 public enum CollectiveKind: UInt16, Sendable, CustomStringConvertible {
     case allGather = 1, reduceScatter, allReduce, allToAll, broadcast, barrier
@@ -35,9 +36,9 @@ public enum CollectiveKind: UInt16, Sendable, CustomStringConvertible {
 }
 
 struct FrameHeader: Equatable {
-    static let size = 48
+    static let size = 56
     static let magic: UInt32 = 0x4E54_5453  // "STTN" little-endian
-    static let version: UInt16 = 1
+    static let version: UInt16 = 2
 
     var kindRaw: UInt16
     var jobHash: UInt64
@@ -47,6 +48,7 @@ struct FrameHeader: Equatable {
     var sourceRank: UInt32
     var messageIndex: UInt32
     var payloadBytes: UInt64
+    var deliverAtNanoseconds: UInt64 = 0
 
     func encode(into p: UnsafeMutableRawPointer) {
         p.storeBytes(of: Self.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
@@ -59,6 +61,7 @@ struct FrameHeader: Equatable {
         p.storeBytes(of: sourceRank.littleEndian, toByteOffset: 32, as: UInt32.self)
         p.storeBytes(of: messageIndex.littleEndian, toByteOffset: 36, as: UInt32.self)
         p.storeBytes(of: payloadBytes.littleEndian, toByteOffset: 40, as: UInt64.self)
+        p.storeBytes(of: deliverAtNanoseconds.littleEndian, toByteOffset: 48, as: UInt64.self)
     }
 
     enum DecodeError: Error, Equatable {
@@ -81,7 +84,8 @@ struct FrameHeader: Equatable {
             sequence: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)),
             sourceRank: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: UInt32.self)),
             messageIndex: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 36, as: UInt32.self)),
-            payloadBytes: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 40, as: UInt64.self)))
+            payloadBytes: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 40, as: UInt64.self)),
+            deliverAtNanoseconds: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 48, as: UInt64.self)))
     }
 }
 

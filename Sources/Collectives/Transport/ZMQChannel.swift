@@ -11,6 +11,9 @@ import Foundation
 ///
 /// With CURVE (`security`), the PULL socket is a CURVE server with this rank's keypair and each PUSH a CURVE client
 /// that knows its peer's public key; the context's `Authenticator` admits only the job's keys and reports refusals.
+///
+/// Under a simulated network (`LinkShaper`), a send first waits for its links and stamps the frame's delivery time,
+/// and a receive hands the frame on at that time.
 final class ZMQChannel: Channel {
     let spec: ClusterSpec
     let members: [Int]
@@ -24,6 +27,10 @@ final class ZMQChannel: Channel {
     private var stash: [[(FrameHeader, ZMQMessage)]]
     private let tracker = SendTracker()
     private let traffic: TrafficCounter
+    /// Whether each member runs on another host than this rank (its bytes count as inter-host traffic).
+    private let crossesHost: [Bool]
+    /// The simulated network (nil: none).
+    private let shaper: LinkShaper?
     private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
 
     // State of the collective in progress.
@@ -40,9 +47,11 @@ final class ZMQChannel: Channel {
 
     /// `endpointJobID` (tests only) names another job's endpoints, to check that its frames are refused.
     init(spec: ClusterSpec, context: ZMQContext, members: [Int], me: Int, slot: Int, traffic: TrafficCounter = TrafficCounter(),
-         security: ChannelSecurity? = nil, endpointJobID: String? = nil) throws {
+         security: ChannelSecurity? = nil, shaper: LinkShaper? = nil, endpointJobID: String? = nil) throws {
         self.spec = spec
         self.traffic = traffic
+        self.shaper = shaper
+        crossesHost = members.map { spec.crossesHosts(members[me], $0) }
         self.context = context
         self.members = members
         self.me = me
@@ -153,10 +162,12 @@ final class ZMQChannel: Channel {
     func send(to peer: Int, payload: ZMQMessage) throws {
         precondition(peer != me, "a rank does not message itself")
         guard let socket = push[peer] else { throw CollectiveError.groupClosed("group \(slot) is closed") }
+        // Under a simulated network this waits until the message may leave and learns when it arrives.
+        let deliverAt = shaper?.depart(from: members[me], to: members[peer], bytes: FrameHeader.size + payload.count) ?? 0
         let header = FrameHeader(
             kindRaw: info.kind.rawValue, jobHash: jobHash, groupSlot: UInt32(slot), groupHash: groupHash,
             sequence: info.sequence, sourceRank: UInt32(members[me]), messageIndex: sendIndex[peer],
-            payloadBytes: UInt64(payload.count))
+            payloadBytes: UInt64(payload.count), deliverAtNanoseconds: deliverAt)
         sendIndex[peer] += 1
         do {
             header.encode(into: headerScratch)
@@ -165,7 +176,7 @@ final class ZMQChannel: Channel {
             guard sent, try socket.send(payload, more: false) else {
                 throw CollectiveError.sendTimeout(info, peer: members[peer], seconds: timeout)
             }
-            traffic.sent(info.kind, bytes: bytes)
+            traffic.sent(info.kind, bytes: bytes, interHost: crossesHost[peer])
             bytesSent += bytes
         } catch let e as ZMQCallError {
             throw CollectiveError.transport(info, "sending to rank \(members[peer]): \(e)")
@@ -181,6 +192,7 @@ final class ZMQChannel: Channel {
         }
         let (header, payload) = stash[peer].removeFirst()
         try validate(header, payload: payload, peer: peer, expectedBytes: expectedBytes)
+        LinkShaper.deliver(atNanoseconds: header.deliverAtNanoseconds)
         receiveIndex[peer] += 1
         traffic.received(info.kind, bytes: payload.count)
         return payload

@@ -45,6 +45,8 @@ public struct StepStats {
     /// Payload bytes the ranks handed to their sockets in the step's collectives, in total and per kind.
     public var sentBytes: Double
     public var sentBytesByKind: [(kind: CollectiveKind, bytes: Double)]
+    /// The part of `sentBytes` that went to ranks on another host of the topology.
+    public var interHostBytes: Double = 0
     /// Token-row bytes the expert-parallel dispatchers exchanged with other ranks.
     public var epDispatchBytes: Double
     /// Each rank's peak resident set size so far, MiB (index: rank).
@@ -61,7 +63,8 @@ public struct StepStats {
         rss[world.rank] = maxRSSMegabytes()
         losses[world.rank] = result.lossSum
         let sums = try world.allReduce([result.lossSum, Double(epDispatchBytes), Double(traffic.totalSent.bytes)]
-                                       + kinds.map { Double(traffic.sent($0).bytes) } + rss + losses, op: .sum)
+                                       + kinds.map { Double(traffic.sent($0).bytes) } + rss + losses
+                                       + [Double(traffic.totalSentInterHost.bytes)], op: .sum)
         let counts = try world.allReduce(result.tokensPerExpert.flatMap { $0.map(Int64.init) }, op: .sum)
         var perLayer: [[Int]] = []
         var offset = 0
@@ -70,9 +73,10 @@ public struct StepStats {
             offset += layer.count
         }
         return StepStats(lossSum: sums[0], tokensPerExpert: perLayer, sentBytes: sums[2],
-                         sentBytesByKind: kinds.enumerated().map { ($1, sums[3 + $0]) }, epDispatchBytes: sums[1],
+                         sentBytesByKind: kinds.enumerated().map { ($1, sums[3 + $0]) }, interHostBytes: sums.last!,
+                         epDispatchBytes: sums[1],
                          maxRSSMegabytesPerRank: Array(sums[(3 + kinds.count)..<(3 + kinds.count + world.size)]),
-                         lossSumPerRank: Array(sums[(3 + kinds.count + world.size)...]))
+                         lossSumPerRank: Array(sums[(3 + kinds.count + world.size)..<(sums.count - 1)]))
     }
 }
 
@@ -143,6 +147,8 @@ public final class MetricsProcessor {
     let log: (String) -> Void
     /// Ranks in the job and tokens per step, for the per-rank and per-second numbers.
     let worldSize: Int
+    /// Hosts of the topology (several: comm_inter_host_mb is written).
+    let hosts: Int
     let tokensPerStep: Int
     let lastStep: Int
     /// Model FLOPs per training token, and the job's peak FLOP/s (every rank's together), for tflops and mfu.
@@ -150,8 +156,8 @@ public final class MetricsProcessor {
     private(set) var peakFlops = Double.nan
 
     /// `resumedAt`: the step a resumed run starts after (its later lines, from a crashed run, are dropped).
-    public init(_ config: MetricsConfig, dumpFolder: String, resumedAt: Int, worldSize: Int, tokensPerStep: Int, lastStep: Int,
-                flopsPerToken: Double, log: @escaping (String) -> Void) throws {
+    public init(_ config: MetricsConfig, dumpFolder: String, resumedAt: Int, worldSize: Int, hosts: Int = 1, tokensPerStep: Int,
+                lastStep: Int, flopsPerToken: Double, log: @escaping (String) -> Void) throws {
         self.config = config
         let path = dumpFolder + "/metrics.jsonl"
         // Steps a crashed run logged after its last checkpoint are trained again: drop their old lines.
@@ -161,6 +167,7 @@ public final class MetricsProcessor {
         console = ConsoleProgress(firstStep: resumedAt + 1, lastStep: lastStep, dumpFolder: dumpFolder, log: log)
         self.log = log
         self.worldSize = worldSize
+        self.hosts = hosts
         self.tokensPerStep = tokensPerStep
         self.lastStep = lastStep
         self.flopsPerToken = flopsPerToken
@@ -193,6 +200,8 @@ public final class MetricsProcessor {
             let perRank = { (bytes: Double) in bytes / Double(self.worldSize) / 1_048_576 }
             extra.append(("comm_sent_mb", perRank(stats.sentBytes)))
             for (kind, bytes) in stats.sentBytesByKind { extra.append(("comm_sent_mb_\(kind)", perRank(bytes))) }
+            // The part of comm_sent_mb that went to ranks on other hosts (what the links between hosts carried).
+            if hosts > 1 { extra.append(("comm_inter_host_mb", perRank(stats.interHostBytes))) }
         }
         var lists: [(key: String, values: [Double])] = [("max_rss_mb_per_rank", stats.maxRSSMegabytesPerRank)]
         for (layer, counts) in stats.tokensPerExpert.enumerated() where !counts.isEmpty {

@@ -112,6 +112,7 @@ public final class TensorBoardLogger {
         let renamed: [String: String] = ["max_rank_loss": "loss_metrics/global_max_loss", "tflops": "tflops", "mfu": "mfu(%)", "validation_loss": "validation_metrics/loss",
                                          "max_rss_mb": "memory/max_rss(MiB)", "current_rss_mb": "memory/current_rss(MiB)",
                                          "comm_wait_s": "comm/wait(s)", "comm_sent_mb": "comm/sent(MiB)",
+                                         "comm_inter_host_mb": "comm/inter_host(MiB)",
                                          "ep_dispatch_bytes": "comm/ep_dispatch(bytes)"]
         for (key, value) in m.extra {
             if let tag = renamed[key] {

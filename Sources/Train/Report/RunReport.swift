@@ -99,6 +99,12 @@ public enum RunReport {
                                                layers: kinds.enumerated().map { (i, k) in (k, SVGChart.palette[[0, 1, 2, 4][i]], col("comm_sent_mb_" + k)) },
                                                markers: markers))
         }
+        if has("comm_inter_host_mb") {
+            charts.append(SVGChart.lines(id: "chart-inter-host", title: "Payload sent to other hosts per rank and step", yLabel: "MiB",
+                                         series: [ChartSeries(name: "comm_inter_host_mb", color: SVGChart.palette[3], x: steps,
+                                                              y: col("comm_inter_host_mb"))],
+                                         markers: markers, includeZero: true))
+        }
         if let perRank = rows.last?["max_rss_mb_per_rank"] as? [NSNumber] {
             charts.append(SVGChart.bars(id: "chart-memory", title: "Peak memory per rank (RSS at the last step)", yLabel: "MiB",
                                         categories: perRank.indices.map { "rank \($0)" }, values: perRank.map(\.doubleValue),
