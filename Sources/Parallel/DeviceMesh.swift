@@ -5,9 +5,10 @@ import Collectives
 ///
 /// Placement. Topologies number ranks host by host, so groups of consecutive ranks stay within a host whenever its rank
 /// count is a multiple of the group's size: a replica's shard group (HSDP: shard within a host, replicate across
-/// hosts) and, by default, the expert-parallel groups, whose all-to-all is the most latency-bound traffic of a step.
-/// `ExpertParallelPlacement.strided` spreads each EP group over its replica instead (across hosts) and keeps the
-/// expert-shard groups within a host: better when the experts' weights outweigh the tokens (docs/simulated-network.md).
+/// hosts) and, with `ExpertParallelPlacement.consecutive`, the expert-parallel groups. `strided` spreads each EP group
+/// over its replica instead (across hosts) and keeps the expert-shard groups within a host: better when the experts'
+/// weights outweigh the tokens. The trainer resolves `auto` to one of the two first (`ExpertTraffic.placement`,
+/// docs/simulated-network.md).
 public final class DeviceMesh {
     public let dims: ParallelDims
     public let comm: Communicator
@@ -28,6 +29,7 @@ public final class DeviceMesh {
     public init(comm: Communicator, dims: ParallelDims, numExperts: Int? = nil,
                 expertPlacement: ExpertParallelPlacement = .consecutive) throws {
         try dims.validate(worldSize: comm.worldSize, numExperts: numExperts)
+        precondition(expertPlacement != .auto, "DeviceMesh: resolve expert_parallel_placement auto first (ExpertTraffic.placement)")
         self.dims = dims
         self.comm = comm
         world = comm.world
@@ -43,24 +45,30 @@ public final class DeviceMesh {
             dpReplicate = nil
         }
         if E > 1 {
-            // Within replica r, EP group b's member j (EP index j): consecutive blocks of E ranks, or every (S/E)-th rank.
-            func member(_ r: Int, _ b: Int, _ j: Int) -> Int {
-                expertPlacement == .consecutive ? r * S + b * E + j : r * S + b + j * (S / E)
-            }
-            var epGroups: [[Int]] = [], expertShardGroups: [[Int]] = []
-            for r in 0..<R {
-                for b in 0..<(S / E) { epGroups.append((0..<E).map { member(r, b, $0) }) }
-                // Expert-shard groups: the ranks of a replica with the same EP index.
-                for j in 0..<E { expertShardGroups.append((0..<(S / E)).map { member(r, $0, j) }) }
-            }
-            partitions += [("ep", epGroups), ("expert_shard", expertShardGroups)]
-            ep = try comm.splitGroups(epGroups)
-            expertShard = try comm.splitGroups(expertShardGroups)
+            let groups = Self.expertGroups(dims: dims, placement: expertPlacement)
+            partitions += [("ep", groups.ep), ("expert_shard", groups.expertShard)]
+            ep = try comm.splitGroups(groups.ep)
+            expertShard = try comm.splitGroups(groups.expertShard)
         } else {
             ep = nil
             expertShard = dpShard
         }
         self.partitions = partitions
+    }
+
+    /// The EP groups and expert-shard groups of `dims` (ep > 1) under `placement` (consecutive or strided). Within replica r, EP group b's member j (EP index j) is rank r·S + b·E + j (consecutive) or
+    /// r·S + b + j·(S/E) (strided); an expert-shard group is the ranks of a replica with the same EP index.
+    public static func expertGroups(dims: ParallelDims, placement: ExpertParallelPlacement) -> (ep: [[Int]], expertShard: [[Int]]) {
+        let R = dims.replicate, S = dims.shard, E = dims.ep
+        func member(_ r: Int, _ b: Int, _ j: Int) -> Int {
+            placement == .strided ? r * S + b + j * (S / E) : r * S + b * E + j
+        }
+        var epGroups: [[Int]] = [], expertShardGroups: [[Int]] = []
+        for r in 0..<R {
+            for b in 0..<(S / E) { epGroups.append((0..<E).map { member(r, b, $0) }) }
+            for j in 0..<E { expertShardGroups.append((0..<(S / E)).map { member(r, $0, j) }) }
+        }
+        return (epGroups, expertShardGroups)
     }
 
     /// Where the groups run, e.g. "dp_shard across 2 hosts, ep within a host, expert_shard across 2 hosts"; nil on a

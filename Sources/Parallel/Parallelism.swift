@@ -31,9 +31,65 @@ public enum ReshardAfterForward: String, ConfigEnum, Equatable, Sendable {
 
 /// How expert-parallel groups are carved out of a replica's shard group. Topologies number ranks host by host, so
 /// consecutive ranks share a host: `consecutive` keeps each EP group's all-to-all within a host whenever the host's
-/// rank count is a multiple of ep; `strided` takes every (shard/ep)-th rank, spreading each group over the hosts.
+/// rank count is a multiple of ep; `strided` takes every (shard/ep)-th rank, spreading each group over the hosts and
+/// keeping the expert-shard groups (the ranks that FSDP-shard the same experts) within one. `auto` (the default) picks
+/// the one that sends fewer bytes between hosts (`ExpertTraffic`); on one host, `consecutive`.
 public enum ExpertParallelPlacement: String, ConfigEnum, Equatable, Sendable {
-    case consecutive, strided
+    case auto, consecutive, strided
+}
+
+/// The two traffics expert parallelism places, in bytes one rank sends per micro-batch: the EP group's all-to-all
+/// (token rows out and back, forward and backward) and the expert-shard group's FSDP collectives over the routed
+/// experts (their all-gathers and the gradients' reduce-scatter). Whichever is larger should stay within a host.
+public struct ExpertTraffic: Equatable, Sendable {
+    public var allToAllBytes: Double
+    public var expertShardBytes: Double
+
+    /// For `model`'s MoE layers at `tokens` tokens per rank and micro-batch: per layer the all-to-all moves
+    /// 4 × tokens × top_k × dim rows' values (dispatch and combine, forward and backward) at the wire's precision, of
+    /// which (ep-1)/ep leave the rank; the expert-shard group all-gathers the rank's experts (routed parameters / ep)
+    /// once per pass that needs them (forward, and backward again when they were resharded) and reduce-scatters their
+    /// gradients, (s-1)/s of each leaving the rank (s = shard / ep).
+    public init(model: ParallelizableModel, dims: ParallelDims, tokens: Int, mixedPrecision: MixedPrecisionPolicy,
+                reshardAfterForward: ReshardAfterForward) {
+        let ep = Double(dims.ep), s = Double(dims.shard / dims.ep)
+        let paramBytes = mixedPrecision.param == .bfloat16 ? 2.0 : 4.0
+        let gradBytes = mixedPrecision.reduce == .bfloat16 ? 2.0 : 4.0
+        let gathers = reshardAfterForward == .never ? 1.0 : 2.0
+        var a2a = 0.0, shard = 0.0
+        for moe in model.moeModules {
+            a2a += 4 * Double(tokens * moe.args.top_k * moe.dim) * paramBytes * (ep - 1) / ep
+            let local = Double(moe.routedExpertParameters.reduce(0) { $0 + $1.count }) / ep
+            shard += local * (gathers * paramBytes + gradBytes) * (s - 1) / s
+        }
+        allToAllBytes = a2a
+        expertShardBytes = shard
+    }
+
+    /// `auto`'s choice for ranks on `hostOfRank` (the topology's host index per global rank): the placement whose EP
+    /// and expert-shard groups send fewer bytes to peers on other hosts (each group's traffic spread evenly over its
+    /// peers); `consecutive` on one host and on a tie.
+    public func placement(dims: ParallelDims, hostOfRank: [Int]) -> ExpertParallelPlacement {
+        guard dims.ep > 1, Set(hostOfRank).count > 1 else { return .consecutive }
+        func interHostBytes(_ placement: ExpertParallelPlacement) -> Double {
+            let groups = DeviceMesh.expertGroups(dims: dims, placement: placement)
+            return allToAllBytes * Self.remoteShare(groups.ep, hostOfRank)
+                + expertShardBytes * Self.remoteShare(groups.expertShard, hostOfRank)
+        }
+        return interHostBytes(.strided) < interHostBytes(.consecutive) ? .strided : .consecutive
+    }
+
+    /// The mean share of a member's peers that run on another host, over every member of `groups`.
+    static func remoteShare(_ groups: [[Int]], _ hostOfRank: [Int]) -> Double {
+        var share = 0.0, members = 0
+        for g in groups where g.count > 1 {
+            for a in g {
+                share += Double(g.filter { hostOfRank[$0] != hostOfRank[a] }.count) / Double(g.count - 1)
+                members += 1
+            }
+        }
+        return members == 0 ? 0 : share / Double(members)
+    }
 }
 
 /// The [parallelism] section (torchtitan's names).
@@ -43,7 +99,7 @@ public struct ParallelismConfig: ConfigSection, Sendable {
     public var data_parallel_shard_degree = -1
     public var expert_parallel_degree = 1
     public var fsdp_reshard_after_forward = ReshardAfterForward.default
-    public var expert_parallel_placement = ExpertParallelPlacement.consecutive
+    public var expert_parallel_placement = ExpertParallelPlacement.auto
 
     public init() {}
 
@@ -55,7 +111,7 @@ public struct ParallelismConfig: ConfigSection, Sendable {
         ConfigField("fsdp_reshard_after_forward", \.fsdp_reshard_after_forward,
                     "free gathered parameters after forward (always; default keeps the last block) or keep them for backward (never)"),
         ConfigField("expert_parallel_placement", \.expert_parallel_placement,
-                    "expert-parallel groups of consecutive ranks (within a host when its ranks allow) or strided over the shard group (across hosts)"),
+                    "expert-parallel groups of consecutive ranks (within a host when its ranks allow), strided over the shard group (across hosts), or auto: whichever sends fewer bytes between hosts"),
     ]
 
     /// The degrees for `worldSize` ranks, data_parallel_shard_degree -1 filled in, checked by `ParallelDims.validate`.

@@ -60,9 +60,15 @@ public final class Trainer {
         if let initialWeights { try model.setInitialWeights(initialWeights) }
         let dims = try built.dims(worldSize: comm.worldSize)
         let microBatches = try built.microBatches(dims)
-        mesh = try DeviceMesh(comm: comm, dims: dims, expertPlacement: config.parallelism.expert_parallel_placement)
         let mixedPrecision = MixedPrecisionPolicy(param: config.training.mixed_precision_param,
                                                   reduce: config.training.mixed_precision_reduce)
+        var placement = config.parallelism.expert_parallel_placement
+        if placement == .auto {
+            let traffic = ExpertTraffic(model: model, dims: dims, tokens: B * L, mixedPrecision: mixedPrecision,
+                                        reshardAfterForward: config.parallelism.fsdp_reshard_after_forward)
+            placement = traffic.placement(dims: dims, hostOfRank: comm.spec.hostIndexOfRank)
+        }
+        mesh = try DeviceMesh(comm: comm, dims: dims, expertPlacement: placement)
         parallel = try parallelize(model, mesh: mesh, reshardAfterForward: config.parallelism.fsdp_reshard_after_forward,
                                    mixedPrecision: mixedPrecision)
         BLAS.matmulPrecision = mixedPrecision.param   // autocast: the model's matmuls compute in the parameters' format
@@ -96,7 +102,7 @@ public final class Trainer {
             modelLine = "\(args.family)/\(source): \(model.parameterCount) parameters, \(args.n_layers) layers"
                 + (args.hasMoE ? ", \(args.moe.num_experts) experts top-\(args.moe.top_k)" : "") + " (\(args.summary))"
             meshLine = "world \(comm.worldSize) = replicate \(mesh.dims.replicate) × shard \(mesh.dims.shard), expert parallel \(mesh.dims.ep)"
-                + (mesh.dims.ep > 1 && config.parallelism.expert_parallel_placement == .strided ? " (strided)" : "") + "; "
+                + (mesh.dims.ep > 1 && placement == .strided ? " (strided)" : "") + "; "
                 + "global batch \(globalBatch) × \(L) tokens" + (microBatches > 1 ? " in \(microBatches) micro-batches" : "")
                 + (mesh.placementSummary.map { "; " + $0 } ?? "")
             log("model " + modelLine)
