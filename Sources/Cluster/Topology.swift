@@ -95,22 +95,24 @@ public struct Topology: Sendable, Equatable {
     /// The first port of `host` (its own base_port, else the topology's); nil when neither is set.
     public func basePort(ofHost host: Int) -> Int? { hosts[host].basePort ?? basePort }
 
-    /// What the transport needs: tcp gets every rank's host and first port
+    /// What the transport needs: every rank's host index (for hierarchical collectives); tcp also every rank's host and first port
     /// (host base_port + local_rank × ClusterSpec.maxGroupsPerRank); ipc only needs the folder,
     /// so its portOfRank stays empty.
     public func clusterSpec(jobID: String, ipcDirectory: String, timeoutSeconds: Double) -> ClusterSpec {
         var hostOfRank: [String] = []
         var portOfRank: [Int] = []
+        var hostIndexOfRank: [Int] = []
         for (index, host) in hosts.enumerated() {
             for localRank in 0 ..< host.ranks {
                 hostOfRank.append(host.address)
+                hostIndexOfRank.append(index)
                 if transport == .tcp, let base = basePort(ofHost: index) {
                     portOfRank.append(base + localRank * ClusterSpec.maxGroupsPerRank)
                 }
             }
         }
         return ClusterSpec(jobID: jobID, worldSize: worldSize, transport: transport,
-                           hostOfRank: hostOfRank, portOfRank: portOfRank,
+                           hostOfRank: hostOfRank, portOfRank: portOfRank, hostIndexOfRank: hostIndexOfRank,
                            ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds, transportSecurity: transportSecurity)
     }
 

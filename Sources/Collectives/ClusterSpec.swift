@@ -24,6 +24,9 @@ public struct ClusterSpec: Sendable, Equatable {
     public var transport: TransportKind
     /// tcp: the address of the host that runs each global rank (`hostOfRank[r]`).
     public var hostOfRank: [String]
+    /// The host (index of its `[[hosts]]` table) each global rank runs on; empty: every rank on one host. Hierarchical
+    /// collectives need only this, whatever the transport (an ipc topology with several hosts simulates them).
+    public var hostIndexOfRank: [Int]
     /// tcp: the first port of each global rank. Rank r listens on `portOfRank[r] + groupSlot`
     /// for its process group number `groupSlot` (0 ..< maxGroupsPerRank).
     public var portOfRank: [Int]
@@ -37,6 +40,9 @@ public struct ClusterSpec: Sendable, Equatable {
     /// The job's secret, from which every rank's CURVE keys derive (tcp with CURVE needs it; see CurveKeys.swift).
     public var jobSecret: JobSecret?
 
+    /// The host index of global rank `rank` (0 when the spec names no hosts).
+    public func hostIndex(ofRank rank: Int) -> Int { hostIndexOfRank.isEmpty ? 0 : hostIndexOfRank[rank] }
+
     /// Whether this job's sockets use CURVE.
     public var usesCurve: Bool { transport == .tcp && transportSecurity == .curve }
 
@@ -44,7 +50,7 @@ public struct ClusterSpec: Sendable, Equatable {
     public static let maxGroupsPerRank = 16
 
     public init(jobID: String, worldSize: Int, transport: TransportKind,
-                hostOfRank: [String] = [], portOfRank: [Int] = [],
+                hostOfRank: [String] = [], portOfRank: [Int] = [], hostIndexOfRank: [Int] = [],
                 ipcDirectory: String = "/tmp", timeoutSeconds: Double = 300,
                 transportSecurity: TransportSecurity = .curve, jobSecret: JobSecret? = nil) {
         self.jobID = jobID
@@ -52,6 +58,7 @@ public struct ClusterSpec: Sendable, Equatable {
         self.transport = transport
         self.hostOfRank = hostOfRank
         self.portOfRank = portOfRank
+        self.hostIndexOfRank = hostIndexOfRank
         self.ipcDirectory = ipcDirectory
         self.timeoutSeconds = timeoutSeconds
         self.transportSecurity = transportSecurity

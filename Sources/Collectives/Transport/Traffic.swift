@@ -12,11 +12,14 @@ public struct Traffic: Sendable, Equatable {
 
     public fileprivate(set) var sent: [CollectiveKind: Count] = [:]
     public fileprivate(set) var received: [CollectiveKind: Count] = [:]
+    /// Payload bytes sent to members on another host (the topology's `[[hosts]]`), per collective kind.
+    public fileprivate(set) var interHostSent: [CollectiveKind: Int] = [:]
 
     public init() {}
 
     public func sent(_ kind: CollectiveKind) -> Count { sent[kind] ?? Count() }
     public func received(_ kind: CollectiveKind) -> Count { received[kind] ?? Count() }
+    public func interHostSent(_ kind: CollectiveKind) -> Int { interHostSent[kind] ?? 0 }
 
     public var totalSent: Count {
         sent.values.reduce(Count()) { Count(bytes: $0.bytes + $1.bytes, messages: $0.messages + $1.messages) }
@@ -31,6 +34,7 @@ public struct Traffic: Sendable, Equatable {
         var d = Traffic()
         d.sent = difference(after.sent, before.sent)
         d.received = difference(after.received, before.received)
+        d.interHostSent = after.interHostSent.merging(before.interHostSent.mapValues { -$0 }, uniquingKeysWith: +).filter { $0.value != 0 }
         return d
     }
 }
@@ -51,6 +55,13 @@ final class TrafficCounter: @unchecked Sendable {
         lock.lock()
         totals.received[kind, default: Traffic.Count()].bytes += bytes
         totals.received[kind, default: Traffic.Count()].messages += 1
+        lock.unlock()
+    }
+
+    func sentAcrossHosts(_ kind: CollectiveKind, bytes: Int) {
+        guard bytes > 0 else { return }
+        lock.lock()
+        totals.interHostSent[kind, default: 0] += bytes
         lock.unlock()
     }
 

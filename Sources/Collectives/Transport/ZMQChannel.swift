@@ -33,8 +33,9 @@ final class ZMQChannel: Channel {
     private var deadline = Date.distantFuture
     /// Its timeout, in seconds (what the errors report).
     private var timeout: Double
-    /// Payload bytes the collective in progress has sent so far.
+    /// Payload bytes the collective in progress has sent so far, in all and to each member.
     private(set) var bytesSent = 0
+    private(set) var bytesSentTo: [Int]
 
     var size: Int { members.count }
 
@@ -53,6 +54,7 @@ final class ZMQChannel: Channel {
         stash = Array(repeating: [], count: members.count)
         sendIndex = Array(repeating: 0, count: members.count)
         receiveIndex = Array(repeating: 0, count: members.count)
+        bytesSentTo = Array(repeating: 0, count: members.count)
         info = CollectiveContextInfo(rank: members[me], kind: .barrier, sequence: 0, groupSlot: slot, groupMembers: members)
         timeout = spec.timeoutSeconds
         guard members.count > 1 else { return }  // a group of one needs no sockets
@@ -119,7 +121,7 @@ final class ZMQChannel: Channel {
     func begin(_ kind: CollectiveKind, sequence: UInt64, timeoutSeconds: Double) {
         info.kind = kind
         info.sequence = sequence
-        for i in 0..<members.count { sendIndex[i] = 0; receiveIndex[i] = 0 }
+        for i in 0..<members.count { sendIndex[i] = 0; receiveIndex[i] = 0; bytesSentTo[i] = 0 }
         bytesSent = 0
         timeout = timeoutSeconds
         deadline = Date().addingTimeInterval(timeoutSeconds)
@@ -167,6 +169,7 @@ final class ZMQChannel: Channel {
             }
             traffic.sent(info.kind, bytes: bytes)
             bytesSent += bytes
+            bytesSentTo[peer] += bytes
         } catch let e as ZMQCallError {
             throw CollectiveError.transport(info, "sending to rank \(members[peer]): \(e)")
         }
