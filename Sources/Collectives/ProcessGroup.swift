@@ -215,6 +215,35 @@ public final class ProcessGroup: @unchecked Sendable {
         }
     }
 
+    /// All-to-all-v of rows of `rowLength` elements: `sendRows[j]` rows to member j (in member order in `send`),
+    /// `receiveRows[i]` rows from member i; rows with equal `rowKeys` must hold equal data (a token routed to several
+    /// experts: the expert-parallel dispatch). The result is `allToAllAsync`'s with the row counts × `rowLength`, bit for
+    /// bit. Under the hierarchical algorithm each distinct row travels once per remote host, with an index list per
+    /// member, and the host's gateway rebuilds the blocks (DeepEP's node-level dispatch); the flat one sends every row.
+    /// `rowKeys` (one per sent row) must stay alive until the work completes, like the buffers.
+    public func allToAllRowsAsync<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, rowLength: Int, sendRows: [Int],
+                                                        rowKeys: UnsafeBufferPointer<Int32>,
+                                                        into receive: UnsafeMutableBufferPointer<T>, receiveRows: [Int]) throws -> Work {
+        guard algorithm == .hierarchical else {
+            return try allToAllAsync(send, sendCounts: sendRows.map { $0 * rowLength }, into: receive,
+                                     receiveCounts: receiveRows.map { $0 * rowLength })
+        }
+        let es = MemoryLayout<T>.stride
+        try check(rowLength >= 0 && sendRows.count == size && receiveRows.count == size, .allToAll, "split lists need \(size) entries")
+        try check(send.count == sendRows.reduce(0, +) * rowLength, .allToAll, "send has \(send.count) elements, sendRows × rowLength is \(sendRows.reduce(0, +) * rowLength)")
+        try check(rowKeys.count == sendRows.reduce(0, +), .allToAll, "rowKeys has \(rowKeys.count) entries for \(sendRows.reduce(0, +)) rows")
+        try check(receive.count == receiveRows.reduce(0, +) * rowLength, .allToAll, "receive has \(receive.count) elements, receiveRows × rowLength is \(receiveRows.reduce(0, +) * rowLength)")
+        try check(sendRows[rank] == receiveRows[rank], .allToAll, "sendRows[\(rank)] != receiveRows[\(rank)] for the rank's own split")
+        let src = UnsafeRawPointer(send.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
+        let dst = UnsafeMutableRawPointer(receive.baseAddress) ?? Self.emptyBuffer
+        let keys = rowKeys.baseAddress ?? UnsafePointer(Self.emptyBuffer.assumingMemoryBound(to: Int32.self))
+        let hosts = hosts
+        return submit(.allToAll, inputBytes: send.count * es, outputBytes: receive.count * es) { ch in
+            try hierarchicalRowAllToAll(ch, send: src, rowBytes: rowLength * es, sendRows: sendRows, keys: keys, receive: dst,
+                                        receiveRows: receiveRows, hosts: hosts, elementSize: es)
+        }
+    }
+
     // MARK: broadcast, barrier
 
     public func broadcastAsync<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws -> Work {
@@ -264,6 +293,13 @@ extension ProcessGroup {
     public func allToAll<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, sendCounts: [Int],
                                                into receive: UnsafeMutableBufferPointer<T>, receiveCounts: [Int]) throws {
         try allToAllAsync(send, sendCounts: sendCounts, into: receive, receiveCounts: receiveCounts).wait()
+    }
+
+    public func allToAllRows<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, rowLength: Int, sendRows: [Int],
+                                                   rowKeys: UnsafeBufferPointer<Int32>,
+                                                   into receive: UnsafeMutableBufferPointer<T>, receiveRows: [Int]) throws {
+        try allToAllRowsAsync(send, rowLength: rowLength, sendRows: sendRows, rowKeys: rowKeys, into: receive,
+                              receiveRows: receiveRows).wait()
     }
 
     public func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {

@@ -2,7 +2,8 @@ import Foundation
 
 /// The randomized collective fuzzer (`titan collectives --fuzz OPS --seed S`), in the spirit of nccl-tests' data checks
 /// swept over random shapes: OPS random collectives (every kind, reduction op and element type of the API; sizes from 0
-/// and 1 through odd counts up to a few MiB; all-to-all-v splits with zeros and heavy skew; random subgroups; up to four
+/// and 1 through odd counts up to a few MiB; all-to-all-v splits with zeros and heavy skew, and row all-to-alls whose
+/// rows repeat (the expert-parallel dispatch); random subgroups; up to four
 /// collectives in flight at once on different groups through the async API; ring and hierarchical algorithms), each
 /// checked on every rank against a reference computed locally.
 ///
@@ -102,7 +103,7 @@ public final class CollectiveFuzzer {
 
     enum Kind: String, CaseIterable { case allGather = "all_gather", allGatherV = "all_gather_v", reduceScatter = "reduce_scatter",
                                       reduceScatterV = "reduce_scatter_v", allReduce = "all_reduce", allToAll = "all_to_all_v",
-                                      broadcast, barrier }
+                                      allToAllRows = "all_to_all_rows", broadcast, barrier }
     enum DType: String, CaseIterable { case float32, float64, int32, int64, bfloat16, uint8 }
 
     struct Plan {
@@ -115,8 +116,10 @@ public final class CollectiveFuzzer {
         let algorithm: CollectiveAlgorithm
         /// Per member: all-gather(-v) contributions, reduce-scatter chunks; [count] for all-reduce and broadcast.
         let counts: [Int]
-        /// all-to-all-v: splits[i][j] elements from member i to member j.
+        /// all-to-all-v: splits[i][j] elements (rows for all_to_all_rows) from member i to member j.
         let splits: [[Int]]
+        /// all_to_all_rows: elements per row.
+        let rowLength: Int
         let root: Int
 
         var description: String {
@@ -125,6 +128,7 @@ public final class CollectiveFuzzer {
             s += ", group \(groupIndex) \(members), \(algorithm.rawValue)"
             switch kind {
             case .allToAll: s += ", splits \(splits)"
+            case .allToAllRows: s += ", rows of \(rowLength), row splits \(splits)"
             case .broadcast: s += ", root \(root), count \(counts[0])"
             case .barrier: break
             default: s += ", counts \(counts)"
@@ -139,7 +143,7 @@ public final class CollectiveFuzzer {
         let groupIndex = Int(rng.next() % UInt64(max(pool.count, 1)))
         let members = pool[groupIndex].members, n = members.count
         let kind = Kind.allCases[Int(rng.next() % UInt64(Kind.allCases.count))]
-        let movesOnly: Set<Kind> = [.allGather, .allGatherV, .allToAll, .broadcast, .barrier]
+        let movesOnly: Set<Kind> = [.allGather, .allGatherV, .allToAll, .allToAllRows, .broadcast, .barrier]
         let types = movesOnly.contains(kind) ? DType.allCases : DType.allCases.filter { $0 != .uint8 }
         let dtype = types[Int(rng.next() % UInt64(types.count))]
         let ops: [ReduceOp] = dtype == .float32 || dtype == .float64 ? [.sum, .avg, .max] : [.sum, .max]
@@ -162,17 +166,20 @@ public final class CollectiveFuzzer {
                 return (0..<parts).map { $0 == heavy ? budget : Int(rng.next() % 3) }
             }
         }
-        var counts: [Int] = [], splits: [[Int]] = [], root = 0
+        var counts: [Int] = [], splits: [[Int]] = [], root = 0, rowLength = 0
         switch kind {
         case .allGather, .reduceScatter: counts = Array(repeating: total() / max(n, 1), count: n)
         case .allGatherV, .reduceScatterV: counts = split(total(), n)
         case .allReduce: counts = [total()]
         case .broadcast: counts = [total()]; root = Int(rng.next() % UInt64(n))
         case .allToAll: splits = (0..<n).map { _ in split(total() / max(n, 1), n) }
+        case .allToAllRows:
+            rowLength = 1 + Int(rng.next() % 32)
+            splits = (0..<n).map { _ in split(total() / max(n * rowLength, 1), n) }
         case .barrier: break
         }
         return Plan(index: index, groupIndex: groupIndex, members: members, kind: kind, dtype: dtype, op: op,
-                    algorithm: algorithm, counts: counts, splits: splits, root: root)
+                    algorithm: algorithm, counts: counts, splits: splits, rowLength: rowLength, root: root)
     }
 
     static func size(of dtype: DType) -> Int {
@@ -206,6 +213,16 @@ public final class CollectiveFuzzer {
             (0..<count).map { T.fuzzValue(mix(seed, UInt64(p.index) << 40 | UInt64(key), UInt64($0))) }
         }
         func block(_ i: Int, _ j: Int) -> [T] { values(1 << 32 | i << 16 | j, p.splits[i][j]) }
+        // all_to_all_rows: member i's rows carry keys from a small range (so a remote host often needs a row more than
+        // once), and a row's values follow from (i, key) alone.
+        func rowKeys(_ i: Int) -> [Int32] {
+            let rows = p.splits[i].reduce(0, +)
+            return (0..<rows).map { Int32(truncatingIfNeeded: mix(seed, UInt64(p.index) << 40 | 3 << 32 | UInt64(i), UInt64($0)) % UInt64(rows / 2 + 1)) }
+        }
+        func rows(_ i: Int, _ j: Int) -> [T] {
+            let keys = rowKeys(i), first = p.splits[i][..<j].reduce(0, +)
+            return keys[first..<(first + p.splits[i][j])].flatMap { values(2 << 32 | i << 16 | Int($0), p.rowLength) }
+        }
         // The collective reads `input` and writes `output` until its Work completes; both live until the check ran.
         var inputs: [T] = [], expected: [T] = [], outputCount = 0
         switch p.kind {
@@ -228,6 +245,10 @@ public final class CollectiveFuzzer {
             inputs = (0..<n).flatMap { block(me, $0) }
             outputCount = (0..<n).map { p.splits[$0][me] }.reduce(0, +)
             expected = (0..<n).flatMap { block($0, me) }
+        case .allToAllRows:
+            inputs = (0..<n).flatMap { rows(me, $0) }
+            outputCount = (0..<n).map { p.splits[$0][me] }.reduce(0, +) * p.rowLength
+            expected = (0..<n).flatMap { rows($0, me) }
         case .broadcast:
             inputs = me == p.root ? values(me, p.counts[0]) : values(n, p.counts[0])   // a non-root starts with other bits
             outputCount = p.counts[0]
@@ -238,6 +259,8 @@ public final class CollectiveFuzzer {
         let input = UnsafeMutableBufferPointer<T>.allocate(capacity: inputs.count)
         _ = input.initialize(from: inputs)
         let output = UnsafeMutableBufferPointer<T>.allocate(capacity: outputCount)
+        let keys = UnsafeMutableBufferPointer<Int32>.allocate(capacity: p.kind == .allToAllRows ? p.splits[me].reduce(0, +) : 0)
+        if p.kind == .allToAllRows { _ = keys.initialize(from: rowKeys(me)) }
         let work: Work
         do {
             switch p.kind {
@@ -248,16 +271,20 @@ public final class CollectiveFuzzer {
             case .allToAll:
                 work = try g.allToAllAsync(UnsafeBufferPointer(input), sendCounts: p.splits[me], into: output,
                                            receiveCounts: (0..<n).map { p.splits[$0][me] })
+            case .allToAllRows:
+                work = try g.allToAllRowsAsync(UnsafeBufferPointer(input), rowLength: p.rowLength, sendRows: p.splits[me],
+                                               rowKeys: UnsafeBufferPointer(keys), into: output,
+                                               receiveRows: (0..<n).map { p.splits[$0][me] })
             case .broadcast: work = try g.broadcastAsync(input, root: p.root)
             case .barrier: work = g.barrierAsync()
             }
         } catch {
-            input.deallocate(); output.deallocate()
+            input.deallocate(); output.deallocate(); keys.deallocate()
             throw error
         }
         let inPlace = p.kind == .allReduce || p.kind == .broadcast
         return {
-            defer { input.deallocate(); output.deallocate() }
+            defer { input.deallocate(); output.deallocate(); keys.deallocate() }
             do { try work.wait() } catch { return "\(error)" }
             return Self.firstMismatch(Array(inPlace ? input : output), expected)
         }

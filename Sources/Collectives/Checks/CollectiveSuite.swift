@@ -61,6 +61,7 @@ public final class CollectiveSuite {
             try barrier(group, name)
             try determinism(group, name)
             try interHostBytes(group, name)
+            try allToAllRows(group, name)
     }
 
     // MARK: data every rank can recompute: exact in Float32 (multiples of 1/2, |v| < 2100), so
@@ -315,6 +316,34 @@ public final class CollectiveSuite {
         let want = Int64((g.hostCount - 1) * total)
         try record("inter-host bytes \(gname) n=\(g.size) hosts=\(g.hostCount)", sums == [want, want],
                    "all-gather and reduce-scatter sent \(sums) bytes across hosts, expected \(want) each")
+    }
+
+    /// The expert-parallel dispatch's row all-to-all: 3 rows to every member, rows 0 and 2 equal (a token routed to two
+    /// experts there). The flat result, bit for bit; under the hierarchical algorithm on several hosts, each distinct row
+    /// crosses to a remote host once (with the row counts and index lists), fewer bytes than the flat 3 rows per member.
+    private func allToAllRows(_ g: ProcessGroup, _ gname: String) throws {
+        let n = g.size, rowLength = 1001, rowBytes = rowLength * 4
+        let keys = (0..<(3 * n)).map { Int32($0 % 3 % 2) }
+        let send = keys.flatMap { Self.data(rank: comm.rank, count: rowLength, salt: 20 + Int($0)) }
+        var got = [Float](repeating: .nan, count: 3 * n * rowLength)
+        let before = comm.traffic
+        try send.withUnsafeBufferPointer { s in
+            try keys.withUnsafeBufferPointer { k in
+                try got.withUnsafeMutableBufferPointer { r in
+                    try g.allToAllRows(s, rowLength: rowLength, sendRows: Array(repeating: 3, count: n), rowKeys: k, into: r,
+                                       receiveRows: Array(repeating: 3, count: n))
+                }
+            }
+        }
+        let crossed = try g.allReduce([Int64((comm.traffic - before).interHostSent(.allToAll))], op: .sum)[0]
+        let want = g.members.flatMap { m in (0..<3).flatMap { Self.data(rank: m, count: rowLength, salt: 20 + $0 % 2) } }
+        let hosts = HostLayout(hostIndex: g.members.map { comm.spec.hostIndex(ofRank: $0) })
+        let remote = (0..<n).map { i in hosts.hosts.indices.filter { $0 != hosts.hostOfMember[i] } }
+        let flat = (0..<n).map { i in remote[i].map { hosts.hosts[$0].count * 3 * rowBytes }.reduce(0, +) }.reduce(0, +)
+        let dedup = (0..<n).map { i in remote[i].map { 8 * (1 + hosts.hosts[$0].count) + 4 * 3 * hosts.hosts[$0].count + 2 * rowBytes }.reduce(0, +) }.reduce(0, +)
+        let wantCrossed = g.algorithm == .hierarchical ? dedup : flat
+        try record("all_to_all_rows \(gname) n=\(n) inter-host bytes \(wantCrossed) (flat \(flat))", got == want && crossed == Int64(wantCrossed),
+                   "crossed \(crossed) bytes, expected \(wantCrossed); " + firstMismatch(got, want))
     }
 
     private func allGatherBytes(_ g: ProcessGroup, _ gname: String) throws {
