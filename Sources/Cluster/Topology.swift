@@ -112,8 +112,9 @@ public struct Topology: Sendable, Equatable {
             }
         }
         return ClusterSpec(jobID: jobID, worldSize: worldSize, transport: transport,
-                           hostOfRank: hostOfRank, portOfRank: portOfRank, hostIndexOfRank: hostIndexOfRank,
-                           ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds, transportSecurity: transportSecurity)
+                           hostOfRank: hostOfRank, portOfRank: portOfRank,
+                           ipcDirectory: ipcDirectory, timeoutSeconds: timeoutSeconds, transportSecurity: transportSecurity,
+                           hostIndexOfRank: hostIndexOfRank)
     }
 
     // MARK: - Derived local topology

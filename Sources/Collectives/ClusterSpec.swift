@@ -24,9 +24,6 @@ public struct ClusterSpec: Sendable, Equatable {
     public var transport: TransportKind
     /// tcp: the address of the host that runs each global rank (`hostOfRank[r]`).
     public var hostOfRank: [String]
-    /// The host (index of its `[[hosts]]` table) each global rank runs on; empty: every rank on one host. Hierarchical
-    /// collectives need only this, whatever the transport (an ipc topology with several hosts simulates them).
-    public var hostIndexOfRank: [Int]
     /// tcp: the first port of each global rank. Rank r listens on `portOfRank[r] + groupSlot`
     /// for its process group number `groupSlot` (0 ..< maxGroupsPerRank).
     public var portOfRank: [Int]
@@ -39,6 +36,14 @@ public struct ClusterSpec: Sendable, Equatable {
     public var transportSecurity: TransportSecurity
     /// The job's secret, from which every rank's CURVE keys derive (tcp with CURVE needs it; see CurveKeys.swift).
     public var jobSecret: JobSecret?
+    /// The index of the topology host that runs each global rank (ipc topologies may have several hosts too; their
+    /// addresses need not differ). Empty: every rank on one host. Hierarchical collectives need only this.
+    public var hostIndexOfRank: [Int]
+
+    /// Whether ranks `a` and `b` run on different hosts of the topology.
+    public func crossesHosts(_ a: Int, _ b: Int) -> Bool {
+        !hostIndexOfRank.isEmpty && hostIndexOfRank[a] != hostIndexOfRank[b]
+    }
 
     /// The host index of global rank `rank` (0 when the spec names no hosts).
     public func hostIndex(ofRank rank: Int) -> Int { hostIndexOfRank.isEmpty ? 0 : hostIndexOfRank[rank] }
@@ -50,19 +55,20 @@ public struct ClusterSpec: Sendable, Equatable {
     public static let maxGroupsPerRank = 16
 
     public init(jobID: String, worldSize: Int, transport: TransportKind,
-                hostOfRank: [String] = [], portOfRank: [Int] = [], hostIndexOfRank: [Int] = [],
+                hostOfRank: [String] = [], portOfRank: [Int] = [],
                 ipcDirectory: String = "/tmp", timeoutSeconds: Double = 300,
-                transportSecurity: TransportSecurity = .curve, jobSecret: JobSecret? = nil) {
+                transportSecurity: TransportSecurity = .curve, jobSecret: JobSecret? = nil,
+                hostIndexOfRank: [Int] = []) {
         self.jobID = jobID
         self.worldSize = worldSize
         self.transport = transport
         self.hostOfRank = hostOfRank
         self.portOfRank = portOfRank
-        self.hostIndexOfRank = hostIndexOfRank
         self.ipcDirectory = ipcDirectory
         self.timeoutSeconds = timeoutSeconds
         self.transportSecurity = transportSecurity
         self.jobSecret = jobSecret
+        self.hostIndexOfRank = hostIndexOfRank
     }
 
     /// The endpoint rank `rank` binds for its process group number `groupSlot`. tcp binds only its host's address

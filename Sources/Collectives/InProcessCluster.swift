@@ -13,8 +13,8 @@ public enum InProcessCluster {
                            hostIndexOfRank: [Int] = [],
                            _ body: @escaping @Sendable (Communicator) throws -> Void) -> [Error?] {
         let context = ZMQContext()
-        let spec = ClusterSpec(jobID: jobID, worldSize: worldSize, transport: .inproc, hostIndexOfRank: hostIndexOfRank,
-                               timeoutSeconds: timeoutSeconds)
+        let spec = ClusterSpec(jobID: jobID, worldSize: worldSize, transport: .inproc, timeoutSeconds: timeoutSeconds,
+                               hostIndexOfRank: hostIndexOfRank)
         let results = ResultBox(count: worldSize)
         let done = DispatchGroup()
         for rank in 0..<worldSize {

@@ -30,7 +30,6 @@ public final class ProcessGroup: @unchecked Sendable {
     private let settings: GroupSettings
     private let recorder: FlightRecorder
     private let hosts: HostLayout
-    private let traffic: TrafficCounter
 
     init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int, traffic: TrafficCounter,
          settings: GroupSettings, recorder: FlightRecorder, security: ChannelSecurity? = nil) {
@@ -39,7 +38,6 @@ public final class ProcessGroup: @unchecked Sendable {
         self.slot = slot
         self.settings = settings
         self.recorder = recorder
-        self.traffic = traffic
         hosts = HostLayout(hostIndex: members.map { spec.hostIndex(ofRank: $0) })
         worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
         worker.submit { [self] in
@@ -87,9 +85,6 @@ public final class ProcessGroup: @unchecked Sendable {
                 let start = Runtime.now()
                 try body(channel)
                 try channel.waitForSends()
-                traffic.sentAcrossHosts(kind, bytes: channel.bytesSentTo.indices.reduce(0) {
-                    $0 + (hosts.hostOfMember[$1] != hosts.hostOfMember[channel.me] ? channel.bytesSentTo[$1] : 0)
-                })
                 Runtime.collectiveRan(kind.name, rank: me, group: slot, sequence: Int(sequence), bytesSent: channel.bytesSent, start: start)
                 recorder.ended(record, error: nil)
                 work.finish(nil)

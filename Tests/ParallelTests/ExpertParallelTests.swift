@@ -174,7 +174,7 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
         _ = ExpertParallel.dispatchBytes(of: m, reset: true)
         let trafficBefore = comm.traffic
         let res = m.forwardBackward(inputs: inputs, labels: labels, B: B, T: T, lossScale: lossScale)
-        let interHostBytes = (comm.traffic - trafficBefore).interHostSent(.allToAll)
+        let interHostBytes = (comm.traffic - trafficBefore).sentInterHost(.allToAll).bytes
         let bytes = ExpertParallel.dispatchBytes(of: m, reset: true)
 
         // (a) loss, routing, logits

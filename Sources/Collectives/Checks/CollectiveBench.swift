@@ -107,7 +107,7 @@ public enum CollectiveBench {
                     let start = DispatchTime.now().uptimeNanoseconds
                     for _ in 0..<iterations { try op() }
                     let mine = Float(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3 / Double(iterations))
-                    let crossed = (comm.traffic - before).interHostSent.values.reduce(0, +) / iterations
+                    let crossed = (comm.traffic - before).totalSentInterHost.bytes / iterations
                     let slowest = try g.allReduce([mine], op: .max)[0]
                     let interHost = try g.allReduce([Int64(crossed)], op: .sum)[0]
                     let busbw = Double(count * 4) / (Double(slowest) * 1e-6) / 1e9 * factor

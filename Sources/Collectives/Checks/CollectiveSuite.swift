@@ -312,7 +312,7 @@ public final class CollectiveSuite {
             try reduced.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o) }
         }
         let d = comm.traffic - before
-        let sums = try g.allReduce([Int64(d.interHostSent(.allGather)), Int64(d.interHostSent(.reduceScatter))], op: .sum)
+        let sums = try g.allReduce([Int64(d.sentInterHost(.allGather).bytes), Int64(d.sentInterHost(.reduceScatter).bytes)], op: .sum)
         let want = Int64((g.hostCount - 1) * total)
         try record("inter-host bytes \(gname) n=\(g.size) hosts=\(g.hostCount)", sums == [want, want],
                    "all-gather and reduce-scatter sent \(sums) bytes across hosts, expected \(want) each")
@@ -335,7 +335,7 @@ public final class CollectiveSuite {
                 }
             }
         }
-        let crossed = try g.allReduce([Int64((comm.traffic - before).interHostSent(.allToAll))], op: .sum)[0]
+        let crossed = try g.allReduce([Int64((comm.traffic - before).sentInterHost(.allToAll).bytes)], op: .sum)[0]
         let want = g.members.flatMap { m in (0..<3).flatMap { Self.data(rank: m, count: rowLength, salt: 20 + $0 % 2) } }
         let hosts = HostLayout(hostIndex: g.members.map { comm.spec.hostIndex(ofRank: $0) })
         let remote = (0..<n).map { i in hosts.hosts.indices.filter { $0 != hosts.hostOfMember[i] } }

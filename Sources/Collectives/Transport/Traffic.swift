@@ -12,17 +12,20 @@ public struct Traffic: Sendable, Equatable {
 
     public fileprivate(set) var sent: [CollectiveKind: Count] = [:]
     public fileprivate(set) var received: [CollectiveKind: Count] = [:]
-    /// Payload bytes sent to members on another host (the topology's `[[hosts]]`), per collective kind.
-    public fileprivate(set) var interHostSent: [CollectiveKind: Int] = [:]
+    /// The part of `sent` that went to ranks on another host of the topology.
+    public fileprivate(set) var sentInterHost: [CollectiveKind: Count] = [:]
 
     public init() {}
 
     public func sent(_ kind: CollectiveKind) -> Count { sent[kind] ?? Count() }
     public func received(_ kind: CollectiveKind) -> Count { received[kind] ?? Count() }
-    public func interHostSent(_ kind: CollectiveKind) -> Int { interHostSent[kind] ?? 0 }
+    public func sentInterHost(_ kind: CollectiveKind) -> Count { sentInterHost[kind] ?? Count() }
 
-    public var totalSent: Count {
-        sent.values.reduce(Count()) { Count(bytes: $0.bytes + $1.bytes, messages: $0.messages + $1.messages) }
+    public var totalSent: Count { Self.total(sent) }
+    public var totalSentInterHost: Count { Self.total(sentInterHost) }
+
+    private static func total(_ counts: [CollectiveKind: Count]) -> Count {
+        counts.values.reduce(Count()) { Count(bytes: $0.bytes + $1.bytes, messages: $0.messages + $1.messages) }
     }
 
     public static func - (after: Traffic, before: Traffic) -> Traffic {
@@ -34,7 +37,7 @@ public struct Traffic: Sendable, Equatable {
         var d = Traffic()
         d.sent = difference(after.sent, before.sent)
         d.received = difference(after.received, before.received)
-        d.interHostSent = after.interHostSent.merging(before.interHostSent.mapValues { -$0 }, uniquingKeysWith: +).filter { $0.value != 0 }
+        d.sentInterHost = difference(after.sentInterHost, before.sentInterHost)
         return d
     }
 }
@@ -44,10 +47,14 @@ final class TrafficCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var totals = Traffic()
 
-    func sent(_ kind: CollectiveKind, bytes: Int) {
+    func sent(_ kind: CollectiveKind, bytes: Int, interHost: Bool) {
         lock.lock()
         totals.sent[kind, default: Traffic.Count()].bytes += bytes
         totals.sent[kind, default: Traffic.Count()].messages += 1
+        if interHost {
+            totals.sentInterHost[kind, default: Traffic.Count()].bytes += bytes
+            totals.sentInterHost[kind, default: Traffic.Count()].messages += 1
+        }
         lock.unlock()
     }
 
@@ -55,13 +62,6 @@ final class TrafficCounter: @unchecked Sendable {
         lock.lock()
         totals.received[kind, default: Traffic.Count()].bytes += bytes
         totals.received[kind, default: Traffic.Count()].messages += 1
-        lock.unlock()
-    }
-
-    func sentAcrossHosts(_ kind: CollectiveKind, bytes: Int) {
-        guard bytes > 0 else { return }
-        lock.lock()
-        totals.interHostSent[kind, default: 0] += bytes
         lock.unlock()
     }
 

@@ -24,6 +24,8 @@ final class ZMQChannel: Channel {
     private var stash: [[(FrameHeader, ZMQMessage)]]
     private let tracker = SendTracker()
     private let traffic: TrafficCounter
+    /// Whether each member runs on another host than this rank (its bytes count as inter-host traffic).
+    private let crossesHost: [Bool]
     private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
 
     // State of the collective in progress.
@@ -33,9 +35,8 @@ final class ZMQChannel: Channel {
     private var deadline = Date.distantFuture
     /// Its timeout, in seconds (what the errors report).
     private var timeout: Double
-    /// Payload bytes the collective in progress has sent so far, in all and to each member.
+    /// Payload bytes the collective in progress has sent so far.
     private(set) var bytesSent = 0
-    private(set) var bytesSentTo: [Int]
 
     var size: Int { members.count }
 
@@ -44,6 +45,7 @@ final class ZMQChannel: Channel {
          security: ChannelSecurity? = nil, endpointJobID: String? = nil) throws {
         self.spec = spec
         self.traffic = traffic
+        crossesHost = members.map { spec.crossesHosts(members[me], $0) }
         self.context = context
         self.members = members
         self.me = me
@@ -54,7 +56,6 @@ final class ZMQChannel: Channel {
         stash = Array(repeating: [], count: members.count)
         sendIndex = Array(repeating: 0, count: members.count)
         receiveIndex = Array(repeating: 0, count: members.count)
-        bytesSentTo = Array(repeating: 0, count: members.count)
         info = CollectiveContextInfo(rank: members[me], kind: .barrier, sequence: 0, groupSlot: slot, groupMembers: members)
         timeout = spec.timeoutSeconds
         guard members.count > 1 else { return }  // a group of one needs no sockets
@@ -121,7 +122,7 @@ final class ZMQChannel: Channel {
     func begin(_ kind: CollectiveKind, sequence: UInt64, timeoutSeconds: Double) {
         info.kind = kind
         info.sequence = sequence
-        for i in 0..<members.count { sendIndex[i] = 0; receiveIndex[i] = 0; bytesSentTo[i] = 0 }
+        for i in 0..<members.count { sendIndex[i] = 0; receiveIndex[i] = 0 }
         bytesSent = 0
         timeout = timeoutSeconds
         deadline = Date().addingTimeInterval(timeoutSeconds)
@@ -167,9 +168,8 @@ final class ZMQChannel: Channel {
             guard sent, try socket.send(payload, more: false) else {
                 throw CollectiveError.sendTimeout(info, peer: members[peer], seconds: timeout)
             }
-            traffic.sent(info.kind, bytes: bytes)
+            traffic.sent(info.kind, bytes: bytes, interHost: crossesHost[peer])
             bytesSent += bytes
-            bytesSentTo[peer] += bytes
         } catch let e as ZMQCallError {
             throw CollectiveError.transport(info, "sending to rank \(members[peer]): \(e)")
         }
