@@ -5,10 +5,10 @@ import Foundation
 /// flat ring sends 7/8 over each boundary link).
 ///
 /// 1. A pipelined chain through each host in member order: the first member sends its input, each next one adds its
-///    own; the host's last member (its reducer) holds the host's partial sums of every chunk.
-/// 2. Each reducer sends every other host's reducer the partial sums of that host's chunks, and folds its own hosts'
-///    chunks over the hosts in ascending order.
-/// 3. Each reducer sends each member of its host that member's reduced chunk.
+///    own; the host's last member (its reducer) gets the host's partial sums, the other hosts' chunks first, and sends
+///    each to that chunk's host's reducer as soon as it has it (the inter-host transfer overlaps the chain).
+/// 2. Each reducer folds its own host's chunks over the hosts in ascending order,
+/// 3. and sends each member of its host that member's reduced chunk.
 ///
 /// Fold order, the same on every run: chunk c = (…((P₀ + P₁) + P₂) …) + P_{H-1}, hosts in ascending host index, where
 /// P_k = (…((x_a + x_b) + x_c) …) over host k's members in group order. It differs from the ring's (which starts after
@@ -25,14 +25,18 @@ func hierarchicalReduceScatter<C: Channel>(_ ch: C, input: UnsafeRawPointer, out
     let reducers = hosts.hosts.map { $0.last! }
     let segments = layout.sizes.map { Segments.of($0, elementSize: es) }
 
-    // 1. The chain: partial[c][s] is segment s of chunk c's host partial sum, on the reducer only.
-    var partial: [[Piece<C.Message>]] = []
-    for c in layout.sizes.indices {
-        var row: [Piece<C.Message>] = []
+    // 1. The chain, the other hosts' chunks first (hosts in turn from this one's next); the reducer sends those partial
+    // sums on and keeps its own host's in partial[c][s] (segment s of chunk c).
+    let H = hosts.hosts.count
+    let order = (1..<H).flatMap { hosts.hosts[(h + $0) % H] } + members
+    var partial = Array(repeating: [Piece<C.Message>](), count: layout.sizes.count)
+    for c in order {
+        let g = hosts.hostOfMember[c]
         for seg in segments[c] {
             let own = input + layout.offsets[c] + seg.lowerBound
+            var piece: Piece<C.Message>?
             if local.size == 1 {
-                row.append(Piece(bytes: own, count: seg.count, message: nil))
+                piece = Piece(bytes: own, count: seg.count, message: nil)
             } else if local.me == 0 {
                 try local.send(to: 1, bytes: own, count: seg.count)
             } else {
@@ -40,10 +44,11 @@ func hierarchicalReduceScatter<C: Channel>(_ ch: C, input: UnsafeRawPointer, out
                 let sum = try ch.newMessage(bytes: seg.count)   // never into `m`: over inproc it is the sender's memory
                 reduction.combine(sum.bytes, m.bytes, own, seg.count)
                 if local.me < local.size - 1 { try local.send(to: local.me + 1, payload: sum) }
-                else { row.append(Piece(bytes: sum.bytes, count: seg.count, message: sum)) }
+                else { piece = Piece(bytes: sum.bytes, count: seg.count, message: sum) }
             }
+            guard let piece else { continue }
+            if g != h { try piece.send(ch, to: reducers[g]) } else { partial[c].append(piece) }
         }
-        partial.append(row)
     }
     guard me == reducers[h] else {
         // 3. (non-reducers) this member's chunk from its host's reducer.
@@ -52,12 +57,6 @@ func hierarchicalReduceScatter<C: Channel>(_ ch: C, input: UnsafeRawPointer, out
             if seg.count > 0 { memcpy(output + seg.lowerBound, m.bytes, seg.count) }
         }
         return
-    }
-    // 2. Partial sums to the other hosts' reducers, their chunks in order.
-    for g in hosts.hosts.indices where g != h {
-        for c in hosts.hosts[g] {
-            for piece in partial[c] { try piece.send(ch, to: reducers[g]) }
-        }
     }
     // 2. and 3. This host's chunks folded over the hosts in order (into a fresh message: `output` may alias this
     // member's input, a partial sum still to be added when it is alone on its host), then to their owners.
@@ -74,8 +73,6 @@ func hierarchicalReduceScatter<C: Channel>(_ ch: C, input: UnsafeRawPointer, out
             else if seg.count > 0 { memcpy(output + seg.lowerBound, sum.bytes, seg.count) }
         }
     }
-    // The partial sums lent to the other reducers live in `partial` until here.
-    try ch.waitForSends()
 }
 
 /// A segment of a host partial sum: in a message the reducer made, or (a host of one member) in the input.
@@ -85,7 +82,7 @@ private struct Piece<Message: ChannelMessage> {
     let message: Message?
 
     func send<C: Channel>(_ ch: C, to peer: Int) throws where C.Message == Message {
-        if let message { try ch.send(to: peer, payload: message.share()) }
+        if let message { try ch.send(to: peer, payload: message) }
         else { try ch.send(to: peer, bytes: bytes, count: count) }
     }
 }
