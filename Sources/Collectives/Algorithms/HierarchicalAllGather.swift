@@ -25,15 +25,26 @@ func hierarchicalAllGather<C: Channel>(_ ch: C, output: UnsafeMutableRawPointer,
         return
     }
     let next = (leaders.me + 1) % H, prev = (leaders.me + H - 1) % H
-    for seg in Segments.of(hosts.hosts[h].map(layout.range), elementSize: es) {
+    // The host's own segments go out one at a time between the received ones (a send may wait for a slow link; the
+    // segments arriving meanwhile go down the chain): the inter-host link and the chain work at the same time. All of
+    // them precede the first forwarded segment (three hosts or more): the next leader takes them in that order.
+    var own = Segments.of(hosts.hosts[h].map(layout.range), elementSize: es)[...]
+    func sendOwn() throws {
+        guard let seg = own.popFirst() else { return }
         try leaders.send(to: next, bytes: output + seg.lowerBound, count: seg.count)
     }
+    try sendOwn()
     for s in 0..<(H - 1) {
         for seg in Segments.of(hosts.hosts[hostArriving(at: s)].map(layout.range), elementSize: es) {
+            try sendOwn()
             let m = try leaders.receive(from: prev, expectedBytes: seg.count)
-            if s < H - 2 { try leaders.send(to: next, payload: m.share()) }
+            if s < H - 2 {
+                while !own.isEmpty { try sendOwn() }
+                try leaders.send(to: next, payload: m.share())
+            }
             if local.size > 1 { try local.send(to: 1, payload: m.share()) }
             if seg.count > 0 { memcpy(output + seg.lowerBound, m.bytes, seg.count) }
         }
     }
+    while !own.isEmpty { try sendOwn() }
 }
