@@ -4,7 +4,8 @@ import Foundation
 /// swept over random shapes: OPS random collectives (every kind, reduction op and element type of the API; sizes from 0
 /// and 1 through odd counts up to a few MiB; all-to-all-v splits with zeros and heavy skew, and row all-to-alls whose
 /// rows repeat (the expert-parallel dispatch); random subgroups; up to four
-/// collectives in flight at once on different groups through the async API; ring and hierarchical algorithms), each
+/// collectives in flight at once on different groups through the async API; ring and hierarchical algorithms, drawn per
+/// op under `--comm.algorithm auto`, else the one chosen), each
 /// checked on every rank against a reference computed locally.
 ///
 /// Everything derives from the seed and the op index (the op's group, kind, type, sizes, algorithm and every rank's
@@ -19,6 +20,8 @@ public final class CollectiveFuzzer {
     /// Prints on this rank (the caller decides which ranks' lines show).
     let print: (String) -> Void
 
+    /// The communicator's algorithm when the fuzzer was made: auto draws ring or hierarchical per op, else every op runs it.
+    private let chosen: CollectiveAlgorithm
     /// Pool groups (nil where this rank is not a member) and their members, the same on every rank.
     private var pool: [(members: [Int], group: ProcessGroup?)] = []
 
@@ -27,6 +30,7 @@ public final class CollectiveFuzzer {
         self.seed = seed
         self.maxBytes = maxBytes
         self.print = print
+        chosen = comm.algorithm
     }
 
     /// Runs ops `0 ..< ops` (or only op `only`); returns the number of failed ops (the same on every rank).
@@ -37,7 +41,6 @@ public final class CollectiveFuzzer {
             print("fuzz: seed \(seed), \(only.map { "op \($0)" } ?? "\(ops) ops"), world \(n) on \(hosts) host(s)")
         }
         try makePool()
-        let chosen = comm.algorithm
         defer { comm.setAlgorithm(chosen) }
         let start = DispatchTime.now().uptimeNanoseconds
         var passed = 0, failed = 0
@@ -148,7 +151,8 @@ public final class CollectiveFuzzer {
         let dtype = types[Int(rng.next() % UInt64(types.count))]
         let ops: [ReduceOp] = dtype == .float32 || dtype == .float64 ? [.sum, .avg, .max] : [.sum, .max]
         let op = ops[Int(rng.next() % UInt64(ops.count))]
-        let algorithm: CollectiveAlgorithm = rng.next() % 2 == 0 ? .ring : .hierarchical
+        let drawn: CollectiveAlgorithm = rng.next() % 2 == 0 ? .ring : .hierarchical
+        let algorithm = chosen == .auto ? drawn : chosen
         let elementSize = Self.size(of: dtype)
         // The whole buffer's element budget: empty, one, small odd counts, and now and then up to maxBytes.
         func total() -> Int {
