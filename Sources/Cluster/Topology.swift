@@ -137,7 +137,7 @@ public struct Topology: Sendable, Equatable {
     /// The first port of `host` (its own base_port, else the topology's); nil when neither is set.
     public func basePort(ofHost host: Int) -> Int? { hosts[host].basePort ?? basePort }
 
-    /// What the transport needs: tcp gets every rank's host and first port
+    /// What the transport needs: every rank's host index (for hierarchical collectives); tcp also every rank's host and first port
     /// (host base_port + local_rank × ClusterSpec.maxGroupsPerRank); ipc only needs the folder,
     /// so its portOfRank stays empty.
     public func clusterSpec(jobID: String, ipcDirectory: String, timeoutSeconds: Double) -> ClusterSpec {

@@ -47,6 +47,9 @@ public struct ClusterSpec: Sendable, Equatable {
         !hostIndexOfRank.isEmpty && hostIndexOfRank[a] != hostIndexOfRank[b]
     }
 
+    /// The host index of global rank `rank` (0 when the spec names no hosts).
+    public func hostIndex(ofRank rank: Int) -> Int { hostIndexOfRank.isEmpty ? 0 : hostIndexOfRank[rank] }
+
     /// Whether this job's sockets use CURVE.
     public var usesCurve: Bool { transport == .tcp && transportSecurity == .curve }
 

@@ -46,6 +46,12 @@ public final class Communicator: @unchecked Sendable {
         settings.timeoutSeconds = seconds
     }
 
+    /// The algorithm family of the collectives every group of this rank submits from now on (`auto` until
+    /// `setAlgorithm`): every member of a group must have set the same before it submits the same collective.
+    public var algorithm: CollectiveAlgorithm { settings.algorithm }
+
+    public func setAlgorithm(_ algorithm: CollectiveAlgorithm) { settings.algorithm = algorithm }
+
     /// How long every collective of this rank waits on its group's worker before it starts (0: none): makes this
     /// rank a straggler, for fault-tolerance tests.
     public var stragglerDelaySeconds: Double { settings.delaySeconds }
@@ -169,17 +175,24 @@ public final class Communicator: @unchecked Sendable {
     }
 }
 
-/// What every group of a communicator reads when a collective begins, on its worker thread; any thread may change it.
+/// What every group of a communicator reads for each collective (the timeout and delay when it begins, on the worker
+/// thread; the algorithm when it is submitted, on the caller's); any thread may change it.
 final class GroupSettings: @unchecked Sendable {
     private let lock = NSLock()
     private var timeout: Double
     private var delay = 0.0
+    private var chosen = CollectiveAlgorithm.auto
 
     init(timeoutSeconds: Double) { timeout = timeoutSeconds }
 
     var timeoutSeconds: Double {
         get { lock.lock(); defer { lock.unlock() }; return timeout }
         set { lock.lock(); timeout = newValue; lock.unlock() }
+    }
+
+    var algorithm: CollectiveAlgorithm {
+        get { lock.lock(); defer { lock.unlock() }; return chosen }
+        set { lock.lock(); chosen = newValue; lock.unlock() }
     }
 
     var delaySeconds: Double {

@@ -6,12 +6,15 @@ public enum InProcessCluster {
     /// Runs `body` once per rank, each on its own thread with its own Communicator; returns each
     /// rank's error (nil when it finished cleanly). The first rank that fails shuts the shared
     /// context down, so the others fail at their next socket call instead of at a timeout
-    /// (as the launcher stops the other processes of a multi-process job).
+    /// (as the launcher stops the other processes of a multi-process job). `hostIndexOfRank`: simulated hosts (for
+    /// hierarchical collectives); empty: one host.
     public static func run(worldSize: Int, jobID: String = "inproc-\(UUID().uuidString.prefix(8))",
                            timeoutSeconds: Double = 300, traceBufferSize: Int = Communicator.defaultTraceBufferSize,
+                           hostIndexOfRank: [Int] = [],
                            _ body: @escaping @Sendable (Communicator) throws -> Void) -> [Error?] {
         let context = ZMQContext()
-        let spec = ClusterSpec(jobID: jobID, worldSize: worldSize, transport: .inproc, timeoutSeconds: timeoutSeconds)
+        let spec = ClusterSpec(jobID: jobID, worldSize: worldSize, transport: .inproc, timeoutSeconds: timeoutSeconds,
+                               hostIndexOfRank: hostIndexOfRank)
         let results = ResultBox(count: worldSize)
         let done = DispatchGroup()
         for rank in 0..<worldSize {

@@ -16,6 +16,11 @@ public final class ProcessGroup: @unchecked Sendable {
     public let slot: Int
     /// The deadline of the collectives that begin from now on (the communicator's, changed by `setTimeout`).
     public var timeoutSeconds: Double { settings.timeoutSeconds }
+    /// How many hosts the members run on (the topology's `[[hosts]]`).
+    public var hostCount: Int { hosts.hosts.count }
+    /// The algorithm family the next collective submitted will run (the communicator's choice, `auto` resolved for
+    /// this group).
+    public var algorithm: CollectiveAlgorithm { settings.algorithm.resolved(hosts: hostCount) }
 
     private let worker: GroupWorker
     private var channel: ZMQChannel?
@@ -24,6 +29,7 @@ public final class ProcessGroup: @unchecked Sendable {
     private var nextSequence: UInt64 = 0
     private let settings: GroupSettings
     private let recorder: FlightRecorder
+    private let hosts: HostLayout
 
     init(spec: ClusterSpec, context: ZMQContext, members: [Int], rank: Int, slot: Int, traffic: TrafficCounter,
          settings: GroupSettings, recorder: FlightRecorder, security: ChannelSecurity? = nil, shaper: LinkShaper? = nil) {
@@ -32,6 +38,7 @@ public final class ProcessGroup: @unchecked Sendable {
         self.slot = slot
         self.settings = settings
         self.recorder = recorder
+        hosts = HostLayout(hostIndex: members.map { spec.hostIndex(ofRank: $0) })
         worker = GroupWorker(name: "titan-group\(slot)-rank\(members[rank])")
         worker.submit { [self] in
             do { channel = try ZMQChannel(spec: spec, context: context, members: members, me: rank, slot: slot, traffic: traffic,
@@ -116,12 +123,13 @@ public final class ProcessGroup: @unchecked Sendable {
         let layout = ChunkLayout(sizes: counts.map { $0 * es })
         let out = UnsafeMutableRawPointer(output.baseAddress) ?? Self.emptyBuffer
         let own = UnsafeRawPointer(input.baseAddress)
-        let me = rank
+        let me = rank, hierarchical = algorithm == .hierarchical, hosts = hosts
         return submit(.allGather, inputBytes: layout.sizes[me], outputBytes: output.count * es) { ch in
             if let own, layout.sizes[me] > 0, own != UnsafeRawPointer(out + layout.offsets[me]) {
                 memmove(out + layout.offsets[me], own, layout.sizes[me])
             }
-            try ringAllGather(ch, output: out, layout: layout, elementSize: es)
+            if hierarchical { try hierarchicalAllGather(ch, output: out, layout: layout, hosts: hosts, elementSize: es) }
+            else { try ringAllGather(ch, output: out, layout: layout, elementSize: es) }
         }
     }
 
@@ -143,9 +151,14 @@ public final class ProcessGroup: @unchecked Sendable {
         let layout = ChunkLayout(sizes: counts.map { $0 * es })
         let src = UnsafeRawPointer(input.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
         let dst = UnsafeMutableRawPointer(output.baseAddress) ?? Self.emptyBuffer
-        let n = size, count = output.count
+        let n = size, count = output.count, hierarchical = algorithm == .hierarchical, hosts = hosts
         return submit(.reduceScatter, inputBytes: input.count * es, outputBytes: count * es) { ch in
-            try ringReduceScatter(ch, input: src, output: dst, layout: layout, reduction: ByteReduction(T.self, op))
+            let reduction = ByteReduction(T.self, op)
+            if hierarchical {
+                try hierarchicalReduceScatter(ch, input: src, output: dst, layout: layout, hosts: hosts, reduction: reduction)
+            } else {
+                try ringReduceScatter(ch, input: src, output: dst, layout: layout, reduction: reduction)
+            }
             if op == .avg { T.divide(dst.assumingMemoryBound(to: T.self), count: count, by: n) }
         }
     }
@@ -157,11 +170,16 @@ public final class ProcessGroup: @unchecked Sendable {
         try check(T.isReducible, .allReduce, "\(T.self) cannot be reduced")
         try check(op != .avg || T.self == Float.self || T.self == Double.self, .allReduce, "avg needs floating-point data")
         let base = UnsafeMutableRawPointer(buffer.baseAddress) ?? Self.emptyBuffer
-        let count = buffer.count, n = size
+        let count = buffer.count, n = size, hierarchical = algorithm == .hierarchical, hosts = hosts
         let byteCount = count * MemoryLayout<T>.stride
         return submit(.allReduce, inputBytes: byteCount, outputBytes: byteCount) { ch in
-            try ringAllReduce(ch, buffer: base, count: count, reduction: ByteReduction(T.self, op)) { chunk, bytes in
+            let finish: (UnsafeMutableRawPointer, Int) -> Void = { chunk, bytes in
                 if op == .avg { T.divide(chunk.assumingMemoryBound(to: T.self), count: bytes / MemoryLayout<T>.stride, by: n) }
+            }
+            if hierarchical {
+                try hierarchicalAllReduce(ch, buffer: base, count: count, hosts: hosts, reduction: ByteReduction(T.self, op), finish: finish)
+            } else {
+                try ringAllReduce(ch, buffer: base, count: count, reduction: ByteReduction(T.self, op), finish: finish)
             }
         }
     }
@@ -181,8 +199,43 @@ public final class ProcessGroup: @unchecked Sendable {
         let receiveLayout = ChunkLayout(sizes: receiveCounts.map { $0 * es })
         let src = UnsafeRawPointer(send.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
         let dst = UnsafeMutableRawPointer(receive.baseAddress) ?? Self.emptyBuffer
+        let hierarchical = algorithm == .hierarchical, hosts = hosts
         return submit(.allToAll, inputBytes: send.count * es, outputBytes: receive.count * es) { ch in
-            try pairwiseAllToAll(ch, send: src, sendLayout: sendLayout, receive: dst, receiveLayout: receiveLayout, elementSize: es)
+            if hierarchical {
+                try hierarchicalAllToAll(ch, send: src, sendLayout: sendLayout, receive: dst, receiveLayout: receiveLayout,
+                                         hosts: hosts, elementSize: es)
+            } else {
+                try pairwiseAllToAll(ch, send: src, sendLayout: sendLayout, receive: dst, receiveLayout: receiveLayout, elementSize: es)
+            }
+        }
+    }
+
+    /// All-to-all-v of rows of `rowLength` elements: `sendRows[j]` rows to member j (in member order in `send`),
+    /// `receiveRows[i]` rows from member i; rows with equal `rowKeys` must hold equal data (a token routed to several
+    /// experts: the expert-parallel dispatch). The result is `allToAllAsync`'s with the row counts × `rowLength`, bit for
+    /// bit. Under the hierarchical algorithm each distinct row travels once per remote host, with an index list per
+    /// member, and the host's gateway rebuilds the blocks (DeepEP's node-level dispatch); the flat one sends every row.
+    /// `rowKeys` (one per sent row) must stay alive until the work completes, like the buffers.
+    public func allToAllRowsAsync<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, rowLength: Int, sendRows: [Int],
+                                                        rowKeys: UnsafeBufferPointer<Int32>,
+                                                        into receive: UnsafeMutableBufferPointer<T>, receiveRows: [Int]) throws -> Work {
+        guard algorithm == .hierarchical else {
+            return try allToAllAsync(send, sendCounts: sendRows.map { $0 * rowLength }, into: receive,
+                                     receiveCounts: receiveRows.map { $0 * rowLength })
+        }
+        let es = MemoryLayout<T>.stride
+        try check(rowLength >= 0 && sendRows.count == size && receiveRows.count == size, .allToAll, "split lists need \(size) entries")
+        try check(send.count == sendRows.reduce(0, +) * rowLength, .allToAll, "send has \(send.count) elements, sendRows × rowLength is \(sendRows.reduce(0, +) * rowLength)")
+        try check(rowKeys.count == sendRows.reduce(0, +), .allToAll, "rowKeys has \(rowKeys.count) entries for \(sendRows.reduce(0, +)) rows")
+        try check(receive.count == receiveRows.reduce(0, +) * rowLength, .allToAll, "receive has \(receive.count) elements, receiveRows × rowLength is \(receiveRows.reduce(0, +) * rowLength)")
+        try check(sendRows[rank] == receiveRows[rank], .allToAll, "sendRows[\(rank)] != receiveRows[\(rank)] for the rank's own split")
+        let src = UnsafeRawPointer(send.baseAddress) ?? UnsafeRawPointer(Self.emptyBuffer)
+        let dst = UnsafeMutableRawPointer(receive.baseAddress) ?? Self.emptyBuffer
+        let keys = rowKeys.baseAddress ?? UnsafePointer(Self.emptyBuffer.assumingMemoryBound(to: Int32.self))
+        let hosts = hosts
+        return submit(.allToAll, inputBytes: send.count * es, outputBytes: receive.count * es) { ch in
+            try hierarchicalRowAllToAll(ch, send: src, rowBytes: rowLength * es, sendRows: sendRows, keys: keys, receive: dst,
+                                        receiveRows: receiveRows, hosts: hosts, elementSize: es)
         }
     }
 
@@ -235,6 +288,13 @@ extension ProcessGroup {
     public func allToAll<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, sendCounts: [Int],
                                                into receive: UnsafeMutableBufferPointer<T>, receiveCounts: [Int]) throws {
         try allToAllAsync(send, sendCounts: sendCounts, into: receive, receiveCounts: receiveCounts).wait()
+    }
+
+    public func allToAllRows<T: CollectiveElement>(_ send: UnsafeBufferPointer<T>, rowLength: Int, sendRows: [Int],
+                                                   rowKeys: UnsafeBufferPointer<Int32>,
+                                                   into receive: UnsafeMutableBufferPointer<T>, receiveRows: [Int]) throws {
+        try allToAllRowsAsync(send, rowLength: rowLength, sendRows: sendRows, rowKeys: rowKeys, into: receive,
+                              receiveRows: receiveRows).wait()
     }
 
     public func broadcast<T: CollectiveElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {

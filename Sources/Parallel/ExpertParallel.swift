@@ -96,7 +96,9 @@ public enum ExpertParallel {
 ///
 /// Forward, on every EP rank (x_SD sorted by global expert, counts_E over all E experts):
 ///  1. all-to-all of Int64 counts: rank j receives from each rank i how many rows i sends to each of j's local experts;
-///  2. all-to-all-v of the token rows (rank i's rows for rank j are contiguous, since j's experts are);
+///  2. all-to-all-v of the token rows (rank i's rows for rank j are contiguous, since j's experts are); told the rows'
+///     tokens (the MoE layer does), the row all-to-all, which under the hierarchical algorithm sends a token to a remote
+///     host once however many of its top-k experts live there, and delivers the same rows;
 ///  3. reorder the received rank-major rows (rank 0: local expert 0, 1, ...; rank 1: ...) into expert-major order;
 ///  4. run the local experts (the layer's GroupedExperts, loop or grouped path) with per-local-expert counts;
 ///  5. reverse the reorder; 6. all-to-all-v the outputs back: y_SD comes back in the caller's order.
@@ -185,20 +187,31 @@ public final class ExpertParallelExperts: MoEExperts {
     }
 
     /// All-to-all-v of rows: `sendSplits` floats to each rank out of `src`, `receiveSplits` floats from each into `dst`
-    /// (as bfloat16 on the wire with `wire` bfloat16).
+    /// (as bfloat16 on the wire with `wire` bfloat16). With `token_S` (each sent row's token: rows of one token are
+    /// equal), the row all-to-all: under the hierarchical algorithm a token's row crosses to a remote host once, however
+    /// many of its experts live there; the rows each rank receives are the same.
     private func exchange(_ src: UnsafePointer<Float>, _ srcCount: Int, sendSplits s: [Int],
-                          _ dst: UnsafeMutablePointer<Float>, _ dstCount: Int, receiveSplits r: [Int], _ what: String) {
+                          _ dst: UnsafeMutablePointer<Float>, _ dstCount: Int, receiveSplits r: [Int], _ what: String,
+                          token_S: UnsafePointer<Int32>? = nil) {
         if failure != nil { dst.update(repeating: 0, count: dstCount); return }
+        func allToAll<T: CollectiveElement>(_ send: UnsafePointer<T>, _ receive: UnsafeMutablePointer<T>) throws {
+            let input = UnsafeBufferPointer(start: send, count: srcCount), output = UnsafeMutableBufferPointer(start: receive, count: dstCount)
+            if let token_S {
+                try group.allToAllRows(input, rowLength: dim, sendRows: s.map { $0 / dim },
+                                       rowKeys: UnsafeBufferPointer(start: token_S, count: srcCount / max(dim, 1)),
+                                       into: output, receiveRows: r.map { $0 / dim })
+            } else {
+                try group.allToAll(input, sendCounts: s, into: output, receiveCounts: r)
+            }
+        }
         do {
             if wire == .bfloat16 {
                 let out = send16.get(srcCount), into = receive16.get(dstCount)
                 BFloat16.narrow(src, into: out, count: srcCount)
-                try group.allToAll(UnsafeBufferPointer(start: out, count: srcCount), sendCounts: s,
-                                   into: UnsafeMutableBufferPointer(start: into, count: dstCount), receiveCounts: r)
+                try allToAll(out, into)
                 BFloat16.widen(into, into: dst, count: dstCount)
             } else {
-                try group.allToAll(UnsafeBufferPointer(start: src, count: srcCount), sendCounts: s,
-                                   into: UnsafeMutableBufferPointer(start: dst, count: dstCount), receiveCounts: r)
+                try allToAll(src, dst)
             }
         } catch {
             fail(what, error)
@@ -222,6 +235,15 @@ public final class ExpertParallelExperts: MoEExperts {
     }
 
     public func forward(x_SD: UnsafePointer<Float>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
+        forward(x_SD: x_SD, token_S: nil, counts_E: counts_E, y_SD: y_SD)
+    }
+
+    public func forward(x_SD: UnsafePointer<Float>, token_S: UnsafePointer<Int32>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
+        forward(x_SD: x_SD, token_S: Optional(token_S), counts_E: counts_E, y_SD: y_SD)
+    }
+
+    /// The dispatch; with `token_S`, the token rows travel through the row all-to-all (once per remote host).
+    private func forward(x_SD: UnsafePointer<Float>, token_S: UnsafePointer<Int32>?, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
         let E = numExperts, el = numLocalExperts, ep = group.size, D = dim
         precondition(counts_E.count == E, "\(name): counts_E has \(counts_E.count) entries for \(E) experts")
         // 1. per-expert counts: rank j gets, from every rank i, i's counts of j's local experts.
@@ -280,7 +302,7 @@ public final class ExpertParallelExperts: MoEExperts {
         hasForward = true
         // 2. token rows to the experts' owners
         let recv = received.get(R * D), xl = xLocal.get(R * D), yl = yLocal.get(R * D), out = outgoing.get(R * D)
-        exchange(x_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "forward dispatch")
+        exchange(x_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "forward dispatch", token_S: token_S)
         // 3.-5. local experts in expert-major order
         reorder(recv, xl, toExpertMajor: true)
         localExperts.forward(x_SD: xl, counts_E: localCounts, y_SD: yl)

@@ -3,6 +3,7 @@
 // lr_scheduler, checkpoint, dataloader, metrics, profiling: Train/Components/), plus the trainer's own sections below.
 // `JobConfig.resolve` turns a command line into a validated config.
 
+import Collectives
 import Config
 import Model
 import Parallel
@@ -88,6 +89,8 @@ public struct CommConfig: ConfigSection {
     public var timeout_seconds = 100.0
     /// Collectives each rank's flight recorder keeps (DUMP/flight/rank-K.json when the job fails); 0: off.
     public var trace_buf_size = 20000
+    /// Collective algorithms: ring (flat), hierarchical (host-aware), auto (hierarchical for groups spanning hosts).
+    public var algorithm = CollectiveAlgorithm.auto
     public init() {}
 
     public static let doc = "collectives"
@@ -95,6 +98,7 @@ public struct CommConfig: ConfigSection {
         ConfigField("init_timeout_seconds", \.init_timeout_seconds, "timeout of every collective until the first step completes"),
         ConfigField("timeout_seconds", \.timeout_seconds, "timeout of every collective after the first step"),
         ConfigField("trace_buf_size", \.trace_buf_size, "collectives the flight recorder keeps per rank (0: off)"),
+        ConfigField("algorithm", \.algorithm, "collective algorithms: ring (flat), hierarchical (cross each host boundary once), auto (hierarchical when a group spans several hosts)"),
     ]
 
     public func validate() throws {
@@ -103,6 +107,8 @@ public struct CommConfig: ConfigSection {
         if trace_buf_size < 0 { throw ConfigError.invalid(key: "trace_buf_size", reason: "must be >= 0") }
     }
 }
+
+extension CollectiveAlgorithm: ConfigEnum {}
 
 public struct JobConfig: Equatable {
     public var job = JobSection()

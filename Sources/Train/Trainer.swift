@@ -41,6 +41,7 @@ public final class Trainer {
         self.config = config
         self.comm = comm
         self.log = log
+        comm.setAlgorithm(config.comm.algorithm)   // before the first collective: every group runs the job's choice
         let rank = comm.rank, L = config.training.seq_len, B = config.training.local_batch_size
         fault = config.fault.targets(rank: rank, node: node, attempt: attempt) ? config.fault : nil
 

@@ -127,11 +127,11 @@ struct Launch: ParsableCommand {
         switch args[0] {
         case "collectives":
             let c = try Collectives.parse(Array(args.dropFirst()))
-            rankProgram = Collectives.program(largeBytes: c.largeBytes)
+            rankProgram = c.comm.withAlgorithm(try c.rankProgram())
         case "bench":
             let b = try Bench.parse(Array(args.dropFirst()))
-            rankProgram = Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) },
-                                        collectives: b.collectives.split(separator: ",").map(String.init))
+            rankProgram = b.comm.withAlgorithm(Bench.program(sizes: b.sizes.split(separator: ",").compactMap { Int($0) },
+                                                             collectives: b.collectives.split(separator: ",").map(String.init)))
         default:
             guard let request = trainRequest, let (program, config) = TrainCommand.program(request) else { return 0 }
             return RankRuntime.runAsThreads(worldSize: topology.worldSize, dumpFolder: dump, timeoutSeconds: config.comm.init_timeout_seconds,

@@ -158,6 +158,104 @@ final class AlgorithmTests: XCTestCase {
         }
     }
 
+    // MARK: hierarchical
+
+    /// Host layouts of groups: even, uneven (3+5), interleaved members (a subgroup in another order), one host, and
+    /// hosts of one member each.
+    private let hostLayouts: [[Int]] = [[0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1], [1, 0, 1, 2, 0], [0, 0, 0], [3, 1, 2]]
+
+    func testHierarchicalAllGatherMovesTheRingsBytesToTheSamePlaces() throws {
+        for hostIndex in hostLayouts {
+            let n = hostIndex.count, hosts = HostLayout(hostIndex: hostIndex)
+            let counts = (0..<n).map { [7, 0, 300_000, 1, 5][$0 % 5] }   // empty chunks and several segments
+            let layout = ChunkLayout(sizes: counts.map { $0 * 4 })
+            let expected = (0..<n).flatMap { data($0, counts[$0]) }
+            let outputs = try MemoryNetwork(size: n).run { ch in
+                var out = [Float](repeating: .nan, count: expected.count)
+                for (i, v) in self.data(ch.me, counts[ch.me]).enumerated() { out[layout.offsets[ch.me] / 4 + i] = v }
+                try out.withUnsafeMutableBytes {
+                    try hierarchicalAllGather(ch, output: $0.baseAddress!, layout: layout, hosts: hosts, elementSize: 4)
+                }
+                return out
+            }
+            for r in 0..<n { XCTAssertEqual(outputs[r], expected, "hosts \(hostIndex) member \(r)") }
+        }
+    }
+
+    /// The reference folds each host's members in group order, then the hosts in order: bit for bit.
+    private func hierarchicalSum(_ inputs: [[Float]], _ hosts: HostLayout, _ range: Range<Int>) -> [Float] {
+        func fold(_ parts: [[Float]]) -> [Float] {
+            parts.dropFirst().reduce(parts[0]) { acc, part in zip(acc, part).map { $0 + $1 } }
+        }
+        return fold(hosts.hosts.map { host in fold(host.map { Array(inputs[$0][range]) }) })
+    }
+
+    func testHierarchicalReduceScatterFoldsWithinHostsThenOverHosts() throws {
+        for hostIndex in hostLayouts {
+            let n = hostIndex.count, hosts = HostLayout(hostIndex: hostIndex)
+            let counts = (0..<n).map { [5, 200_000, 0, 3, 1][$0 % 5] }
+            let layout = ChunkLayout(sizes: counts.map { $0 * 4 })
+            let total = counts.reduce(0, +)
+            let inputs = (0..<n).map { data($0, total, salt: 0.1) }
+            let net = MemoryNetwork(size: n)
+            let outputs = try net.run { ch in
+                var out = [Float](repeating: .nan, count: counts[ch.me])
+                try inputs[ch.me].withUnsafeBytes { i in
+                    try out.withUnsafeMutableBytes { o in
+                        try hierarchicalReduceScatter(ch, input: i.baseAddress!, output: o.baseAddress ?? UnsafeMutableRawPointer(mutating: i.baseAddress!),
+                                                      layout: layout, hosts: hosts, reduction: ByteReduction(Float.self, .sum))
+                    }
+                }
+                return out
+            }
+            for r in 0..<n {
+                let range = (layout.offsets[r] / 4)..<((layout.offsets[r] + layout.sizes[r]) / 4)
+                XCTAssertEqual(outputs[r].map(\.bitPattern), hierarchicalSum(inputs, hosts, range).map(\.bitPattern), "hosts \(hostIndex) member \(r)")
+            }
+        }
+    }
+
+    func testHierarchicalAllReduceIsTheSameBitsEverywhereInPlace() throws {
+        for hostIndex in hostLayouts {
+            let n = hostIndex.count, hosts = HostLayout(hostIndex: hostIndex), count = 100_003
+            let inputs = (0..<n).map { data($0, count, salt: 0.5) }
+            let outputs = try MemoryNetwork(size: n).run { ch in
+                var buf = inputs[ch.me]
+                try buf.withUnsafeMutableBytes { b in
+                    try hierarchicalAllReduce(ch, buffer: b.baseAddress!, count: count, hosts: hosts, reduction: ByteReduction(Float.self, .sum)) { _, _ in }
+                }
+                return buf
+            }
+            let expected = hierarchicalSum(inputs, hosts, 0..<count)
+            for r in 0..<n { XCTAssertEqual(outputs[r].map(\.bitPattern), expected.map(\.bitPattern), "hosts \(hostIndex) member \(r)") }
+        }
+    }
+
+    func testHierarchicalAllToAllVDeliversTheFlatResult() throws {
+        for hostIndex in hostLayouts {
+            let n = hostIndex.count, hosts = HostLayout(hostIndex: hostIndex)
+            func split(_ i: Int, _ j: Int) -> Int { (i * 7 + j * 3) % 5 == 0 ? 0 : (i == 1 && j == 0 ? 150_000 : i + 2 * j + 1) }
+            let outputs = try MemoryNetwork(size: n).run { ch in
+                let me = ch.me
+                let sendCounts = (0..<n).map { split(me, $0) }, receiveCounts = (0..<n).map { split($0, me) }
+                let send = (0..<n).flatMap { j in self.data(me, sendCounts[j], salt: Float(j) * 0.01) }
+                var receive = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
+                try send.withUnsafeBytes { s in
+                    try receive.withUnsafeMutableBytes { r in
+                        try hierarchicalAllToAll(ch, send: s.baseAddress ?? UnsafeRawPointer(bitPattern: 16)!,
+                                                 sendLayout: ChunkLayout(sizes: sendCounts.map { $0 * 4 }),
+                                                 receive: r.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 16)!,
+                                                 receiveLayout: ChunkLayout(sizes: receiveCounts.map { $0 * 4 }), hosts: hosts, elementSize: 4)
+                    }
+                }
+                return receive
+            }
+            for r in 0..<n {
+                XCTAssertEqual(outputs[r], (0..<n).flatMap { i in data(i, split(i, r), salt: Float(r) * 0.01) }, "hosts \(hostIndex) member \(r)")
+            }
+        }
+    }
+
     /// A member that receives a message of the wrong size gets an error, not garbage.
     func testSizeMismatchIsAnError() throws {
         let net = MemoryNetwork(size: 2)

@@ -38,9 +38,28 @@ final class InProcessSuiteTests: XCTestCase {
         for r in rows { XCTAssertEqual(r.ofRing, r.busbwGBps / gbps, accuracy: 1e-3 * r.ofRing + 1e-4) }
         let o = try XCTUnwrap(objects.first { $0["collective"] != nil })
         XCTAssertEqual(Set(o.keys), ["collective", "world", "bytes", "time_us", "algbw_gbps", "busbw_gbps", "of_ring", "security",
-                                     "inter_host_bytes"])
+                                      "algorithm", "inter_host_bytes"])
         XCTAssertEqual(o["inter_host_bytes"] as? Int, 0, "one host")
         XCTAssertEqual(o["security"] as? String, "none", "inproc has no CURVE")
+    }
+
+    /// On two simulated hosts of 2 every collective gets a ring row and a hierarchical row; the hierarchical all-gather
+    /// and reduce-scatter send each byte across once (the buffer, summed over the ranks), the ring 3/4 of it over each of
+    /// its two boundary links.
+    func testBenchmarkRowsPerAlgorithmOnTwoHosts() throws {
+        let results = ResultBox<[CollectiveBench.Row]>()
+        let failures = InProcessCluster.run(worldSize: 4, timeoutSeconds: 60, hostIndexOfRank: [0, 0, 1, 1]) { comm in
+            results.set(comm.rank, try CollectiveBench.run(comm: comm, sizes: [96 << 10], print: { _ in }))
+        }
+        for (rank, error) in failures.enumerated() { XCTAssertNil(error, "rank \(rank): \(String(describing: error))") }
+        let rows = try XCTUnwrap(results.get(0))
+        XCTAssertEqual(rows.map(\.collective), CollectiveBench.collectives.flatMap { [$0, $0] })
+        XCTAssertEqual(rows.map(\.algorithm), Array(repeating: ["ring", "hierarchical"], count: 4).flatMap { $0 })
+        for pair in stride(from: 0, to: 4, by: 2) {
+            let ring = rows[pair], hierarchical = rows[pair + 1]
+            XCTAssertEqual(hierarchical.interHostBytes, ring.bytes, ring.collective)
+            XCTAssertEqual(ring.interHostBytes, ring.bytes * 3 / 2, ring.collective)
+        }
     }
 
     func testWorldOfOneNeedsNoSockets() throws {

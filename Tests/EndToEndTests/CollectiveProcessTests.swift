@@ -11,7 +11,7 @@ final class CollectiveProcessTests: XCTestCase {
             XCTAssertEqual(r.status, 0, "world \(n): \(r.stderr.suffix(2000))")
             XCTAssertFalse(FileManager.default.fileExists(atPath: dump + "/flight"), "ranks that finish write no flight record")
             let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
-            XCTAssertEqual(last, "[rank 0] 207 passed, 0 failed", "world \(n)")
+            XCTAssertEqual(last, "[rank 0] 213 passed, 0 failed", "world \(n)")
             XCTAssertTrue(r.stdout.contains("PASS all_to_all_v world n=\(n) count~\((16 << 20) / 4 / n)"), "world \(n) ran the 16 MiB cases")
         }
     }
@@ -58,12 +58,43 @@ final class CollectiveProcessTests: XCTestCase {
         #endif
     }
 
+    /// The shipped topology of two simulated hosts of 3 and 5 ranks (ipc).
+    private var unevenHosts: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("topologies/uneven-hosts-ipc.toml").path
+    }
+
+    /// On several hosts every case runs under the ring and the hierarchical algorithms (uneven hosts, and subgroups
+    /// that span them unevenly), and the hierarchical ones send each byte across the boundary once.
+    func testSuiteRunsBothAlgorithmsOnUnevenHosts() throws {
+        let r = try Titan.run(["launch", "--topology", unevenHosts, "--dump-folder", temporaryFolder(), "--",
+                               "collectives", "--large-bytes", "65536", "--comm.timeout_seconds", "60"])
+        XCTAssertEqual(r.status, 0, String(r.stderr.suffix(2000)))
+        XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 426 passed, 0 failed\n"), String(r.stdout.suffix(300)))
+        XCTAssertTrue(r.stdout.contains("PASS reduce_scatter sum world hierarchical n=8 count=2048"), String(r.stdout.suffix(300)))
+        XCTAssertTrue(r.stdout.contains("PASS inter-host bytes rows hierarchical n=4 hosts=2"), "rows [0-3] span hosts 3+1")
+    }
+
+    /// The fuzzer at a fixed seed on uneven hosts: the seed first, the suite's last line, and one op rerun alone.
+    func testFuzzerAtAFixedSeed() throws {
+        let r = try Titan.run(["launch", "--topology", unevenHosts, "--dump-folder", temporaryFolder(), "--",
+                               "collectives", "--fuzz", "300", "--seed", "5", "--comm.timeout_seconds", "60"])
+        XCTAssertEqual(r.status, 0, String(r.stderr.suffix(2000)) + String(r.stdout.suffix(2000)))
+        XCTAssertTrue(r.stdout.contains("[rank 0] fuzz: seed 5, 300 ops, world 8 on 2 host(s)"), String(r.stdout.prefix(1000)))
+        XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 300 passed, 0 failed\n"), String(r.stdout.suffix(300)))
+        let one = try Titan.run(["launch", "--topology", unevenHosts, "--dump-folder", temporaryFolder(), "--",
+                                 "collectives", "--fuzz-op", "123", "--seed", "5", "--comm.timeout_seconds", "60"])
+        XCTAssertEqual(one.status, 0, String(one.stderr.suffix(2000)))
+        XCTAssertTrue(one.stdout.contains("fuzz: seed 5, op 123, world 8"), String(one.stdout.prefix(1000)))
+        XCTAssertTrue(one.stdout.hasSuffix("[rank 0] 1 passed, 0 failed\n"), String(one.stdout.suffix(300)))
+    }
+
     func testSingleProcessModeRunsTheSuiteOverInproc() throws {
         let dump = temporaryFolder()
         let r = try Titan.run(["launch", "--ranks", "3", "--single-process", "--dump-folder", dump, "--",
                                 "collectives", "--large-bytes", "1048576"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 207 passed, 0 failed\n"), String(r.stdout.suffix(300)))
+        XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 213 passed, 0 failed\n"), String(r.stdout.suffix(300)))
         XCTAssertTrue(FileManager.default.fileExists(atPath: dump + "/logs/rank-2.log"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: dump + "/flight"), "ranks that finish write no flight record")
     }

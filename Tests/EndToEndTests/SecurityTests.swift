@@ -156,7 +156,7 @@ final class SecurityTests: XCTestCase {
         try ("transport_security = \"none\"\n" + String(contentsOfFile: topo, encoding: .utf8)).write(toFile: topo, atomically: true, encoding: .utf8)
         let r = try Titan.run(["launch", "--topology", topo, "--dump-folder", temporaryFolder(), "collectives", "--large-bytes", "65536"])
         XCTAssertEqual(r.status, 0, String(r.stderr.suffix(2000)))
-        XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 207 passed, 0 failed\n"), String(r.stdout.suffix(300)))
+        XCTAssertTrue(r.stdout.hasSuffix("[rank 0] 426 passed, 0 failed\n"), String(r.stdout.suffix(300)))
         XCTAssertEqual(r.stderr.components(separatedBy: "warning: transport_security = \"none\"").count, 2, "warned once: \(r.stderr.prefix(2000))")
 
         // What the warning means: the stranger that changes nothing under CURVE breaks a plain job.
@@ -199,7 +199,7 @@ final class SecurityTests: XCTestCase {
         }
         let together = try run(secretFiles: Array(repeating: path, count: 4), timeout: 60)
         for (rank, r) in together.enumerated() { XCTAssertEqual(r.status, 0, "rank \(rank): \(r.output.suffix(2000))") }
-        XCTAssertTrue(together[0].output.contains("207 passed, 0 failed"), String(together[0].output.suffix(500)))
+        XCTAssertTrue(together[0].output.contains("426 passed, 0 failed"), String(together[0].output.suffix(500)))
 
         let (otherPath, _) = try secretFile()
         let started = Date()

@@ -13,15 +13,16 @@ final class SimulatedNetworkTests: XCTestCase {
         return path
     }
 
-    /// `titan bench` on `topology`; its JSON rows by collective.
-    private func bench(_ topology: String, sizes: Int, collectives: [String]) throws -> [String: [String: Any]] {
+    /// `titan bench` on `topology` under `algorithm`; its JSON rows by collective.
+    private func bench(_ topology: String, sizes: Int, collectives: [String], algorithm: String = "ring") throws -> [String: [String: Any]] {
         let r = try Titan.run(["launch", "--topology", topology, "--dump-folder", temporaryFolder(), "--", "bench",
                                "--sizes", "\(sizes)", "--collectives", collectives.joined(separator: ","),
-                               "--comm.timeout_seconds", "60"])
+                               "--comm.timeout_seconds", "60", "--comm.algorithm", algorithm])
         XCTAssertEqual(r.status, 0, String(r.stderr.suffix(2000)))
         var rows: [String: [String: Any]] = [:]
         for line in r.stdout.split(separator: "\n") where line.hasPrefix("[rank 0] {\"algbw") {
             let object = try JSONSerialization.jsonObject(with: Data(line.dropFirst("[rank 0] ".count).utf8)) as! [String: Any]
+            XCTAssertEqual(object["algorithm"] as? String, algorithm)
             rows[object["collective"] as! String] = object
         }
         XCTAssertEqual(Set(rows.keys), Set(collectives), r.stdout)

@@ -60,6 +60,9 @@ struct EPScenario {
     /// bfloat16: the trainer's mixed precision (bfloat16 matmuls, bfloat16 token rows on the wire); the reference then
     /// rounds its experts' outputs and input gradients as the wire does (`WireRoundedExperts`).
     var wire: Precision = .float32
+    /// Simulated hosts of the ranks (empty: one host) and the collective algorithms.
+    var hosts: [Int] = []
+    var algorithm = CollectiveAlgorithm.auto
 }
 
 private func epArgs(_ s: EPScenario) -> Qwen3ModelArgs {
@@ -103,6 +106,7 @@ struct EPRankReport {
     var receivedRows: [[Int]] = []      // per MoE layer: rows per local expert
     var gradBits: [UInt32] = []        // all grads, for run-to-run bitwise comparison
     var dispatchBytes = 0
+    var interHostBytes = 0             // all-to-all payload this rank sent to other hosts in one forward-backward
 }
 
 final class EPReports: @unchecked Sendable {
@@ -127,7 +131,8 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
     let matmulPrecision = BLAS.matmulPrecision
     BLAS.matmulPrecision = s.wire
     defer { BLAS.matmulPrecision = matmulPrecision }
-    let errors = InProcessCluster.run(worldSize: W, timeoutSeconds: 60) { comm in
+    let errors = InProcessCluster.run(worldSize: W, timeoutSeconds: 60, hostIndexOfRank: s.hosts) { comm in
+        comm.setAlgorithm(s.algorithm)
         let rank = comm.rank
         let epGroup: ProcessGroup = ep == W ? comm.world
             : try comm.splitGroups(stride(from: 0, to: W, by: ep).map { Array($0..<($0 + ep)) })
@@ -167,7 +172,9 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
 
         m.zeroGrad()
         _ = ExpertParallel.dispatchBytes(of: m, reset: true)
+        let trafficBefore = comm.traffic
         let res = m.forwardBackward(inputs: inputs, labels: labels, B: B, T: T, lossScale: lossScale)
+        let interHostBytes = (comm.traffic - trafficBefore).sentInterHost(.allToAll).bytes
         let bytes = ExpertParallel.dispatchBytes(of: m, reset: true)
 
         // (a) loss, routing, logits
@@ -242,7 +249,7 @@ private func runScenario(_ s: EPScenario, reports: EPReports? = nil) throws {
 
         reports?.set(rank, EPRankReport(lossSum: res.lossSum, tokensPerExpert: res.tokensPerExpert, receivedRows: received,
                                         gradBits: m.parameters.flatMap { grads[$0.fqn]!.map(\.bitPattern) },
-                                        dispatchBytes: bytes))
+                                        dispatchBytes: bytes, interHostBytes: interHostBytes))
     }
     let failures = errors.enumerated().compactMap { r, e in e.map { "rank \(r): \($0)" } }
     if !failures.isEmpty { throw EPTestFailure(description: failures.joined(separator: "\n")) }
@@ -326,6 +333,28 @@ final class ExpertParallelTests: XCTestCase {
         for r in 0..<4 {
             XCTAssertEqual(a[r]?.lossSum.bitPattern, b[r]?.lossSum.bitPattern, "rank \(r) loss")
             XCTAssertEqual(a[r]?.gradBits, b[r]?.gradBits, "rank \(r) grads")
+        }
+    }
+
+    /// Two hosts of 2, every token routed to experts 4 and 5 (both on rank 2, host 1): the hierarchical dispatch sends
+    /// host 0's tokens across once instead of twice, and every rank gets the same rows, so losses and gradients are
+    /// bitwise the flat dispatch's.
+    func testHierarchicalDispatchSendsATokenOncePerHost() {
+        let flat = EPReports(), hierarchical = EPReports()
+        var s = EPScenario(worldSize: 4, ep: 4, routing: .forced([4, 5]))
+        s.hosts = [0, 0, 1, 1]
+        s.algorithm = .ring
+        run(s, reports: flat)
+        s.algorithm = .hierarchical
+        run(s, reports: hierarchical)
+        for r in 0..<4 {
+            XCTAssertEqual(flat[r]?.lossSum.bitPattern, hierarchical[r]?.lossSum.bitPattern, "rank \(r) loss")
+            XCTAssertEqual(flat[r]?.gradBits, hierarchical[r]?.gradBits, "rank \(r) grads")
+            XCTAssertEqual(flat[r]?.dispatchBytes, hierarchical[r]?.dispatchBytes, "rank \(r): the same rows, counted as the flat dispatch's")
+        }
+        for r in 0..<2 {
+            let f = flat[r]?.interHostBytes ?? 0, h = hierarchical[r]?.interHostBytes ?? 0
+            XCTAssertLessThan(h, f, "rank \(r) (host 0): all-to-all bytes to host 1")
         }
     }
 

@@ -9,6 +9,11 @@ enum Segments {
         let step = max(elementSize, bytes - bytes % elementSize)
         return stride(from: 0, to: count, by: step).map { $0..<min($0 + step, count) }
     }
+
+    /// The segments of several byte ranges of one buffer, as ranges of that buffer (an empty range is one empty segment).
+    static func of(_ ranges: [Range<Int>], elementSize: Int) -> [Range<Int>] {
+        ranges.flatMap { range in of(range.count, elementSize: elementSize).map { ($0.lowerBound + range.lowerBound)..<($0.upperBound + range.lowerBound) } }
+    }
 }
 
 /// Byte layout of a buffer split into one chunk per group member.
@@ -23,6 +28,9 @@ struct ChunkLayout {
     }
 
     var total: Int { (offsets.last ?? 0) + (sizes.last ?? 0) }
+
+    /// Chunk i's byte range.
+    func range(_ i: Int) -> Range<Int> { offsets[i]..<(offsets[i] + sizes[i]) }
 
     /// `count` elements split as evenly as possible over `parts` chunks (the first ones one longer).
     static func even(count: Int, parts: Int, elementSize: Int) -> ChunkLayout {

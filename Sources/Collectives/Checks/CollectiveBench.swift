@@ -26,13 +26,16 @@ public enum CollectiveBench {
         public var ofRing: Double
         /// The group's transport security: "curve" or "none" (ipc and inproc are "none").
         public var security = "none"
-        /// Payload bytes sent to ranks on another host in one call, summed over the ranks.
+        /// "ring" (the flat algorithms) or "hierarchical".
+        public var algorithm = "ring"
+        /// Payload bytes one collective sent from a host to another, summed over the ranks (0 on one host).
         public var interHostBytes = 0
 
         public var json: String {
             jsonLine(["collective": collective, "world": world, "bytes": bytes, "time_us": rounded(timeMicroseconds, places: 1),
                       "algbw_gbps": rounded(algbwGBps, places: 4), "busbw_gbps": rounded(busbwGBps, places: 4),
-                      "of_ring": rounded(ofRing, places: 3), "security": security, "inter_host_bytes": interHostBytes])
+                      "of_ring": rounded(ofRing, places: 3), "security": security,
+                      "algorithm": algorithm, "inter_host_bytes": interHostBytes])
         }
     }
 
@@ -55,19 +58,23 @@ public enum CollectiveBench {
         if comm.rank == 0 {
             let curveRows = rows.prefix(plainRows.count)
             print("\nCURVE's cost: busbw GB/s with and without CURVE")
-            print("collective           bytes       curve        none  curve/none")
+            print("collective     algorithm           bytes       curve        none  curve/none")
             for (c, p) in zip(curveRows, plainRows) {
-                print(c.collective.padding(toLength: 15, withPad: " ", startingAt: 0)
+                print(c.collective.padding(toLength: 15, withPad: " ", startingAt: 0) + c.algorithm.padding(toLength: 13, withPad: " ", startingAt: 0)
                       + String(format: " %10d %11.3f %11.3f %10.0f%%", c.bytes, c.busbwGBps, p.busbwGBps, c.busbwGBps / p.busbwGBps * 100))
             }
         }
         return rows
     }
 
-    /// The ring ceiling, then every collective at every size, on `g`; rank 0 prints the table and the JSON lines.
+    /// The ring ceiling, then every collective at every size, on `g`; rank 0 prints the table and the JSON lines. On
+    /// several hosts with `--comm.algorithm auto`, each collective under both algorithms (else under the chosen one).
     static func measure(_ g: ProcessGroup, comm: Communicator, sizes: [Int], collectives: [String], security: String,
                         print: (String) -> Void) throws -> [Row] {
         let n = g.size, rank = comm.rank
+        let chosen = comm.algorithm
+        defer { comm.setAlgorithm(chosen) }
+        let algorithms: [CollectiveAlgorithm] = chosen == .auto && g.hostCount > 1 ? [.ring, .hierarchical] : [g.algorithm]
         var rows: [Row] = []
         let ceiling = try ringCeiling(g)
         let label = security == "curve" ? ", CURVE" : ""
@@ -76,7 +83,7 @@ public enum CollectiveBench {
             if let network = comm.spec.network { print("simulated network: " + describe(network)) }
             print(String(format: "transport ring ceiling: %.3f GB/s per link (%d ranks passing 2 MiB messages, like zmq_ring_ceiling.py", ceiling, n)
                   + label + ")")
-            print("collective      world      bytes      time_us  algbw GB/s  busbw GB/s  of ring" + (hosts > 1 ? "  inter-host MiB" : ""))
+            print("collective     algorithm     world      bytes      time_us  algbw GB/s  busbw GB/s  of ring" + (hosts > 1 ? "  inter-host MiB" : ""))
         }
         for bytes in sizes {
             let count = bytes / 4 / n * n  // whole buffer, divisible by the world
@@ -89,36 +96,39 @@ public enum CollectiveBench {
             let splits = Array(repeating: count / n, count: n)
 
             for name in collectives {
-                let op: () throws -> Void
-                var factor = Double(n - 1) / Double(n)
-                switch name {
-                case "all_gather": op = { try g.allGather(UnsafeBufferPointer(shard), into: full) }
-                case "reduce_scatter": op = { try g.reduceScatter(UnsafeBufferPointer(full), into: shard) }
-                case "all_reduce":
-                    factor *= 2
-                    op = { try g.allReduce(full, op: .avg) }  // avg keeps values bounded across iterations
-                default: op = { try g.allToAll(UnsafeBufferPointer(full), sendCounts: splits, into: other, receiveCounts: splits) }
-                }
-                let iterations = max(3, min(50, (64 << 20) / max(bytes, 1)))
-                try op()  // warm-up (connections, page faults)
-                try g.barrier()
-                let trafficBefore = comm.traffic
-                let start = DispatchTime.now().uptimeNanoseconds
-                for _ in 0..<iterations { try op() }
-                let mine = Float(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3 / Double(iterations))
-                let interHost = (comm.traffic - trafficBefore).totalSentInterHost.bytes / iterations
-                let slowest = try g.allReduce([mine], op: .max)[0]
-                let interHostBytes = Int(try g.allReduce([Int64(interHost)], op: .sum)[0])
-                let busbw = Double(count * 4) / (Double(slowest) * 1e-6) / 1e9 * factor
-                let row = Row(collective: name, world: n, bytes: count * 4, timeMicroseconds: Double(slowest),
-                              busbwGBps: busbw, ofRing: ceiling > 0 ? busbw / ceiling : 0, security: security,
-                              interHostBytes: interHostBytes)
-                rows.append(row)
-                if rank == 0 {
-                    print(name.padding(toLength: 15, withPad: " ", startingAt: 0)
-                          + String(format: " %5d %10d %12.1f %11.3f %11.3f %7.0f%%", n, row.bytes, row.timeMicroseconds, row.algbwGBps,
-                                   row.busbwGBps, row.ofRing * 100)
-                          + (hosts > 1 ? String(format: " %15.2f", Double(interHostBytes) / 1_048_576) : ""))
+                for algorithm in algorithms {
+                    comm.setAlgorithm(algorithm)
+                    let op: () throws -> Void
+                    var factor = Double(n - 1) / Double(n)
+                    switch name {
+                    case "all_gather": op = { try g.allGather(UnsafeBufferPointer(shard), into: full) }
+                    case "reduce_scatter": op = { try g.reduceScatter(UnsafeBufferPointer(full), into: shard) }
+                    case "all_reduce":
+                        factor *= 2
+                        op = { try g.allReduce(full, op: .avg) }  // avg keeps values bounded across iterations
+                    default: op = { try g.allToAll(UnsafeBufferPointer(full), sendCounts: splits, into: other, receiveCounts: splits) }
+                    }
+                    let iterations = max(3, min(50, (64 << 20) / max(bytes, 1)))
+                    try op()  // warm-up (connections, page faults)
+                    try g.barrier()
+                    let before = comm.traffic
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    for _ in 0..<iterations { try op() }
+                    let mine = Float(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3 / Double(iterations))
+                    let crossed = (comm.traffic - before).totalSentInterHost.bytes / iterations
+                    let slowest = try g.allReduce([mine], op: .max)[0]
+                    let interHost = try g.allReduce([Int64(crossed)], op: .sum)[0]
+                    let busbw = Double(count * 4) / (Double(slowest) * 1e-6) / 1e9 * factor
+                    let row = Row(collective: name, world: n, bytes: count * 4, timeMicroseconds: Double(slowest),
+                                  busbwGBps: busbw, ofRing: ceiling > 0 ? busbw / ceiling : 0, security: security,
+                                  algorithm: algorithm.rawValue, interHostBytes: Int(interHost))
+                    rows.append(row)
+                    if rank == 0 {
+                        print(name.padding(toLength: 15, withPad: " ", startingAt: 0) + row.algorithm.padding(toLength: 13, withPad: " ", startingAt: 0)
+                              + String(format: " %5d %10d %12.1f %11.3f %11.3f %7.0f%%", n, row.bytes, row.timeMicroseconds, row.algbwGBps,
+                                       row.busbwGBps, row.ofRing * 100)
+                              + (hosts > 1 ? String(format: " %15.2f", Double(row.interHostBytes) / 1_048_576) : ""))
+                    }
                 }
             }
         }

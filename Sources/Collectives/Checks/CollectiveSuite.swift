@@ -33,7 +33,19 @@ public final class CollectiveSuite {
             let columns = (0..<2).map { c in Array(stride(from: c, to: n, by: 2)) }
             groups.append(("columns", try comm.splitGroups(columns)))
         }
-        for (name, group) in groups {
+        // On several hosts (with --comm.algorithm auto), every case under both algorithms.
+        let chosen = comm.algorithm
+        defer { comm.setAlgorithm(chosen) }
+        let algorithms: [CollectiveAlgorithm] = chosen == .auto && comm.world.hostCount > 1 ? [.ring, .hierarchical] : [chosen]
+        for algorithm in algorithms {
+            comm.setAlgorithm(algorithm)
+            for (name, group) in groups { try run(group, group.algorithm == .ring ? name : "\(name) \(group.algorithm.rawValue)") }
+        }
+        print("\(passed) passed, \(failed) failed")
+        return failed
+    }
+
+    private func run(_ group: ProcessGroup, _ name: String) throws {
             for perRank in [0, 1, 7, 1000, largeBytes / 4 / group.size] {
                 try allGather(group, name, perRank)
                 try allGatherUneven(group, name, perRank)
@@ -48,9 +60,8 @@ public final class CollectiveSuite {
             try allGatherBytes(group, name)
             try barrier(group, name)
             try determinism(group, name)
-        }
-        print("\(passed) passed, \(failed) failed")
-        return failed
+            try interHostBytes(group, name)
+            try allToAllRows(group, name)
     }
 
     // MARK: data every rank can recompute: exact in Float32 (multiples of 1/2, |v| < 2100), so
@@ -84,8 +95,11 @@ public final class CollectiveSuite {
     /// Runs one collective and compares the payload bytes and messages this rank sent and received for `kind`
     /// meanwhile with the algorithm's: `sent` and `received` list the chunks (bytes, element size) it moves, each in
     /// `Segments` (an empty chunk is one empty message: every pair exchanges one). "" when they match.
-    private func traffic(_ kind: CollectiveKind, sent: [(Int, Int)], received: [(Int, Int)],
+    /// The plans are the flat algorithms'; under the hierarchical ones only the results are checked here (and the bytes
+    /// that cross hosts, `interHostBytes`).
+    private func traffic(_ g: ProcessGroup, _ kind: CollectiveKind, sent: [(Int, Int)], received: [(Int, Int)],
                          _ body: () throws -> Void) rethrows -> String {
+        guard g.algorithm == .ring || kind == .broadcast else { try body(); return "" }
         func count(_ chunks: [(Int, Int)]) -> Traffic.Count {
             Traffic.Count(bytes: chunks.reduce(0) { $0 + $1.0 },
                           messages: chunks.reduce(0) { $0 + Segments.of($1.0, elementSize: $1.1).count })
@@ -118,7 +132,7 @@ public final class CollectiveSuite {
         let input = Self.data(rank: comm.rank, count: count, salt: 1)
         var got: [Float] = []
         let each = Array(repeating: count * 4, count: g.size)
-        let wire = try traffic(.allGather, sent: Self.chunks(each, skipping: (g.rank + 1) % g.size),
+        let wire = try traffic(g, .allGather, sent: Self.chunks(each, skipping: (g.rank + 1) % g.size),
                                received: Self.chunks(each, skipping: g.rank)) { got = try g.allGather(input) }
         let want = g.members.flatMap { Self.data(rank: $0, count: count, salt: 1) }
         try record("all_gather \(gname) n=\(g.size) count=\(count)", got == want && wire.isEmpty, wire + firstMismatch(got, want))
@@ -132,7 +146,7 @@ public final class CollectiveSuite {
         // The counts first (one Int64 each), then every chunk but the next member's is sent, every chunk but its own received.
         let n = g.size, sizes = counts.map { $0 * 4 }
         let counts8 = Array(repeating: 8, count: n)
-        let wire = try traffic(.allGather,
+        let wire = try traffic(g, .allGather,
                                sent: Self.chunks(counts8, skipping: (g.rank + 1) % n, elementSize: 8) + Self.chunks(sizes, skipping: (g.rank + 1) % n),
                                received: Self.chunks(counts8, skipping: g.rank, elementSize: 8) + Self.chunks(sizes, skipping: g.rank)) {
             got = try g.allGatherVariable(input).flatMap { $0 }
@@ -146,7 +160,7 @@ public final class CollectiveSuite {
         var got = [Float](repeating: .nan, count: count)
         // Every chunk but its own is sent (its partial sum), every chunk but the previous member's received.
         let each = Array(repeating: count * 4, count: g.size)
-        let wire = try traffic(.reduceScatter, sent: Self.chunks(each, skipping: g.rank),
+        let wire = try traffic(g, .reduceScatter, sent: Self.chunks(each, skipping: g.rank),
                                received: Self.chunks(each, skipping: (g.rank + g.size - 1) % g.size)) {
             try input.withUnsafeBufferPointer { i in
                 try got.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o, op: op) }
@@ -168,7 +182,7 @@ public final class CollectiveSuite {
         let n = g.size, me = g.rank
         let sizes = ChunkLayout.even(count: count, parts: n, elementSize: 4).sizes
         var got: [Float] = []
-        let wire = try traffic(.allReduce, sent: Self.chunks(sizes, skipping: me) + Self.chunks(sizes, skipping: (me + 1) % n),
+        let wire = try traffic(g, .allReduce, sent: Self.chunks(sizes, skipping: me) + Self.chunks(sizes, skipping: (me + 1) % n),
                                received: Self.chunks(sizes, skipping: (me + n - 1) % n) + Self.chunks(sizes, skipping: me)) {
             got = try g.allReduce(Self.data(rank: comm.rank, count: count, salt: 4), op: op)
         }
@@ -204,7 +218,7 @@ public final class CollectiveSuite {
         // The block for destination j is data(rank, salt: 5 + j) truncated to its split.
         let send = (0..<n).flatMap { j in Self.data(rank: comm.rank, count: sendCounts[j], salt: 5 + j) }
         var got = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
-        let wire = try traffic(.allToAll, sent: Self.chunks(sendCounts.map { $0 * 4 }, skipping: me),
+        let wire = try traffic(g, .allToAll, sent: Self.chunks(sendCounts.map { $0 * 4 }, skipping: me),
                                received: Self.chunks(receiveCounts.map { $0 * 4 }, skipping: me)) {
             try send.withUnsafeBufferPointer { s in
                 try got.withUnsafeMutableBufferPointer { r in
@@ -220,7 +234,7 @@ public final class CollectiveSuite {
         var buffer = g.rank == root ? Self.data(rank: comm.rank, count: count, salt: 6) : [Float](repeating: .nan, count: count)
         // Along the chain from the root: every member but the last sends the buffer once, every one but the root receives it.
         let position = (g.rank + g.size - root) % g.size
-        let wire = try traffic(.broadcast, sent: position < g.size - 1 ? [(count * 4, 4)] : [],
+        let wire = try traffic(g, .broadcast, sent: position < g.size - 1 ? [(count * 4, 4)] : [],
                                received: position > 0 ? [(count * 4, 4)] : []) {
             try buffer.withUnsafeMutableBufferPointer { try g.broadcast($0, root: root) }
         }
@@ -246,14 +260,14 @@ public final class CollectiveSuite {
         let input = Self.bf16Data(rank: comm.rank, count: count, salt: 1)
         var gathered: [BFloat16] = []
         let each = Array(repeating: count * 2, count: n)
-        var wire = try traffic(.allGather, sent: Self.chunks(each, skipping: (me + 1) % n, elementSize: 2),
+        var wire = try traffic(g, .allGather, sent: Self.chunks(each, skipping: (me + 1) % n, elementSize: 2),
                                received: Self.chunks(each, skipping: me, elementSize: 2)) { gathered = try g.allGather(input) }
         var want = g.members.flatMap { Self.bf16Data(rank: $0, count: count, salt: 1) }
         try record("all_gather bfloat16 \(gname) n=\(n) count=\(count)", gathered == want && wire.isEmpty, wire + firstMismatch(gathered, want))
 
         let full = Self.bf16Data(rank: comm.rank, count: count * n, salt: 3)
         var reduced = [BFloat16](repeating: BFloat16(.nan), count: count)
-        wire = try traffic(.reduceScatter, sent: Self.chunks(each, skipping: me, elementSize: 2),
+        wire = try traffic(g, .reduceScatter, sent: Self.chunks(each, skipping: me, elementSize: 2),
                            received: Self.chunks(each, skipping: (me + n - 1) % n, elementSize: 2)) {
             try full.withUnsafeBufferPointer { i in
                 try reduced.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o, op: .sum) }
@@ -270,7 +284,7 @@ public final class CollectiveSuite {
         let sendCounts = (0..<n).map { Self.split(me, $0, count) }, receiveCounts = (0..<n).map { Self.split($0, me, count) }
         let send = (0..<n).flatMap { j in Self.bf16Data(rank: comm.rank, count: sendCounts[j], salt: 5 + j) }
         var received = [BFloat16](repeating: BFloat16(.nan), count: receiveCounts.reduce(0, +))
-        wire = try traffic(.allToAll, sent: Self.chunks(sendCounts.map { $0 * 2 }, skipping: me, elementSize: 2),
+        wire = try traffic(g, .allToAll, sent: Self.chunks(sendCounts.map { $0 * 2 }, skipping: me, elementSize: 2),
                            received: Self.chunks(receiveCounts.map { $0 * 2 }, skipping: me, elementSize: 2)) {
             try send.withUnsafeBufferPointer { s in
                 try received.withUnsafeMutableBufferPointer { r in
@@ -280,6 +294,56 @@ public final class CollectiveSuite {
         }
         want = (0..<n).flatMap { i in Self.bf16Data(rank: g.members[i], count: receiveCounts[i], salt: 5 + me) }
         try record("all_to_all_v bfloat16 \(gname) n=\(n) count~\(count)", received == want && wire.isEmpty, wire + firstMismatch(received, want))
+    }
+
+    /// Hierarchical all-gather and reduce-scatter send each byte across the host boundary once per remote host: the
+    /// group's members together send (hosts − 1) × the buffer to other hosts (the ring sends more whenever its chain
+    /// changes host more than once). Recorded on every group (passing where it does not apply): ranks stay in step.
+    private func interHostBytes(_ g: ProcessGroup, _ gname: String) throws {
+        guard g.algorithm == .hierarchical, g.hostCount > 1 else {
+            try record("inter-host bytes \(gname) n=\(g.size) (single host or ring: nothing to check)", true)
+            return
+        }
+        let count = 1001, total = count * g.size * 4
+        let before = comm.traffic
+        _ = try g.allGather(Self.data(rank: comm.rank, count: count, salt: 7))
+        var reduced = [Float](repeating: 0, count: count)
+        try Self.data(rank: comm.rank, count: count * g.size, salt: 8).withUnsafeBufferPointer { i in
+            try reduced.withUnsafeMutableBufferPointer { o in try g.reduceScatter(i, into: o) }
+        }
+        let d = comm.traffic - before
+        let sums = try g.allReduce([Int64(d.sentInterHost(.allGather).bytes), Int64(d.sentInterHost(.reduceScatter).bytes)], op: .sum)
+        let want = Int64((g.hostCount - 1) * total)
+        try record("inter-host bytes \(gname) n=\(g.size) hosts=\(g.hostCount)", sums == [want, want],
+                   "all-gather and reduce-scatter sent \(sums) bytes across hosts, expected \(want) each")
+    }
+
+    /// The expert-parallel dispatch's row all-to-all: 3 rows to every member, rows 0 and 2 equal (a token routed to two
+    /// experts there). The flat result, bit for bit; under the hierarchical algorithm on several hosts, each distinct row
+    /// crosses to a remote host once (with the row counts and index lists), fewer bytes than the flat 3 rows per member.
+    private func allToAllRows(_ g: ProcessGroup, _ gname: String) throws {
+        let n = g.size, rowLength = 1001, rowBytes = rowLength * 4
+        let keys = (0..<(3 * n)).map { Int32($0 % 3 % 2) }
+        let send = keys.flatMap { Self.data(rank: comm.rank, count: rowLength, salt: 20 + Int($0)) }
+        var got = [Float](repeating: .nan, count: 3 * n * rowLength)
+        let before = comm.traffic
+        try send.withUnsafeBufferPointer { s in
+            try keys.withUnsafeBufferPointer { k in
+                try got.withUnsafeMutableBufferPointer { r in
+                    try g.allToAllRows(s, rowLength: rowLength, sendRows: Array(repeating: 3, count: n), rowKeys: k, into: r,
+                                       receiveRows: Array(repeating: 3, count: n))
+                }
+            }
+        }
+        let crossed = try g.allReduce([Int64((comm.traffic - before).sentInterHost(.allToAll).bytes)], op: .sum)[0]
+        let want = g.members.flatMap { m in (0..<3).flatMap { Self.data(rank: m, count: rowLength, salt: 20 + $0 % 2) } }
+        let hosts = HostLayout(hostIndex: g.members.map { comm.spec.hostIndex(ofRank: $0) })
+        let remote = (0..<n).map { i in hosts.hosts.indices.filter { $0 != hosts.hostOfMember[i] } }
+        let flat = (0..<n).map { i in remote[i].map { hosts.hosts[$0].count * 3 * rowBytes }.reduce(0, +) }.reduce(0, +)
+        let dedup = (0..<n).map { i in remote[i].map { 8 * (1 + hosts.hosts[$0].count) + 4 * 3 * hosts.hosts[$0].count + 2 * rowBytes }.reduce(0, +) }.reduce(0, +)
+        let wantCrossed = g.algorithm == .hierarchical ? dedup : flat
+        try record("all_to_all_rows \(gname) n=\(n) inter-host bytes \(wantCrossed) (flat \(flat))", got == want && crossed == Int64(wantCrossed),
+                   "crossed \(crossed) bytes, expected \(wantCrossed); " + firstMismatch(got, want))
     }
 
     private func allGatherBytes(_ g: ProcessGroup, _ gname: String) throws {

@@ -9,9 +9,18 @@ import Tensor
 public protocol MoEExperts: AnyObject {
     /// y_SD[s] = expert_e(x_SD[s]) for the rows s of expert e.
     func forward(x_SD: UnsafePointer<Float>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>)
+    /// `forward` told each row's token (`token_S[s]`; rows of one token hold the same values): a dispatcher may then
+    /// ship such rows once per host. The default ignores the tokens.
+    func forward(x_SD: UnsafePointer<Float>, token_S: UnsafePointer<Int32>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>)
     /// Called once after `forward` with the same x_SD and counts. WRITES dx_SD (not accumulated) and ACCUMULATES the
     /// expert weight gradients.
     func backward(x_SD: UnsafePointer<Float>, dy_SD: UnsafePointer<Float>, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>)
+}
+
+extension MoEExperts {
+    public func forward(x_SD: UnsafePointer<Float>, token_S: UnsafePointer<Int32>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
+        forward(x_SD: x_SD, counts_E: counts_E, y_SD: y_SD)
+    }
 }
 
 /// Local SwiGLU experts: y = (silu(x·W1_eᵀ) ⊙ (x·W3_eᵀ)) · W2_eᵀ, weights w1_EFD [E, F, D], w2_EDF [E, D, F], w3_EFD [E, F, D].

@@ -119,7 +119,7 @@ public final class MoE {
         parallelFor(N * K, costPerItem: D) { rows in
             for s in rows { (a.xs.data + s * D).update(from: xn_ND + Int(a.src.data[s]) * D, count: D) }
         }
-        experts.forward(x_SD: a.xs.ptr, counts_E: counts, y_SD: a.ys.data)
+        experts.forward(x_SD: a.xs.ptr, token_S: a.src.data, counts_E: counts, y_SD: a.ys.data)
         // combine: out[t] += Σ_k gate[t,k] · y[pos[t,k]]
         parallelFor(N, costPerItem: K * D) { rows in
             for t in rows {
