@@ -8,11 +8,13 @@
 //
 // Mechanism. Every link is a "next free" time in a file that all rank processes of the machine map (in the job's
 // private ipc folder). Sending a message books it: start = max(now, next free), next free = start + bytes / rate, one
-// compare-and-swap, so every process sees one timeline. The sending thread then sleeps (clock_nanosleep, never
-// spinning: the ranks compute on these CPUs) until the message's start, and stamps its header with its delivery time,
-// end of transmission + one-way latency; the receiver sleeps until that stamp before handing the message to the
-// collective. Latency therefore delays every message without serialising pipelined segments, and a collective's
-// algorithm knows nothing of any of it. Unlimited links (no key) book nothing; a topology without [network] builds
+// compare-and-swap, so every process sees one timeline. The sender stamps the header with the message's delivery
+// time, end of its transmission + one-way latency, and goes on at once, as a CPU hands a NIC its queue (a sender that
+// slept until its slot could not forward or reduce meanwhile: hierarchical collectives, whose leaders send across
+// hosts and work inside theirs, lost a third of their gain that way). The receiver sleeps until the stamp
+// (clock_nanosleep, never spinning: the ranks compute on these CPUs) before handing the message to the collective.
+// Latency therefore delays every message without serialising pipelined segments, and a collective's algorithm knows
+// nothing of any of it. Unlimited links (no key) book nothing; a topology without [network] builds
 // no shaper at all.
 //
 // Clocks. Stamps and bookings are CLOCK_MONOTONIC, one clock for the processes of one machine: hosts simulated on one
@@ -82,7 +84,7 @@ final class LinkShaper: @unchecked Sendable {
     deinit { titan_links_close(links) }
 
     /// Before a message of `bytes` (everything it puts on the wire) goes from global rank `source` to `destination`:
-    /// books the sender's egress and the receiver's ingress link, sleeps until the message may leave, and returns its
+    /// books the sender's egress and the receiver's ingress link and returns the message's
     /// delivery time (CLOCK_MONOTONIC ns) for the header; 0 when neither link is limited nor delayed.
     func depart(from source: Int, to destination: Int, bytes: Int) -> UInt64 {
         let a = hostOfRank[source], b = hostOfRank[destination], H = network.hosts.count
@@ -120,7 +122,6 @@ final class LinkShaper: @unchecked Sendable {
             departure = start
             arrival = max(arrival, start + ingressNanoseconds)
         }
-        if departure > now { titan_sleep_until_ns(departure) }
         return arrival + latencyNanoseconds
     }
 
