@@ -5,10 +5,12 @@
 #   scripts/bench_collectives.sh topologies/two-host-ipc.toml   a topology (several hosts: a row per algorithm)
 # 1. The plain C ring (scripts/zmq_ring_ceiling.c: the job's rank count of processes passing 2 MiB messages around a
 #    libzmq ring over ipc, zero-copy sends, 50 rounds), built with `cc -O2 ... -lzmq`, run 3 times; the median is the
-#    ceiling the issue measures against.
+#    ceiling the issue measures against; then the same with `consume` (each received message copied into its place
+#    in an output buffer, as a collective must deliver what it receives), the ceiling of a collective that keeps its data.
 # 2. `titan bench` on the same ranks (through run_cluster.sh, which builds when sources changed): its own transport
 #    ring ceiling (the same pass through SwiftTitan's channel), then every collective, with `of_ring` against it.
-# Last line: {"c_ring_ceiling_gbps": median, "runs": [...], "ranks": N}, after the bench's JSON lines.
+# Last line: {"c_ring_ceiling_gbps": median, "runs": [...], "c_ring_consume_ceiling_gbps": median, "consume_runs": [...],
+# "ranks": N}, after the bench's JSON lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-8}
@@ -22,14 +24,20 @@ scripts/bootstrap.sh   # libzmq and its headers
 bin=$(mktemp -d /tmp/titan-ceiling.XXXXXX)
 trap 'rm -rf "$bin"' EXIT
 cc -O2 -o "$bin/zmq_ring_ceiling" scripts/zmq_ring_ceiling.c -lzmq
-runs=()
-for _ in 1 2 3; do
-    line=$("$bin/zmq_ring_ceiling" "$ranks" 2097152 50 ipc)
-    echo "$line"
-    runs+=("$(sed -E 's/.*per-link ([0-9.]+) GB\/s.*/\1/' <<<"$line")")
-done
-median=$(printf '%s\n' "${runs[@]}" | sort -g | sed -n 2p)
+ceiling() {  # median of 3 runs of the C ring; extra argument: consume
+    local line runs=()
+    for _ in 1 2 3; do
+        line=$("$bin/zmq_ring_ceiling" "$ranks" 2097152 50 ipc "$@")
+        echo "$line" >&2
+        runs+=("$(sed -E 's/.*per-link ([0-9.]+) GB\/s.*/\1/' <<<"$line")")
+    done
+    echo "$(printf '%s\n' "${runs[@]}" | sort -g | sed -n 2p) $(IFS=,; echo "${runs[*]}")"
+}
+read -r median runs < <(ceiling)
 echo "C ring ceiling (median of 3): $median GB/s per link"
+read -r consumed consumed_runs < <(ceiling consume)
+echo "C ring ceiling, received data copied into place (median of 3): $consumed GB/s per link"
 
 ./run_cluster.sh "$target" bench "$@"
-printf '{"c_ring_ceiling_gbps": %s, "runs": [%s], "ranks": %d}\n' "$median" "$(IFS=,; echo "${runs[*]}")" "$ranks"
+printf '{"c_ring_ceiling_gbps": %s, "runs": [%s], "c_ring_consume_ceiling_gbps": %s, "consume_runs": [%s], "ranks": %d}\n' \
+    "$median" "$runs" "$consumed" "$consumed_runs" "$ranks"
