@@ -2,6 +2,10 @@
 #include "CLinux.h"
 #include <dlfcn.h>
 #include <errno.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/mman.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #ifdef __linux__
@@ -56,4 +60,18 @@ void titan_route_signal_to_calling_thread(int signal) {
     sigemptyset(&action.sa_mask);
     action.sa_flags = SA_RESTART;
     sigaction(signal, &action, NULL);
+}
+
+void *titan_map_shared_file(const char *path, size_t bytes) {
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (st.st_size < (off_t)bytes && ftruncate(fd, (off_t)bytes) != 0)) {
+        int e = errno; close(fd); errno = e; return NULL;
+    }
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (p == MAP_FAILED) { errno = e; return NULL; }
+    return p;
 }

@@ -29,19 +29,9 @@ struct titan_cpu_board {
 
 titan_cpu_board *titan_cpu_board_open(const char *path, int ranks, int rank, int cpu) {
     if (ranks < 1 || rank < 0 || rank >= ranks || cpu < 0) { errno = EINVAL; return NULL; }
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return NULL;
     size_t bytes = (size_t)ranks * sizeof(struct slot);
-    // A new file reads as zeros (nobody on the board yet). Only ever grown: shrinking it under a rank that mapped it
-    // would fault that rank.
-    struct stat st;
-    if (fstat(fd, &st) != 0 || (st.st_size < (off_t)bytes && ftruncate(fd, (off_t)bytes) != 0)) {
-        int e = errno; close(fd); errno = e; return NULL;
-    }
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int e = errno;
-    close(fd);
-    if (p == MAP_FAILED) { errno = e; return NULL; }
+    void *p = titan_map_shared_file(path, bytes);   // a new file reads as zeros: nobody on the board yet
+    if (!p) return NULL;
     titan_cpu_board *b = calloc(1, sizeof *b);
     if (!b) { munmap(p, bytes); errno = ENOMEM; return NULL; }
     b->slots = p; b->ranks = ranks; b->rank = rank; b->bytes = bytes;

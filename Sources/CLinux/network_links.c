@@ -25,18 +25,9 @@ struct titan_links {
 
 titan_links *titan_links_open(const char *path, int count) {
     if (count < 1) { errno = EINVAL; return NULL; }
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return NULL;
     size_t bytes = (size_t)count * sizeof(struct link);
-    // Only ever grown: shrinking it under a rank that mapped it would fault that rank.
-    struct stat st;
-    if (fstat(fd, &st) != 0 || (st.st_size < (off_t)bytes && ftruncate(fd, (off_t)bytes) != 0)) {
-        int e = errno; close(fd); errno = e; return NULL;
-    }
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int e = errno;
-    close(fd);
-    if (p == MAP_FAILED) { errno = e; return NULL; }
+    void *p = titan_map_shared_file(path, bytes);
+    if (!p) return NULL;
     titan_links *l = calloc(1, sizeof *l);
     if (!l) { munmap(p, bytes); errno = ENOMEM; return NULL; }
     l->links = p; l->count = count; l->bytes = bytes;

@@ -1,3 +1,4 @@
+import Foundation
 /// Which family of algorithms a process group runs (`--comm.algorithm`).
 ///
 /// - `ring`: the flat algorithms (ring all-gather / reduce-scatter / all-reduce, pairwise all-to-all), blind to hosts.
@@ -36,4 +37,27 @@ struct HostLayout: Equatable {
 
     /// member i's index among its host's members.
     func localIndex(of member: Int) -> Int { hosts[hostOfMember[member]].firstIndex(of: member)! }
+
+    /// The member of `host` that relays `source`'s blocks for it in the hierarchical all-to-alls: the one at source's
+    /// local index, modulo the host's size.
+    func gateway(of source: Int, on host: Int) -> Int {
+        let members = hosts[host]
+        return members[localIndex(of: source) % members.count]
+    }
+}
+
+/// The last step of both hierarchical all-to-alls: this host's members' blocks come directly, then the remote
+/// members' blocks from their gateways here, in group order, each into its place at `receiveLayout`.
+func receiveFromHostAndGateways<C: Channel>(_ ch: C, hosts: HostLayout, receive: UnsafeMutableRawPointer,
+                                            receiveLayout: ChunkLayout, elementSize: Int) throws {
+    let r = ch.me, h = hosts.hostOfMember[r]
+    let direct = hosts.hosts[h].filter { $0 != r }
+    let forwarded = (0..<ch.size).filter { hosts.hostOfMember[$0] != h && hosts.gateway(of: $0, on: h) != r }
+    for i in direct + forwarded {
+        let from = hosts.hostOfMember[i] == h ? i : hosts.gateway(of: i, on: h)
+        for seg in Segments.of([receiveLayout.range(i)], elementSize: elementSize) {
+            let m = try ch.receive(from: from, expectedBytes: seg.count)
+            if seg.count > 0 { memcpy(receive + seg.lowerBound, m.bytes, seg.count) }
+        }
+    }
 }

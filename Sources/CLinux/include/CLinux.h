@@ -21,6 +21,10 @@ void titan_route_signal_to_calling_thread(int signal);
 // Idle-CPU lending between the rank processes of one machine (see Sources/Runtime/IdleCPUs.swift).
 
 /// The board: a shared file, one slot per rank: the CPU it is bound to and whether it waits in a collective.
+// Maps `bytes` of the file at `path` shared between processes (created 0600, zeros when new, only ever grown:
+// shrinking it under a process that mapped it would fault that process); NULL with errno on failure.
+void *titan_map_shared_file(const char *path, size_t bytes);
+
 typedef struct titan_cpu_board titan_cpu_board;
 /// Maps the board at `path` (created if missing) as rank `rank` of `ranks`, bound to `cpu`. NULL with errno.
 titan_cpu_board *titan_cpu_board_open(const char *path, int ranks, int rank, int cpu);

@@ -18,10 +18,6 @@ func hierarchicalAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, sendLayou
                                       hosts: HostLayout, elementSize: Int) throws {
     let n = ch.size, r = ch.me, es = elementSize
     let h = hosts.hostOfMember[r], mine = hosts.hosts[h]
-    func gateway(of source: Int, on host: Int) -> Int {
-        let members = hosts.hosts[host]
-        return members[hosts.localIndex(of: source) % members.count]
-    }
     if sendLayout.sizes[r] > 0 { memcpy(receive + receiveLayout.offsets[r], send + sendLayout.offsets[r], sendLayout.sizes[r]) }
 
     // 1.
@@ -35,14 +31,14 @@ func hierarchicalAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, sendLayou
     let firstOfHost = hosts.hosts.reduce(into: [0]) { $0.append($0.last! + $1.count) }
     try sizes.withUnsafeBytes { sizeBytes in
         for d in 1..<hosts.hosts.count {
-            let g = (h + d) % hosts.hosts.count, members = hosts.hosts[g], gw = gateway(of: r, on: g)
+            let g = (h + d) % hosts.hosts.count, members = hosts.hosts[g], gw = hosts.gateway(of: r, on: g)
             try ch.send(to: gw, bytes: sizeBytes.baseAddress! + firstOfHost[g] * 8, count: members.count * 8)
             for seg in Segments.of(members.map(sendLayout.range), elementSize: es) {
                 try ch.send(to: gw, bytes: send + seg.lowerBound, count: seg.count)
             }
         }
         // 2.
-        for i in 0..<n where hosts.hostOfMember[i] != h && gateway(of: i, on: h) == r {
+        for i in 0..<n where hosts.hostOfMember[i] != h && hosts.gateway(of: i, on: h) == r {
             let m = try ch.receive(from: i, expectedBytes: mine.count * 8)
             let blockSizes = (0..<mine.count).map { Int(m.bytes.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
             for (j, bytes) in zip(mine, blockSizes) {
@@ -54,15 +50,7 @@ func hierarchicalAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, sendLayou
             }
         }
         // 3.
-        let direct = mine.filter { $0 != r }
-        let forwarded = (0..<n).filter { hosts.hostOfMember[$0] != h && gateway(of: $0, on: h) != r }
-        for i in direct + forwarded {
-            let from = hosts.hostOfMember[i] == h ? i : gateway(of: i, on: h)
-            for seg in Segments.of([receiveLayout.range(i)], elementSize: es) {
-                let m = try ch.receive(from: from, expectedBytes: seg.count)
-                if seg.count > 0 { memcpy(receive + seg.lowerBound, m.bytes, seg.count) }
-            }
-        }
+        try receiveFromHostAndGateways(ch, hosts: hosts, receive: receive, receiveLayout: receiveLayout, elementSize: es)
         try ch.waitForSends()   // `sizes` is lent until here
     }
 }

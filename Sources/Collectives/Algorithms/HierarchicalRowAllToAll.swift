@@ -17,10 +17,6 @@ func hierarchicalRowAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, rowByt
     let sendLayout = ChunkLayout(sizes: sendRows.map { $0 * rowBytes })
     let receiveLayout = ChunkLayout(sizes: receiveRows.map { $0 * rowBytes })
     let firstRow = ChunkLayout(sizes: sendRows).offsets
-    func gateway(of source: Int, on host: Int) -> Int {
-        let members = hosts.hosts[host]
-        return members[hosts.localIndex(of: source) % members.count]
-    }
     /// Fills `destination` with bytes `range` of the rows `rows` laid end to end (segments may split a row).
     func gather(_ rows: [Int], from base: UnsafeRawPointer, _ range: Range<Int>, into destination: UnsafeMutableRawPointer) {
         var at = range.lowerBound
@@ -41,7 +37,7 @@ func hierarchicalRowAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, rowByt
     }
     // Each remote host's distinct rows once, to its gateway.
     for d in 1..<hosts.hosts.count {
-        let g = (h + d) % hosts.hosts.count, members = hosts.hosts[g], gw = gateway(of: r, on: g)
+        let g = (h + d) % hosts.hosts.count, members = hosts.hosts[g], gw = hosts.gateway(of: r, on: g)
         var distinct: [Int] = [], position: [Int32: Int32] = [:], index: [Int32] = []
         for j in members {
             for s in firstRow[j]..<(firstRow[j] + sendRows[j]) {
@@ -65,7 +61,7 @@ func hierarchicalRowAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, rowByt
         }
     }
     // As a gateway: every member's block rebuilt from the distinct rows and its index list.
-    for i in 0..<n where hosts.hostOfMember[i] != h && gateway(of: i, on: h) == r {
+    for i in 0..<n where hosts.hostOfMember[i] != h && hosts.gateway(of: i, on: h) == r {
         let meta = try ch.receive(from: i, expectedBytes: (1 + mine.count) * 8)
         let counts = (0...mine.count).map { Int(meta.bytes.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
         let listed = counts.dropFirst().reduce(0, +)
@@ -93,13 +89,5 @@ func hierarchicalRowAllToAll<C: Channel>(_ ch: C, send: UnsafeRawPointer, rowByt
         }
     }
     // Receives: this host's members directly, then the remote members' blocks from their gateways, in group order.
-    let direct = mine.filter { $0 != r }
-    let forwarded = (0..<n).filter { hosts.hostOfMember[$0] != h && gateway(of: $0, on: h) != r }
-    for i in direct + forwarded {
-        let from = hosts.hostOfMember[i] == h ? i : gateway(of: i, on: h)
-        for seg in Segments.of([receiveLayout.range(i)], elementSize: es) {
-            let m = try ch.receive(from: from, expectedBytes: seg.count)
-            if seg.count > 0 { memcpy(receive + seg.lowerBound, m.bytes, seg.count) }
-        }
-    }
+    try receiveFromHostAndGateways(ch, hosts: hosts, receive: receive, receiveLayout: receiveLayout, elementSize: es)
 }
