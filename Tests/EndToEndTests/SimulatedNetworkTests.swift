@@ -56,6 +56,19 @@ final class SimulatedNetworkTests: XCTestCase {
         }
     }
 
+    /// A delivery time past the collective's deadline (a 60 s link latency, a 2 s timeout) is a timeout naming the
+    /// rank, after the timeout: the receiver does not sleep on.
+    func testDeliveryPastTheDeadlineTimesOut() throws {
+        let start = Date()
+        let r = try Titan.run(["launch", "--topology", try topology(hosts: 2, ranks: 1, network: "inter_host_latency_us = 60000000"),
+                               "--dump-folder", temporaryFolder(), "--", "bench", "--sizes", "1024", "--collectives", "all_gather",
+                               "--comm.timeout_seconds", "2"])
+        let seconds = Date().timeIntervalSince(start)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("timed out after 2.0s waiting for rank(s)"), String(r.stderr.suffix(2000)))
+        XCTAssertLessThan(seconds, 30, "the receivers gave up at their deadline, not at the 60 s delivery time")
+    }
+
     /// comm_inter_host_mb per step, and expert-parallel groups within a host by default (across with `strided`):
     /// the log says where each kind of group runs, and both placements train the same model.
     func testInterHostBytesAndExpertPlacement() throws {

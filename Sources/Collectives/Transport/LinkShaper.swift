@@ -125,9 +125,19 @@ final class LinkShaper: @unchecked Sendable {
         return arrival + latencyNanoseconds
     }
 
-    /// Before a received message is handed on: sleeps until its header's delivery time (0: none).
-    static func deliver(atNanoseconds stamp: UInt64) {
-        if stamp != 0 && stamp > titan_monotonic_ns() { titan_sleep_until_ns(stamp) }
+    /// Before a received message is handed on: sleeps until its header's delivery time (0: none), but not past the
+    /// collective's `deadline`; false when the delivery time lies beyond it (the collective then times out, as it does
+    /// for any message that comes too late).
+    static func deliver(atNanoseconds stamp: UInt64, before deadline: Date) -> Bool {
+        let now = titan_monotonic_ns()
+        guard stamp > now else { return true }
+        let remainingSeconds = deadline.timeIntervalSinceNow
+        guard Double(stamp - now) / 1e9 <= remainingSeconds else {
+            if remainingSeconds > 0 { titan_sleep_until_ns(now + UInt64(remainingSeconds * 1e9)) }
+            return false
+        }
+        titan_sleep_until_ns(stamp)
+        return true
     }
 
     private static func nanoseconds(_ bytes: Int, _ bytesPerSecond: Double) -> UInt64 {

@@ -12,8 +12,8 @@ import Foundation
 /// With CURVE (`security`), the PULL socket is a CURVE server with this rank's keypair and each PUSH a CURVE client
 /// that knows its peer's public key; the context's `Authenticator` admits only the job's keys and reports refusals.
 ///
-/// Under a simulated network (`LinkShaper`), a send first waits for its links and stamps the frame's delivery time,
-/// and a receive hands the frame on at that time.
+/// Under a simulated network (`LinkShaper`), a send books its links and stamps the frame's delivery time, and a
+/// receive hands the frame on at that time (not after the collective's deadline).
 final class ZMQChannel: Channel {
     let spec: ClusterSpec
     let members: [Int]
@@ -192,7 +192,9 @@ final class ZMQChannel: Channel {
         }
         let (header, payload) = stash[peer].removeFirst()
         try validate(header, payload: payload, peer: peer, expectedBytes: expectedBytes)
-        LinkShaper.deliver(atNanoseconds: header.deliverAtNanoseconds)
+        guard LinkShaper.deliver(atNanoseconds: header.deliverAtNanoseconds, before: deadline) else {
+            throw CollectiveError.timeout(info, missingRanks: [members[peer]], seconds: timeout)
+        }
         receiveIndex[peer] += 1
         traffic.received(info.kind, bytes: payload.count)
         return payload
