@@ -4,12 +4,13 @@
 # within a host as fast as the sockets), global batch 16 x 256 tokens, under five parallelism plans:
 #   fsdp8            FSDP over all 8 ranks, no expert parallelism
 #   hsdp2x4          HSDP: shard within a host (4), replicate across the 2 hosts
-#   fsdp8-ep4-host   FSDP over 8, expert parallel 4 in groups within a host (the default placement)
+#   fsdp8-ep4-host   FSDP over 8, expert parallel 4 in groups within a host (--parallelism.expert_parallel_placement consecutive)
 #   fsdp8-ep4-across FSDP over 8, expert parallel 4 spread over both hosts (--parallelism.expert_parallel_placement strided)
 #   hsdp2x4-ep4      HSDP 2 x 4 with expert parallel 4: only the replicas' all-reduce crosses hosts
 #   fsdp8-ep8        FSDP over 8, expert parallel 8 (each rank 2 whole experts: no expert sharding; all-to-all across)
-# Each plan runs REPEATS times (default 2) and the faster run counts: 8 ranks share the machine's cores, and a run
-# now and then loses whole seconds to the machine. Prints a table and one JSON line per plan:
+# Collectives run as the job's default picks them (--comm.algorithm auto: hierarchical for groups spanning both
+# hosts); ALGORITHM=ring runs them all flat. Each plan runs REPEATS times (default 2) and the faster run counts: 8 ranks
+# share the machine's cores, and a run now and then loses whole seconds to the machine. Prints a table and one JSON line per plan:
 #   {"gbit", "plan", "tokens_per_sec", "runs_tokens_per_sec", "comm_wait_frac", "sent_mb", "ag_mb", "rs_mb", "ar_mb",
 #    "a2a_mb", "inter_host_mb"}
 # (MiB per rank and step, the mean over ranks, as metrics.jsonl's comm_sent_mb*, comm_inter_host_mb).
@@ -32,7 +33,7 @@ total=$((WARMUP + STEPS))
 plans=(
     "fsdp8|--parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 1"
     "hsdp2x4|--parallelism.data_parallel_replicate_degree 2 --parallelism.data_parallel_shard_degree 4 --parallelism.expert_parallel_degree 1"
-    "fsdp8-ep4-host|--parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 4"
+    "fsdp8-ep4-host|--parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 4 --parallelism.expert_parallel_placement consecutive"
     "fsdp8-ep4-across|--parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 4 --parallelism.expert_parallel_placement strided"
     "hsdp2x4-ep4|--parallelism.data_parallel_replicate_degree 2 --parallelism.data_parallel_shard_degree 4 --parallelism.expert_parallel_degree 4"
     "fsdp8-ep8|--parallelism.data_parallel_shard_degree 8 --parallelism.expert_parallel_degree 8"
@@ -46,7 +47,8 @@ for gbit in $GBITS; do
             dump="$OUT/$gbit-$name-$r"
             # shellcheck disable=SC2086  # $flags is a list of flags
             "$TITAN" launch --topology "topologies/two-host-${gbit}gbit.toml" -- train --config bench_moe \
-                --training.steps "$total" --training.local_batch_size 2 $flags --job.dump_folder "$dump" >"$dump.log" 2>&1 ||
+                --training.steps "$total" --training.local_batch_size 2 $flags --comm.algorithm "${ALGORITHM:-auto}" \
+                --job.dump_folder "$dump" >"$dump.log" 2>&1 ||
                 { cat "$dump.log" >&2; exit 1; }
             runs+=("$(jq -s -c --arg plan "$name" --argjson gbit "$gbit" --argjson warm "$WARMUP" '
                 [ .[] | select(.step > $warm) ] as $s
