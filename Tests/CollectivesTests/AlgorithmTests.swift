@@ -99,25 +99,37 @@ final class AlgorithmTests: XCTestCase {
         }
     }
 
-    func testPairwiseAllToAllV() throws {
-        for n in sizes {
-            // Member i sends split(i, j) floats to member j; some splits are empty, one spans several segments.
-            func split(_ i: Int, _ j: Int) -> Int { (i * 7 + j * 3) % 5 == 0 ? 0 : (i == 1 && j == 0 ? 150_000 : i + 2 * j + 1) }
-            let net = MemoryNetwork(size: n)
-            let outputs = try net.run { ch in
-                let me = ch.me
-                let sendCounts = (0..<n).map { split(me, $0) }, receiveCounts = (0..<n).map { split($0, me) }
-                let send = (0..<n).flatMap { j in self.data(me, sendCounts[j], salt: Float(j) * 0.01) }
-                var receive = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
-                try send.withUnsafeBytes { s in
-                    try receive.withUnsafeMutableBytes { r in
-                        try pairwiseAllToAll(ch, send: s.baseAddress ?? UnsafeRawPointer(bitPattern: 16)!,
-                                             sendLayout: ChunkLayout(sizes: sendCounts.map { $0 * 4 }),
-                                             receive: r.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 16)!,
-                                             receiveLayout: ChunkLayout(sizes: receiveCounts.map { $0 * 4 }), elementSize: 4)
-                    }
+    /// Member i sends allToAllSplit(i, j) floats to member j: some splits are empty, one spans several segments.
+    static func allToAllSplit(_ i: Int, _ j: Int) -> Int {
+        (i * 7 + j * 3) % 5 == 0 ? 0 : (i == 1 && j == 0 ? 150_000 : i + 2 * j + 1)
+    }
+
+    /// Every member's received buffer after `algorithm` (send, its layout, receive, its layout) ran the all-to-all-v of
+    /// `allToAllSplit` over `net`.
+    func allToAllV(_ net: MemoryNetwork, _ algorithm: @escaping (MemoryChannel, UnsafeRawPointer, ChunkLayout,
+                                                                  UnsafeMutableRawPointer, ChunkLayout) throws -> Void) throws -> [[Float]] {
+        let n = net.size, split = Self.allToAllSplit
+        return try net.run { ch in
+            let me = ch.me
+            let sendCounts = (0..<n).map { split(me, $0) }, receiveCounts = (0..<n).map { split($0, me) }
+            let send = (0..<n).flatMap { j in self.data(me, sendCounts[j], salt: Float(j) * 0.01) }
+            var receive = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
+            try send.withUnsafeBytes { s in
+                try receive.withUnsafeMutableBytes { r in
+                    try algorithm(ch, s.baseAddress ?? UnsafeRawPointer(bitPattern: 16)!, ChunkLayout(sizes: sendCounts.map { $0 * 4 }),
+                                  r.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 16)!, ChunkLayout(sizes: receiveCounts.map { $0 * 4 }))
                 }
-                return receive
+            }
+            return receive
+        }
+    }
+
+    func testPairwiseAllToAllV() throws {
+        let split = Self.allToAllSplit
+        for n in sizes {
+            let net = MemoryNetwork(size: n)
+            let outputs = try allToAllV(net) { ch, s, sl, r, rl in
+                try pairwiseAllToAll(ch, send: s, sendLayout: sl, receive: r, receiveLayout: rl, elementSize: 4)
             }
             for r in 0..<n {
                 let expected = (0..<n).flatMap { i in data(i, split(i, r), salt: Float(r) * 0.01) }
@@ -232,23 +244,11 @@ final class AlgorithmTests: XCTestCase {
     }
 
     func testHierarchicalAllToAllVDeliversTheFlatResult() throws {
+        let split = Self.allToAllSplit
         for hostIndex in hostLayouts {
             let n = hostIndex.count, hosts = HostLayout(hostIndex: hostIndex)
-            func split(_ i: Int, _ j: Int) -> Int { (i * 7 + j * 3) % 5 == 0 ? 0 : (i == 1 && j == 0 ? 150_000 : i + 2 * j + 1) }
-            let outputs = try MemoryNetwork(size: n).run { ch in
-                let me = ch.me
-                let sendCounts = (0..<n).map { split(me, $0) }, receiveCounts = (0..<n).map { split($0, me) }
-                let send = (0..<n).flatMap { j in self.data(me, sendCounts[j], salt: Float(j) * 0.01) }
-                var receive = [Float](repeating: .nan, count: receiveCounts.reduce(0, +))
-                try send.withUnsafeBytes { s in
-                    try receive.withUnsafeMutableBytes { r in
-                        try hierarchicalAllToAll(ch, send: s.baseAddress ?? UnsafeRawPointer(bitPattern: 16)!,
-                                                 sendLayout: ChunkLayout(sizes: sendCounts.map { $0 * 4 }),
-                                                 receive: r.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 16)!,
-                                                 receiveLayout: ChunkLayout(sizes: receiveCounts.map { $0 * 4 }), hosts: hosts, elementSize: 4)
-                    }
-                }
-                return receive
+            let outputs = try allToAllV(MemoryNetwork(size: n)) { ch, s, sl, r, rl in
+                try hierarchicalAllToAll(ch, send: s, sendLayout: sl, receive: r, receiveLayout: rl, hosts: hosts, elementSize: 4)
             }
             for r in 0..<n {
                 XCTAssertEqual(outputs[r], (0..<n).flatMap { i in data(i, split(i, r), salt: Float(r) * 0.01) }, "hosts \(hostIndex) member \(r)")
