@@ -1,6 +1,8 @@
 // Element types and reduction operators. Reductions are applied by the algorithms in a fixed order,
 // so results are bitwise identical on every rank and every run.
 
+import Foundation
+
 public enum ReduceOp: String, Sendable, CaseIterable {
     case sum, avg, max
 }
@@ -79,5 +81,14 @@ struct ByteReduction {
             T.combine(op, dst.assumingMemoryBound(to: T.self), a.assumingMemoryBound(to: T.self),
                       b.assumingMemoryBound(to: T.self), count: n)
         }
+    }
+
+    /// dst = (…((o₀ op o₁) op o₂) …) op o_last over `bytes` bytes, left to right (dst = o₀ for one operand). dst must
+    /// not alias any operand but the first.
+    func foldLeft(into dst: UnsafeMutableRawPointer, _ operands: [UnsafeRawPointer], count bytes: Int) {
+        guard bytes > 0 else { return }
+        guard operands.count > 1 else { memcpy(dst, operands[0], bytes); return }
+        combine(dst, operands[0], operands[1], bytes)
+        for o in operands.dropFirst(2) { combine(dst, dst, o, bytes) }
     }
 }

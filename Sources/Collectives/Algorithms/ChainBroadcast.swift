@@ -3,17 +3,11 @@ import Foundation
 /// Broadcast along a pipelined chain root → root+1 → ... → root-1: with the buffer cut into segments,
 /// every link carries the buffer once and all links work at the same time (bandwidth-optimal).
 func chainBroadcast<C: Channel>(_ ch: C, buffer: UnsafeMutableRawPointer, bytes: Int, root: Int, elementSize: Int) throws {
-    try chainBroadcast(ch, buffer: buffer, ranges: [0..<bytes], root: root, elementSize: elementSize)
-}
-
-/// The same for the byte ranges `ranges` of `buffer` (a hierarchical all-gather passes the other hosts' chunks down
-/// through a host).
-func chainBroadcast<C: Channel>(_ ch: C, buffer: UnsafeMutableRawPointer, ranges: [Range<Int>], root: Int, elementSize: Int) throws {
     let n = ch.size, r = ch.me
     guard n > 1 else { return }
     let position = (r + n - root) % n
     let next = (r + 1) % n, prev = (r + n - 1) % n
-    for seg in Segments.of(ranges, elementSize: elementSize) {
+    for seg in Segments.of(bytes, elementSize: elementSize) {
         if position == 0 {
             try ch.send(to: next, bytes: buffer + seg.lowerBound, count: seg.count)
         } else {

@@ -1,55 +1,54 @@
 import Foundation
 
-/// Hierarchical all-gather for a group spanning several hosts: every byte crosses the host boundary once per remote
-/// host (the flat ring sends (n-1)/n of the buffer over each boundary link; here a host's leader sends the other hosts
-/// its host's share only, e.g. 4/8 on two hosts of 4).
+/// Hierarchical all-gather for a group spanning several hosts, with one inter-host flow per member (NCCL's rings per
+/// local rank): every byte crosses the host boundary once per remote host (the flat ring sends (n-1)/n of the buffer
+/// over each boundary link; here 4/8 on two hosts of 4), and no single member carries a host's traffic.
 ///
-/// 1. A ring all-gather inside each host: every member holds its host's chunks (a leader's own chunk already leaves
-///    for the next host meanwhile).
-/// 2. The hosts' leaders (each host's first member) run a ring all-gather whose pieces are whole hosts' chunks; a leader
-///    hands each segment it receives down a pipelined chain through its host at once, so the slow inter-host ring and
-///    the fast intra-host chain overlap.
+/// Every member sends its chunk straight to its gateway on each other host (`HostLayout.gateway`: the member at its
+/// local index there) and to the other members of its own host; a gateway hands each segment it receives from another
+/// host to the other members of its host at once. All of it goes in rounds of one segment per chunk, so the slow
+/// inter-host links and the fast copies inside a host work at the same time; a member's inter-host segments run one
+/// round ahead, so its link is never left waiting for the host's copies.
 /// Hosts may have different numbers of members and a group may hold any subset of a host's ranks. Data only moves,
 /// so the result is bitwise the flat ring's. This rank's own chunk must already be in place in `output`.
 func hierarchicalAllGather<C: Channel>(_ ch: C, output: UnsafeMutableRawPointer, layout: ChunkLayout, hosts: HostLayout,
                                        elementSize: Int) throws {
-    let es = elementSize, H = hosts.hosts.count
-    let h = hosts.hostOfMember[ch.me]
-    let local = SubChannel(ch, members: hosts.hosts[h])!
-    let leaders = H > 1 ? SubChannel(ch, members: hosts.hosts.map { $0[0] }) : nil   // nil unless this member leads
-    // The host's segments go to the next leader in member order, the leader's own chunk first: that one is in place
-    // already, so it goes out before the ring inside the host and the inter-host link starts at once. The rest go
-    // one at a time between the received ones, so the inter-host link and the chain work at the same time (sending
-    // them all at once after the ring measured slower on two shaped hosts: 50-56 ms against 47-49). All of
-    // them precede the first forwarded segment (three hosts or more): the next leader takes them in that order.
-    var own = Segments.of(hosts.hosts[h].map(layout.range), elementSize: es)[...]
-    func sendOwn() throws {
-        guard let leaders, let seg = own.popFirst() else { return }
-        try leaders.send(to: (leaders.me + 1) % H, bytes: output + seg.lowerBound, count: seg.count)
+    let me = ch.me, h = hosts.hostOfMember[me]
+    let segments = layout.sizes.indices.map { Segments.of([layout.range($0)], elementSize: elementSize) }
+    let locals = hosts.hosts[h].filter { $0 != me }
+    let gateways = hosts.hosts.indices.filter { $0 != h }.map { hosts.gateway(of: me, on: $0) }
+    // relayedBy[j]: the other hosts' members whose chunks this host's member j receives and hands on, ascending.
+    let remote = (0..<ch.size).filter { hosts.hostOfMember[$0] != h }
+    let relayedBy = Dictionary(grouping: remote) { hosts.gateway(of: $0, on: h) }
+    let rounds = segments.map(\.count).max() ?? 0
+
+    func sendAcross(round k: Int) throws {
+        guard k < segments[me].count else { return }
+        let seg = segments[me][k]
+        for g in gateways { try ch.send(to: g, bytes: output + seg.lowerBound, count: seg.count) }
     }
-    while let seg = own.first, layout.range(ch.me).contains(seg.lowerBound), leaders != nil { try sendOwn() }
-    try ringAllGather(local, output: output, pieces: hosts.hosts[h].map { [layout.range($0)] }, elementSize: es)
-    guard H > 1 else { return }
-    // Leader-ring step s delivers host (h - s - 1)'s chunks: the order they travel down the chain too.
-    func hostArriving(at step: Int) -> Int { (h + 2 * H - step - 1) % H }
-    guard let leaders else {
-        let arriving = (0..<(H - 1)).flatMap { hosts.hosts[hostArriving(at: $0)].map(layout.range) }
-        try chainBroadcast(local, buffer: output, ranges: arriving, root: 0, elementSize: es)
-        return
+    /// Segment k of chunk i from member j (i itself, or i's gateway here); a gateway hands it on to the host first.
+    func receive(round k: Int, chunk i: Int, from j: Int) throws {
+        guard k < segments[i].count else { return }
+        let seg = segments[i][k]
+        let m = try ch.receive(from: j, expectedBytes: seg.count)
+        if j == i, hosts.hostOfMember[i] != h { for l in locals { try ch.send(to: l, payload: m.share()) } }
+        if seg.count > 0 { memcpy(output + seg.lowerBound, m.bytes, seg.count) }   // after the sends: they overlap it
     }
-    let next = (leaders.me + 1) % H, prev = (leaders.me + H - 1) % H
-    try sendOwn()
-    for s in 0..<(H - 1) {
-        for seg in Segments.of(hosts.hosts[hostArriving(at: s)].map(layout.range), elementSize: es) {
-            try sendOwn()
-            let m = try leaders.receive(from: prev, expectedBytes: seg.count)
-            if s < H - 2 {
-                while !own.isEmpty { try sendOwn() }
-                try leaders.send(to: next, payload: m.share())
-            }
-            if local.size > 1 { try local.send(to: 1, payload: m.share()) }
-            if seg.count > 0 { memcpy(output + seg.lowerBound, m.bytes, seg.count) }
+    try sendAcross(round: 0)
+    for k in 0..<rounds {
+        try sendAcross(round: k + 1)
+        if k < segments[me].count {
+            let seg = segments[me][k]
+            for j in locals { try ch.send(to: j, bytes: output + seg.lowerBound, count: seg.count) }
+        }
+        // This host's segments first (sent at once), then the other hosts' (as late as the inter-host links make them):
+        // those this member relays, then those the others relay, in the order each sends them. Copying what is here
+        // while the inter-host segments travel shortens the tail.
+        for j in locals { try receive(round: k, chunk: j, from: j) }
+        for i in relayedBy[me, default: []] { try receive(round: k, chunk: i, from: i) }
+        for j in locals {
+            for i in relayedBy[j, default: []] { try receive(round: k, chunk: i, from: j) }
         }
     }
-    while !own.isEmpty { try sendOwn() }
 }

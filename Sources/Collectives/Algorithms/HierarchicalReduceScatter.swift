@@ -1,14 +1,16 @@
 import Foundation
 
-/// Hierarchical reduce-scatter for a group spanning several hosts: every byte crosses the host boundary once (each
-/// host's reducer sends the other hosts their chunks' partial sums: 4/8 of the buffer on two hosts of 4, where the
-/// flat ring sends 7/8 over each boundary link).
+/// Hierarchical reduce-scatter for a group spanning several hosts, with one inter-host flow per member (NCCL's rings
+/// per local rank): every byte crosses the host boundary once (each host sends the other hosts their chunks' partial
+/// sums: 4/8 of the buffer on two hosts of 4, where the flat ring sends 7/8 over each boundary link), and the adding is
+/// spread over every member.
 ///
-/// 1. A pipelined chain through each host in member order: the first member sends its input, each next one adds its
-///    own; the host's last member (its reducer) gets the host's partial sums, the other hosts' chunks first, and sends
-///    each to that chunk's host's reducer as soon as it has it (the inter-host transfer overlaps the chain).
-/// 2. Each reducer folds its own host's chunks over the hosts in ascending order,
-/// 3. and sends each member of its host that member's reduced chunk.
+/// 1. Each chunk has one reducer on every host: on its owner's host the owner, on another host the owner's gateway
+///    there (`HostLayout.gateway`). Every member sends its input's segments to their chunks' reducers on its host,
+///    the other hosts' chunks first, round by round (a segment of each per round), then this host's chunks.
+/// 2. A reducer folds its host's contributions and sends an other host's chunk's partial sum straight to the owner, as
+///    soon as it has it: the inter-host links start after one segment's adding and stay busy.
+/// 3. The owner folds its chunk's partial sums over the hosts in ascending order.
 ///
 /// Fold order, the same on every run: chunk c = (…((P₀ + P₁) + P₂) …) + P_{H-1}, hosts in ascending host index, where
 /// P_k = (…((x_a + x_b) + x_c) …) over host k's members in group order. It differs from the ring's (which starts after
@@ -21,57 +23,45 @@ func hierarchicalReduceScatter<C: Channel>(_ ch: C, input: UnsafeRawPointer, out
     let es = reduction.elementSize, me = ch.me
     let h = hosts.hostOfMember[me]
     let members = hosts.hosts[h]
-    let local = SubChannel(ch, members: members)!
-    let reducers = hosts.hosts.map { $0.last! }
-    let segments = layout.sizes.map { Segments.of($0, elementSize: es) }
+    let segments = layout.sizes.map { Segments.of($0, elementSize: es) }   // byte ranges within each chunk
+    func reducer(_ c: Int) -> Int { hosts.hostOfMember[c] == h ? c : hosts.gateway(of: c, on: h) }
 
-    // 1. The chain, the other hosts' chunks first (hosts in turn from this one's next); the reducer sends those partial
-    // sums on and keeps its own host's in partial[c][s] (segment s of chunk c).
-    let H = hosts.hosts.count
-    let order = (1..<H).flatMap { hosts.hosts[(h + $0) % H] } + members
-    var partial = Array(repeating: [Piece<C.Message>](), count: layout.sizes.count)
-    for c in order {
-        let g = hosts.hostOfMember[c]
-        for seg in segments[c] {
-            let own = input + layout.offsets[c] + seg.lowerBound
-            var piece: Piece<C.Message>?
-            if local.size == 1 {
-                piece = Piece(bytes: own, count: seg.count, message: nil)
-            } else if local.me == 0 {
-                try local.send(to: 1, bytes: own, count: seg.count)
-            } else {
-                let m = try local.receive(from: local.me - 1, expectedBytes: seg.count)
-                let sum = try ch.newMessage(bytes: seg.count)   // never into `m`: over inproc it is the sender's memory
-                reduction.combine(sum.bytes, m.bytes, own, seg.count)
-                if local.me < local.size - 1 { try local.send(to: local.me + 1, payload: sum) }
-                else { piece = Piece(bytes: sum.bytes, count: seg.count, message: sum) }
-            }
-            guard let piece else { continue }
-            if g != h { try piece.send(ch, to: reducers[g]) } else { partial[c].append(piece) }
-        }
+    // The order every member of this host sends and folds in: (chunk, segment).
+    let remote = (0..<ch.size).filter { hosts.hostOfMember[$0] != h }
+    let rounds = remote.map { segments[$0].count }.max() ?? 0
+    let work = (0..<rounds).flatMap { k in remote.filter { k < segments[$0].count }.map { (c: $0, s: k) } }
+        + members.flatMap { c in segments[c].indices.map { (c: c, s: $0) } }
+
+    // 1. Contributions to this host's other reducers.
+    for (c, s) in work where reducer(c) != me {
+        let seg = segments[c][s]
+        try ch.send(to: reducer(c), bytes: input + layout.offsets[c] + seg.lowerBound, count: seg.count)
     }
-    guard me == reducers[h] else {
-        // 3. (non-reducers) this member's chunk from its host's reducer.
-        for seg in segments[me] {
-            let m = try ch.receive(from: reducers[h], expectedBytes: seg.count)
-            if seg.count > 0 { memcpy(output + seg.lowerBound, m.bytes, seg.count) }
+    // 2. This member's folds; other hosts' chunks' partial sums go to their owners, this member's stay in `partial`.
+    var partial = [Piece<C.Message>]()
+    for (c, s) in work where reducer(c) == me {
+        let seg = segments[c][s]
+        let own = input + layout.offsets[c] + seg.lowerBound
+        var piece = Piece<C.Message>(bytes: own, count: seg.count, message: nil)
+        if members.count > 1 {
+            let received = try members.map { m -> C.Message? in m == me ? nil : try ch.receive(from: m, expectedBytes: seg.count) }
+            let sum = try ch.newMessage(bytes: seg.count)   // never into a received message: over inproc it is the sender's memory
+            reduction.foldLeft(into: sum.bytes, received.map { $0.map { UnsafeRawPointer($0.bytes) } ?? own }, count: seg.count)
+            withExtendedLifetime(received) {}
+            piece = Piece(bytes: sum.bytes, count: seg.count, message: sum)
         }
-        return
+        if c != me { try piece.send(ch, to: c) } else { partial.append(piece) }
     }
-    // 2. and 3. This host's chunks folded over the hosts in order (into a fresh message: `output` may alias this
-    // member's input, a partial sum still to be added when it is alone on its host), then to their owners.
-    for c in members {
-        for (s, seg) in segments[c].enumerated() {
-            let sum = try ch.newMessage(bytes: seg.count)
-            for k in hosts.hosts.indices {
-                let received: C.Message? = try k == h ? nil : ch.receive(from: reducers[k], expectedBytes: seg.count)
-                let operand = received.map { UnsafeRawPointer($0.bytes) } ?? partial[c][s].bytes
-                if k == 0 { if seg.count > 0 { memcpy(sum.bytes, operand, seg.count) } }
-                else { reduction.combine(sum.bytes, sum.bytes, operand, seg.count) }
-            }
-            if c != me { try ch.send(to: c, payload: sum) }
-            else if seg.count > 0 { memcpy(output + seg.lowerBound, sum.bytes, seg.count) }
+    // 3. This member's chunk folded over the hosts in order (into a fresh message: `output` may alias the input, which
+    // is the host's partial sum when this member is alone on its host), then into place.
+    for (s, seg) in segments[me].enumerated() {
+        let received = try hosts.hosts.indices.map { k -> C.Message? in
+            k == h ? nil : try ch.receive(from: hosts.gateway(of: me, on: k), expectedBytes: seg.count)
         }
+        let sum = try ch.newMessage(bytes: seg.count)
+        reduction.foldLeft(into: sum.bytes, received.map { $0.map { UnsafeRawPointer($0.bytes) } ?? partial[s].bytes }, count: seg.count)
+        withExtendedLifetime(received) {}
+        if seg.count > 0 { memcpy(output + seg.lowerBound, sum.bytes, seg.count) }
     }
 }
 
