@@ -18,7 +18,7 @@ struct RankOutput: @unchecked Sendable {
         self.rank = rank
         prefix = prefixed ? "[rank \(rank)] " : ""
         logFile = logPath.flatMap { path in
-            FileManager.default.createFile(atPath: path, contents: nil)
+            _ = FileManager.default.createFile(atPath: path, contents: nil)   // FileHandle below fails alike
             return FileHandle(forWritingAtPath: path)
         }
     }
