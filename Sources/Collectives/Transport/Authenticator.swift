@@ -138,10 +138,12 @@ final class Authenticator: @unchecked Sendable {
             if items[1].revents != 0 { answerZAP(zap) }
             var stopped: [Int] = []
             for (i, monitor) in monitors.enumerated() where items[i + 2].revents != 0 {
+                var events: [Event] = []
                 while let event = receiveEvent(monitor.socket) {
                     if event.id == ZMQ_EVENT_MONITOR_STOPPED { stopped.append(i); break }
-                    handle(event, on: monitor)
+                    events.append(event)
                 }
+                handle(events, on: monitor)
             }
             for i in stopped.reversed() { monitors.remove(at: i) }
         }
@@ -195,14 +197,30 @@ final class Authenticator: @unchecked Sendable {
         return event ?? Event(id: 0, value: 0)
     }
 
-    private func handle(_ event: Event, on monitor: Monitor) {
+    /// The events waiting on one monitor, in order. The peer addresses of accepted descriptors are read first, at
+    /// once: libzmq's I/O thread closes a descriptor as soon as it refuses the connection, and the kernel may give its
+    /// number to the next connection. So an address is read only for a descriptor the batch does not also disconnect;
+    /// one that it does may be another connection's by now (a stranger's, or a rank's), and is left unknown rather than
+    /// blamed on someone else.
+    private func handle(_ events: [Event], on monitor: Monitor) {
+        var address: [Int: String] = [:]   // event index → the peer address of the descriptor it accepted
+        var disconnectedLater = Set<Int32>()
+        for (i, event) in events.enumerated().reversed() {
+            let fd = Int32(bitPattern: event.value)
+            if event.id == ZMQ_EVENT_DISCONNECTED { disconnectedLater.insert(fd) }
+            else if event.id == ZMQ_EVENT_ACCEPTED, !disconnectedLater.contains(fd) {
+                address[i] = Self.peerAddress(fd, listeningOn: monitor.port)
+            }
+        }
+        for (i, event) in events.enumerated() { handle(event, peer: address[i], on: monitor) }
+    }
+
+    private func handle(_ event: Event, peer: String?, on monitor: Monitor) {
         let fd = Int32(bitPattern: event.value)
         switch event.id {
         case ZMQ_EVENT_ACCEPTED:
-            // Read now: the descriptor is closed as soon as libzmq's I/O thread refuses the connection (and its number
-            // may then be another socket's, which `listeningOn` tells apart).
             if monitor.open.count > 4096 { monitor.open.removeAll() }   // events lost under a flood must not pile up
-            monitor.open[fd] = (Self.peerAddress(fd, listeningOn: monitor.port), false)
+            monitor.open[fd] = (peer, false)
         case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
             for key in monitor.open.keys { monitor.open[key]!.maybeAdmitted = true }
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
