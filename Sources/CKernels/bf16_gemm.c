@@ -1,6 +1,7 @@
 // GEMMs on bfloat16 inputs with fp32 accumulation, as torch autocast runs linear / matmul / bmm on a CPU:
-//   C = alpha · bf16(op(A)) · bf16(op(B)) + beta · C,   A, B, C fp32 in memory,
-// the inputs rounded to bfloat16 (to nearest even, torch's c10::BFloat16 rounding) while they are packed.
+//   C = alpha · bf16(op(A)) · bf16(op(B)) + beta · C,   C fp32 in memory,
+// A and B each fp32 (rounded to bfloat16, to nearest even as torch's c10::BFloat16, while they are packed) or already
+// bfloat16 (where a mixed-precision producer wrote them so: packing is then a copy of half the bytes).
 //
 // GotoBLAS blocking: for each block of NC columns and KC of the reduction, B is packed into VNNI panels (16 columns,
 // pairs of k interleaved: what both AMX and vdpbf16ps multiply); for each block of 32 rows A is packed row-major
@@ -189,6 +190,79 @@ DPBF16 static void pack_B(const float *B, int64_t rsb, int64_t csb, int64_t kb, 
     }
 }
 
+// The same packs from bfloat16 operands: copies, no rounding.
+
+static inline __mmask32 lanes32(int64_t n) { return n >= 32 ? (__mmask32)0xFFFFFFFFu : n <= 0 ? 0 : (__mmask32)((1u << n) - 1); }
+
+// Lane i: the VNNI pair (lo[i], hi[i]) of 16 bfloat16 each.
+V512 static inline __m512i pair_bits(__m256i lo, __m256i hi) {
+    return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+}
+
+V512 static void pack_A16(const uint16_t *A, int64_t rsa, int64_t csa, int64_t mb, int64_t kb, int64_t kcp, uint16_t *Ap) {
+    if (csa == 1) {
+        for (int64_t i = 0; i < MR; i++) {
+            uint16_t *dst = Ap + i * kcp;
+            if (i >= mb) { memset(dst, 0, (size_t)kcp * 2); continue; }
+            for (int64_t k = 0; k < kcp; k += 32)
+                _mm512_storeu_si512(dst + k, _mm512_maskz_loadu_epi16(lanes32(kb - k), A + i * rsa + k));
+        }
+    } else if (rsa == 1) {
+        for (int64_t i0 = 0; i0 < MR; i0 += 16) {
+            const __mmask16 m = lanes(mb - i0);
+            for (int64_t k0 = 0; k0 < kcp; k0 += 32) {
+                __m512i r[16];
+                for (int p = 0; p < 16; p++) {
+                    const int64_t k = k0 + 2 * p;
+                    const __m256i lo = k < kb ? _mm256_maskz_loadu_epi16(m, A + i0 + k * csa) : _mm256_setzero_si256();
+                    const __m256i hi = k + 1 < kb ? _mm256_maskz_loadu_epi16(m, A + i0 + (k + 1) * csa) : _mm256_setzero_si256();
+                    r[p] = pair_bits(lo, hi);
+                }
+                transpose16(r);
+                for (int i = 0; i < 16; i++) _mm512_storeu_si512(Ap + (i0 + i) * kcp + k0, r[i]);
+            }
+        }
+    } else {
+        for (int64_t i = 0; i < MR; i++)
+            for (int64_t k = 0; k < kcp; k++) Ap[i * kcp + k] = i < mb && k < kb ? A[i * rsa + k * csa] : 0;
+    }
+}
+
+V512 static void pack_B16(const uint16_t *B, int64_t rsb, int64_t csb, int64_t kb, int64_t nb, int64_t kcp, int64_t ncp,
+                          uint16_t *Bp) {
+    if (csb == 1) {
+        for (int64_t q = 0; q < ncp / 16; q++) {
+            const __mmask16 m = lanes(nb - 16 * q);
+            uint16_t *panel = Bp + q * kcp * 16;
+            for (int64_t k = 0; k < kcp; k += 2) {
+                const __m256i lo = k < kb ? _mm256_maskz_loadu_epi16(m, B + k * rsb + 16 * q) : _mm256_setzero_si256();
+                const __m256i hi = k + 1 < kb ? _mm256_maskz_loadu_epi16(m, B + (k + 1) * rsb + 16 * q) : _mm256_setzero_si256();
+                _mm512_storeu_si512(panel + k * 16, pair_bits(lo, hi));
+            }
+        }
+    } else if (rsb == 1) {
+        for (int64_t q = 0; q < ncp / 16; q++) {
+            uint16_t *panel = Bp + q * kcp * 16;
+            for (int64_t k0 = 0; k0 < kcp; k0 += 32) {
+                __m512i r[16];
+                for (int c = 0; c < 16; c++) {
+                    const int64_t j = 16 * q + c;
+                    r[c] = j < nb ? _mm512_maskz_loadu_epi16(lanes32(kb - k0), B + j * csb + k0) : _mm512_setzero_si512();
+                }
+                transpose16(r);
+                for (int p = 0; p < 16; p++) _mm512_storeu_si512(panel + (k0 / 2 + p) * 32, r[p]);
+            }
+        }
+    } else {
+        for (int64_t q = 0; q < ncp / 16; q++)
+            for (int64_t k = 0; k < kcp; k++)
+                for (int64_t c = 0; c < 16; c++) {
+                    const int64_t j = 16 * q + c;
+                    Bp[q * kcp * 16 + (k / 2) * 32 + c * 2 + (k & 1)] = k < kb && j < nb ? B[k * rsb + j * csb] : 0;
+                }
+    }
+}
+
 // ---- compute kernels: one 32 × 32 block of C from Ap (32 × kcp) and two panels, into acc[4][256] ----
 // acc[0]: rows 0-15, columns 0-15; acc[1]: rows 0-15, columns 16-31; acc[2], acc[3]: rows 16-31 likewise.
 
@@ -335,18 +409,23 @@ int titan_bf16_kernels(void) {
 
 // ---- the GEMM ----
 
-V512 static void gemm_blocks(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t rsa,
-                             int64_t csa, const float *B, int64_t rsb, int64_t csb, float beta, float *C, int64_t ldc) {
+V512 static void gemm_blocks(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const void *A, int64_t rsa,
+                             int64_t csa, int a16, const void *B, int64_t rsb, int64_t csb, int b16, float beta, float *C,
+                             int64_t ldc) {
     workspace *w = get_workspace();
     float acc[4][256] __attribute__((aligned(64)));
+    const float *Af = A, *Bf = B;
+    const uint16_t *Ah = A, *Bh = B;
     for (int64_t jc = 0; jc < N; jc += NC) {
         const int64_t nc = N - jc < NC ? N - jc : NC, ncp = round_up32(nc);
         for (int64_t pc = 0; pc < K; pc += KC) {
             const int64_t kc = K - pc < KC ? K - pc : KC, kcp = round_up32(kc);
-            pack_B(B + pc * rsb + jc * csb, rsb, csb, kc, nc, kcp, ncp, w->Bp);
+            if (b16) pack_B16(Bh + pc * rsb + jc * csb, rsb, csb, kc, nc, kcp, ncp, w->Bp);
+            else pack_B(Bf + pc * rsb + jc * csb, rsb, csb, kc, nc, kcp, ncp, w->Bp);
             for (int64_t ic = 0; ic < M; ic += MR) {
                 const int64_t mb = M - ic < MR ? M - ic : MR;
-                pack_A(A + ic * rsa + pc * csa, rsa, csa, mb, kc, kcp, w->Ap);
+                if (a16) pack_A16(Ah + ic * rsa + pc * csa, rsa, csa, mb, kc, kcp, w->Ap);
+                else pack_A(Af + ic * rsa + pc * csa, rsa, csa, mb, kc, kcp, w->Ap);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     const int64_t nb = nc - jr < NR ? nc - jr : NR;
                     const uint16_t *panels = w->Bp + (jr / 16) * kcp * 16;
@@ -370,19 +449,20 @@ V512 static void gemm_blocks(int kernel, int64_t M, int64_t N, int64_t K, float 
     }
 }
 
-AMX static void gemm_amx(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t rsa, int64_t csa,
-                         const float *B, int64_t rsb, int64_t csb, float beta, float *C, int64_t ldc) {
+AMX static void gemm_amx(int64_t M, int64_t N, int64_t K, float alpha, const void *A, int64_t rsa, int64_t csa, int a16,
+                         const void *B, int64_t rsb, int64_t csb, int b16, float beta, float *C, int64_t ldc) {
     amx_configure();
-    gemm_blocks(TITAN_BF16_AMX, M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
+    gemm_blocks(TITAN_BF16_AMX, M, N, K, alpha, A, rsa, csa, a16, B, rsb, csb, b16, beta, C, ldc);
     _tile_release();   // the kernel then saves no tile state at context switches
 }
 
-void titan_bf16_gemm(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t rsa,
-                     int64_t csa, const float *B, int64_t rsb, int64_t csb, float beta, float *C, int64_t ldc) {
+void titan_bf16_gemm(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const void *A, int64_t rsa,
+                     int64_t csa, int a16, const void *B, int64_t rsb, int64_t csb, int b16, float beta, float *C,
+                     int64_t ldc) {
     if (M <= 0 || N <= 0 || K <= 0) abort();   // callers handle empty GEMMs
     if (!(titan_bf16_kernels() & kernel)) abort();
-    if (kernel == TITAN_BF16_AMX) gemm_amx(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
-    else gemm_blocks(kernel, M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc);
+    if (kernel == TITAN_BF16_AMX) gemm_amx(M, N, K, alpha, A, rsa, csa, a16, B, rsb, csb, b16, beta, C, ldc);
+    else gemm_blocks(kernel, M, N, K, alpha, A, rsa, csa, a16, B, rsb, csb, b16, beta, C, ldc);
 }
 
 // ---- conversions ----
@@ -412,10 +492,11 @@ V512 static void bf16_to_f32_avx512(const uint16_t *x, float *y, int64_t n) {
 }
 #else
 int titan_bf16_kernels(void) { return 0; }
-void titan_bf16_gemm(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t rsa,
-                     int64_t csa, const float *B, int64_t rsb, int64_t csb, float beta, float *C, int64_t ldc) {
-    (void)kernel; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)rsa; (void)csa; (void)B; (void)rsb; (void)csb;
-    (void)beta; (void)C; (void)ldc;
+void titan_bf16_gemm(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const void *A, int64_t rsa,
+                     int64_t csa, int a16, const void *B, int64_t rsb, int64_t csb, int b16, float beta, float *C,
+                     int64_t ldc) {
+    (void)kernel; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)rsa; (void)csa; (void)a16; (void)B; (void)rsb;
+    (void)csb; (void)b16; (void)beta; (void)C; (void)ldc;
     abort();   // titan_bf16_kernels() is 0 here: callers never get this far
 }
 #endif

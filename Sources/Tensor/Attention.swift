@@ -10,6 +10,7 @@
 // it). Values may have their own head width `vd` (MLA: v_head_dim ≠ qk_nope_head_dim + qk_rope_head_dim); then
 // v_BTKd is [B, T, KV, vd] and out_BTHd [B, T, H, vd]. Softmax in fp32.
 
+import CKernels
 import Runtime
 
 /// Query rows per block.
@@ -91,6 +92,7 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
     // Row blocks last first: the last block's GEMMs span every key row, so the first of them writes dK / dV whole
     // (beta 0) and the rest accumulate onto it.
     let blockStarts = Array(stride(from: 0, to: T, by: attentionBlockRows).reversed())
+    let bf16 = BLAS.matmulPrecision == .bfloat16
     // One (batch, kv head) at a time, its query heads in order: dK and dV of a kv head are accumulated by its query
     // heads only, in the same order as a serial loop, so concurrent kv heads give bit-identical results.
     func group(_ bg: Int) {
@@ -106,6 +108,8 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
     }
     func gradients(b: Int, g: Int, Vt_dT: UnsafePointer<Float>, K: UnsafePointer<Float>,
                    dV: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>) {
+        let rowBF16 = UnsafeMutablePointer<UInt16>.allocate(capacity: T)
+        defer { rowBF16.deallocate() }
         // 1. dP = dO · Vᵀ ; dV = Σ Pᵀ · dO over the group's heads and row blocks (causal blocks)
         for h in (g * rep)..<((g + 1) * rep) {
             let dO = dout_BTHd + b * T * os + h * vd
@@ -119,13 +123,19 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
                 BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: vd, K: rn, alpha: 1, A: P + r0 * T, lda: T,
                            B: dO + r0 * os, ldb: os, beta: first ? 0 : 1, C: dV, ldc: vs)
             }
-            // 2. dS = P ⊙ (dP − rowsum(P ⊙ dP)) on causal entries; zeros up to the end of the row's block
+            // 2. dS = P ⊙ (dP − rowsum(P ⊙ dP)) on causal entries; zeros up to the end of the row's block. Under mixed
+            //    precision dS feeds GEMMs only: its row is then written back as bfloat16 into the first half of its
+            //    own storage (row stride 2T), in place of being rounded by both GEMMs that pack it.
             for t in 0..<T {
                 let p = P + t * T, d = dS + t * T
                 let kn = min(T, (t / attentionBlockRows + 1) * attentionBlockRows)
                 let s = dot(p, d, t + 1)
                 for j in 0...t { d[j] = p[j] * (d[j] - s) }
                 if t + 1 < kn { (d + t + 1).update(repeating: 0, count: kn - t - 1) }
+                if bf16 {
+                    titan_f32_to_bf16(d, rowBF16, Int64(kn))
+                    UnsafeMutableRawPointer(d).copyMemory(from: rowBF16, byteCount: 2 * kn)
+                }
             }
         }
         // 3. dQ = scale · dS · K (each row block once) ;  dK = Σ scale · dSᵀ · Q
@@ -133,13 +143,15 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
             let Q = q_BTHd + b * T * qs + h * hd
             let dQ = dq_BTHd + b * T * qs + h * hd
             let dS = scratch_BHTT + (b * H + h) * T * T
+            let dSb = UnsafeRawPointer(dS).assumingMemoryBound(to: UInt16.self)
             for r0 in blockStarts {
                 let rn = min(attentionBlockRows, T - r0), kn = r0 + rn
-                BLAS.sgemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: scale, A: dS + r0 * T, lda: T,
-                           B: K, ldb: ks, beta: 0, C: dQ + r0 * qs, ldc: qs)
+                let a: GEMMInput = bf16 ? .bf16(dSb + r0 * 2 * T) : .f32(dS + r0 * T), lda = bf16 ? 2 * T : T
+                BLAS.gemmSerial(transA: false, transB: false, M: rn, N: hd, K: kn, alpha: scale, A: a, lda: lda,
+                                B: .f32(K), ldb: ks, beta: 0, C: dQ + r0 * qs, ldc: qs)
                 let first = h == g * rep && kn == T
-                BLAS.sgemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: scale, A: dS + r0 * T, lda: T,
-                           B: Q + r0 * qs, ldb: qs, beta: first ? 0 : 1, C: dK, ldc: ks)
+                BLAS.gemmSerial(transA: true, transB: false, M: kn, N: hd, K: rn, alpha: scale, A: a, lda: lda,
+                                B: .f32(Q + r0 * qs), ldb: qs, beta: first ? 0 : 1, C: dK, ldc: ks)
             }
         }
     }

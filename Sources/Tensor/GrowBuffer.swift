@@ -15,4 +15,9 @@ public final class GrowBuffer {
         if tensor.count < n { tensor = Tensor(shape: [max(n, tensor.count * 5 / 4)]) }
         return tensor.data
     }
+
+    /// Room for `n` bfloat16 values (bits) in the same storage.
+    public func getBF16(_ n: Int) -> UnsafeMutablePointer<UInt16> {
+        UnsafeMutableRawPointer(get((n + 1) / 2)).assumingMemoryBound(to: UInt16.self)
+    }
 }

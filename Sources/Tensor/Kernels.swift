@@ -1,6 +1,7 @@
 // Element-wise and normalisation kernels, forward and backward.
 // Conventions: shape-suffixed names; backward kernels ACCUMULATE (+=) into gradient buffers.
 
+import CKernels
 import Runtime
 
 // MARK: - vector helpers
@@ -184,44 +185,84 @@ public func rope_backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePoint
 
 /// out_N = silu(gate_N) · up_N, silu(g) = g·σ(g).
 public func swiglu_forward(_ out_N: UnsafeMutablePointer<Float>, _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
+    parallelFor(n, costPerItem: 8) { r in swiglu_forward(out_N, gate_N, up_N, r) }
+}
+
+/// `swiglu_forward` WRITING bf16(out_N) (bits; for the GEMM that reads it under mixed precision): the same fp32 values
+/// (chunks of a multiple of 8 from r's start: every value takes the vector or scalar path it takes in fp32), rounded to
+/// nearest even.
+public func swiglu_forward(_ out_N: UnsafeMutablePointer<UInt16>, _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
     parallelFor(n, costPerItem: 8) { r in
-        var i = r.lowerBound
-        while i + 8 <= r.upperBound {
-            let g = load8(gate_N + i)
-            store8(out_N + i, g * sigmoid8(g) * load8(up_N + i))
-            i += 8
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: bf16Chunk) { tmp in
+            for c in stride(from: r.lowerBound, to: r.upperBound, by: bf16Chunk) {
+                let m = min(bf16Chunk, r.upperBound - c)
+                swiglu_forward(tmp.baseAddress!, gate_N + c, up_N + c, 0..<m)
+                titan_f32_to_bf16(tmp.baseAddress!, out_N + c, Int64(m))
+            }
         }
-        while i < r.upperBound {
-            let g = gate_N[i]
-            out_N[i] = g * sigmoid1(g) * up_N[i]
-            i += 1
-        }
+    }
+}
+
+/// Floats per chunk of the kernels that write bfloat16.
+let bf16Chunk = 512
+
+@inline(__always)
+func swiglu_forward(_ out_N: UnsafeMutablePointer<Float>, _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ r: Range<Int>) {
+    var i = r.lowerBound
+    while i + 8 <= r.upperBound {
+        let g = load8(gate_N + i)
+        store8(out_N + i, g * sigmoid8(g) * load8(up_N + i))
+        i += 8
+    }
+    while i < r.upperBound {
+        let g = gate_N[i]
+        out_N[i] = g * sigmoid1(g) * up_N[i]
+        i += 1
     }
 }
 
 /// dgate += dout·up·σ(g)(1 + g(1−σ(g))),  dup += dout·silu(g)  (WRITTEN instead of accumulated when `overwrite`).
 public func swiglu_backward(_ dgate_N: UnsafeMutablePointer<Float>, _ dup_N: UnsafeMutablePointer<Float>, _ dout_N: UnsafePointer<Float>,
                             _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int, overwrite: Bool = false) {
+    parallelFor(n, costPerItem: 12) { r in swiglu_backward(dgate_N, dup_N, dout_N, gate_N, up_N, r, overwrite: overwrite) }
+}
+
+/// `swiglu_backward` WRITING bf16(dgate_N) and bf16(dup_N) (bits; for the GEMMs that read them under mixed precision).
+public func swiglu_backward(_ dgate_N: UnsafeMutablePointer<UInt16>, _ dup_N: UnsafeMutablePointer<UInt16>, _ dout_N: UnsafePointer<Float>,
+                            _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ n: Int) {
     parallelFor(n, costPerItem: 12) { r in
-        var i = r.lowerBound
-        while i + 8 <= r.upperBound {
-            let g = load8(gate_N + i), s = sigmoid8(g), dy = load8(dout_N + i)
-            let dg = dy * load8(up_N + i) * s * (1 + g * (1 - s))
-            let du = dy * g * s
-            if overwrite {
-                store8(dgate_N + i, dg); store8(dup_N + i, du)
-            } else {
-                store8(dgate_N + i, load8(dgate_N + i) + dg); store8(dup_N + i, load8(dup_N + i) + du)
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * bf16Chunk) { tmp in
+            for c in stride(from: r.lowerBound, to: r.upperBound, by: bf16Chunk) {
+                let m = min(bf16Chunk, r.upperBound - c), dg = tmp.baseAddress!, du = dg + bf16Chunk
+                swiglu_backward(dg, du, dout_N + c, gate_N + c, up_N + c, 0..<m, overwrite: true)
+                titan_f32_to_bf16(dg, dgate_N + c, Int64(m))
+                titan_f32_to_bf16(du, dup_N + c, Int64(m))
             }
-            i += 8
         }
-        while i < r.upperBound {
-            let g = gate_N[i], s = sigmoid1(g), dy = dout_N[i]
-            let dg = dy * up_N[i] * s * (1 + g * (1 - s))
-            let du = dy * g * s
-            if overwrite { dgate_N[i] = dg; dup_N[i] = du } else { dgate_N[i] += dg; dup_N[i] += du }
-            i += 1
+    }
+}
+
+@inline(__always)
+func swiglu_backward(_ dgate_N: UnsafeMutablePointer<Float>, _ dup_N: UnsafeMutablePointer<Float>, _ dout_N: UnsafePointer<Float>,
+                     _ gate_N: UnsafePointer<Float>, _ up_N: UnsafePointer<Float>, _ r: Range<Int>, overwrite: Bool) {
+    var i = r.lowerBound
+    while i + 8 <= r.upperBound {
+        let g = load8(gate_N + i), s = sigmoid8(g), dy = load8(dout_N + i)
+        let dg = dy * load8(up_N + i) * s * (1 + g * (1 - s))
+        let du = dy * g * s
+        if overwrite {
+            store8(dgate_N + i, dg); store8(dup_N + i, du)
+        } else {
+            store8(dgate_N + i, load8(dgate_N + i) + dg); store8(dup_N + i, load8(dup_N + i) + du)
         }
+        i += 8
+    }
+    while i < r.upperBound {
+        let g = gate_N[i], s = sigmoid1(g), dy = dout_N[i]
+        let dg = dy * up_N[i] * s * (1 + g * (1 - s))
+        let du = dy * g * s
+        if overwrite { dgate_N[i] = dg; dup_N[i] = du } else { dgate_N[i] += dg; dup_N[i] += du }
+        i += 1
     }
 }
 

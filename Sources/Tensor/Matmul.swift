@@ -12,7 +12,8 @@
 //   - OpenBLAS (cblas) for the rest: small GEMMs with B transposed, or any small GEMM on a CPU without AVX-512.
 // With `BLAS.matmulPrecision` bfloat16 (mixed precision: torch autocast's linear / matmul / bmm), every GEMM rounds its
 // inputs to bfloat16 and accumulates in fp32 instead, on our AMX or AVX512_BF16 kernels (Sources/CKernels/bf16_gemm.c;
-// `BF16Kernel`), or, on CPUs with neither, on the fp32 libraries above over inputs rounded to bfloat16.
+// `BF16Kernel`), or, on CPUs with neither, on the fp32 libraries above over inputs rounded to bfloat16. There an input
+// may also be bfloat16 already (`GEMMInput`), where its producer wrote it so for the GEMMs that read it.
 // All run single-threaded: large GEMMs are split over the kernel threads by `BLAS.sgemm` itself (or, on a rank that
 // lends idle CPUs, into two fixed halves: Runtime/IdleCPUs.swift). Which code runs a GEMM depends on its shape and transB only
 // (on a given CPU), so a run is bitwise reproducible for a given thread count and lending setting (see KernelThreads.swift).
@@ -111,6 +112,15 @@ public enum BLAS {
                              alpha: Float, A: UnsafePointer<Float>, lda: Int,
                              B: UnsafePointer<Float>, ldb: Int,
                              beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        gemm(transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: .f32(A), lda: lda, B: .f32(B), ldb: ldb,
+             beta: beta, C: C, ldc: ldc)
+    }
+
+    /// `sgemm` on fp32 or bfloat16 inputs (bfloat16 ones only under `matmulPrecision` bfloat16).
+    @inline(__always)
+    public static func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
+                            alpha: Float, A: GEMMInput, lda: Int, B: GEMMInput, ldb: Int,
+                            beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
         let t = splitThreads
         if t > 1 && M * N * K >= minSplitWork && K > 0 && max(M, N) >= 32 * t && !KernelThreads.insideRegion {
             // Split the larger of M and N into t blocks (multiples of 16 rows / columns).
@@ -119,12 +129,12 @@ public enum BLAS {
             KernelThreads.run(parts: t) { c in
                 let lo = (n * c / t) & ~15, hi = c == t - 1 ? n : (n * (c + 1) / t) & ~15
                 if lo >= hi { return }
-                let a = alongM ? (transA ? A + lo : A + lo * lda) : A
-                let b = alongM ? B : (transB ? B + lo * ldb : B + lo)
+                let a = alongM ? A + (transA ? lo : lo * lda) : A
+                let b = alongM ? B : B + (transB ? lo * ldb : lo)
                 KernelThreads.asRegionPart {
-                    sgemmSerial(transA: transA, transB: transB, M: alongM ? hi - lo : M, N: alongM ? N : hi - lo, K: K,
-                                alpha: alpha, A: a, lda: lda, B: b, ldb: ldb, beta: beta,
-                                C: alongM ? C + lo * ldc : C + lo, ldc: ldc)
+                    gemmSerial(transA: transA, transB: transB, M: alongM ? hi - lo : M, N: alongM ? N : hi - lo, K: K,
+                               alpha: alpha, A: a, lda: lda, B: b, ldb: ldb, beta: beta,
+                               C: alongM ? C + lo * ldc : C + lo, ldc: ldc)
                 }
             }
             return
@@ -133,20 +143,20 @@ public enum BLAS {
             // Two fixed halves of the larger of M and N, the second on an idle CPU when there is one (see IdleCPUs).
             let alongM = M >= N
             let lo = ((alongM ? M : N) / 2) & ~15
-            let a = alongM ? (transA ? A + lo : A + lo * lda) : A
-            let b = alongM ? B : (transB ? B + lo * ldb : B + lo)
+            let a = alongM ? A + (transA ? lo : lo * lda) : A
+            let b = alongM ? B : B + (transB ? lo * ldb : lo)
             IdleCPUs.run({
-                sgemmSerial(transA: transA, transB: transB, M: alongM ? lo : M, N: alongM ? N : lo, K: K,
-                            alpha: alpha, A: A, lda: lda, B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
+                gemmSerial(transA: transA, transB: transB, M: alongM ? lo : M, N: alongM ? N : lo, K: K,
+                           alpha: alpha, A: A, lda: lda, B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
             }, {
-                sgemmSerial(transA: transA, transB: transB, M: alongM ? M - lo : M, N: alongM ? N : N - lo, K: K,
-                            alpha: alpha, A: a, lda: lda, B: b, ldb: ldb, beta: beta,
-                            C: alongM ? C + lo * ldc : C + lo, ldc: ldc)
+                gemmSerial(transA: transA, transB: transB, M: alongM ? M - lo : M, N: alongM ? N : N - lo, K: K,
+                           alpha: alpha, A: a, lda: lda, B: b, ldb: ldb, beta: beta,
+                           C: alongM ? C + lo * ldc : C + lo, ldc: ldc)
             }, lendingTo: IdleCPUs.idleCPU)
             return
         }
-        sgemmSerial(transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: A, lda: lda, B: B, ldb: ldb,
-                    beta: beta, C: C, ldc: ldc)
+        gemmSerial(transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: A, lda: lda, B: B, ldb: ldb,
+                   beta: beta, C: C, ldc: ldc)
     }
 
     /// `sgemm` without splitting (for callers that already run on the kernel threads).
@@ -155,6 +165,15 @@ public enum BLAS {
                                    alpha: Float, A: UnsafePointer<Float>, lda: Int,
                                    B: UnsafePointer<Float>, ldb: Int,
                                    beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        gemmSerial(transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: .f32(A), lda: lda, B: .f32(B),
+                   ldb: ldb, beta: beta, C: C, ldc: ldc)
+    }
+
+    /// `gemm` without splitting.
+    @inline(__always)
+    public static func gemmSerial(transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
+                                  alpha: Float, A: GEMMInput, lda: Int, B: GEMMInput, ldb: Int,
+                                  beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
         if M == 0 || N == 0 { return }
         if K == 0 {
             if beta == 1 { return }
@@ -166,8 +185,11 @@ public enum BLAS {
                      B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
             return
         }
+        guard case .f32(let a) = A, case .f32(let b) = B else {
+            preconditionFailure("BLAS: bfloat16 GEMM inputs under matmulPrecision float32")
+        }
         sgemm(on: library(M: M, N: N, K: K, transB: transB), transA: transA, transB: transB, M: M, N: N, K: K,
-              alpha: alpha, A: A, lda: lda, B: B, ldb: ldb, beta: beta, C: C, ldc: ldc)
+              alpha: alpha, A: a, lda: lda, B: b, ldb: ldb, beta: beta, C: C, ldc: ldc)
     }
 
     /// C_MN = alpha · bf16(op(A)) · bf16(op(B)) + beta · C_MN with fp32 accumulation, on the given kernel, unsplit
@@ -176,19 +198,27 @@ public enum BLAS {
                                 alpha: Float, A: UnsafePointer<Float>, lda: Int,
                                 B: UnsafePointer<Float>, ldb: Int,
                                 beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        bf16gemm(on: kernel, transA: transA, transB: transB, M: M, N: N, K: K, alpha: alpha, A: .f32(A), lda: lda,
+                 B: .f32(B), ldb: ldb, beta: beta, C: C, ldc: ldc)
+    }
+
+    /// `bf16gemm` on fp32 or bfloat16 inputs (a bfloat16 input is taken as it is: bf16 of it is itself).
+    public static func bf16gemm(on kernel: BF16Kernel, transA: Bool, transB: Bool, M: Int, N: Int, K: Int,
+                                alpha: Float, A: GEMMInput, lda: Int, B: GEMMInput, ldb: Int,
+                                beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int) {
         switch kernel {
         case .amx, .avx512:
             titan_bf16_gemm(kernel == .amx ? TITAN_BF16_AMX : TITAN_BF16_AVX512, Int64(M), Int64(N), Int64(K), alpha,
-                            A, Int64(transA ? 1 : lda), Int64(transA ? lda : 1),
-                            B, Int64(transB ? 1 : ldb), Int64(transB ? ldb : 1), beta, C, Int64(ldc))
+                            A.raw, Int64(transA ? 1 : lda), Int64(transA ? lda : 1), A.isBF16 ? 1 : 0,
+                            B.raw, Int64(transB ? 1 : ldb), Int64(transB ? ldb : 1), B.isBF16 ? 1 : 0, beta, C, Int64(ldc))
         case .widened:
             // The products of bfloat16 values are exact in fp32, so the fp32 GEMM over rounded copies computes the
             // same products; only the order of the fp32 sums differs from the kernels'.
             let (ra, ca) = transA ? (K, M) : (M, K), (rb, cb) = transB ? (N, K) : (K, N)
             let a = UnsafeMutablePointer<Float>.allocate(capacity: ra * ca), b = UnsafeMutablePointer<Float>.allocate(capacity: rb * cb)
             defer { a.deallocate(); b.deallocate() }
-            for r in 0..<ra { titan_round_bf16(A + r * lda, a + r * ca, Int64(ca)) }
-            for r in 0..<rb { titan_round_bf16(B + r * ldb, b + r * cb, Int64(cb)) }
+            for r in 0..<ra { A.rounded(row: r, ld: lda, count: ca, into: a + r * ca) }
+            for r in 0..<rb { B.rounded(row: r, ld: ldb, count: cb, into: b + r * cb) }
             sgemm(on: library(M: M, N: N, K: K, transB: transB), transA: transA, transB: transB, M: M, N: N, K: K,
                   alpha: alpha, A: a, lda: ca, B: b, ldb: cb, beta: beta, C: C, ldc: ldc)
         }
@@ -345,6 +375,38 @@ public struct CPUInfo: Sendable {
     }
 }
 
+/// A GEMM input: fp32, or bfloat16 (its bits) where a mixed-precision producer wrote it so; the bfloat16 GEMMs then
+/// read half the bytes and round nothing (the producer rounded to nearest even as they would have).
+public enum GEMMInput {
+    case f32(UnsafePointer<Float>)
+    case bf16(UnsafePointer<UInt16>)
+
+    @inline(__always)
+    static func + (x: GEMMInput, n: Int) -> GEMMInput {
+        switch x {
+        case .f32(let p): return .f32(p + n)
+        case .bf16(let p): return .bf16(p + n)
+        }
+    }
+
+    var raw: UnsafeRawPointer {
+        switch self {
+        case .f32(let p): return UnsafeRawPointer(p)
+        case .bf16(let p): return UnsafeRawPointer(p)
+        }
+    }
+
+    var isBF16: Bool { if case .bf16 = self { return true } else { return false } }
+
+    /// Row r (ld apart) of `count` values, rounded to bfloat16, as fp32.
+    func rounded(row r: Int, ld: Int, count: Int, into y: UnsafeMutablePointer<Float>) {
+        switch self {
+        case .f32(let p): titan_round_bf16(p + r * ld, y, Int64(count))
+        case .bf16(let p): titan_bf16_to_f32(p + r * ld, y, Int64(count))
+        }
+    }
+}
+
 /// A floating-point format of parameters, matmul inputs or collective payloads (torchtitan's config values).
 public enum Precision: String, Sendable, CaseIterable {
     case float32, bfloat16
@@ -367,6 +429,11 @@ public enum BF16Kernel: String, Sendable, CaseIterable {
     }()
 }
 
+/// y[i] = bf16(x[i]) (nearest even; bits), over the kernel threads.
+public func to_bf16(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<UInt16>, _ n: Int) {
+    parallelFor(n, costPerItem: 1) { r in titan_f32_to_bf16(x + r.lowerBound, y + r.lowerBound, Int64(r.count)) }
+}
+
 /// y[i] = x[i] rounded to bfloat16 (nearest even) and widened back, over the kernel threads (x == y allowed).
 public func round_bf16(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
     parallelFor(n, costPerItem: 1) { r in titan_round_bf16(x + r.lowerBound, y + r.lowerBound, Int64(r.count)) }
@@ -376,8 +443,14 @@ public func round_bf16(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<F
 ///   x_TD: [T, D], w_ND: [N, D] (PyTorch Linear weight layout), out_TN: [T, N].
 public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: UnsafePointer<Float>, _ w_ND: UnsafePointer<Float>,
                            T: Int, D: Int, N: Int, accumulate: Bool = false) {
-    BLAS.sgemm(transA: false, transB: true, M: T, N: N, K: D, alpha: 1, A: x_TD, lda: D, B: w_ND, ldb: D,
-               beta: accumulate ? 1 : 0, C: out_TN, ldc: N)
+    matmul_forward(out_TN, .f32(x_TD), w_ND, T: T, D: D, N: N, accumulate: accumulate)
+}
+
+/// `matmul_forward` with x fp32 or bfloat16.
+public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: GEMMInput, _ w_ND: UnsafePointer<Float>,
+                           T: Int, D: Int, N: Int, accumulate: Bool = false) {
+    BLAS.gemm(transA: false, transB: true, M: T, N: N, K: D, alpha: 1, A: x_TD, lda: D, B: .f32(w_ND), ldb: D,
+              beta: accumulate ? 1 : 0, C: out_TN, ldc: N)
 }
 
 /// Backward of `matmul_forward`, accumulating:
@@ -387,12 +460,20 @@ public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: Unsafe
 public func matmul_backward(dx_TD: UnsafeMutablePointer<Float>?, dw_ND: UnsafeMutablePointer<Float>?,
                             dout_TN: UnsafePointer<Float>, x_TD: UnsafePointer<Float>, w_ND: UnsafePointer<Float>,
                             T: Int, D: Int, N: Int, overwriteDx: Bool = false) {
+    matmul_backward(dx_TD: dx_TD, dw_ND: dw_ND, dout_TN: .f32(dout_TN), x_TD: .f32(x_TD), w_ND: w_ND, T: T, D: D, N: N,
+                    overwriteDx: overwriteDx)
+}
+
+/// `matmul_backward` with dout and x fp32 or bfloat16.
+public func matmul_backward(dx_TD: UnsafeMutablePointer<Float>?, dw_ND: UnsafeMutablePointer<Float>?,
+                            dout_TN: GEMMInput, x_TD: GEMMInput, w_ND: UnsafePointer<Float>,
+                            T: Int, D: Int, N: Int, overwriteDx: Bool = false) {
     if let dx = dx_TD {
-        BLAS.sgemm(transA: false, transB: false, M: T, N: D, K: N, alpha: 1, A: dout_TN, lda: N, B: w_ND, ldb: D,
-                   beta: overwriteDx ? 0 : 1, C: dx, ldc: D)
+        BLAS.gemm(transA: false, transB: false, M: T, N: D, K: N, alpha: 1, A: dout_TN, lda: N, B: .f32(w_ND), ldb: D,
+                  beta: overwriteDx ? 0 : 1, C: dx, ldc: D)
     }
     if let dw = dw_ND {
-        BLAS.sgemm(transA: true, transB: false, M: N, N: D, K: T, alpha: 1, A: dout_TN, lda: N, B: x_TD, ldb: D,
-                   beta: 1, C: dw, ldc: D)
+        BLAS.gemm(transA: true, transB: false, M: N, N: D, K: T, alpha: 1, A: dout_TN, lda: N, B: x_TD, ldb: D,
+                  beta: 1, C: dw, ldc: D)
     }
 }

@@ -75,6 +75,7 @@ struct BenchGemm: ParsableCommand {
         (128, 128, 128, false, false), (512, 256, 8, true, false), (512, 256, 32, true, false),
         (256, 768, 256, false, true), (2048, 256, 256, false, false), (2048, 768, 256, false, true),
         (512, 512, 256, false, false), (1024, 256, 1024, false, false), (768, 256, 2048, true, false),
+        (1024, 256, 256, false, true), (256, 256, 1024, true, false),
     ]
 
     /// GFLOP/s of each implementation per shape (best of 5 runs of ≥ 0.1 s each, beta 1; our AVX-512 kernel only
@@ -158,7 +159,7 @@ struct BenchGemm: ParsableCommand {
         let kernels = BF16Kernel.available
         print("M x N x K".padding(toLength: 18, withPad: " ", startingAt: 0) + cell("op", 6)
               + kernels.map { cell($0 == .widened ? "widened" : $0.rawValue, 13) }.joined()
-              + cell("oneDNN", 10) + cell("(create)", 10) + cell("oneDNN rt-M", 13) + cell("fp32", 9) + "   (GFLOP/s)")
+              + cell("\(kernels[0] == .widened ? "widened" : kernels[0].rawValue) bf16 in", 15) + cell("oneDNN", 10) + cell("(create)", 10) + cell("oneDNN rt-M", 13) + cell("fp32", 9) + "   (GFLOP/s)")
         var json: [String] = []
         var rng = SplitMix64(seed: 3)
         var implementations = Set<String>()
@@ -174,6 +175,14 @@ struct BenchGemm: ParsableCommand {
                                   lda: lda, B: b.ptr, ldb: ldb, beta: 1, C: c.data, ldc: N)
                 }
             }
+            // The first kernel on inputs that are bfloat16 already (as mixed-precision producers write them).
+            let a16 = UnsafeMutablePointer<UInt16>.allocate(capacity: a.count), b16 = UnsafeMutablePointer<UInt16>.allocate(capacity: b.count)
+            defer { a16.deallocate(); b16.deallocate() }
+            to_bf16(a.ptr, into: a16, a.count); to_bf16(b.ptr, into: b16, b.count)
+            let bf16In = time(flop: flop) {
+                BLAS.bf16gemm(on: kernels[0], transA: transA, transB: transB, M: M, N: N, K: K, alpha: 1, A: .bf16(a16),
+                              lda: lda, B: .bf16(b16), ldb: ldb, beta: 1, C: c.data, ldc: N)
+            }
             let fp32 = time(flop: flop) {
                 BLAS.sgemmSerial(transA: transA, transB: transB, M: M, N: N, K: K, alpha: 1, A: a.ptr, lda: lda,
                                  B: b.ptr, ldb: ldb, beta: 1, C: c.data, ldc: N)
@@ -187,12 +196,13 @@ struct BenchGemm: ParsableCommand {
             if runtime >= 0 { implementations.insert("runtime M: " + String(cString: implRuntime)) }
             let op = (transA ? "Aᵀ" : "A") + "·" + (transB ? "Bᵀ" : "B")
             print("\(M) x \(N) x \(K)".padding(toLength: 18, withPad: " ", startingAt: 0) + cell(op, 6)
-                  + kernels.map { cell(number(ours[$0]), 13) }.joined()
+                  + kernels.map { cell(number(ours[$0]), 13) }.joined() + cell(number(bf16In), 15)
                   + cell(number(fixed), 10) + cell(fixed >= 0 ? String(format: "%.2fms", create) : "-", 10)
                   + cell(number(runtime), 13) + cell(number(fp32), 9))
             var row: [String: Any] = ["name": "bf16_gemm_kernel", "m": M, "n": N, "k": K, "op": op,
                                       "fp32_routed_gflops": rounded(fp32, places: 1)]
             for kernel in kernels { row[kernel.rawValue] = rounded(ours[kernel]!, places: 1) }
+            row["bf16_inputs_gflops"] = rounded(bf16In, places: 1)
             row["onednn_gflops"] = fixed >= 0 ? rounded(fixed, places: 1) : NSNull()
             row["onednn_create_ms"] = fixed >= 0 ? rounded(create, places: 3) : NSNull()
             row["onednn_runtime_m_gflops"] = runtime >= 0 ? rounded(runtime, places: 1) : NSNull()

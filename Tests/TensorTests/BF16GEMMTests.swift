@@ -91,6 +91,40 @@ final class BF16GEMMTests: XCTestCase {
         }
     }
 
+    /// bfloat16 inputs (as mixed-precision producers write them) give the same bits as the fp32 inputs they were
+    /// rounded from, on every kernel, with A, B or both in bfloat16, every transpose, padded leading dimensions; the
+    /// shapes include whole 32-row blocks over whole 32-deep steps, which AMX reads straight from a bfloat16 A.
+    func testBFloat16InputsGiveTheSameBits() {
+        var rng = SplitMix64(seed: 5)
+        let shapes: [(Int, Int, Int)] = [(5, 17, 3), (64, 48, 64), (96, 40, 600), (33, 530, 96), (100, 70, 33)]
+        for kernel in BF16Kernel.available {
+            for (M, N, K) in shapes {
+                for (transA, transB) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let lda = (transA ? M : K) + 5, ldb = (transB ? K : N) + 3, ldc = N + 1
+                    let (na, nb) = ((transA ? K : M) * lda, (transB ? N : K) * ldb)
+                    let a = Tensor(shape: [na]), b = Tensor(shape: [nb])
+                    rng.fillNormal(a.data, na); rng.fillNormal(b.data, nb)
+                    let a16 = UnsafeMutablePointer<UInt16>.allocate(capacity: na), b16 = UnsafeMutablePointer<UInt16>.allocate(capacity: nb)
+                    defer { a16.deallocate(); b16.deallocate() }
+                    to_bf16(a.ptr, into: a16, na); to_bf16(b.ptr, into: b16, nb)
+                    let beta: Float = M % 2 == 0 ? 0 : 1
+                    func run(_ A: GEMMInput, _ B: GEMMInput) -> [Float] {
+                        let c = Tensor(shape: [M * ldc])
+                        for i in 0..<c.count { c.data[i] = Float(i % 7) }
+                        BLAS.bf16gemm(on: kernel, transA: transA, transB: transB, M: M, N: N, K: K, alpha: 1, A: A, lda: lda,
+                                      B: B, ldb: ldb, beta: beta, C: c.data, ldc: ldc)
+                        return c.toArray()
+                    }
+                    let want = run(.f32(a.ptr), .f32(b.ptr))
+                    let name = "\(kernel.rawValue) M \(M) N \(N) K \(K) transA \(transA) transB \(transB)"
+                    XCTAssertEqual(run(.bf16(a16), .f32(b.ptr)), want, "A bfloat16, " + name)
+                    XCTAssertEqual(run(.f32(a.ptr), .bf16(b16)), want, "B bfloat16, " + name)
+                    XCTAssertEqual(run(.bf16(a16), .bf16(b16)), want, "both bfloat16, " + name)
+                }
+            }
+        }
+    }
+
     /// Small integer inputs make every product and sum exact: then every kernel gives the same bits.
     func testKernelsAgreeExactly() {
         let (M, N, K) = (70, 90, 700)

@@ -1,4 +1,5 @@
 import XCTest
+import Runtime
 import Tensor
 
 final class TensorBasicsTests: XCTestCase {
@@ -242,6 +243,30 @@ final class KernelGradientTests: XCTestCase {
         swiglu_backward(dg.p, du.p, dout.p, g.p, u.p, n)
         checkGradient("swiglu dgate", x: g.p, n: n, grad: dg.a, eps: 3e-3, f: f)
         checkGradient("swiglu dup", x: u.p, n: n, grad: du.a, eps: 3e-3, f: f)
+    }
+
+    /// The bfloat16-writing SwiGLU kernels (mixed precision) write exactly the fp32 kernels' values rounded to nearest
+    /// even, over several chunks, a scalar tail and the kernel threads' split.
+    func testSwiGLUWritesRoundedValuesInBFloat16() {
+        var rng = SplitMix64(seed: 9)
+        let n = 3 * 512 + 77
+        let g = Buf(randn(n, &rng, std: 2)), u = Buf(randn(n, &rng)), dout = Buf(randn(n, &rng))
+        let before = KernelThreads.count
+        defer { BLAS.setThreads(before) }
+        for threads in [1, 2] {
+            BLAS.setThreads(threads)
+            let out = Buf(zeros: n), dg = Buf(zeros: n), du = Buf(zeros: n)
+            swiglu_forward(out.p, g.p, u.p, n)
+            swiglu_backward(dg.p, du.p, dout.p, g.p, u.p, n, overwrite: true)
+            var out16 = [UInt16](repeating: 0, count: n), dg16 = out16, du16 = out16
+            swiglu_forward(&out16, g.p, u.p, n)
+            swiglu_backward(&dg16, &du16, dout.p, g.p, u.p, n)
+            for (want, got) in [(out, out16), (dg, dg16), (du, du16)] {
+                var rounded = [UInt16](repeating: 0, count: n)
+                to_bf16(want.p, into: &rounded, n)
+                XCTAssertEqual(got, rounded, "\(threads) thread(s)")
+            }
+        }
     }
 
     func testRouterScores() {

@@ -21,10 +21,12 @@ void titan_small_sgemm(int64_t M, int64_t N, int64_t K, float alpha, const float
 int titan_bf16_kernels(void);
 
 /// C[M×N] = alpha · bf16(op(A)) · bf16(op(B)) + beta · C with fp32 accumulation, on `kernel` (one TITAN_BF16_* the
-/// CPU runs). A, B and C are fp32; op(A)[i][k] = A[i·rsa + k·csa], op(B)[k][j] = B[k·rsb + j·csb] (either may be
-/// transposed), C row-major with row stride ldc; beta 0: C is only written. bf16(x) rounds to nearest even. M, N, K > 0.
-void titan_bf16_gemm(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t rsa,
-                     int64_t csa, const float *B, int64_t rsb, int64_t csb, float beta, float *C, int64_t ldc);
+/// CPU runs). A and B are fp32, or bfloat16 (uint16_t bits) where a16 / b16; op(A)[i][k] = A[i·rsa + k·csa],
+/// op(B)[k][j] = B[k·rsb + j·csb] (either may be transposed), C fp32 row-major with row stride ldc; beta 0: C is only
+/// written. bf16(x) rounds to nearest even (the identity on bfloat16 operands). M, N, K > 0.
+void titan_bf16_gemm(int kernel, int64_t M, int64_t N, int64_t K, float alpha, const void *A, int64_t rsa,
+                     int64_t csa, int a16, const void *B, int64_t rsb, int64_t csb, int b16, float beta, float *C,
+                     int64_t ldc);
 
 /// y[i] = bf16(x[i]) (round to nearest even; every NaN becomes 0x7FC0, as torch's c10::BFloat16).
 void titan_f32_to_bf16(const float *x, uint16_t *y, int64_t n);

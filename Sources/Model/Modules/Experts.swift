@@ -36,8 +36,8 @@ public final class GroupedExperts: MoEExperts {
     public let w1: Parameter, w2: Parameter, w3: Parameter
     public let dim: Int, hiddenDim: Int
     public var useGroupedMM: Bool
-    // saved activations, [S, F]
-    private let h1 = GrowBuffer(), h3 = GrowBuffer(), h = GrowBuffer()
+    // saved activations, [S, F] (h, and xb [S, D]: bfloat16 under mixed precision, where only GEMMs read them)
+    private let h1 = GrowBuffer(), h3 = GrowBuffer(), h = GrowBuffer(), xb = GrowBuffer()
     // backward scratch
     private let dh = GrowBuffer(), dh1 = GrowBuffer(), dh3 = GrowBuffer()
 
@@ -53,6 +53,7 @@ public final class GroupedExperts: MoEExperts {
     /// Reserves the scratch for up to `rows` routed rows at once (see `GrowBuffer.reserve`).
     public func reserve(rows: Int) {
         for b in [h1, h3, h, dh, dh1, dh3] { b.reserve(rows * hiddenDim) }
+        if BLAS.matmulPrecision == .bfloat16 { xb.reserve((rows * dim + 1) / 2) }
     }
 
     private func check(_ counts: [Int]) -> Int {
@@ -65,8 +66,23 @@ public final class GroupedExperts: MoEExperts {
     public func forward(x_SD: UnsafePointer<Float>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
         let S = check(counts_E)
         let D = dim, F = hiddenDim
-        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
+        let H1 = h1.get(S * F), H3 = h3.get(S * F)
         let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        if BLAS.matmulPrecision == .bfloat16 {
+            // Under mixed precision x and h feed GEMMs only (forward and weight gradients): rounded once here, in place
+            // of once per GEMM that packs them.
+            let Xb = xb.getBF16(S * D), Hb = h.getBF16(S * F)
+            forEachExpert(counts_E) { e, o, n in
+                let x = Xb + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hb + o * F
+                to_bf16(x_SD + o * D, into: x, n * D)
+                matmul_forward(a, .bf16(x), W1 + e * F * D, T: n, D: D, N: F)
+                matmul_forward(b, .bf16(x), W3 + e * F * D, T: n, D: D, N: F)
+                swiglu_forward(hh, a, b, n * F)
+                matmul_forward(y_SD + o * D, .bf16(hh), W2 + e * D * F, T: n, D: F, N: D)
+            }
+            return
+        }
+        let Hh = h.get(S * F)
         forEachExpert(counts_E) { e, o, n in
             let x = x_SD + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hh + o * F
             matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
@@ -79,12 +95,28 @@ public final class GroupedExperts: MoEExperts {
     public func backward(x_SD: UnsafePointer<Float>, dy_SD: UnsafePointer<Float>, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>) {
         let S = check(counts_E)
         let D = dim, F = hiddenDim
-        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
-        let dH = dh.get(S * F), dH1 = dh1.get(S * F), dH3 = dh3.get(S * F)
+        let H1 = h1.get(S * F), H3 = h3.get(S * F)
+        let dH = dh.get(S * F)
         let W1 = w1.v, W2 = w2.v, W3 = w3.v
         let G1 = w1.g, G2 = w2.g, G3 = w3.g
         // Scratch is written, not accumulated (no zeroing pass): dH and dH1/dH3 by their first producer, dx_SD by the
         // W1 product, then the W3 product accumulates onto it. Rows of experts with no tokens are never touched.
+        if BLAS.matmulPrecision == .bfloat16 {
+            // dH1 and dH3 feed GEMMs only, so they too are written as bfloat16.
+            let Xb = xb.getBF16(S * D), Hb = h.getBF16(S * F), dH1 = dh1.getBF16(S * F), dH3 = dh3.getBF16(S * F)
+            forEachExpert(counts_E) { e, o, n in
+                let x = GEMMInput.bf16(Xb + o * D), dx = dx_SD + o * D
+                matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: .f32(dy_SD + o * D), x_TD: .bf16(Hb + o * F),
+                                w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
+                swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F)
+                matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: .bf16(dH1 + o * F), x_TD: x, w_ND: W1 + e * F * D,
+                                T: n, D: D, N: F, overwriteDx: true)
+                matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: .bf16(dH3 + o * F), x_TD: x, w_ND: W3 + e * F * D,
+                                T: n, D: D, N: F)
+            }
+            return
+        }
+        let Hh = h.get(S * F), dH1 = dh1.get(S * F), dH3 = dh3.get(S * F)
         forEachExpert(counts_E) { e, o, n in
             let x = x_SD + o * D, dx = dx_SD + o * D
             matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy_SD + o * D, x_TD: Hh + o * F,
