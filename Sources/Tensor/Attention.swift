@@ -108,8 +108,6 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
     }
     func gradients(b: Int, g: Int, Vt_dT: UnsafePointer<Float>, K: UnsafePointer<Float>,
                    dV: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>) {
-        let rowBF16 = UnsafeMutablePointer<UInt16>.allocate(capacity: T)
-        defer { rowBF16.deallocate() }
         // 1. dP = dO · Vᵀ ; dV = Σ Pᵀ · dO over the group's heads and row blocks (causal blocks)
         for h in (g * rep)..<((g + 1) * rep) {
             let dO = dout_BTHd + b * T * os + h * vd
@@ -133,8 +131,10 @@ public func attention_backward(dq_BTHd: UnsafeMutablePointer<Float>, dk_BTKd: Un
                 for j in 0...t { d[j] = p[j] * (d[j] - s) }
                 if t + 1 < kn { (d + t + 1).update(repeating: 0, count: kn - t - 1) }
                 if bf16 {
-                    titan_f32_to_bf16(d, rowBF16, Int64(kn))
-                    UnsafeMutableRawPointer(d).copyMemory(from: rowBF16, byteCount: 2 * kn)
+                    withUnsafeTemporaryAllocation(of: UInt16.self, capacity: kn) { row in
+                        titan_f32_to_bf16(d, row.baseAddress!, Int64(kn))
+                        UnsafeMutableRawPointer(d).copyMemory(from: row.baseAddress!, byteCount: 2 * kn)
+                    }
                 }
             }
         }

@@ -92,8 +92,8 @@ final class BF16GEMMTests: XCTestCase {
     }
 
     /// bfloat16 inputs (as mixed-precision producers write them) give the same bits as the fp32 inputs they were
-    /// rounded from, on every kernel, with A, B or both in bfloat16, every transpose, padded leading dimensions; the
-    /// shapes include whole 32-row blocks over whole 32-deep steps, which AMX reads straight from a bfloat16 A.
+    /// rounded from, on every kernel, with A, B or both in bfloat16, every transpose, padded leading dimensions, whole
+    /// and partial 32-row blocks and 32-deep steps.
     func testBFloat16InputsGiveTheSameBits() {
         var rng = SplitMix64(seed: 5)
         let shapes: [(Int, Int, Int)] = [(5, 17, 3), (64, 48, 64), (96, 40, 600), (33, 530, 96), (100, 70, 33)]
