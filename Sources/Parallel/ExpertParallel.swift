@@ -148,6 +148,8 @@ public final class ExpertParallelExperts: MoEExperts {
     private let dxLocal = GrowBuffer()    // [R, D] expert-major dx (backward)
     private let outgoing = GrowBuffer()   // [R, D] rank-major outputs / dx to send back
     private let send16 = BFloat16Buffer(), receive16 = BFloat16Buffer()   // bfloat16 payloads
+    private let xLocal16 = BFloat16Buffer()    // [R, D] expert-major inputs, kept for backward (`rowsStayBFloat16`)
+    private let dyLocal16 = BFloat16Buffer()   // [R, D] expert-major output gradients (`rowsStayBFloat16`)
 
     public init(group: ProcessGroup, experts: GroupedExperts, numExperts: Int, name: String = "moe", wire: Precision = .float32) {
         precondition(numExperts % group.size == 0, "\(name): \(group.size) EP ranks do not divide \(numExperts) experts")
@@ -186,44 +188,74 @@ public final class ExpertParallelExperts: MoEExperts {
         if failure == nil { failure = .collectiveFailed(rank: group.members[group.rank], message) }
     }
 
+    /// With the wire and the experts' GEMMs both in bfloat16 (mixed precision), the dispatched rows (inputs forward,
+    /// output gradients backward) reach the experts in the bfloat16 they travelled in: widening them only for the
+    /// GEMMs to round them again would change no bit.
+    private var rowsStayBFloat16: Bool { wire == .bfloat16 && BLAS.matmulPrecision == .bfloat16 }
+
     /// All-to-all-v of rows: `sendSplits` floats to each rank out of `src`, `receiveSplits` floats from each into `dst`
     /// (as bfloat16 on the wire with `wire` bfloat16). With `token_S` (each sent row's token: rows of one token are
     /// equal), the row all-to-all: under the hierarchical algorithm a token's row crosses to a remote host once, however
-    /// many of its experts live there; the rows each rank receives are the same.
+    /// many of its experts live there; the rows each rank receives are the same. Zeros arrive from a broken group.
     private func exchange(_ src: UnsafePointer<Float>, _ srcCount: Int, sendSplits s: [Int],
                           _ dst: UnsafeMutablePointer<Float>, _ dstCount: Int, receiveSplits r: [Int], _ what: String,
                           token_S: UnsafePointer<Int32>? = nil) {
-        if failure != nil { dst.update(repeating: 0, count: dstCount); return }
-        func allToAll<T: CollectiveElement>(_ send: UnsafePointer<T>, _ receive: UnsafeMutablePointer<T>) throws {
-            let input = UnsafeBufferPointer(start: send, count: srcCount), output = UnsafeMutableBufferPointer(start: receive, count: dstCount)
-            if let token_S {
-                try group.allToAllRows(input, rowLength: dim, sendRows: s.map { $0 / dim },
-                                       rowKeys: UnsafeBufferPointer(start: token_S, count: srcCount / max(dim, 1)),
-                                       into: output, receiveRows: r.map { $0 / dim })
-            } else {
-                try group.allToAll(input, sendCounts: s, into: output, receiveCounts: r)
-            }
+        if wire == .bfloat16 {
+            let rows16 = exchange16(src, srcCount, sendSplits: s, dstCount, receiveSplits: r, what, token_S: token_S)
+            BFloat16.widen(rows16, into: dst, count: dstCount)
+            return
         }
+        if failure != nil { dst.update(repeating: 0, count: dstCount); return }
         do {
-            if wire == .bfloat16 {
-                let out = send16.get(srcCount), into = receive16.get(dstCount)
-                BFloat16.narrow(src, into: out, count: srcCount)
-                try allToAll(out, into)
-                BFloat16.widen(into, into: dst, count: dstCount)
-            } else {
-                try allToAll(src, dst)
-            }
+            try allToAll(src, srcCount, sendSplits: s, dst, dstCount, receiveSplits: r, token_S: token_S)
         } catch {
             fail(what, error)
             dst.update(repeating: 0, count: dstCount)
             return
         }
+        countDispatched(srcCount, sendSplits: s, dstCount, receiveSplits: r, bytesPerElement: 4)
+    }
+
+    /// `exchange` over the bfloat16 wire, leaving the received rows in bfloat16 (in `receive16`, valid until the next
+    /// exchange).
+    private func exchange16(_ src: UnsafePointer<Float>, _ srcCount: Int, sendSplits s: [Int], _ dstCount: Int,
+                            receiveSplits r: [Int], _ what: String, token_S: UnsafePointer<Int32>? = nil) -> UnsafeMutablePointer<BFloat16> {
+        let rows16 = receive16.get(dstCount)
+        if failure != nil { receive16.zero(dstCount); return rows16 }
+        let out = send16.get(srcCount)
+        BFloat16.narrow(src, into: out, count: srcCount)
+        do {
+            try allToAll(out, srcCount, sendSplits: s, rows16, dstCount, receiveSplits: r, token_S: token_S)
+        } catch {
+            fail(what, error)
+            receive16.zero(dstCount)
+            return rows16
+        }
+        countDispatched(srcCount, sendSplits: s, dstCount, receiveSplits: r, bytesPerElement: 2)
+        return rows16
+    }
+
+    private func allToAll<T: CollectiveElement>(_ send: UnsafePointer<T>, _ srcCount: Int, sendSplits s: [Int],
+                                                _ receive: UnsafeMutablePointer<T>, _ dstCount: Int, receiveSplits r: [Int],
+                                                token_S: UnsafePointer<Int32>?) throws {
+        let input = UnsafeBufferPointer(start: send, count: srcCount), output = UnsafeMutableBufferPointer(start: receive, count: dstCount)
+        if let token_S {
+            try group.allToAllRows(input, rowLength: dim, sendRows: s.map { $0 / dim },
+                                   rowKeys: UnsafeBufferPointer(start: token_S, count: srcCount / max(dim, 1)),
+                                   into: output, receiveRows: r.map { $0 / dim })
+        } else {
+            try group.allToAll(input, sendCounts: s, into: output, receiveCounts: r)
+        }
+    }
+
+    /// Adds the rows that crossed to or from other ranks to `dispatchBytes`.
+    private func countDispatched(_ srcCount: Int, sendSplits s: [Int], _ dstCount: Int, receiveSplits r: [Int], bytesPerElement: Int) {
         let me = group.rank
-        dispatchBytes += (srcCount - s[me] + dstCount - r[me]) * (wire == .bfloat16 ? 2 : 4)
+        dispatchBytes += (srcCount - s[me] + dstCount - r[me]) * bytesPerElement
     }
 
     /// Copies rows between the rank-major and the expert-major layouts.
-    private func reorder(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, toExpertMajor: Bool) {
+    private func reorder<T>(_ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>, toExpertMajor: Bool) {
         let D = dim
         var b = 0
         while b < blocks.count {
@@ -294,18 +326,28 @@ public final class ExpertParallelExperts: MoEExperts {
         // expert loads for many steps. Larger R (ranks with other batch sizes) still just grows the buffers.
         if ep * S > reservedRows {
             reservedRows = ep * S
-            for b in [received, xLocal, yLocal, dxLocal, outgoing] { b.reserve(reservedRows * D) }
+            for b in rowsStayBFloat16 ? [yLocal, dxLocal, outgoing] : [received, xLocal, yLocal, dxLocal, outgoing] {
+                b.reserve(reservedRows * D)
+            }
+            if rowsStayBFloat16 { for b in [xLocal16, dyLocal16] { _ = b.get(reservedRows * D) } }
             localExperts.reserve(rows: reservedRows)
         }
         savedCounts = counts_E
         receivedRows = R
         hasForward = true
-        // 2. token rows to the experts' owners
-        let recv = received.get(R * D), xl = xLocal.get(R * D), yl = yLocal.get(R * D), out = outgoing.get(R * D)
-        exchange(x_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "forward dispatch", token_S: token_S)
-        // 3.-5. local experts in expert-major order
-        reorder(recv, xl, toExpertMajor: true)
-        localExperts.forward(x_SD: xl, counts_E: localCounts, y_SD: yl)
+        // 2. token rows to the experts' owners; 3.-5. local experts in expert-major order
+        let yl = yLocal.get(R * D), out = outgoing.get(R * D)
+        if rowsStayBFloat16 {
+            let rows16 = exchange16(x_SD, S * D, sendSplits: sendSplits, R * D, receiveSplits: receiveSplits, "forward dispatch", token_S: token_S)
+            let x16 = xLocal16.get(R * D)
+            reorder(rows16, x16, toExpertMajor: true)
+            x16.withMemoryRebound(to: UInt16.self, capacity: R * D) { localExperts.forward(x16_SD: $0, counts_E: localCounts, y_SD: yl) }
+        } else {
+            let recv = received.get(R * D), xl = xLocal.get(R * D)
+            exchange(x_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "forward dispatch", token_S: token_S)
+            reorder(recv, xl, toExpertMajor: true)
+            localExperts.forward(x_SD: xl, counts_E: localCounts, y_SD: yl)
+        }
         reorder(yl, out, toExpertMajor: false)
         // 6. outputs back to the tokens' ranks
         exchange(out, R * D, sendSplits: receiveSplits, y_SD, S * D, receiveSplits: sendSplits, "forward combine")
@@ -315,12 +357,23 @@ public final class ExpertParallelExperts: MoEExperts {
         precondition(hasForward && counts_E == savedCounts, "\(name): backward without a matching forward (counts differ)")
         let D = dim, R = receivedRows
         let S = sendRows.reduce(0, +)
-        let recv = received.get(R * D), xl = xLocal.get(R * D), dyl = yLocal.get(R * D)
         let dxl = dxLocal.get(R * D), out = outgoing.get(R * D)
         // dy rows travel to the experts' owners with the forward splits
-        exchange(dy_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "backward dispatch")
-        reorder(recv, dyl, toExpertMajor: true)
-        localExperts.backward(x_SD: xl, dy_SD: dyl, counts_E: localCounts, dx_SD: dxl)
+        if rowsStayBFloat16 {
+            let rows16 = exchange16(dy_SD, S * D, sendSplits: sendSplits, R * D, receiveSplits: receiveSplits, "backward dispatch")
+            let dy16 = dyLocal16.get(R * D)
+            reorder(rows16, dy16, toExpertMajor: true)
+            xLocal16.data.withMemoryRebound(to: UInt16.self, capacity: R * D) { x16 in
+                dy16.withMemoryRebound(to: UInt16.self, capacity: R * D) { dy16 in
+                    localExperts.backward(x16_SD: x16, dy_SD: .bf16(dy16), counts_E: localCounts, dx_SD: dxl)
+                }
+            }
+        } else {
+            let recv = received.get(R * D), xl = xLocal.get(R * D), dyl = yLocal.get(R * D)
+            exchange(dy_SD, S * D, sendSplits: sendSplits, recv, R * D, receiveSplits: receiveSplits, "backward dispatch")
+            reorder(recv, dyl, toExpertMajor: true)
+            localExperts.backward(x_SD: xl, dy_SD: dyl, counts_E: localCounts, dx_SD: dxl)
+        }
         reorder(dxl, out, toExpertMajor: false)
         // dx rows travel back
         exchange(out, R * D, sendSplits: receiveSplits, dx_SD, S * D, receiveSplits: sendSplits, "backward combine")

@@ -382,7 +382,7 @@ public enum GEMMInput {
     case bf16(UnsafePointer<UInt16>)
 
     @inline(__always)
-    static func + (x: GEMMInput, n: Int) -> GEMMInput {
+    public static func + (x: GEMMInput, n: Int) -> GEMMInput {
         switch x {
         case .f32(let p): return .f32(p + n)
         case .bf16(let p): return .bf16(p + n)

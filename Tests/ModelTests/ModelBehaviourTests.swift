@@ -89,6 +89,45 @@ final class ExpertPathTests: XCTestCase {
         experts.backward(x_SD: none.ptr, dy_SD: none.ptr, counts_E: [0, 0, 0, 0, 0], dx_SD: none.data)
     }
 
+    /// Mixed precision: the experts fed bfloat16 rows (expert parallelism's dispatched inputs and output gradients)
+    /// give the same bits as fed the fp32 rows those were rounded from, outputs, input and weight gradients.
+    func testBFloat16RowsGiveTheSameBitsAsTheirFloat32Source() {
+        let saved = BLAS.matmulPrecision
+        BLAS.matmulPrecision = .bfloat16
+        defer { BLAS.matmulPrecision = saved }
+        let E = 3, D = 32, F = 48
+        let counts = [5, 0, 9]
+        let S = counts.reduce(0, +)
+        var rng = SplitMix64(seed: 21)
+        let experts = GroupedExperts(ModelSpec(materialize: true).newGroup(), numExperts: E, dim: D, hiddenDim: F, initStd: 0.5,
+                                     useGroupedMM: true)
+        for p in [experts.w1, experts.w2, experts.w3] { rng.fillNormal(p.value.data, p.count, std: 0.5) }
+        let x = Tensor(shape: [S, D]); rng.fillNormal(x.data, x.count)
+        let dy = Tensor(shape: [S, D]); rng.fillNormal(dy.data, dy.count)
+        var x16 = [UInt16](repeating: 0, count: S * D), dy16 = [UInt16](repeating: 0, count: S * D)
+        to_bf16(x.ptr, into: &x16, S * D)
+        to_bf16(dy.ptr, into: &dy16, S * D)
+        XCTAssertTrue(x16.contains { $0 != 0 } && dy16.contains { $0 != 0 })
+        func grads() -> [[Float]] { [experts.w1, experts.w2, experts.w3].map { $0.grad.toArray() } }
+        for p in [experts.w1, experts.w2, experts.w3] { p.grad.zero() }
+        let y32 = Tensor(shape: [S, D]), dx32 = Tensor(shape: [S, D])
+        experts.forward(x_SD: x.ptr, counts_E: counts, y_SD: y32.data)
+        experts.backward(x_SD: x.ptr, dy_SD: dy.ptr, counts_E: counts, dx_SD: dx32.data)
+        let g32 = grads()
+        for p in [experts.w1, experts.w2, experts.w3] { p.grad.zero() }
+        let y16 = Tensor(shape: [S, D]), dx16 = Tensor(shape: [S, D])
+        x16.withUnsafeBufferPointer { x16 in
+            dy16.withUnsafeBufferPointer { dy16 in
+                experts.forward(x16_SD: x16.baseAddress!, counts_E: counts, y_SD: y16.data)
+                experts.backward(x16_SD: x16.baseAddress!, dy_SD: .bf16(dy16.baseAddress!), counts_E: counts, dx_SD: dx16.data)
+            }
+        }
+        XCTAssertEqual(y16.toArray().map(\.bitPattern), y32.toArray().map(\.bitPattern))
+        XCTAssertEqual(dx16.toArray().map(\.bitPattern), dx32.toArray().map(\.bitPattern))
+        XCTAssertEqual(grads().map { $0.map(\.bitPattern) }, g32.map { $0.map(\.bitPattern) })
+        XCTAssertTrue(y32.toArray().contains { $0 != 0 } && g32[0].contains { $0 != 0 })
+    }
+
     func testModelWithExpertsThatGetNoTokens() throws {
         var a = tinyArgs(moe: true, lbCoeff: 1e-3)
         a.moe.num_experts = 6; a.moe.top_k = 1

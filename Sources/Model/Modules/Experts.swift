@@ -66,23 +66,16 @@ public final class GroupedExperts: MoEExperts {
     public func forward(x_SD: UnsafePointer<Float>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
         let S = check(counts_E)
         let D = dim, F = hiddenDim
-        let H1 = h1.get(S * F), H3 = h3.get(S * F)
-        let W1 = w1.v, W2 = w2.v, W3 = w3.v
         if BLAS.matmulPrecision == .bfloat16 {
-            // Under mixed precision x and h feed GEMMs only (forward and weight gradients): rounded once here, in place
-            // of once per GEMM that packs them.
-            let Xb = xb.getBF16(S * D), Hb = h.getBF16(S * F)
-            forEachExpert(counts_E) { e, o, n in
-                let x = Xb + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hb + o * F
-                to_bf16(x_SD + o * D, into: x, n * D)
-                matmul_forward(a, .bf16(x), W1 + e * F * D, T: n, D: D, N: F)
-                matmul_forward(b, .bf16(x), W3 + e * F * D, T: n, D: D, N: F)
-                swiglu_forward(hh, a, b, n * F)
-                matmul_forward(y_SD + o * D, .bf16(hh), W2 + e * D * F, T: n, D: F, N: D)
-            }
+            // Under mixed precision x feeds GEMMs only (forward and weight gradients): rounded once here, in place of
+            // once per GEMM that packs it, and kept for backward.
+            let Xb = xb.getBF16(S * D)
+            to_bf16(x_SD, into: Xb, S * D)
+            forward(x16_SD: Xb, counts_E: counts_E, y_SD: y_SD)
             return
         }
-        let Hh = h.get(S * F)
+        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
+        let W1 = w1.v, W2 = w2.v, W3 = w3.v
         forEachExpert(counts_E) { e, o, n in
             let x = x_SD + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hh + o * F
             matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
@@ -92,31 +85,38 @@ public final class GroupedExperts: MoEExperts {
         }
     }
 
+    /// Mixed precision: `forward` on rows already in bfloat16 (expert parallelism's dispatched rows arrive so). The
+    /// caller keeps x16_SD unchanged until `backward(x16_SD:...)`, which takes the same rows.
+    public func forward(x16_SD: UnsafePointer<UInt16>, counts_E: [Int], y_SD: UnsafeMutablePointer<Float>) {
+        precondition(BLAS.matmulPrecision == .bfloat16, "GroupedExperts: bfloat16 rows need bfloat16 matmuls")
+        let S = check(counts_E)
+        let D = dim, F = hiddenDim
+        // h feeds GEMMs only (the down projection and its weight gradient): written as bfloat16 by the SwiGLU.
+        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hb = h.getBF16(S * F)
+        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        forEachExpert(counts_E) { e, o, n in
+            let x = GEMMInput.bf16(x16_SD + o * D), a = H1 + o * F, b = H3 + o * F, hh = Hb + o * F
+            matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
+            matmul_forward(b, x, W3 + e * F * D, T: n, D: D, N: F)
+            swiglu_forward(hh, a, b, n * F)
+            matmul_forward(y_SD + o * D, .bf16(hh), W2 + e * D * F, T: n, D: F, N: D)
+        }
+    }
+
     public func backward(x_SD: UnsafePointer<Float>, dy_SD: UnsafePointer<Float>, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>) {
         let S = check(counts_E)
         let D = dim, F = hiddenDim
-        let H1 = h1.get(S * F), H3 = h3.get(S * F)
-        let dH = dh.get(S * F)
+        if BLAS.matmulPrecision == .bfloat16 {
+            // x as forward rounded it.
+            backward(x16_SD: xb.getBF16(S * D), dy_SD: .f32(dy_SD), counts_E: counts_E, dx_SD: dx_SD)
+            return
+        }
+        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
+        let dH = dh.get(S * F), dH1 = dh1.get(S * F), dH3 = dh3.get(S * F)
         let W1 = w1.v, W2 = w2.v, W3 = w3.v
         let G1 = w1.g, G2 = w2.g, G3 = w3.g
         // Scratch is written, not accumulated (no zeroing pass): dH and dH1/dH3 by their first producer, dx_SD by the
         // W1 product, then the W3 product accumulates onto it. Rows of experts with no tokens are never touched.
-        if BLAS.matmulPrecision == .bfloat16 {
-            // dH1 and dH3 feed GEMMs only, so they too are written as bfloat16.
-            let Xb = xb.getBF16(S * D), Hb = h.getBF16(S * F), dH1 = dh1.getBF16(S * F), dH3 = dh3.getBF16(S * F)
-            forEachExpert(counts_E) { e, o, n in
-                let x = GEMMInput.bf16(Xb + o * D), dx = dx_SD + o * D
-                matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: .f32(dy_SD + o * D), x_TD: .bf16(Hb + o * F),
-                                w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
-                swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F)
-                matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: .bf16(dH1 + o * F), x_TD: x, w_ND: W1 + e * F * D,
-                                T: n, D: D, N: F, overwriteDx: true)
-                matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: .bf16(dH3 + o * F), x_TD: x, w_ND: W3 + e * F * D,
-                                T: n, D: D, N: F)
-            }
-            return
-        }
-        let Hh = h.get(S * F), dH1 = dh1.get(S * F), dH3 = dh3.get(S * F)
         forEachExpert(counts_E) { e, o, n in
             let x = x_SD + o * D, dx = dx_SD + o * D
             matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy_SD + o * D, x_TD: Hh + o * F,
@@ -125,6 +125,29 @@ public final class GroupedExperts: MoEExperts {
             matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: dH1 + o * F, x_TD: x, w_ND: W1 + e * F * D,
                             T: n, D: D, N: F, overwriteDx: true)
             matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: dH3 + o * F, x_TD: x, w_ND: W3 + e * F * D,
+                            T: n, D: D, N: F)
+        }
+    }
+
+    /// Mixed precision: `backward` after `forward(x16_SD:...)`, with the same rows; dy_SD fp32 or already bfloat16
+    /// (expert parallelism's dispatched output gradients).
+    public func backward(x16_SD: UnsafePointer<UInt16>, dy_SD: GEMMInput, counts_E: [Int], dx_SD: UnsafeMutablePointer<Float>) {
+        precondition(BLAS.matmulPrecision == .bfloat16, "GroupedExperts: bfloat16 rows need bfloat16 matmuls")
+        let S = check(counts_E)
+        let D = dim, F = hiddenDim
+        let H1 = h1.get(S * F), H3 = h3.get(S * F), Hb = h.getBF16(S * F)
+        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let G1 = w1.g, G2 = w2.g, G3 = w3.g
+        // dH1 and dH3 feed GEMMs only, so they too are written as bfloat16. Written, not accumulated, as above.
+        let dH = dh.get(S * F), dH1 = dh1.getBF16(S * F), dH3 = dh3.getBF16(S * F)
+        forEachExpert(counts_E) { e, o, n in
+            let x = GEMMInput.bf16(x16_SD + o * D), dx = dx_SD + o * D
+            matmul_backward(dx_TD: dH + o * F, dw_ND: G2 + e * D * F, dout_TN: dy_SD + o * D, x_TD: .bf16(Hb + o * F),
+                            w_ND: W2 + e * D * F, T: n, D: F, N: D, overwriteDx: true)
+            swiglu_backward(dH1 + o * F, dH3 + o * F, dH + o * F, H1 + o * F, H3 + o * F, n * F)
+            matmul_backward(dx_TD: dx, dw_ND: G1 + e * F * D, dout_TN: .bf16(dH1 + o * F), x_TD: x, w_ND: W1 + e * F * D,
+                            T: n, D: D, N: F, overwriteDx: true)
+            matmul_backward(dx_TD: dx, dw_ND: G3 + e * F * D, dout_TN: .bf16(dH3 + o * F), x_TD: x, w_ND: W3 + e * F * D,
                             T: n, D: D, N: F)
         }
     }
