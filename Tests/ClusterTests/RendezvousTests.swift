@@ -41,21 +41,21 @@ final class RendezvousTests: XCTestCase {
         launchers[2].publish(phase: .failed, reason: "host 2 goes away")   // and then writes nothing more
         usleep(1_200_000)
         for node in [0, 1] { launchers[node].publish(phase: .stopped) }
-        var plans: [Int: [Int]] = [:]
-        let lock = NSLock()
+        final class Plans: @unchecked Sendable { var byNode: [Int: [Int]] = [:] }   // written under `lock`
+        let plans = Plans(), lock = NSLock()
         let done = DispatchGroup()
         for node in [1, 0] {   // the non-leader first: it waits for the leader's plan
             done.enter()
             Thread {
                 let lost = (try? launchers[node].awaitStopped(hosts: [0, 1, 2])) ?? []
                 let plan = try? launchers[node].nextAttempt(hosts: [0, 1, 2], lost: lost, elastic: true, log: { _ in })
-                lock.lock(); plans[node] = plan; lock.unlock()
+                lock.lock(); plans.byNode[node] = plan; lock.unlock()
                 done.leave()
             }.start()
         }
         done.wait()
-        XCTAssertEqual(plans[0], [0, 1])
-        XCTAssertEqual(plans[1], [0, 1])
+        XCTAssertEqual(plans.byNode[0], [0, 1])
+        XCTAssertEqual(plans.byNode[1], [0, 1])
         XCTAssertEqual(launchers[0].state.attempt, 1)
         XCTAssertEqual(launchers[1].state.phase, .running)
     }
