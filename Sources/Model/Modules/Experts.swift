@@ -58,8 +58,8 @@ public final class GroupedExperts: MoEExperts {
 
     private func check(_ counts: [Int]) -> Int {
         let per = hiddenDim * dim
-        precondition(w1.value.count >= counts.count * per && w2.value.count >= counts.count * per && w3.value.count >= counts.count * per,
-                     "GroupedExperts: \(counts.count) experts but weights hold \(w1.value.count / per)")
+        precondition(w1.heldCount >= counts.count * per && w2.heldCount >= counts.count * per && w3.heldCount >= counts.count * per,
+                     "GroupedExperts: \(counts.count) experts but weights hold \(w1.heldCount / per)")
         return counts.reduce(0, +)
     }
 
@@ -67,7 +67,7 @@ public final class GroupedExperts: MoEExperts {
         let S = check(counts_E)
         let D = dim, F = hiddenDim
         let H1 = h1.get(S * F), H3 = h3.get(S * F)
-        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let W1 = w1.gemmInput, W2 = w2.gemmInput, W3 = w3.gemmInput
         if BLAS.matmulPrecision == .bfloat16 {
             // Under mixed precision x and h feed GEMMs only (forward and weight gradients): rounded once here, in place
             // of once per GEMM that packs them.
@@ -97,7 +97,7 @@ public final class GroupedExperts: MoEExperts {
         let D = dim, F = hiddenDim
         let H1 = h1.get(S * F), H3 = h3.get(S * F)
         let dH = dh.get(S * F)
-        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let W1 = w1.gemmInput, W2 = w2.gemmInput, W3 = w3.gemmInput
         let G1 = w1.g, G2 = w2.g, G3 = w3.g
         // Scratch is written, not accumulated (no zeroing pass): dH and dH1/dH3 by their first producer, dx_SD by the
         // W1 product, then the W3 product accumulates onto it. Rows of experts with no tokens are never touched.
