@@ -66,14 +66,23 @@ final class FlatParam {
     /// straight into the shard storage (no gather copy, no gradient scratch, no reduce-scatter). Set by the wrapper.
     var direct = false
 
+    /// bfloat16 parameters: the parameters that are not `gemmOnly`, (index, offset in `gathered`), packed one after
+    /// another; only these are widened to fp32 (`widenedCount` elements).
+    let widened: [(k: Int, at: Int)]
+    let widenedCount: Int
+
     // live state
+    /// The gathered parameters: all of them in fp32 (`param` float32), or with `param` bfloat16 the `widened` ones
+    /// (nil when there are none), the rest read from `gathered16`.
     var gathered: Tensor?
+    /// bfloat16 parameters: all of them as gathered (or rounded, for a direct group), while the group is live.
+    var gathered16: BFloat16Buffer?
     var gatherWork: Work?
-    /// bfloat16 parameters: the cast shard and the gathered buffer while the all-gather runs (widened into `gathered`
-    /// once it is done).
-    var gathering16: (shard: BFloat16Buffer, full: BFloat16Buffer)?
-    /// bfloat16 parameters of a direct group: its shard rounded to bfloat16, made once per step (`roundedIsCurrent`).
-    var rounded: Tensor?
+    /// bfloat16 parameters: the cast shard while the all-gather into `gathered16` runs.
+    var gatheringShard16: BFloat16Buffer?
+    /// bfloat16 parameters of a direct group: its shard rounded to bfloat16 and the `widened` parameters of it, made
+    /// once per step (`roundedIsCurrent`).
+    var rounded: (full16: BFloat16Buffer, widened: Tensor?)?
     var roundedIsCurrent = false
     var fullGrad: Tensor?
     /// `fullGrad` holds the gradients of earlier micro-batches of this step (no gradient sync): the next backward adds
@@ -94,6 +103,10 @@ final class FlatParam {
         for c in counts { offs.append(o); o += c }
         offsets = offs
         numel = o
+        var w: [(k: Int, at: Int)] = [], at = 0
+        for (k, p) in params.enumerated() where !p.gemmOnly { w.append((k, at)); at += counts[k] }
+        widened = w
+        widenedCount = at
         let n = pg.size
         padded = (numel + n - 1) / n * n
         shardSize = padded / n
@@ -109,6 +122,14 @@ final class FlatParam {
         guard hi > lo else { return }
         let first = offsetsInFull[k] + (lo - offsets[k])
         try initialValues(first..<(first + hi - lo), paramShard.data + (lo - shardOffset))
+    }
+
+    /// Gathered (or in flight) in either form.
+    var isGathered: Bool { gathered != nil || gathered16 != nil }
+
+    /// Widens the `widened` parameters of `full16` (the whole flat buffer in bfloat16) into `out`.
+    func widen(_ full16: BFloat16Buffer, into out: Tensor) {
+        for (k, at) in widened { BFloat16.widen(full16.data + offsets[k], into: out.data + at, count: counts[k]) }
     }
 
     /// Copies `local` (the parameter's local tensor, `counts[k]` elements) into this rank's shard.
@@ -173,7 +194,8 @@ final class PendingReduction {
 /// stay fp32 either way.
 public struct MixedPrecisionPolicy: Equatable, Sendable {
     /// bfloat16: each shard is rounded to bfloat16 before the all-gather (half the bytes) and every parameter is used
-    /// at bfloat16 values, on one rank as on many (a group that is not sharded is rounded once per step).
+    /// at bfloat16 values, on one rank as on many (a group that is not sharded is rounded once per step). The GEMMs
+    /// read the gathered bfloat16 (`Parameter.value16`); only parameters that are not `gemmOnly` are widened to fp32.
     public var param: Precision
     /// bfloat16: full gradients are rounded to bfloat16 before the reduce-scatter (and the HSDP all-reduce), which
     /// sums in fp32 and rounds at each step, as NCCL does.
@@ -238,7 +260,7 @@ public final class FullyShardedModel {
 
     /// Wraps `model` (installs `model.hooks`). Parameter values are moved into shards (a parameter without storage
     /// gets its shard from `model.initialValues`): afterwards `Parameter.value` and `grad` are nil except while a
-    /// group is gathered.
+    /// group is gathered (and `value` stays nil then too for `gemmOnly` parameters under `param` bfloat16).
     public init(model: ParallelizableModel, mesh: DeviceMesh, reshardAfterForward: Bool = true, keepLastBlockGathered: Bool = true,
                 mixedPrecision: MixedPrecisionPolicy = MixedPrecisionPolicy()) throws {
         guard model.hooks is NoModelHooks else {
@@ -355,66 +377,94 @@ public final class FullyShardedModel {
 
     private func startGather(_ g: Int) {
         let bf16 = mixedPrecision.param == .bfloat16
-        for f in groups[g] where f.gathered == nil {
+        for f in groups[g] where !f.isGathered {
             if f.direct {
                 guard bf16 else { f.gathered = f.paramShard; continue }
-                let rounded = f.rounded ?? Tensor(shape: [f.padded], zeroed: false)
-                if !f.roundedIsCurrent { round_bf16(f.paramShard.ptr, into: rounded.data, f.padded) }
+                let rounded = f.rounded
+                    ?? (full16: BFloat16Buffer(count: f.padded), widened: f.widenedCount > 0 ? Tensor(shape: [f.widenedCount]) : nil)
+                if !f.roundedIsCurrent {
+                    BFloat16.narrow(f.paramShard.ptr, into: rounded.full16.data, count: f.padded)
+                    if let w = rounded.widened { f.widen(rounded.full16, into: w) }
+                }
                 f.rounded = rounded
                 f.roundedIsCurrent = true
-                f.gathered = rounded
+                f.gathered16 = rounded.full16
+                f.gathered = rounded.widened
+                continue
+            }
+            if bf16 {
+                // Half the bytes on the wire; kept as gathered for the GEMMs, only the other parameters widened (exact).
+                let shard16 = pool.acquire16(f.shardSize), full16 = pool.acquire16(f.padded)
+                f.gathered16 = full16
+                f.gathered = f.widenedCount > 0 ? pool.acquire(f.widenedCount, zeroed: false) : nil
+                f.gatheringShard16 = shard16
+                do {
+                    BFloat16.narrow(f.paramShard.ptr, into: shard16.data, count: f.shardSize)
+                    f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(shard16.buffer(f.shardSize)), into: full16.buffer(f.padded))
+                } catch {
+                    record(error)
+                    gatherFailed(f)
+                }
                 continue
             }
             let buf = pool.acquire(f.padded, zeroed: false)
             f.gathered = buf
             do {
-                if bf16 {
-                    // Half the bytes on the wire; widened into `buf` once gathered (exact).
-                    let shard16 = pool.acquire16(f.shardSize), full16 = pool.acquire16(f.padded)
-                    f.gathering16 = (shard16, full16)
-                    BFloat16.narrow(f.paramShard.ptr, into: shard16.data, count: f.shardSize)
-                    f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(shard16.buffer(f.shardSize)), into: full16.buffer(f.padded))
-                } else {
-                    f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(f.paramShard.buffer), into: buf.buffer)
-                }
+                f.gatherWork = try f.pg.allGatherAsync(UnsafeBufferPointer(f.paramShard.buffer), into: buf.buffer)
             } catch {
                 record(error)
                 buf.zero()
-                releaseGathering16(f)
             }
         }
     }
 
-    /// Waits for `f`'s all-gather in flight, if any: `f.gathered` then holds the full parameters (widened from
-    /// bfloat16 with `param` bfloat16), or zeros after a failure (recorded).
+    /// Waits for `f`'s all-gather in flight, if any: `f.gathered` (and `gathered16`) then hold the full parameters
+    /// (with `param` bfloat16: `gathered` the widened ones), or zeros after a failure (recorded).
     private func completeGather(_ f: FlatParam) {
         guard let w = f.gatherWork else { return }
         f.gatherWork = nil
         do {
             try w.wait()
-            if let (_, full16) = f.gathering16 { BFloat16.widen(full16.data, into: f.gathered!.data, count: f.padded) }
+            if let full16 = f.gathered16 {
+                if let out = f.gathered { f.widen(full16, into: out) }
+                releaseGatheringShard16(f)
+            }
         } catch {
             record(error)
-            f.gathered!.zero()
+            if f.gathered16 != nil { gatherFailed(f) } else { f.gathered!.zero() }
         }
-        releaseGathering16(f)
     }
 
-    /// Returns the bfloat16 gather buffers of `f` to the pool (after its all-gather finished or failed).
-    private func releaseGathering16(_ f: FlatParam) {
-        guard let (shard16, full16) = f.gathering16 else { return }
-        f.gathering16 = nil
+    /// A bfloat16 all-gather of `f` failed: zeros in both forms, and the cast shard back to the pool.
+    private func gatherFailed(_ f: FlatParam) {
+        f.gathered16!.zero(f.padded)
+        f.gathered?.zero()
+        releaseGatheringShard16(f)
+    }
+
+    private func releaseGatheringShard16(_ f: FlatParam) {
+        guard let shard16 = f.gatheringShard16 else { return }
+        f.gatheringShard16 = nil
         pool.release16(shard16)
-        pool.release16(full16)
     }
 
     private func ensureGathered(_ g: Int) {
         startGather(g)
         for f in groups[g] {
             completeGather(f)
-            let buf = f.gathered!
-            for (k, p) in f.params.enumerated() where p.value == nil || p.value.data != buf.data + f.offsets[k] {
-                p.value = Tensor(viewOf: buf, offset: f.offsets[k], shape: f.shapes[k])
+            guard let full16 = f.gathered16 else {
+                let buf = f.gathered!
+                for (k, p) in f.params.enumerated() where p.value == nil || p.value.data != buf.data + f.offsets[k] {
+                    p.value = Tensor(viewOf: buf, offset: f.offsets[k], shape: f.shapes[k])
+                }
+                continue
+            }
+            // bfloat16: every parameter as gathered for the GEMMs; the widened ones also as fp32 `value`.
+            let bits = UnsafeRawPointer(full16.data).assumingMemoryBound(to: UInt16.self)
+            for (k, p) in f.params.enumerated() { p.value16 = UnsafeBufferPointer(start: bits + f.offsets[k], count: f.counts[k]) }
+            for (k, at) in f.widened {
+                let p = f.params[k], buf = f.gathered!
+                if p.value == nil || p.value.data != buf.data + at { p.value = Tensor(viewOf: buf, offset: at, shape: f.shapes[k]) }
             }
         }
     }
@@ -422,15 +472,17 @@ public final class FullyShardedModel {
     private func free(_ g: Int) {
         for f in groups[g] {
             completeGather(f)
-            for p in f.params { p.value = nil }
-            if let buf = f.gathered {
-                f.gathered = nil
-                if !f.direct { pool.release(buf) }
-            }
+            for p in f.params { p.value = nil; p.value16 = nil }
+            let buf = f.gathered, buf16 = f.gathered16
+            f.gathered = nil
+            f.gathered16 = nil
+            guard !f.direct else { continue }
+            if let buf { pool.release(buf) }
+            if let buf16 { pool.release16(buf16) }
         }
     }
 
-    private func isGathered(_ g: Int) -> Bool { groups[g].contains { $0.gathered != nil } }
+    private func isGathered(_ g: Int) -> Bool { groups[g].contains { $0.isGathered } }
 
     /// Frees every gathered group (e.g. after an evaluation pass left the last group gathered).
     public func reshard() {

@@ -443,13 +443,19 @@ public func round_bf16(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<F
 ///   x_TD: [T, D], w_ND: [N, D] (PyTorch Linear weight layout), out_TN: [T, N].
 public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: UnsafePointer<Float>, _ w_ND: UnsafePointer<Float>,
                            T: Int, D: Int, N: Int, accumulate: Bool = false) {
+    matmul_forward(out_TN, .f32(x_TD), .f32(w_ND), T: T, D: D, N: N, accumulate: accumulate)
+}
+
+/// `matmul_forward` with w fp32 or bfloat16 (a parameter's `gemmInput`).
+public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: UnsafePointer<Float>, _ w_ND: GEMMInput,
+                           T: Int, D: Int, N: Int, accumulate: Bool = false) {
     matmul_forward(out_TN, .f32(x_TD), w_ND, T: T, D: D, N: N, accumulate: accumulate)
 }
 
-/// `matmul_forward` with x fp32 or bfloat16.
-public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: GEMMInput, _ w_ND: UnsafePointer<Float>,
+/// `matmul_forward` with x and w fp32 or bfloat16.
+public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: GEMMInput, _ w_ND: GEMMInput,
                            T: Int, D: Int, N: Int, accumulate: Bool = false) {
-    BLAS.gemm(transA: false, transB: true, M: T, N: N, K: D, alpha: 1, A: x_TD, lda: D, B: .f32(w_ND), ldb: D,
+    BLAS.gemm(transA: false, transB: true, M: T, N: N, K: D, alpha: 1, A: x_TD, lda: D, B: w_ND, ldb: D,
               beta: accumulate ? 1 : 0, C: out_TN, ldc: N)
 }
 
@@ -460,16 +466,24 @@ public func matmul_forward(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: GEMMIn
 public func matmul_backward(dx_TD: UnsafeMutablePointer<Float>?, dw_ND: UnsafeMutablePointer<Float>?,
                             dout_TN: UnsafePointer<Float>, x_TD: UnsafePointer<Float>, w_ND: UnsafePointer<Float>,
                             T: Int, D: Int, N: Int, overwriteDx: Bool = false) {
+    matmul_backward(dx_TD: dx_TD, dw_ND: dw_ND, dout_TN: .f32(dout_TN), x_TD: .f32(x_TD), w_ND: .f32(w_ND), T: T, D: D, N: N,
+                    overwriteDx: overwriteDx)
+}
+
+/// `matmul_backward` with w fp32 or bfloat16 (a parameter's `gemmInput`).
+public func matmul_backward(dx_TD: UnsafeMutablePointer<Float>?, dw_ND: UnsafeMutablePointer<Float>?,
+                            dout_TN: UnsafePointer<Float>, x_TD: UnsafePointer<Float>, w_ND: GEMMInput,
+                            T: Int, D: Int, N: Int, overwriteDx: Bool = false) {
     matmul_backward(dx_TD: dx_TD, dw_ND: dw_ND, dout_TN: .f32(dout_TN), x_TD: .f32(x_TD), w_ND: w_ND, T: T, D: D, N: N,
                     overwriteDx: overwriteDx)
 }
 
-/// `matmul_backward` with dout and x fp32 or bfloat16.
+/// `matmul_backward` with dout, x and w fp32 or bfloat16.
 public func matmul_backward(dx_TD: UnsafeMutablePointer<Float>?, dw_ND: UnsafeMutablePointer<Float>?,
-                            dout_TN: GEMMInput, x_TD: GEMMInput, w_ND: UnsafePointer<Float>,
+                            dout_TN: GEMMInput, x_TD: GEMMInput, w_ND: GEMMInput,
                             T: Int, D: Int, N: Int, overwriteDx: Bool = false) {
     if let dx = dx_TD {
-        BLAS.gemm(transA: false, transB: false, M: T, N: D, K: N, alpha: 1, A: dout_TN, lda: N, B: .f32(w_ND), ldb: D,
+        BLAS.gemm(transA: false, transB: false, M: T, N: D, K: N, alpha: 1, A: dout_TN, lda: N, B: w_ND, ldb: D,
                   beta: overwriteDx ? 0 : 1, C: dx, ldc: D)
     }
     if let dw = dw_ND {

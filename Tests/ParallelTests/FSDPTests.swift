@@ -294,6 +294,64 @@ final class FSDPTests: XCTestCase {
         XCTAssertNotEqual(bf16Reduce.firstGrads, bf16.firstGrads, "the reduction did not round")
     }
 
+    /// What a gathered group hands the model: with bfloat16 parameters the GEMM-only ones (linear, router, expert and
+    /// output weights) only as bfloat16, exactly the full parameter rounded (no fp32 `value`), the others (norms, the
+    /// embedding) also widened to fp32; with fp32 parameters every one as its fp32 `value`, which the GEMMs read. On
+    /// one rank (a direct group, rounded in place of gathered) and on two (all-gathered).
+    func testGatheredGroupsHandGEMMOnlyParametersOverInBFloat16() throws {
+        let args = fsdpTinyArgs(moe: true)
+        func makeModel() throws -> Qwen3Model {
+            let m = try Qwen3Model(args: args, seed: 7)
+            // norms away from their all-ones init, so that rounding them shows
+            for p in m.parameters where !p.gemmOnly { for i in 0..<p.count { p.value.data[i] += 0.01 * Float(i % 7) + 1e-4 } }
+            return m
+        }
+        let ref = try makeModel().stateDict()
+        for world in [1, 2] {
+            for precision in [Precision.bfloat16, .float32] {
+                let failures = InProcessCluster.run(worldSize: world, timeoutSeconds: 60) { comm in
+                    let model = try makeModel()
+                    let mesh = try DeviceMesh(comm: comm, dims: ParallelDims(shard: world), numExperts: args.moe.num_experts)
+                    let fsdp = try FullyShardedModel(model: model, mesh: mesh, mixedPrecision: MixedPrecisionPolicy(param: precision))
+                    let what = "world \(world) \(precision)"
+                    var gemmOnly = 0, widened = 0
+                    for (g, params) in model.parameterGroups.enumerated() {
+                        model.hooks.willForward(group: g)
+                        for p in params {
+                            let want = ref[p.fqn]!.values
+                            XCTAssertEqual(p.gemmOnly, !(p.fqn.hasSuffix("norm.weight") || p.fqn == "tok_embeddings.weight"), p.fqn)
+                            guard precision == .bfloat16 else {
+                                XCTAssertNil(p.value16, "\(what) \(p.fqn)")
+                                guard case .f32(let w) = p.gemmInput else { XCTFail("\(what) \(p.fqn): not fp32"); continue }
+                                XCTAssertEqual(w, UnsafePointer(p.value.data), "\(what) \(p.fqn)")
+                                XCTAssertEqual(p.value.toArray(), want, "\(what) \(p.fqn)")
+                                continue
+                            }
+                            let bits = try XCTUnwrap(p.value16, "\(what) \(p.fqn)")
+                            XCTAssertEqual(Array(bits), want.map { BFloat16($0).bits }, "\(what) \(p.fqn): not the parameter rounded")
+                            guard case .bf16(let w) = p.gemmInput else { XCTFail("\(what) \(p.fqn): not bfloat16"); continue }
+                            XCTAssertEqual(w, bits.baseAddress, "\(what) \(p.fqn)")
+                            if p.gemmOnly {
+                                XCTAssertNil(p.value, "\(what) \(p.fqn): widened")
+                                gemmOnly += 1
+                            } else {
+                                let v = try XCTUnwrap(p.value, "\(what) \(p.fqn)").toArray()
+                                XCTAssertEqual(v, want.map { BFloat16($0).float }, "\(what) \(p.fqn): not widened from bfloat16")
+                                XCTAssertNotEqual(v, want, "\(what) \(p.fqn): nothing rounded")
+                                widened += 1
+                            }
+                        }
+                        model.hooks.didForward(group: g)
+                    }
+                    fsdp.reshard()
+                    XCTAssertTrue(model.parameters.allSatisfy { $0.value == nil && $0.value16 == nil }, "\(what): left gathered")
+                    if precision == .bfloat16 { XCTAssertEqual([gemmOnly, widened], [17, 10], what) }
+                }
+                for (rank, e) in failures.enumerated() { XCTAssertNil(e, "world \(world) \(precision) rank \(rank): \(String(describing: e))") }
+            }
+        }
+    }
+
     func testRunsAreBitwiseRepeatable() throws {
         var bf16 = RunConfig(args: fsdpTinyArgs(moe: true, tied: true), dims: ParallelDims(shard: 4, ep: 2))
         bf16.mixedPrecision = MixedPrecisionPolicy(param: .bfloat16, reduce: .bfloat16)

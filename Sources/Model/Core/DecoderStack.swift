@@ -43,7 +43,7 @@ struct DecoderStack {
             output = nil
             spec.hfTied["lm_head.weight"] = "model.embed_tokens.weight"   // HF may store the tied head: it must match
         } else {
-            output = last.parameter("output.weight", [V, D], init: .normal(std: initStd), hf: "lm_head.weight")
+            output = last.parameter("output.weight", [V, D], init: .normal(std: initStd), hf: "lm_head.weight", gemmOnly: true)
         }
         dim = D; vocab = V; layers = L; self.normEps = normEps
     }
@@ -66,7 +66,7 @@ struct DecoderStack {
         hooks.willForward(group: L + 1)
         rmsnorm_forward(a.xnf.data, a.rstdf.data, a.xs[L].ptr, norm.v, N: N, D: D, eps: normEps)
         if output == nil { hooks.willForward(group: 0) }
-        matmul_forward(a.logits.data, a.xnf.ptr, outputWeight.v, T: N, D: D, N: V)
+        matmul_forward(a.logits.data, a.xnf.ptr, outputWeight.gemmInput, T: N, D: D, N: V)
         if output == nil { hooks.didForward(group: 0) }
         hooks.didForward(group: L + 1)
         return tpe
@@ -88,7 +88,7 @@ struct DecoderStack {
                 // stays open until the embedding's backward has added its part (one gather, one reduction per step).
                 if output == nil { hooks.willBackward(group: 0) }
                 let ow = outputWeight
-                matmul_backward(dx_TD: a.dxn.data, dw_ND: ow.g, dout_TN: a.logits.ptr, x_TD: a.xnf.ptr, w_ND: ow.v, T: N, D: D, N: V,
+                matmul_backward(dx_TD: a.dxn.data, dw_ND: ow.g, dout_TN: a.logits.ptr, x_TD: a.xnf.ptr, w_ND: ow.gemmInput, T: N, D: D, N: V,
                                 overwriteDx: true)
                 rmsnorm_backward(a.dres.data, norm.g, a.dxn.ptr, a.xs[L].ptr, norm.v, a.rstdf.ptr, N: N, D: D, overwriteDx: true)
                 hooks.didBackward(group: L + 1)

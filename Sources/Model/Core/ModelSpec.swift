@@ -68,17 +68,19 @@ public struct ParameterScope {
     /// This scope's FQN without the trailing dot ("layers.3.moe").
     public var fqn: String { prefix.hasSuffix(".") ? String(prefix.dropLast()) : prefix }
 
-    /// Declares a parameter `name` of `shape` (HF: `hf`, under this scope's HF prefix).
-    public func parameter(_ name: String, _ shape: [Int], init initialization: ParameterInit, hf: String?) -> Parameter {
+    /// Declares a parameter `name` of `shape` (HF: `hf`, under this scope's HF prefix); `gemmOnly`: only GEMMs read it
+    /// (`Parameter.gemmOnly`).
+    public func parameter(_ name: String, _ shape: [Int], init initialization: ParameterInit, hf: String?,
+                          gemmOnly: Bool = false) -> Parameter {
         let layout: HFLayout = hf.flatMap { h in hfPrefix.map { .tensor($0 + h) } } ?? .none
-        return declare(name, shape, initialization, layout)
+        return declare(name, shape, initialization, layout, gemmOnly: gemmOnly)
     }
 
     /// Declares the stacked weights of `shape[0]` experts; HF holds expert e as its own tensor `hf(e)` of shape
-    /// `shape.dropFirst()`.
+    /// `shape.dropFirst()`. Only GEMMs read them.
     public func experts(_ name: String, _ shape: [Int], init initialization: ParameterInit, hf: (Int) -> String) -> Parameter {
         let layout: HFLayout = hfPrefix.map { h in .perExpert((0..<shape[0]).map { h + hf($0) }) } ?? .none
-        return declare(name, shape, initialization, layout)
+        return declare(name, shape, initialization, layout, gemmOnly: true)
     }
 
     /// Declares a buffer (saved in checkpoints, not trained).
@@ -86,9 +88,9 @@ public struct ParameterScope {
         spec.add(ModelBuffer(fqn: prefix + name, tensor: tensor, hf: hf.flatMap { h in hfPrefix.map { $0 + h } }))
     }
 
-    private func declare(_ name: String, _ shape: [Int], _ initialization: ParameterInit, _ hf: HFLayout) -> Parameter {
+    private func declare(_ name: String, _ shape: [Int], _ initialization: ParameterInit, _ hf: HFLayout, gemmOnly: Bool) -> Parameter {
         let p = Parameter(fqn: prefix + name, shape: shape, group: group, initialization: initialization, hf: hf,
-                          allocate: spec.materialize)
+                          gemmOnly: gemmOnly, allocate: spec.materialize)
         spec.add(p)
         return p
     }

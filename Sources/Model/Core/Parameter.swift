@@ -32,20 +32,28 @@ public final class Parameter {
     public let group: Int
     public let initialization: ParameterInit
     public let hf: HFLayout
+    /// Only GEMMs read the value, through `gemmInput` (linear, router, output and expert weights; not norm weights or
+    /// embeddings). Under bfloat16 mixed precision FSDP hands such a parameter over as `value16` only, never widened:
+    /// `value` stays nil, so any other read fails loudly.
+    public let gemmOnly: Bool
     public var value: Tensor!
+    /// The parameter in bfloat16 (its bits), where mixed precision holds it so (FSDP's gathered or rounded parameters):
+    /// the GEMMs read it and pack half the bytes, rounding nothing.
+    public var value16: UnsafeBufferPointer<UInt16>?
     public var grad: Tensor!
     /// Built without storage (meta init) and not yet given any: the wrapper that takes the parameter over (expert
     /// parallelism, FSDP) initialises its slices from the model's `initialValues` and clears this. A nil `value`
     /// without it means the parameter is already held elsewhere (sharded).
     public var awaitsInitialization: Bool
 
-    init(fqn: String, shape: [Int], group: Int, initialization: ParameterInit, hf: HFLayout, allocate: Bool) {
+    init(fqn: String, shape: [Int], group: Int, initialization: ParameterInit, hf: HFLayout, gemmOnly: Bool, allocate: Bool) {
         self.fqn = fqn
         self.shape = shape
         self.count = shape.reduce(1, *)
         self.group = group
         self.initialization = initialization
         self.hf = hf
+        self.gemmOnly = gemmOnly
         awaitsInitialization = !allocate
         if allocate {
             value = Tensor(shape: shape)
@@ -59,6 +67,12 @@ public final class Parameter {
         }
         return t.data
     }
+
+    /// The parameter as a GEMM input: `value16` where there is one, else `value`.
+    @inline(__always) public var gemmInput: GEMMInput { value16.map { .bf16($0.baseAddress!) } ?? .f32(v) }
+
+    /// Elements held now (the local tensor: a slice of the experts under expert parallelism), in either form.
+    var heldCount: Int { value16?.count ?? value?.count ?? 0 }
 
     @inline(__always) var g: UnsafeMutablePointer<Float> {
         guard let t = grad else {

@@ -75,7 +75,7 @@ extension DeepSeekV3Model: IncrementalDecoding {
             }
         }
         rmsnorm_forward(a.xn.data, a.rstd.data, a.x.ptr, norm.v, N: T, D: D, eps: args.norm_eps)
-        linear(logits_TV, a.xn.ptr, (output ?? tokEmbeddings).v, T: T, D: D, N: V)
+        linear(logits_TV, a.xn.ptr, (output ?? tokEmbeddings).gemmInput, T: T, D: D, N: V)
         cache.advance(by: T)
     }
 }
@@ -100,6 +100,6 @@ extension MLA {
         }
         attention_cached_forward(a.ao_NHV.data, a.q_NHQ.ptr, k_SKd: kCache.ptr, v_SKd: vCache.ptr,
                                  scores_HTS: scratch.scores.get(H * T * (P + T)), P: P, T: T, H: H, KV: H, hd: Q, vd: Dv, scale: scale)
-        linear(out_TD, a.ao_NHV.ptr, wo.v, T: T, D: H * Dv, N: D, accumulate: true)
+        linear(out_TD, a.ao_NHV.ptr, wo.gemmInput, T: T, D: H * Dv, N: D, accumulate: true)
     }
 }

@@ -63,17 +63,17 @@ public final class MLA {
         let normal = ParameterInit.normal(std: a.init_std)
         if Rq > 0 {
             wq = nil
-            wqA = t.parameter("wq_a.weight", [Rq, D], init: normal, hf: "q_a_proj.weight")
+            wqA = t.parameter("wq_a.weight", [Rq, D], init: normal, hf: "q_a_proj.weight", gemmOnly: true)
             qNorm = t.parameter("q_norm.weight", [Rq], init: .ones, hf: "q_a_layernorm.weight")
-            wqB = t.parameter("wq_b.weight", [H * Q, Rq], init: normal, hf: "q_b_proj.weight")
+            wqB = t.parameter("wq_b.weight", [H * Q, Rq], init: normal, hf: "q_b_proj.weight", gemmOnly: true)
         } else {
-            wq = t.parameter("wq.weight", [H * Q, D], init: normal, hf: "q_proj.weight")
+            wq = t.parameter("wq.weight", [H * Q, D], init: normal, hf: "q_proj.weight", gemmOnly: true)
             wqA = nil; qNorm = nil; wqB = nil
         }
-        wkvA = t.parameter("wkv_a.weight", [Rkv + Dr, D], init: normal, hf: "kv_a_proj_with_mqa.weight")
+        wkvA = t.parameter("wkv_a.weight", [Rkv + Dr, D], init: normal, hf: "kv_a_proj_with_mqa.weight", gemmOnly: true)
         kvNorm = t.parameter("kv_norm.weight", [Rkv], init: .ones, hf: "kv_a_layernorm.weight")
-        wkvB = t.parameter("wkv_b.weight", [H * (Dn + Dv), Rkv], init: normal, hf: "kv_b_proj.weight")
-        wo = t.parameter("wo.weight", [D, H * Dv], init: normal, hf: "o_proj.weight")
+        wkvB = t.parameter("wkv_b.weight", [H * (Dn + Dv), Rkv], init: normal, hf: "kv_b_proj.weight", gemmOnly: true)
+        wo = t.parameter("wo.weight", [D, H * Dv], init: normal, hf: "o_proj.weight", gemmOnly: true)
     }
 
     /// out_ND += MLA(xn_ND).
@@ -92,7 +92,7 @@ public final class MLA {
             }
         }
         attention_forward(a.ao_NHV.data, a.att_BHTT.data, a.q_NHQ.data, a.k_NHQ.data, a.v_NHV.data, B: B, T: T, H: H, KV: H, hd: Q, vd: Dv, scale: scale)
-        matmul_forward(out_ND, a.ao_NHV.data, wo.v, T: N, D: H * Dv, N: D, accumulate: true)
+        matmul_forward(out_ND, a.ao_NHV.data, wo.gemmInput, T: N, D: H * Dv, N: D, accumulate: true)
     }
 
     /// MLA's projections of N = B·T tokens into `a`: q (low-rank path with its norm, or one projection), the compressed
@@ -101,17 +101,17 @@ public final class MLA {
     func project(_ xn_ND: UnsafePointer<Float>, _ a: MLAActs, cos_TP: UnsafePointer<Float>, sin_TP: UnsafePointer<Float>, B: Int, T: Int) {
         let N = B * T, KVA = Rkv + Dr, KVB = Dn + Dv
         if let wqA, let wqB, let qNorm {
-            linear(a.qa_NR!.data, xn_ND, wqA.v, T: N, D: D, N: Rq)
+            linear(a.qa_NR!.data, xn_ND, wqA.gemmInput, T: N, D: D, N: Rq)
             rmsnorm_forward(a.qan_NR!.data, a.qaRstd_N!.data, a.qa_NR!.data, qNorm.v, N: N, D: Rq, eps: Self.latentNormEps)
-            linear(a.qRaw_NHQ.data, a.qan_NR!.data, wqB.v, T: N, D: Rq, N: H * Q)
+            linear(a.qRaw_NHQ.data, a.qan_NR!.data, wqB.gemmInput, T: N, D: Rq, N: H * Q)
         } else {
-            linear(a.qRaw_NHQ.data, xn_ND, wq!.v, T: N, D: D, N: H * Q)
+            linear(a.qRaw_NHQ.data, xn_ND, wq!.gemmInput, T: N, D: D, N: H * Q)
         }
         // keys / values: one compressed latent per token (+ the rope key), normed, expanded per head
-        linear(a.kva_NC.data, xn_ND, wkvA.v, T: N, D: D, N: KVA)
+        linear(a.kva_NC.data, xn_ND, wkvA.gemmInput, T: N, D: D, N: KVA)
         for n in 0..<N { (a.kvc_NL.data + n * Rkv).update(from: a.kva_NC.data + n * KVA, count: Rkv) }
         rmsnorm_forward(a.kvn_NL.data, a.kvRstd_N.data, a.kvc_NL.data, kvNorm.v, N: N, D: Rkv, eps: Self.latentNormEps)
-        linear(a.kv_NHX.data, a.kvn_NL.data, wkvB.v, T: N, D: Rkv, N: H * KVB)
+        linear(a.kv_NHX.data, a.kvn_NL.data, wkvB.gemmInput, T: N, D: Rkv, N: H * KVB)
         // rope: q_pe per head (into q's rope slots), k_pe once (shared)
         rope_slice_forward(a.q_NHQ.data + Dn, outStride: Q, a.qRaw_NHQ.data + Dn, xStride: Q, cos_TP: cos_TP, sin_TP: sin_TP,
                            B: B, T: T, H: H, rd: Dr, interleaved: interleaved)
@@ -125,7 +125,7 @@ public final class MLA {
         let N = B * T, KVA = Rkv + Dr, KVB = Dn + Dv
         let dao_NHV = ws.dao.get(N * H * Dv), dq_NHQ = ws.dq.get(N * H * Q), dk_NHQ = ws.dk.get(N * H * Q), dv_NHV = ws.dv.get(N * H * Dv)
         let dTT_BHTT = ws.dTT.get(B * H * T * T)
-        matmul_backward(dx_TD: dao_NHV, dw_ND: wo.g, dout_TN: dout_ND, x_TD: a.ao_NHV.data, w_ND: wo.v, T: N, D: H * Dv, N: D, overwriteDx: true)
+        matmul_backward(dx_TD: dao_NHV, dw_ND: wo.g, dout_TN: dout_ND, x_TD: a.ao_NHV.data, w_ND: wo.gemmInput, T: N, D: H * Dv, N: D, overwriteDx: true)
         attention_backward(dq_BTHd: dq_NHQ, dk_BTKd: dk_NHQ, dv_BTKd: dv_NHV, scratch_BHTT: dTT_BHTT, dout_BTHd: dao_NHV, att_BHTT: a.att_BHTT.data,
                            q_BTHd: a.q_NHQ.data, k_BTKd: a.k_NHQ.data, v_BTKd: a.v_NHV.data, B: B, T: T, H: H, KV: H, hd: Q, vd: Dv, scale: scale)
         // split back: dq_nope as is, dq_pe through the rope; dk_nope and dv_NHV into kv_b's output layout; dk_pe summed over
@@ -146,20 +146,20 @@ public final class MLA {
                             B: B, T: T, H: H, rd: Dr, interleaved: interleaved)
         // kv path: kv_b, the latent norm, then kv_a's output gradient = [d c_kv | d k_pe_raw]
         let dkvn_NL = ws.dkvn.get(N * Rkv), dkvc_NL = ws.dkvc.get(N * Rkv), dkva_NC = ws.dkva.get(N * KVA)
-        matmul_backward(dx_TD: dkvn_NL, dw_ND: wkvB.g, dout_TN: dkv_NHX, x_TD: a.kvn_NL.data, w_ND: wkvB.v, T: N, D: Rkv, N: H * KVB, overwriteDx: true)
+        matmul_backward(dx_TD: dkvn_NL, dw_ND: wkvB.g, dout_TN: dkv_NHX, x_TD: a.kvn_NL.data, w_ND: wkvB.gemmInput, T: N, D: Rkv, N: H * KVB, overwriteDx: true)
         rmsnorm_backward(dkvc_NL, kvNorm.g, dkvn_NL, a.kvc_NL.data, kvNorm.v, a.kvRstd_N.data, N: N, D: Rkv, overwriteDx: true)
         for n in 0..<N { (dkva_NC + n * KVA).update(from: dkvc_NL + n * Rkv, count: Rkv) }
         rope_slice_backward(dkva_NC + Rkv, dxStride: KVA, dkpe_NP, doutStride: Dr, cos_TP: cos_TP, sin_TP: sin_TP,
                             B: B, T: T, H: 1, rd: Dr, interleaved: interleaved)
-        matmul_backward(dx_TD: dxn_ND, dw_ND: wkvA.g, dout_TN: dkva_NC, x_TD: xn_ND, w_ND: wkvA.v, T: N, D: D, N: KVA, overwriteDx: true)
+        matmul_backward(dx_TD: dxn_ND, dw_ND: wkvA.g, dout_TN: dkva_NC, x_TD: xn_ND, w_ND: wkvA.gemmInput, T: N, D: D, N: KVA, overwriteDx: true)
         // q path
         if let wqA, let wqB, let qNorm {
             let dqan_NR = ws.dqan.get(N * Rq), dqa_NR = ws.dqa.get(N * Rq)
-            matmul_backward(dx_TD: dqan_NR, dw_ND: wqB.g, dout_TN: dqRaw_NHQ, x_TD: a.qan_NR!.data, w_ND: wqB.v, T: N, D: Rq, N: H * Q, overwriteDx: true)
+            matmul_backward(dx_TD: dqan_NR, dw_ND: wqB.g, dout_TN: dqRaw_NHQ, x_TD: a.qan_NR!.data, w_ND: wqB.gemmInput, T: N, D: Rq, N: H * Q, overwriteDx: true)
             rmsnorm_backward(dqa_NR, qNorm.g, dqan_NR, a.qa_NR!.data, qNorm.v, a.qaRstd_N!.data, N: N, D: Rq, overwriteDx: true)
-            matmul_backward(dx_TD: dxn_ND, dw_ND: wqA.g, dout_TN: dqa_NR, x_TD: xn_ND, w_ND: wqA.v, T: N, D: D, N: Rq)
+            matmul_backward(dx_TD: dxn_ND, dw_ND: wqA.g, dout_TN: dqa_NR, x_TD: xn_ND, w_ND: wqA.gemmInput, T: N, D: D, N: Rq)
         } else {
-            matmul_backward(dx_TD: dxn_ND, dw_ND: wq!.g, dout_TN: dqRaw_NHQ, x_TD: xn_ND, w_ND: wq!.v, T: N, D: D, N: H * Q)
+            matmul_backward(dx_TD: dxn_ND, dw_ND: wq!.g, dout_TN: dqRaw_NHQ, x_TD: xn_ND, w_ND: wq!.gemmInput, T: N, D: D, N: H * Q)
         }
     }
 }

@@ -58,8 +58,8 @@ public final class GroupedExperts: MoEExperts {
 
     private func check(_ counts: [Int]) -> Int {
         let per = hiddenDim * dim
-        precondition(w1.value.count >= counts.count * per && w2.value.count >= counts.count * per && w3.value.count >= counts.count * per,
-                     "GroupedExperts: \(counts.count) experts but weights hold \(w1.value.count / per)")
+        precondition(w1.heldCount >= counts.count * per && w2.heldCount >= counts.count * per && w3.heldCount >= counts.count * per,
+                     "GroupedExperts: \(counts.count) experts but weights hold \(w1.heldCount / per)")
         return counts.reduce(0, +)
     }
 
@@ -75,7 +75,7 @@ public final class GroupedExperts: MoEExperts {
             return
         }
         let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
-        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let W1 = w1.gemmInput, W2 = w2.gemmInput, W3 = w3.gemmInput
         forEachExpert(counts_E) { e, o, n in
             let x = x_SD + o * D, a = H1 + o * F, b = H3 + o * F, hh = Hh + o * F
             matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
@@ -93,7 +93,7 @@ public final class GroupedExperts: MoEExperts {
         let D = dim, F = hiddenDim
         // h feeds GEMMs only (the down projection and its weight gradient): written as bfloat16 by the SwiGLU.
         let H1 = h1.get(S * F), H3 = h3.get(S * F), Hb = h.getBF16(S * F)
-        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let W1 = w1.gemmInput, W2 = w2.gemmInput, W3 = w3.gemmInput
         forEachExpert(counts_E) { e, o, n in
             let x = GEMMInput.bf16(x16_SD + o * D), a = H1 + o * F, b = H3 + o * F, hh = Hb + o * F
             matmul_forward(a, x, W1 + e * F * D, T: n, D: D, N: F)
@@ -113,7 +113,7 @@ public final class GroupedExperts: MoEExperts {
         }
         let H1 = h1.get(S * F), H3 = h3.get(S * F), Hh = h.get(S * F)
         let dH = dh.get(S * F), dH1 = dh1.get(S * F), dH3 = dh3.get(S * F)
-        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let W1 = w1.gemmInput, W2 = w2.gemmInput, W3 = w3.gemmInput
         let G1 = w1.g, G2 = w2.g, G3 = w3.g
         // Scratch is written, not accumulated (no zeroing pass): dH and dH1/dH3 by their first producer, dx_SD by the
         // W1 product, then the W3 product accumulates onto it. Rows of experts with no tokens are never touched.
@@ -136,7 +136,7 @@ public final class GroupedExperts: MoEExperts {
         let S = check(counts_E)
         let D = dim, F = hiddenDim
         let H1 = h1.get(S * F), H3 = h3.get(S * F), Hb = h.getBF16(S * F)
-        let W1 = w1.v, W2 = w2.v, W3 = w3.v
+        let W1 = w1.gemmInput, W2 = w2.gemmInput, W3 = w3.gemmInput
         let G1 = w1.g, G2 = w2.g, G3 = w3.g
         // dH1 and dH3 feed GEMMs only, so they too are written as bfloat16. Written, not accumulated, as above.
         let dH = dh.get(S * F), dH1 = dh1.getBF16(S * F), dH3 = dh3.getBF16(S * F)

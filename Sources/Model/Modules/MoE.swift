@@ -76,7 +76,7 @@ public final class MoE {
         args = a; dim = D; fqn = t.fqn
         self.groups = groups; self.topkGroups = topkGroups
         correctionBias = correctionBiasHF != nil
-        gate = t.parameter("router.gate.weight", [a.num_experts, D], init: .normal(std: initStd), hf: "gate.weight")
+        gate = t.parameter("router.gate.weight", [a.num_experts, D], init: .normal(std: initStd), hf: "gate.weight", gemmOnly: true)
         localExperts = GroupedExperts(t.scope("experts.", hf: "experts."), numExperts: a.num_experts, dim: D, hiddenDim: a.hidden_dim,
                                       initStd: initStd, useGroupedMM: a.use_grouped_mm)
         w1 = localExperts.w1; w2 = localExperts.w2; w3 = localExperts.w3
@@ -98,7 +98,7 @@ public final class MoE {
     func forward(_ xn_ND: UnsafePointer<Float>, accumulateInto out_ND: UnsafeMutablePointer<Float>, acts a: MoEActs, ws: Workspace, N: Int) -> [Int] {
         let D = dim, E = args.num_experts, K = args.top_k
         let logits = ws.logits.get(N * E)
-        matmul_forward(logits, xn_ND, gate.v, T: N, D: D, N: E)
+        matmul_forward(logits, xn_ND, gate.gemmInput, T: N, D: D, N: E)
         router_scores_forward(a.scores.data, logits, T: N, E: E, sigmoid: args.score_func == .sigmoid)
         topk_forward(a.idx.data, a.gate.data, a.scores.data, bias_E: usesBias ? UnsafePointer(expertBias.data) : nil,
                      T: N, E: E, K: K, routeNorm: args.route_norm, routeScale: args.route_scale, groups: groups, topkGroups: topkGroups)
@@ -166,7 +166,7 @@ public final class MoE {
         dlogits.update(repeating: 0, count: N * E)
         topk_backward(dscores, dgate, a.scores.data, a.idx.data, T: N, E: E, K: K, routeNorm: args.route_norm, routeScale: args.route_scale)
         router_scores_backward(dlogits, dscores, a.scores.data, T: N, E: E, sigmoid: args.score_func == .sigmoid)
-        matmul_backward(dx_TD: dxn_ND, dw_ND: gate.g, dout_TN: dlogits, x_TD: xn_ND, w_ND: gate.v, T: N, D: D, N: E)
+        matmul_backward(dx_TD: dxn_ND, dw_ND: gate.g, dout_TN: dlogits, x_TD: xn_ND, w_ND: gate.gemmInput, T: N, D: D, N: E)
         if let sh = shared { sh.backward(dout_ND, dx_ND: dxn_ND, x_ND: xn_ND, acts: a.shared!, ws: ws, N: N) }
     }
 

@@ -71,7 +71,7 @@ extension Qwen3Model: IncrementalDecoding {
             layer.forwardCached(a, kCache: cache.layers[i][0], vCache: cache.layers[i][1], P: P, scratch: scratch)
         }
         rmsnorm_forward(a.xn.data, a.rstd.data, a.x.ptr, norm.v, N: T, D: D, eps: args.norm_eps)
-        linear(logits_TV, a.xn.ptr, (output ?? tokEmbeddings).v, T: T, D: D, N: V)
+        linear(logits_TV, a.xn.ptr, (output ?? tokEmbeddings).gemmInput, T: T, D: D, N: V)
         cache.advance(by: T)
     }
 }
@@ -100,9 +100,9 @@ extension Attention {
                        kCache: Tensor, vCache: Tensor, P: Int, scratch: Qwen3DecodeScratch) {
         let T = a.T, KD = KV * hd, half = hd / 2
         let kNew = kCache.data + P * KD, vNew = vCache.data + P * KD
-        linear(a.qRaw.data, xn_TD, wq.v, T: T, D: D, N: H * hd)
-        linear(a.kRaw.data, xn_TD, wk.v, T: T, D: D, N: KD)
-        linear(vNew, xn_TD, wv.v, T: T, D: D, N: KD)
+        linear(a.qRaw.data, xn_TD, wq.gemmInput, T: T, D: D, N: H * hd)
+        linear(a.kRaw.data, xn_TD, wk.gemmInput, T: T, D: D, N: KD)
+        linear(vNew, xn_TD, wv.gemmInput, T: T, D: D, N: KD)
         rmsnorm_forward(a.q.data, a.qRstd.data, a.qRaw.ptr, qNorm.v, N: T * H, D: hd, eps: eps)
         rmsnorm_forward(kNew, a.kRstd.data, a.kRaw.ptr, kNorm.v, N: T * KV, D: hd, eps: eps)
         let cos = scratch.cos.ptr + P * half, sin = scratch.sin.ptr + P * half   // the rows of positions P ..< P+T
@@ -110,15 +110,16 @@ extension Attention {
         rope_forward(kNew, kNew, cos_TP: cos, sin_TP: sin, B: 1, T: T, H: KV, hd: hd)
         attention_cached_forward(a.ao.data, a.q.ptr, k_SKd: kCache.ptr, v_SKd: vCache.ptr,
                                  scores_HTS: scratch.scores.get(H * T * (P + T)), P: P, T: T, H: H, KV: KV, hd: hd)
-        linear(out_TD, a.ao.ptr, wo.v, T: T, D: H * hd, N: D, accumulate: true)
+        linear(out_TD, a.ao.ptr, wo.gemmInput, T: T, D: H * hd, N: D, accumulate: true)
     }
 }
 
-/// matmul_forward, or for one position (a decoding step) matvec_forward.
+/// matmul_forward, or for one position (a decoding step) on an fp32 weight matvec_forward (which is matmul_forward under
+/// bfloat16 matmuls, the only ones that take a bfloat16 weight).
 @inline(__always)
-func linear(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: UnsafePointer<Float>, _ w_ND: UnsafePointer<Float>,
+func linear(_ out_TN: UnsafeMutablePointer<Float>, _ x_TD: UnsafePointer<Float>, _ w_ND: GEMMInput,
             T: Int, D: Int, N: Int, accumulate: Bool = false) {
-    if T == 1 { matvec_forward(out_TN, x_TD, w_ND, D: D, N: N, accumulate: accumulate) }
+    if T == 1, case .f32(let w) = w_ND { matvec_forward(out_TN, x_TD, w, D: D, N: N, accumulate: accumulate) }
     else { matmul_forward(out_TN, x_TD, w_ND, T: T, D: D, N: N, accumulate: accumulate) }
 }
 
