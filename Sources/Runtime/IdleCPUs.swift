@@ -1,11 +1,12 @@
-// Idle-CPU lending. With more ranks than CPUs, the launcher binds several ranks to each CPU, one kernel thread each.
-// When a rank computes while every rank bound to another CPU waits in a collective (an MoE rank that got a hot expert,
-// whose EP peers wait in the all-to-all for its output), that CPU would idle. Each such rank process marks on a
-// shared board whether its training thread is blocked in a collective (a collective observer); a rank about to run a large GEMM
-// or loop checks the board and, when another CPU's ranks all wait, runs half of it on a helper thread bound to that
-// CPU. GEMMs this large, and loops this large, are always computed as the same two halves, whoever runs the second, so
-// results do not depend on timing (loop rows never depended on the split; nested kernels always see a region, see
-// KernelThreads.swift). A run is bitwise reproducible for a given thread count and lending setting.
+// Idle-CPU lending. With at least as many ranks as CPUs, the launcher binds each rank to one CPU (several ranks to each
+// CPU when there are more), one kernel thread each. When a rank computes while every rank bound to another CPU waits in
+// a collective (an MoE rank that got a hot expert, whose EP peers wait in the all-to-all for its output), that CPU
+// would idle. Each such rank process marks on a shared board whether its training thread is blocked in a collective (a
+// collective observer); a rank about to run a large GEMM or loop checks the board and, when another CPU's ranks all
+// wait, runs half of it on a helper thread bound to that CPU. GEMMs this large, and loops this large, are always
+// computed as the same two halves, whoever runs the second, so results do not depend on timing (loop rows never
+// depended on the split; nested kernels always see a region, see KernelThreads.swift). A run is bitwise reproducible
+// for a given thread count and lending setting.
 import CLinux
 import Foundation
 

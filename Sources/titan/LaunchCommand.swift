@@ -26,7 +26,7 @@ struct Launch: ParsableCommand {
     var jobID: String?
     @Option(help: "Rank placement on this machine's CPUs: block (consecutive ranks share a CPU, or each gets its own CPUs) or none. Not used with --single-process.")
     var cpuBind: CPUBindPolicy = .block
-    @Flag(name: .customLong("lend-idle-cpus"), inversion: .prefixedNo, help: "With more ranks than CPUs, let a rank still computing run half of a large GEMM or loop on a CPU whose ranks all wait in collectives.")
+    @Flag(name: .customLong("lend-idle-cpus"), inversion: .prefixedNo, help: "With ranks bound to one CPU each (at least as many ranks as CPUs), let a rank still computing run half of a large GEMM or loop on a CPU whose ranks all wait in collectives.")
     var lendIdleCPUs = true
     @Option(help: "When a rank fails (an error, a signal, a hang its peers' collective timeouts find), stop every rank and start them all again, up to N times; training resumes from the latest checkpoint.")
     var maxRestarts = 0

@@ -8,7 +8,7 @@ import XCTest
 final class BFloat16Tests: XCTestCase {
     func testScalarAndBulkConversionsAgree() {
         var rng = SplitMix(seed: 5)
-        var x: [Float] = [0, -0.0, 1 + 0x1p-8, 1 + 3 * 0x1p-8, .infinity, -.infinity, .nan, -.nan, 0x1.FFp127, 1e-40]
+        var x: [Float] = [0, -0.0, 1 + 0x1p-8, 1 + 3 * 0x1p-8, .infinity, -.infinity, .nan, -.nan, 0x1.FFp127, Float(1e-40 as Double)]
         for _ in 0..<100_003 { x.append(Float(bitPattern: UInt32(truncatingIfNeeded: rng.next()))) }
         var bulk = [BFloat16](repeating: BFloat16(bits: 0), count: x.count)
         x.withUnsafeBufferPointer { src in bulk.withUnsafeMutableBufferPointer { BFloat16.narrow(src.baseAddress!, into: $0.baseAddress!, count: x.count) } }

@@ -174,7 +174,7 @@ enum Command {
         env["OPENBLAS_NUM_THREADS"] = "1"
         env.merge(extra) { $1 }
         p.environment = env
-        for suffix in [".out", ".err"] { FileManager.default.createFile(atPath: running.outPath + suffix, contents: nil) }
+        for suffix in [".out", ".err"] { _ = FileManager.default.createFile(atPath: running.outPath + suffix, contents: nil) }
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = FileHandle(forWritingAtPath: running.outPath + ".out")
         p.standardError = FileHandle(forWritingAtPath: running.outPath + ".err")

@@ -30,15 +30,17 @@ enum Titan {
         p.standardError = err
         try p.run()
         // Drain both pipes while the job runs, so a chatty rank never blocks on a full pipe.
-        var outData = Data(), errData = Data()
+        // Each box is written by its reader only, and read after `readers.wait()`.
+        final class Drained: @unchecked Sendable { var data = Data() }
+        let outData = Drained(), errData = Drained()
         let readers = DispatchGroup()
-        DispatchQueue.global().async(group: readers) { outData = out.fileHandleForReading.readDataToEndOfFile() }
-        DispatchQueue.global().async(group: readers) { errData = err.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: readers) { outData.data = out.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: readers) { errData.data = err.fileHandleForReading.readDataToEndOfFile() }
         whileRunning?(p.processIdentifier)
         p.waitUntilExit()
         readers.wait()
-        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                   stderr: String(decoding: errData, as: UTF8.self))
+        return Run(status: p.terminationStatus, stdout: String(decoding: outData.data, as: UTF8.self),
+                   stderr: String(decoding: errData.data, as: UTF8.self))
     }
 }
 

@@ -36,7 +36,7 @@ final class HFNumericsTests: XCTestCase {
             }
             return (x, y)
         }
-        let (x1, y1) = batch(1)
+        let (x1, _) = batch(1)
         XCTAssertEqual(Array(x1[0..<L]).map { Double($0) }, doubles(debug["step1_window0_input"]))
 
         // logits

@@ -300,7 +300,7 @@ final class FSDPTests: XCTestCase {
     /// one rank (a direct group, rounded in place of gathered) and on two (all-gathered).
     func testGatheredGroupsHandGEMMOnlyParametersOverInBFloat16() throws {
         let args = fsdpTinyArgs(moe: true)
-        func makeModel() throws -> Qwen3Model {
+        @Sendable func makeModel() throws -> Qwen3Model {
             let m = try Qwen3Model(args: args, seed: 7)
             // norms away from their all-ones init, so that rounding them shows
             for p in m.parameters where !p.gemmOnly { for i in 0..<p.count { p.value.data[i] += 0.01 * Float(i % 7) + 1e-4 } }

@@ -21,7 +21,7 @@ final class BF16GEMMTests: XCTestCase {
 
     func testRoundingMatchesNearestEven() {
         var specials: [Float] = [0, -0.0, 1, -1, .infinity, -.infinity, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
-                                 .leastNonzeroMagnitude, .leastNormalMagnitude, 1e-40, -3e-39,
+                                 .leastNonzeroMagnitude, .leastNormalMagnitude, Float(1e-40 as Double), Float(-3e-39 as Double),
                                  1 + 0x1p-8,          // halfway between 1 and 1 + 2^-7: to even (1)
                                  1 + 3 * 0x1p-8,      // halfway between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6)
                                  1 + 0x1p-8 + 0x1p-20, 0x1.FEp127, 0x1.FFp127]

@@ -49,7 +49,7 @@ final class CheckpointUnitTests: XCTestCase {
         XCTAssertNil(try Checkpoint.latestStepFolder(in: f), "no folder: no checkpoint")
         for n in ["step-2", "step-10", "step-20.tmp-x", "step-30-hf"] { try fm.createDirectory(atPath: f + "/" + n, withIntermediateDirectories: true) }
         XCTAssertNil(try Checkpoint.latestStepFolder(in: f), "no metadata anywhere: nothing complete")
-        for n in ["step-2", "step-10", "step-20.tmp-x"] { fm.createFile(atPath: f + "/\(n)/metadata.json", contents: Data("{}".utf8)) }
+        for n in ["step-2", "step-10", "step-20.tmp-x"] { _ = fm.createFile(atPath: f + "/\(n)/metadata.json", contents: Data("{}".utf8)) }
         XCTAssertEqual(try Checkpoint.latestStepFolder(in: f), f + "/step-10", "newest complete step without a marker")
         try Data("step-2\n".utf8).write(to: URL(fileURLWithPath: f + "/latest"))
         XCTAssertEqual(try Checkpoint.latestStepFolder(in: f), f + "/step-2", "the marker wins")
