@@ -31,11 +31,6 @@ public final class Work: @unchecked Sendable {
         condition.unlock()
     }
 
-    public var isCompleted: Bool {
-        condition.lock(); defer { condition.unlock() }
-        return finished
-    }
-
     /// Blocks until the collective completed; rethrows its error. The collective has its own
     /// deadlines (every receive and send), so it ends within the group timeout. Should its worker
     /// still be running long past that (a bug), the process stops: returning would hand the caller

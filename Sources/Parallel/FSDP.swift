@@ -169,8 +169,6 @@ final class TensorPool {
     }
 
     func release(_ t: Tensor) { free[t.count, default: []].append(t) }
-
-    func drain() { free.removeAll(); free16.removeAll(); allocatedBytes = 0 }
 }
 
 /// A gradient reduction in flight: reduce-scatter (SUM) of a full gradient over the shard group, then (HSDP) an

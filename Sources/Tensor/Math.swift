@@ -8,7 +8,6 @@ import Darwin
 @inline(__always) func _sin(_ x: Double) -> Double { sin(x) }
 @inline(__always) func _cos(_ x: Double) -> Double { cos(x) }
 @inline(__always) func _expf(_ x: Float) -> Float { expf(x) }
-@inline(__always) func _logf(_ x: Float) -> Float { logf(x) }
 @inline(__always) func _powf(_ x: Float, _ y: Float) -> Float { powf(x, y) }
 @inline(__always) func _cosf(_ x: Float) -> Float { cosf(x) }
 @inline(__always) func _sinf(_ x: Float) -> Float { sinf(x) }

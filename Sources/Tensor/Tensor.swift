@@ -4,7 +4,7 @@
 /// An n-dimensional row-major Float32 buffer.
 ///
 /// A tensor either owns its storage (freed on deinit) or is a view into another tensor's
-/// storage (it keeps the base alive) or into external memory (`init(wrapping:...)`).
+/// storage (it keeps the base alive).
 public final class Tensor {
     public let shape: [Int]
     public let count: Int
@@ -38,8 +38,6 @@ public final class Tensor {
         }
     }
 
-    public convenience init(_ values: [Float]) { self.init(shape: [values.count], values: values) }
-
     /// A view of `shape.reduce(1,*)` elements of `base` starting at element `offset`. Keeps `base` alive.
     public init(viewOf base: Tensor, offset: Int = 0, shape: [Int]) {
         let n = shape.reduce(1, *)
@@ -49,15 +47,6 @@ public final class Tensor {
         self.data = base.data + offset
         self.owns = false
         self.base = base
-    }
-
-    /// Wraps external memory (not freed by this tensor). `owner`, if given, is kept alive.
-    public init(wrapping pointer: UnsafeMutablePointer<Float>, shape: [Int], owner: AnyObject? = nil) {
-        self.shape = shape
-        self.count = shape.reduce(1, *)
-        self.data = pointer
-        self.owns = false
-        self.base = owner
     }
 
     deinit {

@@ -77,8 +77,6 @@ public struct SafeTensorsHeader: Sendable {
     public let tensors: [String: SafeTensorInfo]
     /// Byte offset of the data section in the file (8 + N).
     public var dataStart: Int { 8 + headerLength }
-    /// Length of the data section.
-    public let dataLength: Int
     /// Tensor names, sorted.
     public var names: [String] { tensors.keys.sorted() }
 
@@ -201,7 +199,7 @@ public struct SafeTensorsHeader: Sendable {
             throw SafeTensorsError(.gap, file: file,
                                    "the tensors cover \(cursor) bytes but the data section has \(dataLength): \(dataLength - cursor) trailing bytes are not covered")
         }
-        return SafeTensorsHeader(headerLength: json.count, metadata: metadata, tensors: tensors, dataLength: dataLength)
+        return SafeTensorsHeader(headerLength: json.count, metadata: metadata, tensors: tensors)
     }
 
     public func info(_ name: String, file: String) throws -> SafeTensorInfo {
