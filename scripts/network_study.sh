@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The simulated-network study (docs/simulated-network.md): bench_moe on two simulated hosts of 4 ranks
 # (topologies/two-host-{1,10,100}gbit.toml: the inter-host link at that many Gbit/s per direction, 20 us one-way;
-# within a host as fast as the sockets), global batch 16 x 256 tokens, under five parallelism plans:
+# within a host as fast as the sockets), global batch 16 x 256 tokens, under six parallelism plans:
 #   fsdp8            FSDP over all 8 ranks, no expert parallelism
 #   hsdp2x4          HSDP: shard within a host (4), replicate across the 2 hosts
 #   fsdp8-ep4-host   FSDP over 8, expert parallel 4 in groups within a host (--parallelism.expert_parallel_placement consecutive)

@@ -76,6 +76,10 @@ enum RankRuntime {
                                _ program: RankProgram) -> Never {
         FlightDump.blockSIGTERM()   // first, before any thread starts
         BLAS.prepare()   // before any thread starts (it may set an environment variable)
+        // A scheduler forwards the ranks' output as the launcher does, but does not say whether its console is a
+        // terminal (Open MPI gives every rank a pty even when mpirun's output goes to a file): per-step lines only,
+        // unless TITAN_PROGRESS=1 asks for the progress line.
+        if identity?.scheduler != nil { setenv("TITAN_PROGRESS", "0", 0) }
         var status: Int32 = 1
         var scheduledOutput: RankOutput?   // a scheduler's rank logs its start-up errors too
         do {

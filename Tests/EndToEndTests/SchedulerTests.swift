@@ -35,6 +35,8 @@ final class SchedulerTests: XCTestCase {
         let r = try Command.run(mpirun, ["--allow-run-as-root", "--oversubscribe", "-np", "4", Titan.path, "train"]
                                     + Self.args + ["--job.dump_folder", dump])
         XCTAssertEqual(r.status, 0, "mpirun: \(r.stdout.suffix(2000))\n\(r.stderr.suffix(3000))")
+        // Open MPI gives ranks a pty even though its own output goes to our pipe: no progress line's escapes in it.
+        XCTAssertFalse((r.stdout + r.stderr).contains("\u{1B}["), "a terminal escape in mpirun's output: \(r.stdout.suffix(500))")
         try assertSameLosses(Self.losses(dump), want, "mpirun -np 4")
         try assertRankLogs(dump, ranks: 4, scheduler: "Open MPI")
     }

@@ -81,7 +81,7 @@ public enum CollectiveBench {
         let hosts = Set(comm.spec.hostIndexOfRank).count
         if rank == 0 {
             if let network = comm.spec.network { print("simulated network: " + describe(network)) }
-            print(String(format: "transport ring ceiling: %.3f GB/s per link (%d ranks passing 2 MiB messages, like zmq_ring_ceiling.py", ceiling, n)
+            print(String(format: "transport ring ceiling: %.3f GB/s per link (%d ranks passing 2 MiB messages, like scripts/zmq_ring_ceiling.c", ceiling, n)
                   + label + ")")
             print("collective     algorithm     world      bytes      time_us  algbw GB/s  busbw GB/s  of ring" + (hosts > 1 ? "  inter-host MiB" : ""))
         }
