@@ -219,15 +219,13 @@ public struct RankIdentity: Sendable, Equatable {
     }
 
     /// Creates the folder of the ipc sockets when this rank is the first of its host to need it (a scheduler's ranks;
-    /// the launcher makes it for its own): 0700 in /tmp, and an existing one must be this user's.
+    /// the launcher makes it for its own): 0700 in /tmp, and an existing one must be this user's and 0700, as the
+    /// launcher requires of its own.
     public func prepareIPCDirectory() throws {
         if mkdir(ipcDirectory, 0o700) != 0 && errno != EEXIST {
             throw LauncherError.file("cannot create the ipc socket folder \(ipcDirectory): \(String(cString: strerror(errno)))")
         }
-        var info = stat()
-        guard lstat(ipcDirectory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == getuid() else {
-            throw LauncherError.file("the ipc socket folder \(ipcDirectory) exists but is not a folder of this user: remove it")
-        }
+        try Launcher.checkPrivateFolder(ipcDirectory)
     }
 
     /// After the communicator shut down: removes this rank's ipc socket files, and the folder when it is the last of

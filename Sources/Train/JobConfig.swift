@@ -1,6 +1,7 @@
 // The job config of `titan train` (torchtitan's JobConfig): one section per component, each declared beside the
 // component it builds (model: Model/ModelConfig.swift, parallelism: Parallel/Parallelism.swift, optimizer,
-// lr_scheduler, checkpoint, dataloader, metrics, profiling: Train/Components/), plus the trainer's own sections below.
+// lr_scheduler, checkpoint, dataloader, metrics, profiling, fault, validation: Train/Components/, generate:
+// Train/Generation/), plus the trainer's own sections below.
 // `JobConfig.resolve` turns a command line into a validated config.
 
 import Collectives

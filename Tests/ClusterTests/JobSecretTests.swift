@@ -148,6 +148,26 @@ final class JobSecretTests: XCTestCase {
         XCTAssertThrowsError(try l.run()) { XCTAssertTrue("\($0)".contains("is not a directory"), "\($0)") }
         unlink(ipc)
     }
+
+    /// Ranks a scheduler started make the folder themselves, by the same rules: 0700 when they create it, and an
+    /// existing one only if it is the user's own and 0700.
+    func testScheduledRanksRefuseASocketFolderOpenToOthers() throws {
+        let ipc = folder + "/ipc-scheduled"
+        let identity = RankIdentity(rank: 0, worldSize: 2, localRank: 0, localWorldSize: 2, nodeRank: 0, jobID: "s",
+                                    topologyPath: nil, localRanks: 2, ipcDirectory: ipc, launcherPID: nil, dumpFolder: nil,
+                                    scheduler: .openMPI)
+        try identity.prepareIPCDirectory()
+        XCTAssertEqual(try mode(ipc), 0o700)
+        try identity.prepareIPCDirectory()   // the next rank of the host finds it
+        chmod(ipc, 0o755)
+        XCTAssertThrowsError(try identity.prepareIPCDirectory()) {
+            XCTAssertTrue("\($0)".contains("has mode 0755") && "\($0)".contains(ipc), "\($0)")
+        }
+        rmdir(ipc)
+        symlink(folder, ipc)
+        XCTAssertThrowsError(try identity.prepareIPCDirectory()) { XCTAssertTrue("\($0)".contains("is not a directory"), "\($0)") }
+        unlink(ipc)
+    }
 }
 
 private final class Results: @unchecked Sendable {

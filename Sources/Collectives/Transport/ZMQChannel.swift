@@ -162,7 +162,8 @@ final class ZMQChannel: Channel {
     func send(to peer: Int, payload: ZMQMessage) throws {
         precondition(peer != me, "a rank does not message itself")
         guard let socket = push[peer] else { throw CollectiveError.groupClosed("group \(slot) is closed") }
-        // Under a simulated network this waits until the message may leave and learns when it arrives.
+        // Under a simulated network this books the links the message crosses (without waiting) and learns when it
+        // arrives; the receiver holds it until then.
         let deliverAt = shaper?.depart(from: members[me], to: members[peer], bytes: FrameHeader.size + payload.count) ?? 0
         let header = FrameHeader(
             kindRaw: info.kind.rawValue, jobHash: jobHash, groupSlot: UInt32(slot), groupHash: groupHash,
