@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
 #ifdef __linux__
 #include <malloc.h>
 #include <sched.h>
@@ -74,4 +76,11 @@ void *titan_map_shared_file(const char *path, size_t bytes) {
     close(fd);
     if (p == MAP_FAILED) { errno = e; return NULL; }
     return p;
+}
+
+int titan_child_ended(int pid) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0) return -1;
+    return info.si_pid == pid ? 1 : 0;
 }

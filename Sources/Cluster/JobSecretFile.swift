@@ -36,7 +36,7 @@ public enum JobSecretFile {
     /// The secret in `path`; nil when the file does not exist. Refuses a file others may read or write, one owned by
     /// another user, and one that is not a secret.
     public static func load(path: String) throws -> JobSecret? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)   // a FIFO put there must not block the open
         if fd < 0 {
             if errno == ENOENT { return nil }
             throw JobSecretFileError(path: path, reason: "cannot be opened: \(String(cString: strerror(errno)))")

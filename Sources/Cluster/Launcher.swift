@@ -7,6 +7,7 @@
 // One thread does everything (poll on the output pipes and a signal self-pipe, then reap with
 // WNOHANG), so output is written a whole line at a time and needs no locks.
 
+import CLinux
 import Foundation
 import Collectives
 #if canImport(Glibc)
@@ -610,9 +611,8 @@ private struct Supervisor {
             }
         }
 
-        // Every rank has ended. Kill whatever they left behind in their process groups (it would
-        // be orphaned otherwise), then read the output that is still in the pipes.
-        for process in processes { kill(-process.pid, SIGKILL) }
+        // Every rank has ended (what each left in its process group was killed as it was reaped, see `reap`): read
+        // the output that is still in the pipes.
         let drainDeadline = Date().addingTimeInterval(2)
         while processes.contains(where: { $0.streams.contains { $0.fd >= 0 } }), Date() < drainDeadline {
             pumpOutput(timeoutMilliseconds: 50, signalFD: -1)
@@ -640,6 +640,11 @@ private struct Supervisor {
     /// Collects the status of every rank that has ended; the first failure stops the job.
     mutating func reap() {
         for process in processes where process.status == nil {
+            // Seen ended but not yet reaped, the rank still holds its pid and process group id: kill whatever it left
+            // in its group now, when that group cannot be another's (after reaping, the id may be reused).
+            let state = titan_child_ended(process.pid)
+            if state == 0 { continue }
+            if state == 1 { kill(-process.pid, SIGKILL) }
             var status: Int32 = 0
             let result = waitpid(process.pid, &status, WNOHANG)
             if result == process.pid {

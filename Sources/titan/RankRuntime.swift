@@ -195,7 +195,13 @@ enum RankRuntime {
                 throw error
             }
         }
-        for (rank, error) in errors.enumerated() where error != nil { statuses.set(rank, 1) }
+        for (rank, error) in errors.enumerated() where error != nil {
+            statuses.set(rank, 1)
+            // A rank that threw said so on its own output; one abandoned while stuck could not.
+            if let stuck = error as? InProcessCluster.RankDidNotEnd {
+                FileHandle.standardError.write(Data("titan: \(stuck)\n".utf8))
+            }
+        }
         if let failed = statuses.values.firstIndex(where: { $0 != 0 }) {
             FileHandle.standardError.write(Data("titan: rank \(failed) failed (status \(statuses.values[failed])); logs in \(dumpFolder)/logs\n".utf8))
             return statuses.values[failed]

@@ -54,6 +54,9 @@ final class JobSecretTests: XCTestCase {
                 XCTAssertTrue("\(error)".contains(path) && "\(error)".contains("does not hold a job secret"), "\(error)")
             }
         }
+        let fifo = folder + "/fifo.secret"   // opening it must not wait for a writer
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        XCTAssertThrowsError(try JobSecretFile.loadOrCreate(path: fifo)) { XCTAssertTrue("\($0)".contains("is not a regular file"), "\($0)") }
         XCTAssertThrowsError(try JobSecretFile.loadOrCreate(path: folder + "/missing-folder/job.secret")) {
             XCTAssertTrue("\($0)".contains("cannot be created"), "\($0)")
         }

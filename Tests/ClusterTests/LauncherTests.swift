@@ -38,6 +38,24 @@ final class LauncherTests: XCTestCase {
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
     func log(rank: Int) -> String { read(folder + "/dump/logs/rank-\(rank).log") }
 
+    /// A rank that leaves a process behind in its process group: it is killed when the rank is reaped (while the rank's
+    /// zombie still holds the group id, so the signal cannot reach another's group).
+    func testWhatARankLeavesInItsProcessGroupIsKilled() throws {
+        let result = try launch(.local(ranks: 2), script: "sleep 300 & echo $! > \(folder)/left-$RANK; exit 0")
+        XCTAssertEqual(result.exitStatus, 0, read(stderrPath))
+        for rank in 0..<2 {
+            let pid = try XCTUnwrap(Int(read(folder + "/left-\(rank)").trimmingCharacters(in: .whitespacesAndNewlines)))
+            // Gone, or a zombie waiting for its new parent: either way no longer running.
+            var running = true
+            for _ in 0..<100 where running {
+                let stat = read("/proc/\(pid)/stat")
+                running = !stat.isEmpty && !stat.contains(") Z ")
+                if running { usleep(20_000) }
+            }
+            XCTAssertFalse(running, "rank \(rank) left pid \(pid) running")
+        }
+    }
+
     func testSuccessPrefixesOutputAndWritesLogs() throws {
         let script = """
             echo "hello from $RANK of $WORLD_SIZE local $LOCAL_RANK/$LOCAL_WORLD_SIZE node $NODE_RANK"

@@ -72,6 +72,21 @@ final class HeaderAndErrorTests: XCTestCase {
 
     /// Rank 1 is alive (its sockets open, so rank 0's send is queued) but never joins the barrier.
     /// (Had it exited, rank 0's send would fail first, naming it as well: "could not deliver to rank 1".)
+    /// A rank stuck outside the collectives (here: a loop that ignores the sockets) does not keep the in-process job
+    /// forever: once another rank failed it gets a grace period, then it is named and abandoned.
+    func testRankStuckOutsideTheCollectivesIsAbandonedAfterTheTimeout() {
+        let release = Flag()
+        defer { release.set() }
+        let start = Date()
+        let errors = InProcessCluster.run(worldSize: 2, timeoutSeconds: 1, abandonAfterSeconds: 1) { comm in
+            if comm.rank == 1 { throw CollectiveError.groupClosed("rank 1 fails") }
+            while !release.isSet { usleep(10_000) }
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+        XCTAssertTrue("\(errors[0].map { "\($0)" } ?? "")".contains("rank 0 did not end within 1.0 s"), "\(errors)")
+        XCTAssertTrue("\(errors[1].map { "\($0)" } ?? "")".contains("rank 1 fails"), "\(errors)")
+    }
+
     func testMissingRankTimesOutNamingIt() {
         let start = Date()
         let errors = twoRanks(timeout: 1) { comm in
@@ -116,4 +131,11 @@ final class HeaderAndErrorTests: XCTestCase {
         }
         XCTAssertTrue(errors.allSatisfy { $0 == nil }, "\(errors)")
     }
+}
+
+private final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
 }

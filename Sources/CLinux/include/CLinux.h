@@ -17,6 +17,9 @@ const char *titan_symbol_library(const char *symbol);
 /// block it: one started before the process blocked it (OpenBLAS starts its pool in a library constructor, before
 /// main). There a C handler passes it on with pthread_kill (async-signal-safe); no Swift code runs in it.
 void titan_route_signal_to_calling_thread(int signal);
+/// Whether child `pid` has ended, without reaping it (waitid with WNOWAIT): 1 ended (a zombie, so its pid and process
+/// group id cannot be reused yet), 0 still running, -1 error (errno set; ECHILD: not a child of ours, or reaped).
+int titan_child_ended(int pid);
 
 // Idle-CPU lending between the rank processes of one machine (see Sources/Runtime/IdleCPUs.swift).
 
