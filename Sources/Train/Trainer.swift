@@ -194,7 +194,7 @@ public final class Trainer {
             validationLoss = try validator.run(model: model, parallel: parallel, world: comm.world)
             Trace.record("validation", pid: comm.rank, tid: 0, start: validationStart, end: Runtime.now())
         }
-        metrics?.record(step: step, stats: stats, gradNorm: gradNorm, lr: lr, seconds: Double(end - start) / 1e9,
+        try metrics?.record(step: step, stats: stats, gradNorm: gradNorm, lr: lr, seconds: Double(end - start) / 1e9,
                         blockedSeconds: Double(BlockedTime.nanoseconds) / 1e9, expertParallel: mesh.ep != nil,
                         validationLoss: validationLoss)
         try checkpointer.saveIfDue(step: step, lastStep: config.training.steps, model: parallel, optimizer: optimizer,

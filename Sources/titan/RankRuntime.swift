@@ -38,7 +38,7 @@ struct RankOutput: @unchecked Sendable {
         } else {
             Swift.print((Self.progress == nil ? "" : "\r\u{1B}[K") + prefix + line)
             if let p = Self.progress { Swift.print(p, terminator: "") }
-            logFile?.write(Data((line + "\n").utf8))
+            try? logFile?.write(contentsOf: Data((line + "\n").utf8))   // a full disk loses log lines, not the rank
         }
         fflush(stdout)
     }
@@ -46,7 +46,7 @@ struct RankOutput: @unchecked Sendable {
     func error(_ line: String) {
         Self.lock.lock(); defer { Self.lock.unlock() }
         FileHandle.standardError.write(Data((prefix + line + "\n").utf8))
-        logFile?.write(Data((line + "\n").utf8))
+        try? logFile?.write(contentsOf: Data((line + "\n").utf8))
     }
 }
 

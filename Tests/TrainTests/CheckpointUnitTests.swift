@@ -97,6 +97,25 @@ final class CheckpointUnitTests: XCTestCase {
         return Checkpointer(c, dumpFolder: "/unused", comm: comm, log: { _ in })
     }
 
+    /// A save runs its collectives under the start-up deadline when the steady one is shorter (others wait on disks
+    /// there), and the steady one is back afterwards.
+    func testSaveRunsUnderTheStartUpDeadline() throws {
+        let ckpt = folder()
+        let args = Self.args
+        let seen = DeadlineLog()
+        let failures = InProcessCluster.run(worldSize: 2, timeoutSeconds: 30) { comm in
+            let mesh = try DeviceMesh(comm: comm, dims: ParallelDims(replicate: 1, shard: 2, ep: 1), numExperts: args.moe.num_experts)
+            let fsdp = try parallelize(try Qwen3Model(args: args, seed: 3), mesh: mesh, reshardAfterForward: .default)
+            let optimizer = OptimizerConfig().build(shards: fsdp.shards)
+            try comm.setTimeout(seconds: 5)   // as after the first step
+            try self.checkpointer(ckpt, comm).saveIfDue(step: 2, lastStep: 2, model: fsdp, optimizer: optimizer, modelArgs: .qwen3(args),
+                                                             dataloader: { seen.add(comm.timeoutSeconds); return DataLoaderState(next_window: 2, document: nil) })
+            seen.add(comm.timeoutSeconds)
+        }
+        XCTAssertTrue(failures.allSatisfy { $0 == nil }, "\(failures)")
+        XCTAssertEqual(seen.values.sorted(), [5, 5, 30, 30])
+    }
+
     /// Save on 4 ranks (shard 4 × ep 2), load on 2 ranks (shard 2, no EP) and 3 ranks (uneven shards):
     /// parameters, both AdamW moments and the expert bias come back exactly, element by element.
     func testSaveOnFourRanksLoadOnTwoAndThree() throws {
@@ -158,4 +177,11 @@ final class CheckpointUnitTests: XCTestCase {
             XCTAssertTrue(failures.allSatisfy { $0 == nil }, "\(dims): \(failures)")
         }
     }
+}
+
+private final class DeadlineLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seen: [Double] = []
+    func add(_ v: Double) { lock.lock(); seen.append(v); lock.unlock() }
+    var values: [Double] { lock.lock(); defer { lock.unlock() }; return seen }
 }

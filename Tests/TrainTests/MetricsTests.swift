@@ -7,9 +7,9 @@ final class MetricsTests: XCTestCase {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("metrics-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let w = try MetricsWriter(path: dir + "/metrics.jsonl")
-        w.write(StepMetrics(step: 1, loss: 7.625, grad_norm: 1.5, lr: 3e-4, tokens_per_sec: 1234.5, step_time_s: 0.25,
+        try w.write(StepMetrics(step: 1, loss: 7.625, grad_norm: 1.5, lr: 3e-4, tokens_per_sec: 1234.5, step_time_s: 0.25,
                             extra: [("max_rss_mb", 120)]))
-        w.write(StepMetrics(step: 2, loss: .nan, grad_norm: .infinity, lr: 0, tokens_per_sec: 1, step_time_s: 1))
+        try w.write(StepMetrics(step: 2, loss: .nan, grad_norm: .infinity, lr: 0, tokens_per_sec: 1, step_time_s: 1))
         let lines = try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, 2)
         XCTAssertEqual(String(lines[0]), #"{"grad_norm":1.5,"loss":7.625,"lr":0.0003,"max_rss_mb":120,"step":1,"step_time_s":0.25,"tokens_per_sec":1234.5}"#)
@@ -22,8 +22,16 @@ final class MetricsTests: XCTestCase {
 
         // append mode keeps earlier lines (resume)
         let w2 = try MetricsWriter(path: dir + "/metrics.jsonl", append: true)
-        w2.write(StepMetrics(step: 3, loss: 1, grad_norm: 1, lr: 1, tokens_per_sec: 1, step_time_s: 1))
+        try w2.write(StepMetrics(step: 3, loss: 1, grad_norm: 1, lr: 1, tokens_per_sec: 1, step_time_s: 1))
         XCTAssertEqual(try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 3)
+    }
+
+    /// A full disk (Linux's /dev/full fails every write with ENOSPC) is an error naming the file, not a crash.
+    func testFailedWriteIsAnErrorNamingTheFile() throws {
+        let w = try MetricsWriter(path: "/dev/full", append: true)
+        XCTAssertThrowsError(try w.write(StepMetrics(step: 1, loss: 1, grad_norm: 1, lr: 1, tokens_per_sec: 1, step_time_s: 1))) {
+            XCTAssertTrue("\($0)".contains("cannot write /dev/full"), "\($0)")
+        }
     }
 
     func testConsoleLine() {

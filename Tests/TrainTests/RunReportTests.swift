@@ -12,7 +12,7 @@ final class RunReportTests: XCTestCase {
         for step in 1...4 {
             var extra: [(key: String, value: Double)] = [("comm_wait_s", 0.01 * Double(step))]
             if step % 2 == 0 { extra.append(("validation_loss", 5.0 - Double(step) / 8)) }
-            w.write(StepMetrics(step: step, loss: 6.0 - Double(step) / 4, grad_norm: 1, lr: 1e-3, tokens_per_sec: 1000,
+            try w.write(StepMetrics(step: step, loss: 6.0 - Double(step) / 4, grad_norm: 1, lr: 1e-3, tokens_per_sec: 1000,
                                 step_time_s: 0.1, extra: extra))
         }
         let html = try RunReport.render(dumpFolder: dir)

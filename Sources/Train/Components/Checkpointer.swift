@@ -142,25 +142,39 @@ public final class Checkpointer {
     public func saveIfDue(step: Int, lastStep: Int, model: FullyShardedModel, optimizer: AdamW, modelArgs: ModelArgs,
                           dataloader: () throws -> DataLoaderState) throws {
         guard config.enable, step % config.interval == 0 || step == lastStep else { return }
-        let dataState = try dataloader()
-        let mesh = model.mesh
-        try Checkpoint.save(folder: folder, step: step, pieces: Self.pieces(model, optimizer), buffers: model.model.buffers,
-                            isWriter: mesh.replicaIndex == 0, world: mesh.world, jobID: comm.spec.jobID, modelArgs: modelArgs,
-                            topology: CheckpointTopology(world_size: comm.worldSize, replicate: mesh.dims.replicate,
-                                                         shard: mesh.dims.shard, ep: mesh.dims.ep),
-                            dataloader: dataState, keepLatestK: config.keep_latest_k, log: log)
+        try underDiskDeadline {
+            let dataState = try dataloader()
+            let mesh = model.mesh
+            try Checkpoint.save(folder: folder, step: step, pieces: Self.pieces(model, optimizer), buffers: model.model.buffers,
+                                isWriter: mesh.replicaIndex == 0, world: mesh.world, jobID: comm.spec.jobID,
+                                modelArgs: modelArgs,
+                                topology: CheckpointTopology(world_size: comm.worldSize, replicate: mesh.dims.replicate,
+                                                             shard: mesh.dims.shard, ep: mesh.dims.ep),
+                                dataloader: dataState, keepLatestK: config.keep_latest_k, log: log)
+        }
+    }
+
+    /// Runs `body`, disk-bound collective work (ranks wait in its collectives while others write and fsync), under the
+    /// start-up deadline (comm.init_timeout_seconds) when that is the longer: a slow disk must not pass for a dead rank.
+    func underDiskDeadline(_ body: () throws -> Void) throws {
+        let steady = comm.timeoutSeconds, disk = max(comm.timeoutSeconds, comm.spec.timeoutSeconds)
+        if disk != steady { try comm.setTimeout(seconds: disk) }
+        defer { if disk != steady { try? comm.setTimeout(seconds: steady) } }
+        try body()
     }
 
     /// With last_save_in_hf, the final weights as an HF folder, checkpoint.folder/step-N-hf (gathered on rank 0 only).
     /// Collective.
     public func exportHFIfAsked(step: Int, model: FullyShardedModel, modelArgs: ModelArgs) throws {
         guard config.last_save_in_hf else { return }
-        let sd = try model.fullStateDict(root: 0)
-        if comm.rank == 0 {
-            let hf = Checkpoint.hfExportFolder(folder: folder, step: step)
-            try HFCheckpoint.save(model: modelArgs, stateDict: sd, folder: hf)
-            log("checkpoint: HF export to \(hf)")
+        try underDiskDeadline {
+            let sd = try model.fullStateDict(root: 0)
+            if comm.rank == 0 {
+                let hf = Checkpoint.hfExportFolder(folder: folder, step: step)
+                try HFCheckpoint.save(model: modelArgs, stateDict: sd, folder: hf)
+                log("checkpoint: HF export to \(hf)")
+            }
+            try comm.world.barrier()
         }
-        try comm.world.barrier()
     }
 }

@@ -182,7 +182,7 @@ public final class MetricsProcessor {
     }
 
     public func record(step: Int, stats: StepStats, gradNorm: Double, lr: Double, seconds: Double, blockedSeconds: Double,
-                       expertParallel: Bool, validationLoss: Double? = nil) {
+                       expertParallel: Bool, validationLoss: Double? = nil) throws {
         let tokensPerSecond = Double(tokensPerStep) / seconds
         // torchtitan's: achieved model FLOP/s (here of the whole job, whose ranks share the CPUs) over the peak.
         let achievedFlops = flopsPerToken * tokensPerSecond
@@ -215,13 +215,13 @@ public final class MetricsProcessor {
         var m = StepMetrics(step: step, loss: stats.lossSum / Double(tokensPerStep), grad_norm: gradNorm, lr: lr,
                             tokens_per_sec: tokensPerSecond, step_time_s: seconds, extra: extra)
         m.lists = lists
-        write(m)
+        try write(m)
     }
 
     /// Writes a finished row to every sink. Rows other code adds keys to (validation loss) come through here too.
-    public func write(_ m: StepMetrics) {
-        writer.write(m)
-        tensorBoard?.write(m)
+    public func write(_ m: StepMetrics) throws {
+        try writer.write(m)
+        try tensorBoard?.write(m)
         console.record(m, peakRSSMegabytes: m.lists.first(where: { $0.key == "max_rss_mb_per_rank" })?.values.max())
         if m.step % config.log_freq == 0 || m.step == lastStep || m["validation_loss"] != nil { console.line(m.consoleLine) }
     }
@@ -229,7 +229,7 @@ public final class MetricsProcessor {
     /// At the end of the run: DUMP/report.html (`titan report` writes it again from the folder at any time), and the
     /// summary on the console (final loss, steady-state throughput and MFU, peak memory, where the report is).
     public func finish() {
-        tensorBoard?.close()
+        do { try tensorBoard?.close() } catch { log("tensorboard: \(error)") }
         var report: String?
         do { report = try RunReport.write(dumpFolder: console.dumpFolder) } catch { log("report: not written: \(error)") }
         console.summary(report: report)
@@ -271,9 +271,14 @@ public final class MetricsWriter {
         }
     }
 
-    public func write(_ m: StepMetrics) {
-        handle.write(Data((m.json + "\n").utf8))
-        handle.synchronizeFile()
+    /// Appends `m` and flushes it to disk; a failed write (a full disk) is an error naming the file.
+    public func write(_ m: StepMetrics) throws {
+        do {
+            try handle.write(contentsOf: Data((m.json + "\n").utf8))
+            try handle.synchronize()
+        } catch {
+            throw MetricsError.write(path: path, "\(error)")
+        }
     }
 
     deinit { handle.closeFile() }
@@ -301,4 +306,12 @@ public func currentRSSMegabytes() -> Double {
     #else
     return maxRSSMegabytes()
     #endif
+}
+
+/// A metrics sink that could not be written.
+public enum MetricsError: Error, CustomStringConvertible {
+    case write(path: String, String)
+    public var description: String {
+        switch self { case .write(let path, let why): return "cannot write \(path): \(why)" }
+    }
 }

@@ -89,19 +89,23 @@ public final class TensorBoardLogger {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
         }
         handle = h
-        append(TensorBoardEvents.fileVersionEvent(wallTime: now.timeIntervalSince1970))
+        try append(TensorBoardEvents.fileVersionEvent(wallTime: now.timeIntervalSince1970))
     }
 
-    public func write(_ m: StepMetrics) {
+    public func write(_ m: StepMetrics) throws {
         let scalars = Self.scalars(of: m).map { ($0.tag, Float($0.value)) }
-        append(TensorBoardEvents.scalarsEvent(wallTime: Date().timeIntervalSince1970, step: Int64(m.step), scalars))
+        try append(TensorBoardEvents.scalarsEvent(wallTime: Date().timeIntervalSince1970, step: Int64(m.step), scalars))
     }
 
-    public func close() { handle.synchronizeFile() }
+    public func close() throws {
+        do { try handle.synchronize() } catch { throw MetricsError.write(path: path, "\(error)") }
+    }
 
     /// Flushed every step, as metrics.jsonl is, so TensorBoard follows a running job.
-    private func append(_ event: [UInt8]) {
-        handle.write(Data(TensorBoardEvents.record(event)))
+    private func append(_ event: [UInt8]) throws {
+        do { try handle.write(contentsOf: Data(TensorBoardEvents.record(event))) } catch {
+            throw MetricsError.write(path: path, "\(error)")
+        }
     }
 
     /// The tags of a row: torchtitan's where it has the metric, ours under their own prefixes.
