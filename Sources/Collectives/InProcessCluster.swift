@@ -7,10 +7,9 @@ public enum InProcessCluster {
     /// rank's error (nil when it finished cleanly). The first rank that fails shuts the shared
     /// context down, so the others fail at their next socket call instead of at a timeout
     /// (as the launcher stops the other processes of a multi-process job). A rank that has not ended
-    /// `abandonAfterSeconds` after that (default: the collective timeout, at least 10 s; stuck outside the sockets: a
-    /// compute loop, a hang) is reported as such and its thread abandoned, as the launcher kills a process that ignores
-    /// SIGTERM. `hostIndexOfRank`: simulated hosts (for hierarchical
-    /// collectives); empty: one host.
+    /// `abandonAfterSeconds` after that (default: `timeoutSeconds`, at least 10 s; stuck outside the sockets: a compute
+    /// loop, a hang) is reported as such and its thread abandoned, as the launcher kills a process that ignores
+    /// SIGTERM. `hostIndexOfRank`: simulated hosts (for hierarchical collectives); empty: one host.
     public static func run(worldSize: Int, jobID: String = "inproc-\(UUID().uuidString.prefix(8))",
                            timeoutSeconds: Double = 300, traceBufferSize: Int = Communicator.defaultTraceBufferSize,
                            hostIndexOfRank: [Int] = [], abandonAfterSeconds: Double? = nil,

@@ -96,7 +96,7 @@ public struct CommConfig: ConfigSection {
 
     public static let doc = "collectives"
     public static let fields: [ConfigField<CommConfig>] = [
-        ConfigField("init_timeout_seconds", \.init_timeout_seconds, "timeout of every collective until the first step completes"),
+        ConfigField("init_timeout_seconds", \.init_timeout_seconds, "timeout of every collective until the first step completes, and while a checkpoint is written"),
         ConfigField("timeout_seconds", \.timeout_seconds, "timeout of every collective after the first step"),
         ConfigField("trace_buf_size", \.trace_buf_size, "collectives the flight recorder keeps per rank (0: off)"),
         ConfigField("algorithm", \.algorithm, "collective algorithms: ring (flat), hierarchical (cross each host boundary once), auto (hierarchical when a group spans several hosts)"),
