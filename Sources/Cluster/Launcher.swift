@@ -254,9 +254,8 @@ public struct Launcher {
         }
         var binding = ""
         // Ranks bound to one CPU each lend their CPU while they all wait (with more ranks than CPUs, while every rank
-        // sharing it waits): a board file in the job's IPC folder says who waits. One CPU has no other to lend to.
-        let board = lendIdleCPUs && allowedCPUs.count > 1 && machineRanks.count >= allowedCPUs.count
-            ? ipcDirectory + "/cpu-board" : nil
+        // sharing it waits): a board file in the job's IPC folder says who waits. (On one CPU no rank is bound.)
+        let board = lendIdleCPUs && machineRanks.count >= allowedCPUs.count ? ipcDirectory + "/cpu-board" : nil
         if placement.contains(where: { $0 != nil }) {
             binding = "; \(machineRanks.count) rank(s) on this machine bound to CPUs \(CPUBinding.formatList(allowedCPUs)) in blocks"
                 + (board != nil ? ", idle CPUs lent" : "")
